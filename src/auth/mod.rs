@@ -1,0 +1,44 @@
+//! Who is calling: password hashing, tokens, and the `AuthUser` extractor.
+
+mod password;
+mod token;
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+
+pub use password::PasswordHasher;
+pub use token::{TokenClaims, TokenKeys};
+
+use crate::{AppState, error::Error, model::UserId};
+
+/// The bearer token of a request's `Authorization` header, if any.
+pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Checks a token and that its user still exists (a deleted account's tokens die with it).
+pub async fn authenticate(state: &AppState, token: &str) -> Result<TokenClaims, Error> {
+    let claims = state.tokens.verify(token).ok_or(Error::Unauthorized)?;
+    if !state.store.user_exists(claims.user_id).await? {
+        return Err(Error::Unauthorized);
+    }
+    Ok(claims)
+}
+
+/// An authenticated caller; rejects with an empty 401 otherwise.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthUser(pub UserId);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let token = bearer_token(parts).ok_or(Error::Unauthorized)?;
+        Ok(Self(authenticate(state, token).await?.user_id))
+    }
+}

@@ -1,0 +1,109 @@
+//! Sending messages (metadata only) and read state.
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    error::{Error, Result},
+    events::Event,
+    model::{ConversationId, Message, MessageId, UserId, now},
+    store::NewMessage,
+};
+
+const MAX_MESSAGE_TYPE_LEN: usize = 32;
+const MAX_SESSION_ID_LEN: usize = 256;
+
+/// A `message` frame's payload.
+#[derive(Debug, Deserialize)]
+pub struct SendMessage {
+    pub recipient_id: UserId,
+    pub message_type: String,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Chosen by the client: makes retries idempotent and becomes the message's id.
+    #[serde(default)]
+    pub id: Option<MessageId>,
+    #[serde(default)]
+    pub conversation_id: Option<ConversationId>,
+}
+
+/// Stores a message and pushes it to the recipient's sockets. Returns the message and whether
+/// it is new (`false`: a retry of a stored message, which is not pushed again).
+pub async fn send(
+    state: &AppState,
+    sender: UserId,
+    request: SendMessage,
+) -> Result<(Message, bool)> {
+    let message_type = request.message_type.trim();
+    if message_type.is_empty() || message_type.len() > MAX_MESSAGE_TYPE_LEN {
+        return Err(Error::invalid(format!(
+            "messageType must be 1 to {MAX_MESSAGE_TYPE_LEN} characters"
+        )));
+    }
+    if request
+        .session_id
+        .as_ref()
+        .is_some_and(|s| s.len() > MAX_SESSION_ID_LEN)
+    {
+        return Err(Error::invalid(format!(
+            "sessionId must be at most {MAX_SESSION_ID_LEN} bytes"
+        )));
+    }
+    let (conversation, _) =
+        super::conversations::with_participant(state, sender, request.recipient_id).await?;
+    if request
+        .conversation_id
+        .is_some_and(|id| id != conversation.id)
+    {
+        return Err(Error::invalid(
+            "conversationId does not match the recipient",
+        ));
+    }
+    let (message, created) = state
+        .store
+        .insert_message(&NewMessage {
+            id: request.id.unwrap_or_else(|| MessageId(Uuid::now_v7())),
+            conversation_id: conversation.id,
+            sender_id: sender,
+            recipient_id: request.recipient_id,
+            message_type: message_type.to_owned(),
+            session_id: request.session_id,
+            created_at: now(),
+        })
+        .await?;
+    if created {
+        super::deliver(
+            state,
+            [message.recipient_id],
+            &Event::Message((&message).into()),
+        );
+    }
+    Ok((message, created))
+}
+
+/// Marks a message read on behalf of its recipient and tells the sender. Idempotent; a call by
+/// the sender changes nothing; a stranger gets "not found".
+pub async fn mark_read(state: &AppState, reader: UserId, id: MessageId) -> Result<Message> {
+    let message = match state.store.message(id).await? {
+        Some(m) if m.sender_id == reader || m.recipient_id == reader => m,
+        _ => return Err(Error::NotFound("message")),
+    };
+    if message.recipient_id != reader || message.is_read {
+        return Ok(message);
+    }
+    let Some(updated) = state.store.mark_read(id, reader, now()).await? else {
+        // Another device of the reader marked it read in between.
+        return Ok(state.store.message(id).await?.unwrap_or(message));
+    };
+    if let Some(read_at) = updated.read_at {
+        let receipt = Event::ReadReceipt {
+            message_id: updated.id,
+            conversation_id: updated.conversation_id,
+            reader_id: reader,
+            read_at,
+        };
+        super::deliver(state, [updated.sender_id], &receipt);
+    }
+    Ok(updated)
+}

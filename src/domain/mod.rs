@@ -1,0 +1,17 @@
+//! The rules of the service. REST handlers and WebSocket frames are two doors into these same
+//! functions, so each rule is written — and tested — once.
+
+pub mod accounts;
+pub mod conversations;
+pub mod messages;
+pub mod presence;
+
+use crate::{AppState, events::Event, model::UserId};
+
+/// Encodes `event` once and queues it on every socket of each user.
+pub(crate) fn deliver(state: &AppState, users: impl IntoIterator<Item = UserId>, event: &Event) {
+    let frame = event.encode();
+    for user in users {
+        state.hub.send(user, &frame);
+    }
+}

@@ -1,0 +1,163 @@
+//! Server → client WebSocket frames, and their one encoding: `{"type", "payload"}` where every
+//! payload field appears under its snake_case name (seed README) and its camelCase name (app).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::{
+    hub::Frame,
+    model::{ConversationId, Message, MessageId, Presence, UserId},
+};
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+pub enum Event {
+    /// A new message, for the recipient's sockets only (never echoed to the sender).
+    Message(MessagePayload),
+    /// The sender's message is stored.
+    MessageAck {
+        id: MessageId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<MessageId>,
+        conversation_id: ConversationId,
+        timestamp: DateTime<Utc>,
+        seq: i64,
+    },
+    TypingIndicator {
+        user_id: UserId,
+        conversation_id: ConversationId,
+        is_typing: bool,
+        timestamp: DateTime<Utc>,
+    },
+    PresenceUpdate {
+        user_id: UserId,
+        status: Presence,
+        last_seen: DateTime<Utc>,
+    },
+    ReadReceipt {
+        message_id: MessageId,
+        conversation_id: ConversationId,
+        reader_id: UserId,
+        read_at: DateTime<Utc>,
+    },
+    HeartbeatResponse {
+        timestamp: DateTime<Utc>,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessagePayload {
+    id: MessageId,
+    message_id: MessageId,
+    conversation_id: ConversationId,
+    sender_id: UserId,
+    recipient_id: UserId,
+    message_type: String,
+    session_id: Option<String>,
+    timestamp: DateTime<Utc>,
+    is_read: bool,
+    seq: i64,
+}
+
+impl From<&Message> for MessagePayload {
+    fn from(m: &Message) -> Self {
+        Self {
+            id: m.id,
+            message_id: m.id,
+            conversation_id: m.conversation_id,
+            sender_id: m.sender_id,
+            recipient_id: m.recipient_id,
+            message_type: m.message_type.clone(),
+            session_id: m.session_id.clone(),
+            timestamp: m.created_at,
+            is_read: m.is_read,
+            seq: m.seq,
+        }
+    }
+}
+
+impl Event {
+    /// The frame's text, encoded once however many sockets receive it.
+    pub fn encode(&self) -> Frame {
+        let mut value = serde_json::to_value(self).unwrap_or_else(|_| Value::Null);
+        if let Some(Value::Object(payload)) = value.get_mut("payload") {
+            add_camel_case_keys(payload);
+        }
+        Frame::from(value.to_string())
+    }
+}
+
+/// Adds `fooBar` beside every `foo_bar` key.
+fn add_camel_case_keys(payload: &mut Map<String, Value>) {
+    let extra: Vec<(String, Value)> = payload
+        .iter()
+        .filter(|(key, _)| key.contains('_'))
+        .map(|(key, value)| (snake_to_camel(key), value.clone()))
+        .collect();
+    payload.extend(extra);
+}
+
+fn snake_to_camel(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Rewrites `fooBar` keys as `foo_bar` (for frames the app sends in camelCase).
+pub fn camel_to_snake(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn every_payload_key_comes_in_both_styles() {
+        let user = UserId(Uuid::new_v4());
+        let frame = Event::PresenceUpdate {
+            user_id: user,
+            status: Presence::Online,
+            last_seen: crate::model::now(),
+        }
+        .encode();
+        let value: Value = serde_json::from_str(frame.as_str()).expect("json");
+        assert_eq!(value["type"], "presence_update");
+        assert_eq!(value["payload"]["user_id"], user.to_string());
+        assert_eq!(value["payload"]["userId"], user.to_string());
+        assert_eq!(value["payload"]["lastSeen"], value["payload"]["last_seen"]);
+        assert_eq!(value["payload"]["status"], "online");
+    }
+
+    #[test]
+    fn key_styles_convert_both_ways() {
+        assert_eq!(snake_to_camel("recipient_id"), "recipientId");
+        assert_eq!(camel_to_snake("recipientId"), "recipient_id");
+        assert_eq!(camel_to_snake("recipient_id"), "recipient_id");
+    }
+}

@@ -1,0 +1,114 @@
+//! Kisse backend: a blind gateway for an end-to-end-encrypted messenger. It authenticates
+//! users, routes message metadata, presence, typing and receipts over WebSockets, and stores
+//! metadata only.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod hub;
+pub mod model;
+pub mod store;
+pub mod ws;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{PasswordHasher, TokenKeys},
+    config::Config,
+    hub::Hub,
+    store::Store,
+};
+
+/// How long open sockets get to close cleanly once shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything a request or socket needs, shared by all of them.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub hub: Hub,
+    pub tokens: TokenKeys,
+    pub hasher: PasswordHasher,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+}
+
+pub type AppState = Arc<App>;
+
+impl App {
+    /// Connects to the database (applying migrations) and prepares the shared state.
+    pub async fn new(config: Config) -> anyhow::Result<AppState> {
+        let store = Store::connect(&config.database_url, config.db_max_connections).await?;
+        // A single node starts with no socket open: nobody is online yet.
+        store.reset_presence(model::now()).await?;
+        Ok(Arc::new(Self {
+            tokens: TokenKeys::new(&config.jwt_secret, config.jwt_expiration),
+            hasher: PasswordHasher::new(config.hash_concurrency)?,
+            hub: Hub::default(),
+            shutdown: CancellationToken::new(),
+            store,
+            config,
+        }))
+    }
+}
+
+/// Serves HTTP and WebSockets on `listener` until `state.shutdown` is cancelled, then closes
+/// open sockets (close code 1001) and waits for them, at most `DRAIN_TIMEOUT`.
+pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
+    let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())
+        .await
+        .context("serving HTTP")?;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while state.hub.socket_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    state.store.close().await;
+    Ok(())
+}
+
+/// Runs the server with `config` until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.server_address)
+        .await
+        .with_context(|| format!("binding {}", config.server_address))?;
+    let state = App::new(config).await?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        database = state.store.engine().name(),
+        "kisse-backend listening"
+    );
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    serve(state, listener).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

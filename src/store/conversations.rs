@@ -1,0 +1,140 @@
+//! One-to-one conversations and their per-member summaries.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Store, with_pool};
+use crate::{
+    error::Result,
+    model::{Conversation, ConversationId, ConversationSummary, Presence, UserId},
+};
+
+/// The summary query for member `$1`; `$filter` narrows it (or is empty).
+macro_rules! summary_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT c.id, c.created_at, c.last_message_at,
+                    u.id AS participant_id, u.username, u.name, u.avatar_url, u.presence,
+                    (SELECT COUNT(*) FROM messages m
+                     WHERE m.conversation_id = c.id AND m.recipient_id = $1 AND m.is_read = FALSE)
+                        AS unread_count
+             FROM conversations c
+             JOIN users u ON u.id = CASE WHEN c.user_a = $1 THEN c.user_b ELSE c.user_a END
+             WHERE (c.user_a = $1 OR c.user_b = $1) ",
+            $filter,
+            " ORDER BY c.last_message_at DESC NULLS LAST, c.created_at DESC"
+        )
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct SummaryRow {
+    id: ConversationId,
+    created_at: DateTime<Utc>,
+    last_message_at: Option<DateTime<Utc>>,
+    participant_id: UserId,
+    username: String,
+    name: Option<String>,
+    avatar_url: Option<String>,
+    presence: String,
+    unread_count: i64,
+}
+
+impl From<SummaryRow> for ConversationSummary {
+    fn from(row: SummaryRow) -> Self {
+        let participant_name = row
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| row.username.clone());
+        Self {
+            id: row.id,
+            participant_id: row.participant_id,
+            participant_name,
+            participant_username: row.username,
+            participant_avatar: row.avatar_url,
+            participant_status: Presence::parse(&row.presence).unwrap_or(Presence::Offline),
+            last_message: None,
+            last_message_time: row.last_message_at,
+            unread_count: row.unread_count,
+            created_at: row.created_at,
+        }
+    }
+}
+
+impl Store {
+    /// The conversation between `a` and `b`, created if missing. Race-free: a unique pair
+    /// constraint decides, and the loser of a race reads the winner's row. `true` if created.
+    pub async fn get_or_create_conversation(
+        &self,
+        a: UserId,
+        b: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(Conversation, bool)> {
+        let (user_a, user_b) = if a < b { (a, b) } else { (b, a) };
+        let created = with_pool!(self, write, |pool| {
+            sqlx::query_as::<_, Conversation>(
+                "INSERT INTO conversations (id, user_a, user_b, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (user_a, user_b) DO NOTHING
+                 RETURNING id, user_a, user_b, created_at",
+            )
+            .bind(ConversationId(Uuid::now_v7()))
+            .bind(user_a)
+            .bind(user_b)
+            .bind(at)
+            .fetch_optional(pool)
+            .await
+        })?;
+        if let Some(conversation) = created {
+            return Ok((conversation, true));
+        }
+        let existing = with_pool!(self, write, |pool| {
+            sqlx::query_as::<_, Conversation>(
+                "SELECT id, user_a, user_b, created_at FROM conversations
+                 WHERE user_a = $1 AND user_b = $2",
+            )
+            .bind(user_a)
+            .bind(user_b)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok((existing, false))
+    }
+
+    pub async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>> {
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, Conversation>(
+                "SELECT id, user_a, user_b, created_at FROM conversations WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+        })?)
+    }
+
+    /// Every conversation of `user`, most recently active first.
+    pub async fn conversation_summaries(&self, user: UserId) -> Result<Vec<ConversationSummary>> {
+        let rows = with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, SummaryRow>(summary_sql!(""))
+                .bind(user)
+                .fetch_all(pool)
+                .await
+        })?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// One conversation as `user` sees it in their list (`None` if they are not a member).
+    pub async fn conversation_summary(
+        &self,
+        user: UserId,
+        id: ConversationId,
+    ) -> Result<Option<ConversationSummary>> {
+        let row = with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, SummaryRow>(summary_sql!("AND c.id = $2"))
+                .bind(user)
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(row.map(Into::into))
+    }
+}

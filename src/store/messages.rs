@@ -1,0 +1,134 @@
+//! Message metadata: insert (idempotent per sender and id), history pages, read state.
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, with_pool};
+use crate::{
+    error::{Error, Result},
+    model::{ConversationId, Message, MessageId, UserId},
+};
+
+macro_rules! message_cols {
+    () => {
+        "seq, id, conversation_id, sender_id, recipient_id, message_type, session_id, created_at, \
+         is_read, read_at"
+    };
+}
+
+/// A validated message, ready to store.
+pub struct NewMessage {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub recipient_id: UserId,
+    pub message_type: String,
+    pub session_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Stores a message and bumps its conversation, in one transaction. Returns the stored
+    /// message and `true`, or — when this sender already stored this id (a retry) — the
+    /// existing message and `false`. The id taken by another sender is a `Conflict`.
+    pub async fn insert_message(&self, new: &NewMessage) -> Result<(Message, bool)> {
+        let inserted = with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            // The conversation row is locked first, so that within a conversation the order
+            // of `seq` is the order of commits.
+            sqlx::query("UPDATE conversations SET last_message_at = $2 WHERE id = $1")
+                .bind(new.conversation_id)
+                .bind(new.created_at)
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query_as::<_, Message>(concat!(
+                "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type,
+                                       session_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING ",
+                message_cols!()
+            ))
+            .bind(new.id)
+            .bind(new.conversation_id)
+            .bind(new.sender_id)
+            .bind(new.recipient_id)
+            .bind(&new.message_type)
+            .bind(&new.session_id)
+            .bind(new.created_at)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if row.is_some() {
+                tx.commit().await?;
+            }
+            Ok::<_, sqlx::Error>(row)
+        })?;
+        if let Some(message) = inserted {
+            return Ok((message, true));
+        }
+        match self.message(new.id).await? {
+            Some(existing) if existing.sender_id == new.sender_id => Ok((existing, false)),
+            _ => Err(Error::Conflict {
+                code: "id_taken",
+                message: "this message id is already used",
+            }),
+        }
+    }
+
+    pub async fn message(&self, id: MessageId) -> Result<Option<Message>> {
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, Message>(concat!(
+                "SELECT ",
+                message_cols!(),
+                " FROM messages WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+        })?)
+    }
+
+    /// Up to `limit` messages of a conversation, newest first, older than `before_seq` if set.
+    pub async fn messages_page(
+        &self,
+        conversation: ConversationId,
+        before_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Message>> {
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, Message>(concat!(
+                "SELECT ",
+                message_cols!(),
+                " FROM messages WHERE conversation_id = $1 AND seq < $2
+                  ORDER BY seq DESC LIMIT $3"
+            ))
+            .bind(conversation)
+            .bind(before_seq.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
+    /// Marks a message read if `reader` is its recipient and it was unread. Returns the updated
+    /// message when this call changed it.
+    pub async fn mark_read(
+        &self,
+        id: MessageId,
+        reader: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Message>> {
+        Ok(with_pool!(self, write, |pool| {
+            sqlx::query_as::<_, Message>(concat!(
+                "UPDATE messages SET is_read = TRUE, read_at = $3
+                 WHERE id = $1 AND recipient_id = $2 AND is_read = FALSE
+                 RETURNING ",
+                message_cols!()
+            ))
+            .bind(id)
+            .bind(reader)
+            .bind(at)
+            .fetch_optional(pool)
+            .await
+        })?)
+    }
+}

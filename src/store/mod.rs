@@ -1,0 +1,186 @@
+//! Storage: the only place with SQL. One `Store` interface, two engines behind it —
+//! SQLite (the embedded default) and PostgreSQL. Most SQL text is shared (SQLite accepts
+//! `$1` placeholders); `with_pool!` runs the same body against whichever engine is configured,
+//! type-checked for each.
+
+mod conversations;
+mod messages;
+mod users;
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context;
+use sqlx::{
+    PgPool, SqlitePool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+pub use messages::NewMessage;
+pub use users::NewUser;
+
+/// Which database engine a URL selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+
+    pub fn of_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            anyhow::bail!("DATABASE_URL must start with sqlite: or postgres://")
+        }
+    }
+}
+
+/// SQLite allows one writer at a time: writes go through a single connection so that they
+/// queue in-process instead of failing with SQLITE_BUSY, while reads use a pool (WAL mode).
+#[derive(Clone, Debug)]
+struct SqlitePools {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+#[derive(Clone, Debug)]
+enum Db {
+    Sqlite(SqlitePools),
+    Postgres(PgPool),
+}
+
+/// The storage interface used by the domain. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+}
+
+/// Runs `$body` with `$pool` bound to the engine's pool for `read` or `write` work.
+macro_rules! with_pool {
+    ($store:expr, $kind:ident, |$pool:ident| $body:expr) => {
+        match &$store.db {
+            $crate::store::Db::Sqlite(pools) => {
+                let $pool = &pools.$kind;
+                $body
+            }
+            $crate::store::Db::Postgres(pg) => {
+                let $pool = pg;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_pool;
+
+impl Store {
+    /// Connects to `url` (creating an SQLite file if needed) and applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let store = match Engine::of_url(url)? {
+            Engine::Sqlite => Self::connect_sqlite(url, max_connections).await?,
+            Engine::Postgres => {
+                let options = PgConnectOptions::from_str(url).context("parsing DATABASE_URL")?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                Self {
+                    db: Db::Postgres(pool),
+                }
+            }
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .context("parsing DATABASE_URL")?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged message survives a power cut, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .context("opening the SQLite database")?;
+        // An in-memory database exists once per connection: share the writer for reads.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let read = if in_memory {
+            write.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(options)
+                .await
+                .context("opening the SQLite database")?
+        };
+        Ok(Self {
+            db: Db::Sqlite(SqlitePools { read, write }),
+        })
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self.db {
+            Db::Sqlite(_) => Engine::Sqlite,
+            Db::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// Applies the migrations of `migrations/<engine>/`, embedded in the binary.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match &self.db {
+            Db::Sqlite(pools) => {
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&pools.write)
+                    .await
+            }
+            Db::Postgres(pg) => sqlx::migrate!("./migrations/postgres").run(pg).await,
+        }
+        .context("applying database migrations")
+    }
+
+    /// Cheap round trip used by health checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        with_pool!(self, read, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(drop))
+    }
+
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Sqlite(pools) => {
+                pools.read.close().await;
+                pools.write.close().await;
+            }
+            Db::Postgres(pg) => pg.close().await,
+        }
+    }
+}
+
+/// The constraint (PostgreSQL) or message (SQLite) of a unique violation, if `e` is one.
+fn unique_violation(e: &sqlx::Error) -> Option<String> {
+    let db = e.as_database_error()?;
+    if !db.is_unique_violation() {
+        return None;
+    }
+    Some(
+        db.constraint()
+            .map_or_else(|| db.message().to_owned(), str::to_owned),
+    )
+}

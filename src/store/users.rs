@@ -1,0 +1,176 @@
+//! Users, their credentials and their presence.
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, unique_violation, with_pool};
+use crate::{
+    error::{Error, Result},
+    model::{Presence, PresenceState, User, UserId},
+};
+
+/// A validated registration, ready to store.
+pub struct NewUser {
+    pub id: UserId,
+    pub email: String,
+    pub username: String,
+    pub name: Option<String>,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PresenceRow {
+    id: UserId,
+    presence: String,
+    last_seen: DateTime<Utc>,
+    presence_updated_at: DateTime<Utc>,
+}
+
+impl From<PresenceRow> for PresenceState {
+    fn from(row: PresenceRow) -> Self {
+        Self {
+            user_id: row.id,
+            // Only `Presence::as_str` values are written; anything else reads as offline.
+            status: Presence::parse(&row.presence).unwrap_or(Presence::Offline),
+            last_seen: row.last_seen,
+            updated_at: row.presence_updated_at,
+        }
+    }
+}
+
+impl Store {
+    /// Stores a new user; a taken email or username is a `Conflict`.
+    pub async fn create_user(&self, new: &NewUser) -> Result<User> {
+        let inserted = with_pool!(self, write, |pool| {
+            sqlx::query_as::<_, User>(
+                "INSERT INTO users (id, email, username, name, password_hash, presence, last_seen,
+                                    presence_updated_at, created_at)
+                 VALUES ($1, $2, $3, $4, $5, 'offline', $6, $6, $6)
+                 RETURNING id, email, username, name, avatar_url, created_at",
+            )
+            .bind(new.id)
+            .bind(&new.email)
+            .bind(&new.username)
+            .bind(&new.name)
+            .bind(&new.password_hash)
+            .bind(new.created_at)
+            .fetch_one(pool)
+            .await
+        });
+        inserted.map_err(|e| match unique_violation(&e) {
+            Some(which) if which.contains("email") => Error::Conflict {
+                code: "email_taken",
+                message: "this email is already registered",
+            },
+            Some(_) => Error::Conflict {
+                code: "username_taken",
+                message: "this username is taken",
+            },
+            None => e.into(),
+        })
+    }
+
+    /// The user with this (lower-cased) email and their password hash.
+    pub async fn credentials_by_email(&self, email: &str) -> Result<Option<(User, String)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            user: User,
+            password_hash: String,
+        }
+        let row = with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, Row>(
+                "SELECT id, email, username, name, avatar_url, created_at, password_hash
+                 FROM users WHERE email = $1",
+            )
+            .bind(email)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(row.map(|r| (r.user, r.password_hash)))
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<Option<User>> {
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, User>(
+                "SELECT id, email, username, name, avatar_url, created_at FROM users WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+        })?)
+    }
+
+    pub async fn user_exists(&self, id: UserId) -> Result<bool> {
+        let found: Option<i32> = with_pool!(self, read, |pool| {
+            sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(found.is_some())
+    }
+
+    /// Records `status` for `user`; `last_seen` moves to `at`. `None` if the user is gone.
+    pub async fn set_presence(
+        &self,
+        user: UserId,
+        status: Presence,
+        at: DateTime<Utc>,
+    ) -> Result<Option<PresenceState>> {
+        let row = with_pool!(self, write, |pool| {
+            sqlx::query_as::<_, PresenceRow>(
+                "UPDATE users SET presence = $2, last_seen = $3, presence_updated_at = $3
+                 WHERE id = $1
+                 RETURNING id, presence, last_seen, presence_updated_at",
+            )
+            .bind(user)
+            .bind(status.as_str())
+            .bind(at)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(row.map(Into::into))
+    }
+
+    pub async fn presence(&self, user: UserId) -> Result<Option<PresenceState>> {
+        let row = with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, PresenceRow>(
+                "SELECT id, presence, last_seen, presence_updated_at FROM users WHERE id = $1",
+            )
+            .bind(user)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(row.map(Into::into))
+    }
+
+    /// Marks everyone offline: at start-up of a single node, no socket is open yet.
+    pub async fn reset_presence(&self, at: DateTime<Utc>) -> Result<()> {
+        with_pool!(self, write, |pool| {
+            sqlx::query(
+                "UPDATE users SET presence = 'offline', last_seen = $1, presence_updated_at = $1
+                 WHERE presence <> 'offline'",
+            )
+            .bind(at)
+            .execute(pool)
+            .await
+            .map(drop)
+        })?;
+        Ok(())
+    }
+
+    /// Users who share a conversation with `user`: those who may see their presence.
+    pub async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_scalar(
+                "SELECT user_b FROM conversations WHERE user_a = $1
+                 UNION
+                 SELECT user_a FROM conversations WHERE user_b = $1",
+            )
+            .bind(user)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+}

@@ -1,0 +1,129 @@
+//! Client → server frames: `{"type": "...", "payload": {...}}`, payload keys in camelCase (the
+//! app) or snake_case (the seed README). Keys are normalized to snake_case here, once.
+
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Map, Value};
+
+use crate::{
+    domain::messages::SendMessage,
+    error::Error,
+    events::camel_to_snake,
+    model::{ConversationId, MessageId},
+};
+
+#[derive(Debug)]
+pub enum Inbound {
+    Message(SendMessage),
+    TypingIndicator(Typing),
+    ReadReceipt(ReadReceipt),
+    PresenceUpdate(PresenceUpdate),
+    Heartbeat,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Typing {
+    pub conversation_id: ConversationId,
+    pub is_typing: bool,
+}
+
+/// `readAt` from the app is ignored: the server's clock decides.
+#[derive(Debug, Deserialize)]
+pub struct ReadReceipt {
+    pub message_id: MessageId,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PresenceUpdate {
+    pub status: String,
+}
+
+/// Parses one text frame. Errors are meant for an `error` frame; the socket stays open.
+pub fn decode(text: &str) -> Result<Inbound, Error> {
+    let invalid_frame = || Error::Invalid {
+        code: "invalid_frame",
+        message: "expected a JSON object {\"type\": ..., \"payload\": {...}}".into(),
+    };
+    let Ok(Value::Object(mut frame)) = serde_json::from_str::<Value>(text) else {
+        return Err(invalid_frame());
+    };
+    let Some(Value::String(kind)) = frame.remove("type") else {
+        return Err(invalid_frame());
+    };
+    let payload = match frame.remove("payload") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(payload)) => payload,
+        Some(_) => return Err(invalid_frame()),
+    };
+    let payload: Map<String, Value> = payload
+        .into_iter()
+        .map(|(key, value)| (camel_to_snake(&key), value))
+        .collect();
+    Ok(match kind.as_str() {
+        "message" => Inbound::Message(parse(&kind, payload)?),
+        "typing_indicator" => Inbound::TypingIndicator(parse(&kind, payload)?),
+        "read_receipt" => Inbound::ReadReceipt(parse(&kind, payload)?),
+        "presence_update" => Inbound::PresenceUpdate(parse(&kind, payload)?),
+        "heartbeat" => Inbound::Heartbeat,
+        _ => {
+            return Err(Error::Invalid {
+                code: "unknown_type",
+                message: format!("unknown frame type {:?}", truncate(&kind)),
+            });
+        }
+    })
+}
+
+fn parse<T: DeserializeOwned>(kind: &str, payload: Map<String, Value>) -> Result<T, Error> {
+    serde_json::from_value(Value::Object(payload)).map_err(|e| Error::Invalid {
+        code: "invalid_payload",
+        message: format!("{kind}: {e}"),
+    })
+}
+
+/// Echoed names stay short, whatever the client sent.
+fn truncate(s: &str) -> &str {
+    s.char_indices().nth(40).map_or(s, |(i, _)| &s[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_and_seed_key_styles_decode_alike() {
+        let recipient = uuid::Uuid::new_v4();
+        for key in ["recipientId", "recipient_id"] {
+            let text = format!(
+                r#"{{"type":"message","payload":{{"{key}":"{recipient}","messageType":"text","sessionId":"s","timestamp":"2025-11-24T21:03:04.123456"}}}}"#
+            );
+            let Ok(Inbound::Message(m)) = decode(&text) else {
+                panic!("{text}")
+            };
+            assert_eq!(m.recipient_id.0, recipient);
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        for text in [
+            "",
+            "[]",
+            "null",
+            "{}",
+            r#"{"type":1}"#,
+            r#"{"type":"message","payload":3}"#,
+        ] {
+            assert_eq!(decode(text).expect_err(text).code(), "invalid_frame");
+        }
+        assert_eq!(
+            decode(r#"{"type":"nope"}"#).expect_err("unknown").code(),
+            "unknown_type"
+        );
+        let missing = decode(r#"{"type":"message","payload":{}}"#).expect_err("missing fields");
+        assert_eq!(missing.code(), "invalid_payload");
+        assert!(matches!(
+            decode(r#"{"type":"heartbeat"}"#),
+            Ok(Inbound::Heartbeat)
+        ));
+    }
+}
