@@ -84,7 +84,7 @@ impl From<&Message> for MessagePayload {
 impl Event {
     /// The frame's text, encoded once however many sockets receive it.
     pub fn encode(&self) -> Frame {
-        let mut value = serde_json::to_value(self).unwrap_or_else(|_| Value::Null);
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Some(Value::Object(payload)) = value.get_mut("payload") {
             add_camel_case_keys(payload);
         }

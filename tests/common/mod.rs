@@ -1,0 +1,361 @@
+//! Test harness: the real server on an ephemeral port, over real HTTP and WebSocket, on a fresh
+//! SQLite file or a fresh PostgreSQL schema (when `TEST_DATABASE_URL` is set).
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use kisse_backend::{App, AppState, config::Config};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::{net::TcpStream, task::JoinHandle};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
+};
+use uuid::Uuid;
+
+pub const JWT_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+/// Upper bound for any single wait on the network.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    /// PostgreSQL runs when `TEST_DATABASE_URL` is set (`.ci/run` always sets it).
+    pub fn available(self) -> bool {
+        self == Engine::Sqlite || std::env::var("TEST_DATABASE_URL").is_ok()
+    }
+}
+
+/// Runs each named scenario `async fn name(engine: Engine)` once per engine.
+#[macro_export]
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Engine::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if !$crate::common::Engine::Postgres.available() {
+                        eprintln!("TEST_DATABASE_URL is not set: PostgreSQL variant not run");
+                        return;
+                    }
+                    super::$name($crate::common::Engine::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Where a test's data lives; removed when the test ends.
+enum Database {
+    SqliteFile(PathBuf),
+    PostgresSchema { admin_url: String, schema: String },
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    database: Database,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(engine: Engine) -> Self {
+        Self::spawn_with(engine, &[]).await
+    }
+
+    /// Starts a server whose settings are the test defaults overridden by `settings`.
+    pub async fn spawn_with(engine: Engine, settings: &[(&str, &str)]) -> Self {
+        let (database_url, database) = match engine {
+            Engine::Sqlite => {
+                let path = std::env::temp_dir().join(format!("kisse-test-{}.db", Uuid::new_v4()));
+                (
+                    format!("sqlite://{}", path.display()),
+                    Database::SqliteFile(path),
+                )
+            }
+            Engine::Postgres => {
+                let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+                let schema = format!("kt_{}", Uuid::new_v4().simple());
+                let admin = sqlx::PgPool::connect(&admin_url)
+                    .await
+                    .expect("TEST_DATABASE_URL must reach PostgreSQL");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(&admin)
+                    .await
+                    .expect("create test schema");
+                admin.close().await;
+                let sep = if admin_url.contains('?') { '&' } else { '?' };
+                let url = format!("{admin_url}{sep}options=-c%20search_path%3D{schema}");
+                (url, Database::PostgresSchema { admin_url, schema })
+            }
+        };
+        let mut env: HashMap<&str, String> = HashMap::from([
+            ("DATABASE_URL", database_url),
+            ("JWT_SECRET", JWT_SECRET.to_owned()),
+            ("DB_MAX_CONNECTIONS", "5".to_owned()),
+        ]);
+        env.extend(settings.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let config = Config::from_lookup(|key| env.get(key).cloned()).expect("test config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let state = App::new(config).await.expect("start server");
+        let server = tokio::spawn(kisse_backend::serve(state.clone(), listener));
+        Self {
+            addr,
+            state,
+            http: reqwest::Client::new(),
+            database,
+            server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a request; returns the status and the JSON body (`Null` when empty).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path)).timeout(WAIT * 3);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("JSON body")
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.request(Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    /// Registers `username` (email `<username>@example.com`, password `password-<username>`).
+    pub async fn register(&self, username: &str) -> TestUser {
+        let email = format!("{username}@example.com");
+        let password = format!("password-{username}");
+        let body =
+            json!({"email": email, "username": username, "password": password, "name": null});
+        let (status, value) = self
+            .request(Method::POST, "/api/auth/register", None, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "register {username}: {value}");
+        TestUser {
+            id: value["user"]["id"].as_str().expect("user id").to_owned(),
+            token: value["token"].as_str().expect("token").to_owned(),
+            email,
+            password,
+        }
+    }
+
+    /// The conversation between two users, as `a` sees it.
+    pub async fn conversation(&self, a: &TestUser, b: &TestUser) -> Value {
+        let (status, value) = self
+            .post(
+                "/api/conversations",
+                &a.token,
+                json!({"participant_id": b.id}),
+            )
+            .await;
+        assert!(status.is_success(), "open conversation: {status} {value}");
+        value
+    }
+
+    /// Opens an authenticated socket the way the app does (`/ws?token=`).
+    pub async fn ws(&self, user: &TestUser) -> WsClient {
+        self.ws_url(&format!("/ws?token={}", user.token))
+            .await
+            .expect("socket opens")
+    }
+
+    /// Opens a socket on `path_and_query`; the HTTP status when the upgrade is refused.
+    pub async fn ws_url(&self, path_and_query: &str) -> Result<WsClient, StatusCode> {
+        let request = format!("ws://{}{path_and_query}", self.addr)
+            .into_client_request()
+            .expect("ws request");
+        WsClient::connect(request).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
+        self.server.abort();
+        match &self.database {
+            Database::SqliteFile(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Database::PostgresSchema { admin_url, schema } => {
+                let (url, sql) = (
+                    admin_url.clone(),
+                    format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                );
+                // Drop cannot await: use a short-lived runtime on its own thread.
+                let _ = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async {
+                        let admin = sqlx::PgPool::connect(&url).await?;
+                        sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .execute(&admin)
+                            .await?;
+                        admin.close().await;
+                        Ok::<_, sqlx::Error>(())
+                    })?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                })
+                .join();
+            }
+        }
+    }
+}
+
+pub struct TestUser {
+    pub id: String,
+    pub token: String,
+    pub email: String,
+    pub password: String,
+}
+
+pub struct WsClient {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn connect(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Self, StatusCode> {
+        match tokio::time::timeout(WAIT, connect_async(request))
+            .await
+            .expect("connect in time")
+        {
+            Ok((stream, _)) => Ok(Self { stream }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(StatusCode::from_u16(response.status().as_u16()).expect("status"))
+            }
+            Err(e) => panic!("websocket connect failed: {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, kind: &str, payload: Value) {
+        self.send_text(json!({"type": kind, "payload": payload}).to_string())
+            .await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.stream
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next frame `{type, payload}` from the server, within `WAIT`.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a frame within the wait")
+                .expect("socket open")
+                .expect("frame");
+            match message {
+                Message::Text(text) => {
+                    return serde_json::from_str(text.as_str()).expect("JSON frame");
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The payload of the next frame, which must be of type `kind`; `presence_update` frames
+    /// of contacts coming and going are skipped unless `kind` is `presence_update`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                return frame["payload"].clone();
+            }
+            assert_eq!(
+                frame["type"], "presence_update",
+                "expected {kind}, got {frame}"
+            );
+        }
+    }
+
+    /// Proves that nothing but presence changes was queued for this socket so far: a heartbeat
+    /// goes through the same queue, so its answer comes after anything queued before it.
+    pub async fn expect_quiet(&mut self) {
+        self.send(
+            "heartbeat",
+            json!({"timestamp": "2025-11-24T21:03:04.123456"}),
+        )
+        .await;
+        self.expect("heartbeat_response").await;
+    }
+
+    /// Proves that nothing at all was queued for this socket so far (see `expect_quiet`).
+    pub async fn expect_silent(&mut self) {
+        self.send("heartbeat", json!({})).await;
+        let frame = self.recv().await;
+        assert_eq!(
+            frame["type"], "heartbeat_response",
+            "expected silence, got {frame}"
+        );
+    }
+
+    /// Waits for the server to close the socket; returns the close code.
+    pub async fn closed(&mut self) -> Option<CloseCode> {
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}
