@@ -55,6 +55,14 @@ pub struct Config {
     /// Password hashes computed at once; the rest wait, so a login storm cannot starve routing.
     pub hash_concurrency: usize,
     pub db_max_connections: u32,
+    /// Largest decoded content blob accepted by the mailbox.
+    pub content_max_bytes: usize,
+    /// How long a blob is kept when nobody reads it (`expires_at` may only shorten it).
+    pub content_ttl: Duration,
+    /// How long a content GET waits for a blob the sender has not uploaded yet.
+    pub content_wait: Duration,
+    /// An unanswered call becomes `missed` after this long.
+    pub call_ring_timeout: Duration,
 }
 
 impl Config {
@@ -105,6 +113,10 @@ impl Config {
             ws_idle_timeout: Duration::from_secs(positive(&get, "WS_IDLE_TIMEOUT", 60)?),
             hash_concurrency: positive(&get, "HASH_CONCURRENCY", default_parallelism())? as usize,
             db_max_connections: positive(&get, "DB_MAX_CONNECTIONS", 10)? as u32,
+            content_max_bytes: positive(&get, "CONTENT_MAX_BYTES", 1024 * 1024)? as usize,
+            content_ttl: Duration::from_secs(positive(&get, "CONTENT_TTL", 30 * 86_400)?),
+            content_wait: Duration::from_millis(positive(&get, "CONTENT_WAIT_MS", 10_000)?),
+            call_ring_timeout: Duration::from_secs(positive(&get, "CALL_RING_TIMEOUT", 60)?),
         })
     }
 }

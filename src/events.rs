@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     hub::Frame,
-    model::{ConversationId, Message, MessageId, Presence, UserId},
+    model::{CallStatus, ConversationId, Message, MessageId, Presence, UserId},
 };
 
 #[derive(Debug, Serialize)]
@@ -40,6 +40,22 @@ pub enum Event {
         conversation_id: ConversationId,
         reader_id: UserId,
         read_at: DateTime<Utc>,
+    },
+    /// An incoming call, for the recipient's sockets.
+    CallRequestFull {
+        call_id: String,
+        caller_id: UserId,
+        caller_name: Option<String>,
+        recipient_id: UserId,
+        call_type: String,
+        timestamp: DateTime<Utc>,
+    },
+    /// What the other party (or the server, for a missed call) said about a call.
+    CallResponseFull {
+        call_id: String,
+        response: &'static str,
+        status: CallStatus,
+        timestamp: DateTime<Utc>,
     },
     HeartbeatResponse {
         timestamp: DateTime<Utc>,

@@ -36,6 +36,7 @@ pub struct App {
     pub hub: Hub,
     pub tokens: TokenKeys,
     pub hasher: PasswordHasher,
+    pub content_waiters: domain::content::ContentWaiters,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
 }
@@ -52,6 +53,7 @@ impl App {
             tokens: TokenKeys::new(&config.jwt_secret, config.jwt_expiration),
             hasher: PasswordHasher::new(config.hash_concurrency)?,
             hub: Hub::default(),
+            content_waiters: Default::default(),
             shutdown: CancellationToken::new(),
             store,
             config,
@@ -62,6 +64,7 @@ impl App {
 /// Serves HTTP and WebSockets on `listener` until `state.shutdown` is cancelled, then closes
 /// open sockets (close code 1001) and waits for them, at most `DRAIN_TIMEOUT`.
 pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
+    tokio::spawn(domain::sweeper::run(state.clone()));
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())

@@ -28,6 +28,8 @@ id_type!(
     ConversationId,
     /// One message's metadata (its content, if any, is an opaque blob elsewhere).
     MessageId,
+    /// A call between two users.
+    CallId,
 );
 
 /// The server clock, truncated to milliseconds so that every engine stores and returns the
@@ -152,4 +154,119 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
     pub is_read: bool,
     pub read_at: Option<DateTime<Utc>>,
+}
+
+/// Where a call stands. `Ringing` and `Active` are live; the others are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallStatus {
+    Ringing,
+    Active,
+    Ended,
+    Rejected,
+    Busy,
+    Missed,
+    Cancelled,
+}
+
+impl CallStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ringing => "ringing",
+            Self::Active => "active",
+            Self::Ended => "ended",
+            Self::Rejected => "rejected",
+            Self::Busy => "busy",
+            Self::Missed => "missed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            Self::Ringing,
+            Self::Active,
+            Self::Ended,
+            Self::Rejected,
+            Self::Busy,
+            Self::Missed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Ringing | Self::Active)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallType {
+    Audio,
+    Video,
+}
+
+impl CallType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Audio => "audio",
+            Self::Video => "video",
+        }
+    }
+}
+
+/// A call, with the two ids it may be known by (see the two-ids rule of the contract).
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Call {
+    pub id: CallId,
+    /// The server's id, given by `POST /api/calls` and used when ringing.
+    pub call_id: String,
+    /// The caller app's own id, when it sent a WebSocket `call_request`.
+    pub client_call_id: Option<String>,
+    pub caller_id: UserId,
+    pub recipient_id: UserId,
+    pub call_type: String,
+    #[sqlx(try_from = "String")]
+    pub status: CallStatus,
+    #[serde(rename = "started_at")]
+    pub created_at: DateTime<Utc>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<String> for CallStatus {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::parse(&raw).ok_or_else(|| format!("unknown call status {raw:?}"))
+    }
+}
+
+impl Call {
+    pub fn has_member(&self, user: UserId) -> bool {
+        self.caller_id == user || self.recipient_id == user
+    }
+
+    pub fn other(&self, user: UserId) -> UserId {
+        if self.caller_id == user {
+            self.recipient_id
+        } else {
+            self.caller_id
+        }
+    }
+
+    /// The id `user`'s app knows this call by: the caller's own id if it made one up.
+    pub fn id_for(&self, user: UserId) -> &str {
+        match &self.client_call_id {
+            Some(client) if user == self.caller_id => client,
+            _ => &self.call_id,
+        }
+    }
+
+    /// Seconds from answer to end; `None` for a call never answered or still going.
+    pub fn duration_seconds(&self) -> Option<i64> {
+        Some((self.ended_at? - self.answered_at?).num_seconds().max(0))
+    }
 }

@@ -3,7 +3,7 @@
 use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, Limit, Path, Query, limit};
 use crate::{
     AppState,
     auth::AuthUser,
@@ -41,7 +41,7 @@ pub async fn open(
 
 #[derive(Deserialize)]
 pub struct HistoryQuery {
-    limit: Option<i64>,
+    limit: Option<Limit>,
     before: Option<MessageId>,
 }
 
@@ -51,6 +51,6 @@ pub async fn messages(
     Path(id): Path<ConversationId>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<axum::Json<Vec<Message>>> {
-    let page = conversations::history(&state, user, id, query.before, query.limit).await?;
+    let page = conversations::history(&state, user, id, query.before, limit(query.limit)).await?;
     Ok(axum::Json(page))
 }

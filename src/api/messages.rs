@@ -1,12 +1,16 @@
-//! `/api/messages`: read state.
+//! `/api/messages`: read state and the encrypted content mailbox.
 
-use axum::extract::State;
+use axum::{extract::State, http::StatusCode};
+use serde_json::{Value, json};
 
-use super::extract::Path;
+use super::extract::{Json, Path};
 use crate::{
     AppState,
     auth::AuthUser,
-    domain::messages,
+    domain::{
+        content::{self, ContentBody, ContentUpload},
+        messages,
+    },
     error::Result,
     model::{Message, MessageId},
 };
@@ -18,4 +22,24 @@ pub async fn mark_read(
     Path(id): Path<MessageId>,
 ) -> Result<axum::Json<Message>> {
     Ok(axum::Json(messages::mark_read(&state, user, id).await?))
+}
+
+/// Stores the sender's ciphertext for a message.
+pub async fn put_content(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<MessageId>,
+    Json(upload): Json<ContentUpload>,
+) -> Result<(StatusCode, axum::Json<Value>)> {
+    let stored_for = content::store(&state, user, id, upload).await?;
+    let body = json!({ "message_id": id, "stored_for": stored_for });
+    Ok((StatusCode::CREATED, axum::Json(body)))
+}
+
+pub async fn get_content(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<MessageId>,
+) -> Result<axum::Json<ContentBody>> {
+    Ok(axum::Json(content::fetch(&state, user, id).await?))
 }

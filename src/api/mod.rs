@@ -1,16 +1,19 @@
 //! The HTTP surface: routes, per-request logging, and the layers every request goes through.
 
 mod auth;
+mod calls;
 mod conversations;
 mod extract;
 mod health;
 mod messages;
+mod presence;
+mod users;
 
 use std::time::{Duration, Instant};
 
 use axum::{
     Router,
-    extract::{MatchedPath, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request},
     http::header,
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -27,6 +30,8 @@ use crate::{AppState, error::Error, ws};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(state: AppState) -> Router {
+    // Room for the largest blob in base64 (4 characters per 3 bytes) plus the JSON around it.
+    let content_body_limit = state.config.content_max_bytes.div_ceil(3) * 4 + 64 * 1024;
     let api = Router::new()
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
@@ -36,7 +41,20 @@ pub fn router(state: AppState) -> Router {
             get(conversations::list).post(conversations::open),
         )
         .route("/conversations/{id}/messages", get(conversations::messages))
-        .route("/messages/{id}/read", post(messages::mark_read));
+        .route("/messages/{id}/read", post(messages::mark_read))
+        .route(
+            "/messages/{id}/content",
+            post(messages::put_content)
+                .get(messages::get_content)
+                .layer(DefaultBodyLimit::max(content_body_limit)),
+        )
+        .route("/users/search", get(users::search))
+        .route("/users/find-by-email", get(users::find_by_email))
+        .route("/calls", post(calls::start))
+        .route("/calls/history", get(calls::history))
+        .route("/calls/active", get(calls::active))
+        .route("/presence", post(presence::set))
+        .route("/presence/{id}", get(presence::get));
     Router::new()
         .nest("/api", api)
         .route("/ws", get(ws::upgrade))

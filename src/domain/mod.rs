@@ -2,9 +2,13 @@
 //! functions, so each rule is written — and tested — once.
 
 pub mod accounts;
+pub mod calls;
+pub mod content;
 pub mod conversations;
 pub mod messages;
 pub mod presence;
+pub mod sweeper;
+pub mod users;
 
 use crate::{AppState, events::Event, model::UserId};
 

@@ -28,7 +28,18 @@ pub async fn set(state: &AppState, user: UserId, status: Presence) -> Result<Pre
     Ok(presence)
 }
 
-pub async fn get(state: &AppState, user: UserId) -> Result<PresenceState> {
+/// `user`'s presence, for themself or a contact; anyone else gets "not found", as for an
+/// unknown user.
+pub async fn get(state: &AppState, viewer: UserId, user: UserId) -> Result<PresenceState> {
+    if viewer != user
+        && state
+            .store
+            .conversation_between(viewer, user)
+            .await?
+            .is_none()
+    {
+        return Err(Error::NotFound("user"));
+    }
     state
         .store
         .presence(user)

@@ -87,17 +87,25 @@ impl Store {
         if let Some(conversation) = created {
             return Ok((conversation, true));
         }
-        let existing = with_pool!(self, write, |pool| {
+        let existing = self.conversation_between(a, b).await?;
+        let existing =
+            existing.ok_or_else(|| anyhow::anyhow!("conversation vanished after a conflict"))?;
+        Ok((existing, false))
+    }
+
+    /// The conversation between `a` and `b`, if they have one.
+    pub async fn conversation_between(&self, a: UserId, b: UserId) -> Result<Option<Conversation>> {
+        let (user_a, user_b) = if a < b { (a, b) } else { (b, a) };
+        Ok(with_pool!(self, read, |pool| {
             sqlx::query_as::<_, Conversation>(
                 "SELECT id, user_a, user_b, created_at FROM conversations
                  WHERE user_a = $1 AND user_b = $2",
             )
             .bind(user_a)
             .bind(user_b)
-            .fetch_one(pool)
+            .fetch_optional(pool)
             .await
-        })?;
-        Ok((existing, false))
+        })?)
     }
 
     pub async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>> {

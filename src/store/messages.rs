@@ -109,7 +109,8 @@ impl Store {
         })?)
     }
 
-    /// Marks a message read if `reader` is its recipient and it was unread. Returns the updated
+    /// Marks a message read if `reader` is its recipient and it was unread, and deletes its
+    /// content (the mailbox keeps ciphertext only until it is read). Returns the updated
     /// message when this call changed it.
     pub async fn mark_read(
         &self,
@@ -117,8 +118,9 @@ impl Store {
         reader: UserId,
         at: DateTime<Utc>,
     ) -> Result<Option<Message>> {
-        Ok(with_pool!(self, write, |pool| {
-            sqlx::query_as::<_, Message>(concat!(
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let updated = sqlx::query_as::<_, Message>(concat!(
                 "UPDATE messages SET is_read = TRUE, read_at = $3
                  WHERE id = $1 AND recipient_id = $2 AND is_read = FALSE
                  RETURNING ",
@@ -127,8 +129,16 @@ impl Store {
             .bind(id)
             .bind(reader)
             .bind(at)
-            .fetch_optional(pool)
-            .await
-        })?)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if updated.is_some() {
+                sqlx::query("DELETE FROM message_contents WHERE message_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Ok(updated)
+        })
     }
 }

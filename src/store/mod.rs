@@ -3,6 +3,8 @@
 //! `$1` placeholders); `with_pool!` runs the same body against whichever engine is configured,
 //! type-checked for each.
 
+mod calls;
+mod contents;
 mod conversations;
 mod messages;
 mod users;
@@ -16,6 +18,8 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use calls::{CallRecord, CallRefused, NewCall};
+pub use contents::{NewContent, StoredContent};
 pub use messages::NewMessage;
 pub use users::NewUser;
 

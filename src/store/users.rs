@@ -101,6 +101,47 @@ impl Store {
         })?)
     }
 
+    /// Users other than `caller` whose username, name or email contains `query` (any case),
+    /// by username, after the username `after` when paging.
+    pub async fn search_users(
+        &self,
+        caller: UserId,
+        query: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<User>> {
+        let pattern = format!("%{}%", escape_like(&query.to_lowercase()));
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, User>(
+                r"SELECT id, email, username, name, avatar_url, created_at FROM users
+                  WHERE id <> $1
+                    AND (lower(username) LIKE $2 ESCAPE '' OR lower(coalesce(name, '')) LIKE $2 ESCAPE ''
+                         OR email LIKE $2 ESCAPE '')
+                    AND lower(username) > $3
+                  ORDER BY lower(username)
+                  LIMIT $4",
+            )
+            .bind(caller)
+            .bind(&pattern)
+            .bind(after.unwrap_or("").to_lowercase())
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
+    /// The user with this (lower-cased) email.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, User>(
+                "SELECT id, email, username, name, avatar_url, created_at FROM users WHERE email = $1",
+            )
+            .bind(email)
+            .fetch_optional(pool)
+            .await
+        })?)
+    }
+
     pub async fn user_exists(&self, id: UserId) -> Result<bool> {
         let found: Option<i32> = with_pool!(self, read, |pool| {
             sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1")
@@ -173,4 +214,16 @@ impl Store {
             .await
         })?)
     }
+}
+
+/// Makes `%`, `_` and `\` match themselves in a `LIKE ... ESCAPE '\'` pattern.
+fn escape_like(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

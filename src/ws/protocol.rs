@@ -1,14 +1,14 @@
 //! Client → server frames: `{"type": "...", "payload": {...}}`, payload keys in camelCase (the
 //! app) or snake_case (the seed README). Keys are normalized to snake_case here, once.
 
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
 use crate::{
-    domain::messages::SendMessage,
+    domain::{calls::CallResponse, messages::SendMessage},
     error::Error,
     events::camel_to_snake,
-    model::{ConversationId, MessageId},
+    model::{CallType, ConversationId, MessageId, UserId},
 };
 
 #[derive(Debug)]
@@ -17,7 +17,25 @@ pub enum Inbound {
     TypingIndicator(Typing),
     ReadReceipt(ReadReceipt),
     PresenceUpdate(PresenceUpdate),
+    CallRequest(CallRequestFrame),
+    CallResponse(CallResponseFrame),
     Heartbeat,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CallRequestFrame {
+    pub recipient_id: UserId,
+    pub call_type: CallType,
+    /// The app's own id for the call (a millisecond timestamp, as a string or a number).
+    #[serde(deserialize_with = "string_or_number")]
+    pub call_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CallResponseFrame {
+    #[serde(deserialize_with = "string_or_number")]
+    pub call_id: String,
+    pub response: CallResponse,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +81,8 @@ pub fn decode(text: &str) -> Result<Inbound, Error> {
         "typing_indicator" => Inbound::TypingIndicator(parse(&kind, payload)?),
         "read_receipt" => Inbound::ReadReceipt(parse(&kind, payload)?),
         "presence_update" => Inbound::PresenceUpdate(parse(&kind, payload)?),
+        "call_request" => Inbound::CallRequest(parse(&kind, payload)?),
+        "call_response" => Inbound::CallResponse(parse(&kind, payload)?),
         "heartbeat" => Inbound::Heartbeat,
         _ => {
             return Err(Error::Invalid {
@@ -77,6 +97,19 @@ fn parse<T: DeserializeOwned>(kind: &str, payload: Map<String, Value>) -> Result
     serde_json::from_value(Value::Object(payload)).map_err(|e| Error::Invalid {
         code: "invalid_payload",
         message: format!("{kind}: {e}"),
+    })
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(serde_json::Number),
+    }
+    Ok(match Id::deserialize(deserializer)? {
+        Id::Text(text) => text,
+        Id::Number(number) => number.to_string(),
     })
 }
 

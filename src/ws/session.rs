@@ -152,6 +152,12 @@ async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
                 .ok_or_else(|| Error::invalid("status must be online, offline, away or busy"))?;
             domain::presence::set(state, user, status).await?;
         }
+        Inbound::CallRequest(c) => {
+            domain::calls::request(state, user, c.recipient_id, c.call_type, c.call_id).await?;
+        }
+        Inbound::CallResponse(c) => {
+            domain::calls::respond(state, user, &c.call_id, c.response).await?;
+        }
         Inbound::Heartbeat => socket.reply(&Event::HeartbeatResponse { timestamp: now() }),
     }
     Ok(())

@@ -1,0 +1,102 @@
+//! `/api/calls`: start a call, the caller's history, the live call.
+
+use axum::{extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::extract::{Json, Limit, Query, limit};
+use crate::{
+    AppState,
+    auth::AuthUser,
+    domain::calls,
+    error::Result,
+    model::{Call, CallId, CallType, UserId},
+    store::CallRecord,
+};
+
+const DEFAULT_HISTORY: i64 = 50;
+const MAX_HISTORY: i64 = 200;
+
+/// A call as the app reads it: the stored fields plus its duration.
+#[derive(Serialize)]
+pub struct CallView {
+    #[serde(flatten)]
+    call: Call,
+    duration_seconds: Option<i64>,
+}
+
+impl From<Call> for CallView {
+    fn from(call: Call) -> Self {
+        Self {
+            duration_seconds: call.duration_seconds(),
+            call,
+        }
+    }
+}
+
+/// A call in the caller's history: with both names and its direction for the caller.
+#[derive(Serialize)]
+pub struct HistoryEntry {
+    #[serde(flatten)]
+    call: CallView,
+    caller_name: String,
+    recipient_name: String,
+    #[serde(rename = "type")]
+    direction: &'static str,
+}
+
+fn display(name: Option<String>, username: String) -> String {
+    name.filter(|n| !n.trim().is_empty()).unwrap_or(username)
+}
+
+#[derive(Deserialize)]
+pub struct StartCall {
+    recipient_id: UserId,
+    call_type: CallType,
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(body): Json<StartCall>,
+) -> Result<(StatusCode, axum::Json<CallView>)> {
+    let call = calls::start(&state, user, body.recipient_id, body.call_type).await?;
+    Ok((StatusCode::CREATED, axum::Json(call.into())))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    limit: Option<Limit>,
+    before: Option<CallId>,
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(query): Query<HistoryQuery>,
+) -> Result<axum::Json<Vec<HistoryEntry>>> {
+    let limit = limit(query.limit)
+        .unwrap_or(DEFAULT_HISTORY)
+        .clamp(1, MAX_HISTORY);
+    let records = state.store.call_history(user, query.before, limit).await?;
+    let entries = records
+        .into_iter()
+        .map(|r: CallRecord| HistoryEntry {
+            direction: if r.call.caller_id == user {
+                "outgoing"
+            } else {
+                "incoming"
+            },
+            caller_name: display(r.caller_name, r.caller_username),
+            recipient_name: display(r.recipient_name, r.recipient_username),
+            call: r.call.into(),
+        })
+        .collect();
+    Ok(axum::Json(entries))
+}
+
+pub async fn active(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<axum::Json<CallView>> {
+    Ok(axum::Json(calls::active(&state, user).await?.into()))
+}

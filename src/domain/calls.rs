@@ -1,0 +1,247 @@
+//! Calls: the ringing → active → ended state machine, with the app's two ids per call
+//! (the server's from `POST /api/calls`, the app's own from the WebSocket `call_request`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    error::{Error, Result},
+    events::Event,
+    model::{Call, CallId, CallStatus, CallType, UserId, now},
+    store::{CallRefused, NewCall},
+};
+
+const MAX_CLIENT_CALL_ID_LEN: usize = 64;
+
+/// What a participant says about a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallResponse {
+    Accept,
+    Reject,
+    Busy,
+    End,
+}
+
+impl CallResponse {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Reject => "reject",
+            Self::Busy => "busy",
+            Self::End => "end",
+        }
+    }
+}
+
+/// `POST /api/calls`: rings the recipient with the server's call id.
+pub async fn start(
+    state: &AppState,
+    caller: UserId,
+    recipient: UserId,
+    call_type: CallType,
+) -> Result<Call> {
+    check_recipient(state, caller, recipient).await?;
+    let call = create(
+        state,
+        caller,
+        recipient,
+        call_type,
+        None,
+        CallStatus::Ringing,
+    )
+    .await?
+    .map_err(|_| Error::Conflict {
+        code: "busy",
+        message: "the caller or the recipient is already in a call",
+    })?;
+    ring(state, &call).await?;
+    Ok(call)
+}
+
+/// WebSocket `call_request`: joins the ringing call the caller just made over REST (no second
+/// ring), or creates and rings one; a busy recipient is answered `busy` right away.
+pub async fn request(
+    state: &AppState,
+    caller: UserId,
+    recipient: UserId,
+    call_type: CallType,
+    client_call_id: String,
+) -> Result<()> {
+    if client_call_id.is_empty() || client_call_id.len() > MAX_CLIENT_CALL_ID_LEN {
+        return Err(Error::invalid(format!(
+            "callId must be 1 to {MAX_CLIENT_CALL_ID_LEN} characters"
+        )));
+    }
+    check_recipient(state, caller, recipient).await?;
+    if let Some(known) = state.store.find_call(caller, &client_call_id).await? {
+        if known.caller_id == caller {
+            return Ok(()); // a repeated request
+        }
+    }
+    if state
+        .store
+        .adopt_client_call_id(caller, recipient, &client_call_id, now())
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let id = Some(client_call_id.clone());
+    match create(
+        state,
+        caller,
+        recipient,
+        call_type,
+        id.clone(),
+        CallStatus::Ringing,
+    )
+    .await?
+    {
+        Ok(call) => ring(state, &call).await,
+        Err(CallRefused::CallerBusy) => Err(Error::Conflict {
+            code: "busy",
+            message: "you are already in a call",
+        }),
+        Err(CallRefused::RecipientBusy) => {
+            // Kept in both histories, and the caller hears "busy" at once.
+            let call = create(state, caller, recipient, call_type, id, CallStatus::Busy)
+                .await?
+                .map_err(|_| anyhow::anyhow!("a finished call cannot be refused"))?;
+            tell(state, &call, caller, "busy");
+            Ok(())
+        }
+    }
+}
+
+/// WebSocket `call_response`: moves the call on and tells the other party. Repeating an answer
+/// about a finished call changes nothing.
+pub async fn respond(
+    state: &AppState,
+    user: UserId,
+    call_id: &str,
+    response: CallResponse,
+) -> Result<()> {
+    let call = state
+        .store
+        .find_call(user, call_id)
+        .await?
+        .ok_or(Error::NotFound("call"))?;
+    if !call.status.is_live() {
+        return Ok(());
+    }
+    let is_recipient = user == call.recipient_id;
+    let next = match (response, call.status) {
+        (CallResponse::Accept, CallStatus::Ringing) if is_recipient => CallStatus::Active,
+        (CallResponse::Reject, CallStatus::Ringing) if is_recipient => CallStatus::Rejected,
+        (CallResponse::Busy, CallStatus::Ringing) if is_recipient => CallStatus::Busy,
+        (CallResponse::End, CallStatus::Ringing) if is_recipient => CallStatus::Rejected,
+        (CallResponse::End, CallStatus::Ringing) => CallStatus::Cancelled,
+        (CallResponse::End, CallStatus::Active) => CallStatus::Ended,
+        _ => {
+            return Err(Error::Invalid {
+                code: "invalid_call_state",
+                message: format!(
+                    "cannot {} a call that is {}",
+                    response.as_str(),
+                    call.status.as_str()
+                ),
+            });
+        }
+    };
+    // `None`: the other party (or the timeout) moved it first; they told everyone.
+    if let Some(call) = state
+        .store
+        .transition_call(call.id, call.status, next, now())
+        .await?
+    {
+        tell(state, &call, call.other(user), response.as_str());
+    }
+    Ok(())
+}
+
+/// Calls still ringing after the timeout become `missed`; both parties are told it ended.
+pub async fn expire_unanswered(state: &AppState) -> Result<()> {
+    let at = now();
+    let timeout = chrono::Duration::from_std(state.config.call_ring_timeout)
+        .map_err(|e| anyhow::anyhow!("ring timeout out of range: {e}"))?;
+    for call in state.store.expire_ringing_calls(at - timeout, at).await? {
+        tell(state, &call, call.caller_id, "end");
+        tell(state, &call, call.recipient_id, "end");
+    }
+    Ok(())
+}
+
+/// How often unanswered calls are looked for: a quarter of the timeout, within bounds.
+pub fn expiry_interval(ring_timeout: Duration) -> Duration {
+    (ring_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+pub async fn active(state: &AppState, user: UserId) -> Result<Call> {
+    state
+        .store
+        .live_call(user)
+        .await?
+        .ok_or(Error::NotFound("active call"))
+}
+
+async fn check_recipient(state: &AppState, caller: UserId, recipient: UserId) -> Result<()> {
+    if recipient == caller {
+        return Err(Error::invalid("you cannot call yourself"));
+    }
+    if !state.store.user_exists(recipient).await? {
+        return Err(Error::NotFound("user"));
+    }
+    Ok(())
+}
+
+async fn create(
+    state: &AppState,
+    caller: UserId,
+    recipient: UserId,
+    call_type: CallType,
+    client_call_id: Option<String>,
+    status: CallStatus,
+) -> Result<Result<Call, CallRefused>> {
+    state
+        .store
+        .create_call(&NewCall {
+            id: CallId(Uuid::now_v7()),
+            client_call_id,
+            caller,
+            recipient,
+            call_type: call_type.as_str(),
+            status,
+            at: now(),
+        })
+        .await
+}
+
+/// Rings every socket of the recipient.
+async fn ring(state: &AppState, call: &Call) -> Result<()> {
+    let caller = state.store.user(call.caller_id).await?;
+    let event = Event::CallRequestFull {
+        call_id: call.id_for(call.recipient_id).to_owned(),
+        caller_id: call.caller_id,
+        caller_name: caller.as_ref().map(|u| u.display_name().to_owned()),
+        recipient_id: call.recipient_id,
+        call_type: call.call_type.clone(),
+        timestamp: call.created_at,
+    };
+    super::deliver(state, [call.recipient_id], &event);
+    Ok(())
+}
+
+/// Sends `to` a `call_response_full` naming the call by the id their app knows.
+fn tell(state: &AppState, call: &Call, to: UserId, response: &'static str) {
+    let event = Event::CallResponseFull {
+        call_id: call.id_for(to).to_owned(),
+        response,
+        status: call.status,
+        timestamp: now(),
+    };
+    super::deliver(state, [to], &event);
+}

@@ -1,0 +1,166 @@
+//! The encrypted content mailbox: opaque bytes per message, until read or expired.
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, with_pool};
+use crate::{
+    error::{Error, Result},
+    model::{MessageId, UserId},
+};
+
+/// Ciphertext to keep for a message.
+pub struct NewContent {
+    pub bytes: Vec<u8>,
+    pub hash: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct StoredContent {
+    pub content: Vec<u8>,
+    pub content_hash: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How far back an app-generated id may claim a content-less message.
+const ALIAS_WINDOW_SECONDS: i64 = 60;
+/// Claim attempts when concurrent uploads race for the same oldest message.
+const CLAIM_ATTEMPTS: usize = 3;
+
+impl Store {
+    /// Stores `content` for the message `requested` names, on behalf of `sender`: a message id,
+    /// an alias made earlier, or else a new alias for the sender's oldest content-less message
+    /// of the last minute. Returns the message the content went to.
+    pub async fn attach_content(
+        &self,
+        sender: UserId,
+        requested: MessageId,
+        content: &NewContent,
+    ) -> Result<MessageId> {
+        let since = content.created_at - chrono::Duration::seconds(ALIAS_WINDOW_SECONDS);
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let known: Option<(MessageId, UserId)> = sqlx::query_as(
+                "SELECT m.id, m.sender_id FROM messages m WHERE m.id = $1
+                 UNION ALL
+                 SELECT m.id, m.sender_id FROM message_aliases a JOIN messages m ON m.id = a.message_id
+                 WHERE a.alias_id = $1",
+            )
+            .bind(requested)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let target = match known {
+                Some((_, owner)) if owner != sender => {
+                    return Err(Error::Forbidden(
+                        "only the sender may store a message's content",
+                    ));
+                }
+                Some((id, _)) => {
+                    sqlx::query(
+                        "UPDATE messages SET content_received_at = COALESCE(content_received_at, $2)
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(content.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    id
+                }
+                None => {
+                    let mut claimed = None;
+                    for _ in 0..CLAIM_ATTEMPTS {
+                        // Re-checking the condition outside the subquery makes a lost race
+                        // claim nothing (and try the next message) instead of stealing.
+                        claimed = sqlx::query_scalar::<_, MessageId>(
+                            "UPDATE messages SET content_received_at = $3
+                             WHERE id = (SELECT id FROM messages
+                                         WHERE sender_id = $1 AND content_received_at IS NULL
+                                           AND created_at >= $2
+                                         ORDER BY seq LIMIT 1)
+                               AND content_received_at IS NULL
+                             RETURNING id",
+                        )
+                        .bind(sender)
+                        .bind(since)
+                        .bind(content.created_at)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if claimed.is_some() {
+                            break;
+                        }
+                    }
+                    let id = claimed.ok_or(Error::NotFound("message awaiting content"))?;
+                    sqlx::query(
+                        "INSERT INTO message_aliases (alias_id, message_id) VALUES ($1, $2)",
+                    )
+                    .bind(requested)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    id
+                }
+            };
+            sqlx::query(
+                "INSERT INTO message_contents (message_id, content, content_hash, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (message_id) DO UPDATE SET content = excluded.content,
+                     content_hash = excluded.content_hash, created_at = excluded.created_at,
+                     expires_at = excluded.expires_at",
+            )
+            .bind(target)
+            .bind(&content.bytes)
+            .bind(&content.hash)
+            .bind(content.created_at)
+            .bind(content.expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(target)
+        })
+    }
+
+    /// The message `id` names, directly or through an alias.
+    pub async fn resolve_message_id(&self, id: MessageId) -> Result<Option<MessageId>> {
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_scalar::<_, MessageId>(
+                "SELECT id FROM messages WHERE id = $1
+                 UNION ALL
+                 SELECT message_id FROM message_aliases WHERE alias_id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+        })?)
+    }
+
+    /// The unexpired content of a message.
+    pub async fn content(
+        &self,
+        message: MessageId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredContent>> {
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, StoredContent>(
+                "SELECT content, content_hash, created_at, expires_at FROM message_contents
+                 WHERE message_id = $1 AND expires_at > $2",
+            )
+            .bind(message)
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+        })?)
+    }
+
+    /// Deletes contents past their expiry; returns how many went.
+    pub async fn delete_expired_contents(&self, now: DateTime<Utc>) -> Result<u64> {
+        Ok(with_pool!(self, write, |pool| {
+            sqlx::query("DELETE FROM message_contents WHERE expires_at <= $1")
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?)
+    }
+}
