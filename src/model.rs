@@ -225,12 +225,14 @@ pub struct Call {
     pub call_id: String,
     /// The caller app's own id, when it sent a WebSocket `call_request`.
     pub client_call_id: Option<String>,
+    /// Whether the callee was rung with `client_call_id` (a call made over the WebSocket).
+    #[serde(skip)]
+    pub rung_with_client_id: bool,
     pub caller_id: UserId,
     pub recipient_id: UserId,
     pub call_type: String,
     #[sqlx(try_from = "String")]
     pub status: CallStatus,
-    #[serde(rename = "started_at")]
     pub created_at: DateTime<Utc>,
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -257,10 +259,11 @@ impl Call {
         }
     }
 
-    /// The id `user`'s app knows this call by: the caller's own id if it made one up.
+    /// The id `user`'s app knows this call by: the caller's own id if it made one up; the id the
+    /// callee was rung with.
     pub fn id_for(&self, user: UserId) -> &str {
         match &self.client_call_id {
-            Some(client) if user == self.caller_id => client,
+            Some(client) if user == self.caller_id || self.rung_with_client_id => client,
             _ => &self.call_id,
         }
     }

@@ -24,6 +24,9 @@ CREATE TABLE calls (
     id             UUID PRIMARY KEY,
     call_id        TEXT NOT NULL UNIQUE,      -- the server's id, as the app sees it
     client_call_id TEXT,                      -- the caller app's own id (WebSocket)
+    -- TRUE when the call was created by the WebSocket request: the callee was rung with the
+    -- app's id. FALSE when created by POST /api/calls: the callee knows the server's id.
+    rung_with_client_id BOOLEAN NOT NULL DEFAULT FALSE,
     caller_id      UUID NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     recipient_id   UUID NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     call_type      TEXT NOT NULL,

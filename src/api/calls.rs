@@ -21,12 +21,15 @@ const MAX_HISTORY: i64 = 200;
 pub struct CallView {
     #[serde(flatten)]
     call: Call,
+    /// When it started ringing.
+    started_at: chrono::DateTime<chrono::Utc>,
     duration_seconds: Option<i64>,
 }
 
 impl From<Call> for CallView {
     fn from(call: Call) -> Self {
         Self {
+            started_at: call.created_at,
             duration_seconds: call.duration_seconds(),
             call,
         }

@@ -77,17 +77,16 @@ pub async fn request(
         )));
     }
     check_recipient(state, caller, recipient).await?;
-    if let Some(known) = state.store.find_call(caller, &client_call_id).await? {
-        if known.caller_id == caller {
-            return Ok(()); // a repeated request
-        }
+    let known = state.store.find_call(caller, &client_call_id).await?;
+    if known.is_some_and(|call| call.caller_id == caller) {
+        return Ok(()); // a repeated request
     }
-    if state
+    let at = now();
+    let since = at - ring_timeout(state)?;
+    let adopted = state
         .store
-        .adopt_client_call_id(caller, recipient, &client_call_id, now())
-        .await?
-        .is_some()
-    {
+        .adopt_client_call_id(caller, recipient, &client_call_id, since, at);
+    if adopted.await?.is_some() {
         return Ok(());
     }
     let id = Some(client_call_id.clone());
@@ -166,13 +165,20 @@ pub async fn respond(
 /// Calls still ringing after the timeout become `missed`; both parties are told it ended.
 pub async fn expire_unanswered(state: &AppState) -> Result<()> {
     let at = now();
-    let timeout = chrono::Duration::from_std(state.config.call_ring_timeout)
-        .map_err(|e| anyhow::anyhow!("ring timeout out of range: {e}"))?;
-    for call in state.store.expire_ringing_calls(at - timeout, at).await? {
+    for call in state
+        .store
+        .expire_ringing_calls(at - ring_timeout(state)?, at)
+        .await?
+    {
         tell(state, &call, call.caller_id, "end");
         tell(state, &call, call.recipient_id, "end");
     }
     Ok(())
+}
+
+fn ring_timeout(state: &AppState) -> Result<chrono::Duration> {
+    chrono::Duration::from_std(state.config.call_ring_timeout)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("ring timeout out of range: {e}")))
 }
 
 /// How often unanswered calls are looked for: a quarter of the timeout, within bounds.

@@ -11,12 +11,12 @@ use crate::{
 /// The columns of `Call`, qualified by the alias `c` in joins.
 macro_rules! call_cols {
     () => {
-        "id, call_id, client_call_id, caller_id, recipient_id, call_type, status, created_at, \
-         answered_at, ended_at, updated_at"
+        "id, call_id, client_call_id, rung_with_client_id, caller_id, recipient_id, call_type, \
+         status, created_at, answered_at, ended_at, updated_at"
     };
     (c) => {
-        "c.id, c.call_id, c.client_call_id, c.caller_id, c.recipient_id, c.call_type, c.status, \
-         c.created_at, c.answered_at, c.ended_at, c.updated_at"
+        "c.id, c.call_id, c.client_call_id, c.rung_with_client_id, c.caller_id, c.recipient_id, \
+         c.call_type, c.status, c.created_at, c.answered_at, c.ended_at, c.updated_at"
     };
 }
 
@@ -55,9 +55,9 @@ impl Store {
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
             let call = sqlx::query_as::<_, Call>(concat!(
-                "INSERT INTO calls (id, call_id, client_call_id, caller_id, recipient_id,
-                                         call_type, status, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                "INSERT INTO calls (id, call_id, client_call_id, rung_with_client_id, caller_id,
+                                    recipient_id, call_type, status, created_at, updated_at)
+                 VALUES ($1, $2, $3, $3 IS NOT NULL, $4, $5, $6, $7, $8, $8)
                  RETURNING ",
                 call_cols!()
             ))
@@ -127,20 +127,24 @@ impl Store {
         })?)
     }
 
-    /// Gives a ringing call from `caller` to `recipient` that has no client id yet the caller
-    /// app's id (the WebSocket request that follows `POST /api/calls`). `None` if there is none.
+    /// Gives the newest call from `caller` to `recipient` made over REST since `since` and not
+    /// yet named by the app the caller app's id (the WebSocket request that follows
+    /// `POST /api/calls`, even if the call already ended). `None` if there is none.
     pub async fn adopt_client_call_id(
         &self,
         caller: UserId,
         recipient: UserId,
         client_call_id: &str,
+        since: DateTime<Utc>,
         at: DateTime<Utc>,
     ) -> Result<Option<Call>> {
         Ok(with_pool!(self, write, |pool| {
             sqlx::query_as::<_, Call>(concat!(
                 "UPDATE calls SET client_call_id = $3, updated_at = $4
-                 WHERE caller_id = $1 AND recipient_id = $2 AND status = 'ringing'
-                   AND client_call_id IS NULL
+                 WHERE id = (SELECT id FROM calls
+                             WHERE caller_id = $1 AND recipient_id = $2 AND client_call_id IS NULL
+                               AND created_at >= $5
+                             ORDER BY created_at DESC LIMIT 1)
                  RETURNING ",
                 call_cols!()
             ))
@@ -148,6 +152,7 @@ impl Store {
             .bind(recipient)
             .bind(client_call_id)
             .bind(at)
+            .bind(since)
             .fetch_optional(pool)
             .await
         })?)

@@ -113,10 +113,10 @@ impl Store {
         let pattern = format!("%{}%", escape_like(&query.to_lowercase()));
         Ok(with_pool!(self, read, |pool| {
             sqlx::query_as::<_, User>(
-                r"SELECT id, email, username, name, avatar_url, created_at FROM users
+                "SELECT id, email, username, name, avatar_url, created_at FROM users
                   WHERE id <> $1
-                    AND (lower(username) LIKE $2 ESCAPE '' OR lower(coalesce(name, '')) LIKE $2 ESCAPE ''
-                         OR email LIKE $2 ESCAPE '')
+                    AND (lower(username) LIKE $2 ESCAPE '!' OR lower(coalesce(name, '')) LIKE $2 ESCAPE '!'
+                         OR email LIKE $2 ESCAPE '!')
                     AND lower(username) > $3
                   ORDER BY lower(username)
                   LIMIT $4",
@@ -216,12 +216,12 @@ impl Store {
     }
 }
 
-/// Makes `%`, `_` and `\` match themselves in a `LIKE ... ESCAPE '\'` pattern.
+/// Makes `%`, `_` and `!` match themselves in a `LIKE ... ESCAPE '!'` pattern.
 fn escape_like(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for c in raw.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
+        if matches!(c, '%' | '_' | '!') {
+            out.push('!');
         }
         out.push(c);
     }

@@ -80,6 +80,12 @@ impl TestApp {
 
     /// Starts a server whose settings are the test defaults overridden by `settings`.
     pub async fn spawn_with(engine: Engine, settings: &[(&str, &str)]) -> Self {
+        // Server errors show up in a failing test's output (RUST_LOG widens the filter).
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
         let (database_url, database) = match engine {
             Engine::Sqlite => {
                 let path = std::env::temp_dir().join(format!("kisse-test-{}.db", Uuid::new_v4()));
