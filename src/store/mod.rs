@@ -4,6 +4,7 @@
 //! type-checked for each.
 
 mod conversations;
+mod keys;
 mod messages;
 mod users;
 
@@ -16,6 +17,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::NewMessage;
 pub use users::NewUser;
 
