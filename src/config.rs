@@ -55,6 +55,10 @@ pub struct Config {
     /// Password hashes computed at once; the rest wait, so a login storm cannot starve routing.
     pub hash_concurrency: usize,
     pub db_max_connections: u32,
+    /// Prekey bundle fetches allowed per caller and minute (each one uses up a one-time prekey).
+    pub key_fetch_per_minute: u32,
+    /// A device with fewer one-time prekeys left than this is told to upload more.
+    pub prekey_low_threshold: i64,
 }
 
 impl Config {
@@ -105,6 +109,10 @@ impl Config {
             ws_idle_timeout: Duration::from_secs(positive(&get, "WS_IDLE_TIMEOUT", 60)?),
             hash_concurrency: positive(&get, "HASH_CONCURRENCY", default_parallelism())? as usize,
             db_max_connections: positive(&get, "DB_MAX_CONNECTIONS", 10)? as u32,
+            key_fetch_per_minute: u32::try_from(positive(&get, "KEY_FETCH_PER_MINUTE", 120)?)
+                .context("KEY_FETCH_PER_MINUTE is too large")?,
+            prekey_low_threshold: i64::try_from(positive(&get, "PREKEY_LOW_THRESHOLD", 10)?)
+                .context("PREKEY_LOW_THRESHOLD is too large")?,
         })
     }
 }

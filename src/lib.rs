@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod hub;
 pub mod model;
+pub mod rate_limit;
 pub mod store;
 pub mod ws;
 
@@ -23,6 +24,7 @@ use crate::{
     auth::{PasswordHasher, TokenKeys},
     config::Config,
     hub::Hub,
+    rate_limit::RateLimiter,
     store::Store,
 };
 
@@ -36,6 +38,8 @@ pub struct App {
     pub hub: Hub,
     pub tokens: TokenKeys,
     pub hasher: PasswordHasher,
+    /// Per-caller limit on prekey bundle fetches.
+    pub key_fetches: RateLimiter,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
 }
@@ -52,6 +56,7 @@ impl App {
             tokens: TokenKeys::new(&config.jwt_secret, config.jwt_expiration),
             hasher: PasswordHasher::new(config.hash_concurrency)?,
             hub: Hub::default(),
+            key_fetches: RateLimiter::new(config.key_fetch_per_minute),
             shutdown: CancellationToken::new(),
             store,
             config,

@@ -4,6 +4,7 @@ mod auth;
 mod conversations;
 mod extract;
 mod health;
+mod keys;
 mod messages;
 
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use axum::{
     http::header,
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post, put},
 };
 use tower_http::{
     catch_panic::CatchPanicLayer, sensitive_headers::SetSensitiveRequestHeadersLayer,
@@ -36,7 +37,13 @@ pub fn router(state: AppState) -> Router {
             get(conversations::list).post(conversations::open),
         )
         .route("/conversations/{id}/messages", get(conversations::messages))
-        .route("/messages/{id}/read", post(messages::mark_read));
+        .route("/messages/{id}/read", post(messages::mark_read))
+        .route("/keys", put(keys::upload))
+        .route("/keys/count", get(keys::count))
+        .route("/keys/{user_id}", get(keys::fetch_user))
+        .route("/keys/{user_id}/{device_id}", get(keys::fetch_device))
+        .route("/devices", get(keys::devices))
+        .route("/devices/{device_id}", delete(keys::delete_device));
     Router::new()
         .nest("/api", api)
         .route("/ws", get(ws::upgrade))

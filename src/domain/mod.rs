@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod conversations;
+pub mod keys;
 pub mod messages;
 pub mod presence;
 
