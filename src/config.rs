@@ -63,6 +63,10 @@ pub struct Config {
     pub content_wait: Duration,
     /// An unanswered call becomes `missed` after this long.
     pub call_ring_timeout: Duration,
+    /// Prekey bundle fetches allowed per caller and minute (each one uses up a one-time prekey).
+    pub key_fetch_per_minute: u32,
+    /// A device with fewer one-time prekeys left than this is told to upload more.
+    pub prekey_low_threshold: i64,
 }
 
 impl Config {
@@ -117,6 +121,10 @@ impl Config {
             content_ttl: Duration::from_secs(positive(&get, "CONTENT_TTL", 30 * 86_400)?),
             content_wait: Duration::from_millis(positive(&get, "CONTENT_WAIT_MS", 10_000)?),
             call_ring_timeout: Duration::from_secs(positive(&get, "CALL_RING_TIMEOUT", 60)?),
+            key_fetch_per_minute: u32::try_from(positive(&get, "KEY_FETCH_PER_MINUTE", 120)?)
+                .context("KEY_FETCH_PER_MINUTE is too large")?,
+            prekey_low_threshold: i64::try_from(positive(&get, "PREKEY_LOW_THRESHOLD", 10)?)
+                .context("PREKEY_LOW_THRESHOLD is too large")?,
         })
     }
 }

@@ -29,6 +29,9 @@ pub enum Error {
     },
     #[error("payload too large")]
     PayloadTooLarge,
+    /// Answered with `Retry-After: <retry_after>` (seconds).
+    #[error("too many requests: retry in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -49,6 +52,7 @@ impl Error {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,6 +65,7 @@ impl Error {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::TooManyRequests { .. } => "rate_limited",
             Self::Internal(_) => "internal",
         }
     }
@@ -92,6 +97,12 @@ impl IntoResponse for Error {
             return response;
         }
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::TooManyRequests { retry_after } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
     }
 }

@@ -60,6 +60,19 @@ pub enum Event {
     HeartbeatResponse {
         timestamp: DateTime<Utc>,
     },
+    /// A contact's device replaced its identity key: its safety number changed, and sessions
+    /// with that device must be started again from a fresh bundle.
+    IdentityChanged {
+        user_id: UserId,
+        device_id: i64,
+        timestamp: DateTime<Utc>,
+    },
+    /// One of the user's devices is running out of one-time prekeys and should upload more.
+    PrekeysLow {
+        device_id: i64,
+        count: i64,
+        threshold: i64,
+    },
     Error {
         code: &'static str,
         message: String,

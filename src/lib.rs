@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod hub;
 pub mod model;
+pub mod rate_limit;
 pub mod store;
 pub mod ws;
 
@@ -23,6 +24,7 @@ use crate::{
     auth::{PasswordHasher, TokenKeys},
     config::Config,
     hub::Hub,
+    rate_limit::RateLimiter,
     store::Store,
 };
 
@@ -37,6 +39,8 @@ pub struct App {
     pub tokens: TokenKeys,
     pub hasher: PasswordHasher,
     pub content_waiters: domain::content::ContentWaiters,
+    /// Per-caller limit on prekey bundle fetches.
+    pub key_fetches: RateLimiter,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
 }
@@ -54,6 +58,7 @@ impl App {
             hasher: PasswordHasher::new(config.hash_concurrency)?,
             hub: Hub::default(),
             content_waiters: Default::default(),
+            key_fetches: RateLimiter::new(config.key_fetch_per_minute),
             shutdown: CancellationToken::new(),
             store,
             config,

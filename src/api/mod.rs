@@ -5,6 +5,7 @@ mod calls;
 mod conversations;
 mod extract;
 mod health;
+mod keys;
 mod messages;
 mod presence;
 mod users;
@@ -17,7 +18,7 @@ use axum::{
     http::header,
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post, put},
 };
 use tower_http::{
     catch_panic::CatchPanicLayer, sensitive_headers::SetSensitiveRequestHeadersLayer,
@@ -54,7 +55,13 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/history", get(calls::history))
         .route("/calls/active", get(calls::active))
         .route("/presence", post(presence::set))
-        .route("/presence/{id}", get(presence::get));
+        .route("/presence/{id}", get(presence::get))
+        .route("/keys", put(keys::upload))
+        .route("/keys/count", get(keys::count))
+        .route("/keys/{user_id}", get(keys::fetch_user))
+        .route("/keys/{user_id}/{device_id}", get(keys::fetch_device))
+        .route("/devices", get(keys::devices))
+        .route("/devices/{device_id}", delete(keys::delete_device));
     Router::new()
         .nest("/api", api)
         .route("/ws", get(ws::upgrade))

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod calls;
 pub mod content;
 pub mod conversations;
+pub mod keys;
 pub mod messages;
 pub mod presence;
 pub mod sweeper;

@@ -6,6 +6,7 @@
 mod calls;
 mod contents;
 mod conversations;
+mod keys;
 mod messages;
 mod users;
 
@@ -20,6 +21,7 @@ use sqlx::{
 
 pub use calls::{CallRecord, CallRefused, NewCall};
 pub use contents::{NewContent, StoredContent};
+pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::NewMessage;
 pub use users::NewUser;
 

@@ -12,10 +12,11 @@ use axum::{
     response::Response,
 };
 
-use crate::{AppState, auth, error::Error};
+use crate::{AppState, auth, domain::keys, error::Error};
 
-/// `GET /ws?token=<jwt>` (or `Authorization: Bearer <jwt>`). A missing or bad token is refused
-/// with an empty 401 before the upgrade.
+/// `GET /ws?token=<jwt>[&device_id=<n>]` (or `Authorization: Bearer <jwt>`). A missing or bad
+/// token is refused with an empty 401 before the upgrade. `device_id` (or `deviceId`, default 1)
+/// names the device, for the frames about its keys.
 pub async fn upgrade(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -26,6 +27,15 @@ pub async fn upgrade(
         .or_else(|| query.as_deref().and_then(token_param))
         .ok_or(Error::Unauthorized)?;
     let claims = auth::authenticate(&state, token).await?;
+    let device = query
+        .as_deref()
+        .and_then(|q| param(q, "device_id").or_else(|| param(q, "deviceId")))
+        .map(|raw| {
+            raw.parse()
+                .map_err(|_| Error::invalid("device_id must be a number"))
+        })
+        .transpose()?;
+    let device = keys::device_id(device)?;
     let upgrade = upgrade.map_err(|_| Error::invalid("expected a WebSocket upgrade request"))?;
     let max = state.config.ws_max_frame_bytes;
     Ok(upgrade
@@ -34,20 +44,25 @@ pub async fn upgrade(
         // tungstenite's 128 KiB defaults would dominate the memory of an idle socket.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| session::run(state, socket, claims)))
+        .on_upgrade(move |socket| session::run(state, socket, claims, device)))
 }
 
 /// The `token` parameter of a query string (tokens are URL-safe, so no decoding is needed).
 fn token_param(query: &str) -> Option<&str> {
+    param(query, "token")
+}
+
+/// A non-empty parameter of a query string, undecoded (only URL-safe values are read).
+fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query
         .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
-        .filter(|t| !t.is_empty())
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::token_param;
+    use super::{param, token_param};
 
     #[test]
     fn token_is_found_among_other_parameters() {
@@ -55,5 +70,13 @@ mod tests {
         assert_eq!(token_param("since=5&token=abc"), Some("abc"));
         assert_eq!(token_param("token="), None);
         assert_eq!(token_param("mytoken=abc"), None);
+        assert_eq!(token_param("tokenx=abc"), None);
+    }
+
+    #[test]
+    fn device_id_is_read_in_either_key_style() {
+        assert_eq!(param("token=a&device_id=2", "device_id"), Some("2"));
+        assert_eq!(param("deviceId=3&token=a", "deviceId"), Some("3"));
+        assert_eq!(param("token=a", "device_id"), None);
     }
 }

@@ -44,7 +44,7 @@ impl Socket {
     }
 }
 
-pub async fn run(state: AppState, socket: WebSocket, claims: TokenClaims) {
+pub async fn run(state: AppState, socket: WebSocket, claims: TokenClaims, device: i64) {
     let user = claims.user_id;
     let (queue, queue_rx) = mpsc::channel(state.config.ws_queue_len);
     let close = Arc::new(CloseSignal::default());
@@ -71,6 +71,10 @@ pub async fn run(state: AppState, socket: WebSocket, claims: TokenClaims) {
         replies: queue,
         close: close.clone(),
     };
+    // A device that was offline while its one-time prekeys ran low learns it now.
+    if let Some(low) = domain::keys::low_prekeys(&state, user, device).await {
+        socket.reply(&low);
+    }
     read_loop(&state, &socket, stream).await;
     close.close(CloseReason::PeerGone);
     let _ = writer.await;

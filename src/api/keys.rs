@@ -1,0 +1,217 @@
+//! `/api/keys` and `/api/devices`: the key directory. Key bytes travel as base64 and are
+//! decoded here, at the boundary; the rest of the server sees opaque bytes.
+
+use axum::{extract::State, http::StatusCode};
+use base64::{
+    Engine as _,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig, general_purpose::STANDARD},
+};
+use serde::{Deserialize, Serialize};
+
+use super::extract::{Json, Path, Query};
+use crate::{
+    AppState,
+    auth::AuthUser,
+    domain::keys::{self, KeyCount, KeyUpload},
+    error::{Error, Result},
+    model::UserId,
+    store::{Bundle, DeviceInfo, PreKey, SignedPreKey},
+};
+
+/// Standard alphabet; padding optional, since some encoders drop it.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+fn decode(field: &str, value: &str) -> Result<Vec<u8>> {
+    LENIENT.decode(value).map_err(|_| Error::Invalid {
+        code: "invalid_base64",
+        message: format!("{field} is not valid base64"),
+    })
+}
+
+#[derive(Deserialize, Serialize)]
+pub struct PreKeyBody {
+    key_id: u32,
+    public_key: String,
+}
+
+#[derive(Deserialize, Serialize)]
+pub struct SignedPreKeyBody {
+    key_id: u32,
+    public_key: String,
+    signature: String,
+}
+
+impl SignedPreKeyBody {
+    fn decode(self, field: &str) -> Result<SignedPreKey> {
+        Ok(SignedPreKey {
+            key_id: i64::from(self.key_id),
+            public_key: decode(&format!("{field}.public_key"), &self.public_key)?,
+            signature: decode(&format!("{field}.signature"), &self.signature)?,
+        })
+    }
+}
+
+impl From<&SignedPreKey> for SignedPreKeyBody {
+    fn from(key: &SignedPreKey) -> Self {
+        Self {
+            key_id: u32::try_from(key.key_id).unwrap_or_default(),
+            public_key: STANDARD.encode(&key.public_key),
+            signature: STANDARD.encode(&key.signature),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct UploadBody {
+    device_id: Option<i64>,
+    registration_id: Option<u32>,
+    identity_key: Option<String>,
+    signed_prekey: Option<SignedPreKeyBody>,
+    one_time_prekeys: Option<Vec<PreKeyBody>>,
+    pq_last_resort_prekey: Option<SignedPreKeyBody>,
+}
+
+impl UploadBody {
+    fn decode(self) -> Result<KeyUpload> {
+        let one_time_prekeys = self.one_time_prekeys.unwrap_or_default();
+        if one_time_prekeys.len() > keys::MAX_PREKEYS_PER_UPLOAD {
+            // Refused before decoding anything.
+            return Err(Error::invalid(format!(
+                "at most {} one-time prekeys per upload",
+                keys::MAX_PREKEYS_PER_UPLOAD
+            )));
+        }
+        Ok(KeyUpload {
+            device_id: keys::device_id(self.device_id)?,
+            registration_id: self.registration_id.map(i64::from),
+            identity_key: self
+                .identity_key
+                .map(|k| decode("identity_key", &k))
+                .transpose()?,
+            signed_prekey: self
+                .signed_prekey
+                .map(|k| k.decode("signed_prekey"))
+                .transpose()?,
+            pq_prekey: self
+                .pq_last_resort_prekey
+                .map(|k| k.decode("pq_last_resort_prekey"))
+                .transpose()?,
+            one_time_prekeys: one_time_prekeys
+                .into_iter()
+                .map(|k| {
+                    Ok(PreKey {
+                        key_id: i64::from(k.key_id),
+                        public_key: decode("one_time_prekeys.public_key", &k.public_key)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// `PUT /api/keys`: publish (with `identity_key`: replace) the caller's device keys.
+pub async fn upload(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(body): Json<UploadBody>,
+) -> Result<axum::Json<KeyCount>> {
+    Ok(axum::Json(
+        keys::upload(&state, user, body.decode()?).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct DeviceQuery {
+    device_id: Option<i64>,
+}
+
+/// `GET /api/keys/count?device_id=`: one-time prekeys the caller's device has left.
+pub async fn count(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(query): Query<DeviceQuery>,
+) -> Result<axum::Json<KeyCount>> {
+    let device = keys::device_id(query.device_id)?;
+    Ok(axum::Json(keys::count(&state, user, device).await?))
+}
+
+#[derive(Serialize)]
+pub struct BundleBody {
+    device_id: i64,
+    registration_id: Option<i64>,
+    identity_key: String,
+    signed_prekey: SignedPreKeyBody,
+    /// Null when the device has none left.
+    one_time_prekey: Option<PreKeyBody>,
+    pq_last_resort_prekey: Option<SignedPreKeyBody>,
+}
+
+impl From<&Bundle> for BundleBody {
+    fn from(b: &Bundle) -> Self {
+        Self {
+            device_id: b.device_id,
+            registration_id: b.registration_id,
+            identity_key: STANDARD.encode(&b.identity_key),
+            signed_prekey: (&b.signed_prekey).into(),
+            one_time_prekey: b.one_time_prekey.as_ref().map(|k| PreKeyBody {
+                key_id: u32::try_from(k.key_id).unwrap_or_default(),
+                public_key: STANDARD.encode(&k.public_key),
+            }),
+            pq_last_resort_prekey: b.pq_prekey.as_ref().map(Into::into),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct BundlesBody {
+    user_id: UserId,
+    devices: Vec<BundleBody>,
+}
+
+fn bundles_body(user_id: UserId, bundles: &[Bundle]) -> axum::Json<BundlesBody> {
+    axum::Json(BundlesBody {
+        user_id,
+        devices: bundles.iter().map(Into::into).collect(),
+    })
+}
+
+/// `GET /api/keys/{user_id}`: a bundle per device, each taking one one-time prekey.
+pub async fn fetch_user(
+    State(state): State<AppState>,
+    AuthUser(caller): AuthUser,
+    Path(target): Path<UserId>,
+) -> Result<axum::Json<BundlesBody>> {
+    let bundles = keys::fetch(&state, caller, target, None).await?;
+    Ok(bundles_body(target, &bundles))
+}
+
+/// `GET /api/keys/{user_id}/{device_id}`: the same for one device.
+pub async fn fetch_device(
+    State(state): State<AppState>,
+    AuthUser(caller): AuthUser,
+    Path((target, device)): Path<(UserId, i64)>,
+) -> Result<axum::Json<BundlesBody>> {
+    let bundles = keys::fetch(&state, caller, target, Some(device)).await?;
+    Ok(bundles_body(target, &bundles))
+}
+
+/// `GET /api/devices`: the caller's devices that published keys.
+pub async fn devices(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<axum::Json<Vec<DeviceInfo>>> {
+    Ok(axum::Json(keys::devices(&state, user).await?))
+}
+
+/// `DELETE /api/devices/{device_id}`: forget a device and all its keys.
+pub async fn delete_device(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(device): Path<i64>,
+) -> Result<StatusCode> {
+    keys::delete_device(&state, user, device).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
