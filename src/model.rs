@@ -28,7 +28,16 @@ id_type!(
     ConversationId,
     /// One message's metadata (its content, if any, is an opaque blob elsewhere).
     MessageId,
+    /// A story: visible to its author and their contacts for 24 hours.
+    StoryId,
+    /// A channel: many members, messages fanned out to all of them.
+    ChannelId,
+    /// One channel message's metadata.
+    ChannelMessageId,
 );
+
+pub(crate) mod social;
+pub use social::{Channel, ChannelMessage, Story};
 
 /// The server clock, truncated to milliseconds so that every engine stores and returns the
 /// same instant and every timestamp serializes as `...T..:..:..(.mmm)Z`.

@@ -2,9 +2,12 @@
 //! functions, so each rule is written — and tested — once.
 
 pub mod accounts;
+pub mod channels;
 pub mod conversations;
+mod input;
 pub mod messages;
 pub mod presence;
+pub mod stories;
 
 use crate::{AppState, events::Event, model::UserId};
 

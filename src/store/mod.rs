@@ -3,8 +3,10 @@
 //! `$1` placeholders); `with_pool!` runs the same body against whichever engine is configured,
 //! type-checked for each.
 
+mod channels;
 mod conversations;
 mod messages;
+mod stories;
 mod users;
 
 use std::{str::FromStr, time::Duration};
@@ -16,7 +18,9 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use messages::NewMessage;
+pub use stories::NewStory;
 pub use users::NewUser;
 
 /// Which database engine a URL selects.
