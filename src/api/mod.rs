@@ -1,10 +1,13 @@
 //! The HTTP surface: routes, per-request logging, and the layers every request goes through.
 
 mod auth;
+mod channels;
 mod conversations;
 mod extract;
 mod health;
 mod messages;
+mod paging;
+mod stories;
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +39,17 @@ pub fn router(state: AppState) -> Router {
             get(conversations::list).post(conversations::open),
         )
         .route("/conversations/{id}/messages", get(conversations::messages))
-        .route("/messages/{id}/read", post(messages::mark_read));
+        .route("/messages/{id}/read", post(messages::mark_read))
+        .route("/stories", get(stories::list).post(stories::create))
+        .route("/stories/{id}/view", post(stories::view))
+        .route("/channels", get(channels::list).post(channels::create))
+        .route("/channels/{id}/join", post(channels::join))
+        .route("/channels/{id}/leave", post(channels::leave))
+        .route("/channels/{id}/members", post(channels::add_member))
+        .route(
+            "/channels/{id}/messages",
+            get(channels::messages).post(channels::post),
+        );
     Router::new()
         .nest("/api", api)
         .route("/ws", get(ws::upgrade))

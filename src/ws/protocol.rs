@@ -5,10 +5,10 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
 use crate::{
-    domain::messages::SendMessage,
+    domain::{channels::ChannelPost, messages::SendMessage},
     error::Error,
     events::camel_to_snake,
-    model::{ConversationId, MessageId},
+    model::{ChannelId, ConversationId, MessageId},
 };
 
 #[derive(Debug)]
@@ -18,6 +18,15 @@ pub enum Inbound {
     ReadReceipt(ReadReceipt),
     PresenceUpdate(PresenceUpdate),
     Heartbeat,
+    ChannelMessage(ChannelFrame),
+}
+
+/// `channel_message` `{channelId, messageType, id?}`: the same post as the REST endpoint.
+#[derive(Debug, Deserialize)]
+pub struct ChannelFrame {
+    pub channel_id: ChannelId,
+    #[serde(flatten)]
+    pub post: ChannelPost,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +73,7 @@ pub fn decode(text: &str) -> Result<Inbound, Error> {
         "read_receipt" => Inbound::ReadReceipt(parse(&kind, payload)?),
         "presence_update" => Inbound::PresenceUpdate(parse(&kind, payload)?),
         "heartbeat" => Inbound::Heartbeat,
+        "channel_message" => Inbound::ChannelMessage(parse(&kind, payload)?),
         _ => {
             return Err(Error::Invalid {
                 code: "unknown_type",
