@@ -7,7 +7,10 @@ use serde_json::{Map, Value};
 
 use crate::{
     hub::Frame,
-    model::{CallStatus, ConversationId, Message, MessageId, Presence, UserId},
+    model::{
+        CallStatus, ChannelId, ChannelMessage, ChannelMessageId, ConversationId, Message,
+        MessageId, Presence, UserId,
+    },
 };
 
 #[derive(Debug, Serialize)]
@@ -72,6 +75,17 @@ pub enum Event {
         device_id: i64,
         count: i64,
         threshold: i64,
+    },
+    /// A new channel message, for the online members other than its sender.
+    ChannelMessage(ChannelMessage),
+    /// The sender's channel message (sent over the socket) is stored.
+    ChannelMessageAck {
+        id: ChannelMessageId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<ChannelMessageId>,
+        channel_id: ChannelId,
+        timestamp: DateTime<Utc>,
+        seq: i64,
     },
     Error {
         code: &'static str,

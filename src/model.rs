@@ -30,7 +30,16 @@ id_type!(
     MessageId,
     /// A call between two users.
     CallId,
+    /// A story: visible to its author and their contacts for 24 hours.
+    StoryId,
+    /// A channel: many members, messages fanned out to all of them.
+    ChannelId,
+    /// One channel message's metadata.
+    ChannelMessageId,
 );
+
+pub(crate) mod social;
+pub use social::{Channel, ChannelMessage, Story};
 
 /// The server clock, truncated to milliseconds so that every engine stores and returns the
 /// same instant and every timestamp serializes as `...T..:..:..(.mmm)Z`.

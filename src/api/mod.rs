@@ -2,12 +2,15 @@
 
 mod auth;
 mod calls;
+mod channels;
 mod conversations;
 mod extract;
 mod health;
 mod keys;
 mod messages;
+mod paging;
 mod presence;
+mod stories;
 mod users;
 
 use std::time::{Duration, Instant};
@@ -61,7 +64,17 @@ pub fn router(state: AppState) -> Router {
         .route("/keys/{user_id}", get(keys::fetch_user))
         .route("/keys/{user_id}/{device_id}", get(keys::fetch_device))
         .route("/devices", get(keys::devices))
-        .route("/devices/{device_id}", delete(keys::delete_device));
+        .route("/devices/{device_id}", delete(keys::delete_device))
+        .route("/stories", get(stories::list).post(stories::create))
+        .route("/stories/{id}/view", post(stories::view))
+        .route("/channels", get(channels::list).post(channels::create))
+        .route("/channels/{id}/join", post(channels::join))
+        .route("/channels/{id}/leave", post(channels::leave))
+        .route("/channels/{id}/members", post(channels::add_member))
+        .route(
+            "/channels/{id}/messages",
+            get(channels::messages).post(channels::post),
+        );
     Router::new()
         .nest("/api", api)
         .route("/ws", get(ws::upgrade))

@@ -3,11 +3,14 @@
 
 pub mod accounts;
 pub mod calls;
+pub mod channels;
 pub mod content;
 pub mod conversations;
+mod input;
 pub mod keys;
 pub mod messages;
 pub mod presence;
+pub mod stories;
 pub mod sweeper;
 pub mod users;
 

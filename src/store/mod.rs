@@ -4,10 +4,12 @@
 //! type-checked for each.
 
 mod calls;
+mod channels;
 mod contents;
 mod conversations;
 mod keys;
 mod messages;
+mod stories;
 mod users;
 
 use std::{str::FromStr, time::Duration};
@@ -20,9 +22,11 @@ use sqlx::{
 };
 
 pub use calls::{CallRecord, CallRefused, NewCall};
+pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::{NewContent, StoredContent};
 pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::NewMessage;
+pub use stories::NewStory;
 pub use users::NewUser;
 
 /// Which database engine a URL selects.

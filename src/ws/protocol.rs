@@ -5,10 +5,10 @@ use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
 use crate::{
-    domain::{calls::CallResponse, messages::SendMessage},
+    domain::{calls::CallResponse, channels::ChannelPost, messages::SendMessage},
     error::Error,
     events::camel_to_snake,
-    model::{CallType, ConversationId, MessageId, UserId},
+    model::{CallType, ChannelId, ConversationId, MessageId, UserId},
 };
 
 #[derive(Debug)]
@@ -20,6 +20,15 @@ pub enum Inbound {
     CallRequest(CallRequestFrame),
     CallResponse(CallResponseFrame),
     Heartbeat,
+    ChannelMessage(ChannelFrame),
+}
+
+/// `channel_message` `{channelId, messageType, id?}`: the same post as the REST endpoint.
+#[derive(Debug, Deserialize)]
+pub struct ChannelFrame {
+    pub channel_id: ChannelId,
+    #[serde(flatten)]
+    pub post: ChannelPost,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +93,7 @@ pub fn decode(text: &str) -> Result<Inbound, Error> {
         "call_request" => Inbound::CallRequest(parse(&kind, payload)?),
         "call_response" => Inbound::CallResponse(parse(&kind, payload)?),
         "heartbeat" => Inbound::Heartbeat,
+        "channel_message" => Inbound::ChannelMessage(parse(&kind, payload)?),
         _ => {
             return Err(Error::Invalid {
                 code: "unknown_type",

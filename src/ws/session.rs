@@ -163,6 +163,18 @@ async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
             domain::calls::respond(state, user, &c.call_id, c.response).await?;
         }
         Inbound::Heartbeat => socket.reply(&Event::HeartbeatResponse { timestamp: now() }),
+        Inbound::ChannelMessage(frame) => {
+            let client_id = frame.post.id;
+            let (message, _) =
+                domain::channels::post(state, user, frame.channel_id, frame.post).await?;
+            socket.reply(&Event::ChannelMessageAck {
+                id: message.id,
+                client_id,
+                channel_id: message.channel_id,
+                timestamp: message.created_at,
+                seq: message.seq,
+            });
+        }
     }
     Ok(())
 }

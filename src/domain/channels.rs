@@ -1,0 +1,228 @@
+//! Channels: many members, message metadata fanned out to the online ones.
+//!
+//! Access rule, the same for every endpoint: an unknown channel is a 404; a channel that
+//! exists but that the caller may not use (not a member, or joining a private one) is a 403.
+//! Channel ids are random UUIDs, so a 403 only tells what the holder of the id already knows.
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::input::{optional_http_url, optional_text, page_limit};
+use crate::{
+    AppState,
+    error::{Error, Result},
+    events::Event,
+    model::{Channel, ChannelId, ChannelMessage, ChannelMessageId, UserId, now},
+    store::{ChannelAccess, NewChannel, NewChannelMessage},
+};
+
+const MAX_NAME_LEN: usize = 100;
+const MAX_DESCRIPTION_LEN: usize = 1000;
+const MAX_MESSAGE_TYPE_LEN: usize = 32;
+
+#[derive(Debug, Deserialize)]
+pub struct CreateChannel {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    /// Absent or null means public.
+    #[serde(default)]
+    pub is_private: Option<bool>,
+}
+
+/// A message posted to a channel (the channel comes from the path or the frame).
+#[derive(Debug, Deserialize)]
+pub struct ChannelPost {
+    pub message_type: String,
+    /// Chosen by the client: makes retries idempotent and becomes the message's id.
+    #[serde(default)]
+    pub id: Option<ChannelMessageId>,
+}
+
+pub async fn create(state: &AppState, user: UserId, request: CreateChannel) -> Result<Channel> {
+    let name = optional_text(Some(request.name), "name", MAX_NAME_LEN)?
+        .ok_or_else(|| Error::invalid("name must not be empty"))?;
+    let description = optional_text(request.description, "description", MAX_DESCRIPTION_LEN)?;
+    let avatar_url = optional_http_url(request.avatar_url, "avatar_url")?;
+    let id = ChannelId(Uuid::now_v7());
+    state
+        .store
+        .create_channel(&NewChannel {
+            id,
+            name,
+            description,
+            avatar_url,
+            is_private: request.is_private.unwrap_or(false),
+            creator_id: user,
+            created_at: now(),
+        })
+        .await?;
+    channel(state, id).await
+}
+
+/// A page of the channels `user` is a member of, newest first; `before` is the id of the last
+/// channel already seen.
+pub async fn list(
+    state: &AppState,
+    user: UserId,
+    before: Option<ChannelId>,
+    limit: Option<i64>,
+) -> Result<Vec<Channel>> {
+    let before_seq = match before {
+        None => None,
+        Some(cursor) => Some(
+            state
+                .store
+                .channel(cursor)
+                .await?
+                .ok_or_else(|| Error::invalid("`before` is not a channel"))?
+                .seq,
+        ),
+    };
+    state
+        .store
+        .user_channels(user, before_seq, page_limit(limit))
+        .await
+}
+
+/// Joins a public channel (idempotent). A private channel is joined only by being added.
+pub async fn join(state: &AppState, user: UserId, id: ChannelId) -> Result<Channel> {
+    let access = access(state, id, user).await?;
+    if !access.is_member {
+        if access.is_private {
+            return Err(Error::Forbidden("this channel is private"));
+        }
+        state.store.add_channel_member(id, user, now()).await?;
+    }
+    channel(state, id).await
+}
+
+/// Leaves a channel the caller is a member of.
+pub async fn leave(state: &AppState, user: UserId, id: ChannelId) -> Result<Channel> {
+    member(state, id, user).await?;
+    state.store.remove_channel_member(id, user).await?;
+    channel(state, id).await
+}
+
+/// Adds `new_member` to the channel; only its creator may (the way into a private channel).
+pub async fn add_member(
+    state: &AppState,
+    user: UserId,
+    id: ChannelId,
+    new_member: UserId,
+) -> Result<Channel> {
+    let access = access(state, id, user).await?;
+    if access.creator_id != user {
+        return Err(Error::Forbidden(
+            "only the channel's creator can add members",
+        ));
+    }
+    if !state.store.user_exists(new_member).await? {
+        return Err(Error::NotFound("user"));
+    }
+    state
+        .store
+        .add_channel_member(id, new_member, now())
+        .await?;
+    channel(state, id).await
+}
+
+/// A page of a channel's messages, newest first; `before` is the id of the oldest one seen.
+pub async fn history(
+    state: &AppState,
+    user: UserId,
+    id: ChannelId,
+    before: Option<ChannelMessageId>,
+    limit: Option<i64>,
+) -> Result<Vec<ChannelMessage>> {
+    member(state, id, user).await?;
+    let before_seq = match before {
+        None => None,
+        Some(cursor) => match state.store.channel_message(cursor).await? {
+            Some(m) if m.channel_id == id => Some(m.seq),
+            _ => {
+                return Err(Error::invalid("`before` is not a message of this channel"));
+            }
+        },
+    };
+    state
+        .store
+        .channel_messages_page(id, before_seq, page_limit(limit))
+        .await
+}
+
+/// Stores a message's metadata and pushes `channel_message` to every online member but the
+/// sender. Returns the message and whether it is new (`false`: a retry, not pushed again).
+pub async fn post(
+    state: &AppState,
+    sender: UserId,
+    id: ChannelId,
+    request: ChannelPost,
+) -> Result<(ChannelMessage, bool)> {
+    let message_type = request.message_type.trim();
+    if message_type.is_empty() || message_type.len() > MAX_MESSAGE_TYPE_LEN {
+        return Err(Error::invalid(format!(
+            "message_type must be 1 to {MAX_MESSAGE_TYPE_LEN} characters"
+        )));
+    }
+    member(state, id, sender).await?;
+    let message_id = request
+        .id
+        .unwrap_or_else(|| ChannelMessageId(Uuid::now_v7()));
+    let created = state
+        .store
+        .insert_channel_message(&NewChannelMessage {
+            id: message_id,
+            channel_id: id,
+            sender_id: sender,
+            message_type: message_type.to_owned(),
+            created_at: now(),
+        })
+        .await?;
+    let message = match state.store.channel_message(message_id).await? {
+        Some(m) if m.sender_id == sender && m.channel_id == id => m,
+        _ => {
+            return Err(Error::Conflict {
+                code: "id_taken",
+                message: "this message id is already used",
+            });
+        }
+    };
+    if created {
+        let members = state.store.channel_member_ids(id).await?;
+        super::deliver(
+            state,
+            members
+                .into_iter()
+                .filter(|m| *m != sender && state.hub.is_online(*m)),
+            &Event::ChannelMessage(message.clone()),
+        );
+    }
+    Ok((message, created))
+}
+
+async fn access(state: &AppState, id: ChannelId, user: UserId) -> Result<ChannelAccess> {
+    state
+        .store
+        .channel_access(id, user)
+        .await?
+        .ok_or(Error::NotFound("channel"))
+}
+
+async fn member(state: &AppState, id: ChannelId, user: UserId) -> Result<()> {
+    if access(state, id, user).await?.is_member {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("you are not a member of this channel"))
+    }
+}
+
+async fn channel(state: &AppState, id: ChannelId) -> Result<Channel> {
+    state
+        .store
+        .channel(id)
+        .await?
+        .ok_or(Error::NotFound("channel"))
+}
