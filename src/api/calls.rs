@@ -3,7 +3,10 @@
 use axum::{extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{Json, Limit, Query, limit};
+use super::{
+    extract::{Json, Query},
+    paging::PageQuery,
+};
 use crate::{
     AppState,
     auth::AuthUser,
@@ -12,9 +15,6 @@ use crate::{
     model::{Call, CallId, CallType, UserId},
     store::CallRecord,
 };
-
-const DEFAULT_HISTORY: i64 = 50;
-const MAX_HISTORY: i64 = 200;
 
 /// A call as the app reads it: the stored fields plus its duration.
 #[derive(Serialize)]
@@ -66,21 +66,12 @@ pub async fn start(
     Ok((StatusCode::CREATED, axum::Json(call.into())))
 }
 
-#[derive(Deserialize)]
-pub struct HistoryQuery {
-    limit: Option<Limit>,
-    before: Option<CallId>,
-}
-
 pub async fn history(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Query(query): Query<HistoryQuery>,
+    Query(page): Query<PageQuery<CallId>>,
 ) -> Result<axum::Json<Vec<HistoryEntry>>> {
-    let limit = limit(query.limit)
-        .unwrap_or(DEFAULT_HISTORY)
-        .clamp(1, MAX_HISTORY);
-    let records = state.store.call_history(user, query.before, limit).await?;
+    let records = calls::history(&state, user, page.before, page.limit).await?;
     let entries = records
         .into_iter()
         .map(|r: CallRecord| HistoryEntry {

@@ -3,7 +3,10 @@
 use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 
-use super::extract::{Json, Limit, Path, Query, limit};
+use super::{
+    extract::{Json, Path, Query},
+    paging::PageQuery,
+};
 use crate::{
     AppState,
     auth::AuthUser,
@@ -39,18 +42,12 @@ pub async fn open(
     Ok((status, axum::Json(summary)))
 }
 
-#[derive(Deserialize)]
-pub struct HistoryQuery {
-    limit: Option<Limit>,
-    before: Option<MessageId>,
-}
-
 pub async fn messages(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<ConversationId>,
-    Query(query): Query<HistoryQuery>,
+    Query(page): Query<PageQuery<MessageId>>,
 ) -> Result<axum::Json<Vec<Message>>> {
-    let page = conversations::history(&state, user, id, query.before, limit(query.limit)).await?;
+    let page = conversations::history(&state, user, id, page.before, page.limit).await?;
     Ok(axum::Json(page))
 }

@@ -55,30 +55,3 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
         }
     }
 }
-
-/// A `limit` query parameter: any integer, saturated to `i64` (a huge or negative value is
-/// clamped by the endpoint, never an error); anything else is a 400.
-#[derive(Clone, Copy, Debug)]
-pub struct Limit(pub i64);
-
-impl<'de> serde::Deserialize<'de> for Limit {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        let raw = raw.trim();
-        let digits = raw.strip_prefix('-').unwrap_or(raw);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(serde::de::Error::custom("limit must be an integer"));
-        }
-        let saturated = if raw.starts_with('-') {
-            i64::MIN
-        } else {
-            i64::MAX
-        };
-        Ok(Self(raw.parse().unwrap_or(saturated)))
-    }
-}
-
-/// The value of an optional `limit`, for the domain to clamp.
-pub fn limit(limit: Option<Limit>) -> Option<i64> {
-    limit.map(|Limit(n)| n)
-}

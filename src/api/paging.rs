@@ -14,7 +14,7 @@ pub struct PageQuery<C> {
 }
 
 /// An integer, saturated to `i64` when out of range; empty means "not given".
-fn saturating_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+pub fn saturating_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let raw = String::deserialize(d)?;
     let raw = raw.trim();
     if raw.is_empty() {

@@ -3,13 +3,14 @@
 use axum::extract::State;
 use serde::Deserialize;
 
-use super::extract::{Limit, Query, limit};
+use super::{extract::Query, paging::saturating_limit};
 use crate::{AppState, auth::AuthUser, domain::users, error::Result, model::User};
 
 #[derive(Deserialize)]
 pub struct SearchQuery {
     q: Option<String>,
-    limit: Option<Limit>,
+    #[serde(default, deserialize_with = "saturating_limit")]
+    limit: Option<i64>,
     /// The last username of the previous page.
     after: Option<String>,
 }
@@ -24,7 +25,7 @@ pub async fn search(
         user,
         query.q.as_deref(),
         query.after.as_deref(),
-        limit(query.limit),
+        query.limit,
     )
     .await?;
     Ok(axum::Json(found))

@@ -11,7 +11,7 @@ use crate::{
     error::{Error, Result},
     events::Event,
     model::{Call, CallId, CallStatus, CallType, UserId, now},
-    store::{CallRefused, NewCall},
+    store::{CallRecord, CallRefused, NewCall},
 };
 
 const MAX_CLIENT_CALL_ID_LEN: usize = 64;
@@ -184,6 +184,17 @@ fn ring_timeout(state: &AppState) -> Result<chrono::Duration> {
 /// How often unanswered calls are looked for: a quarter of the timeout, within bounds.
 pub fn expiry_interval(ring_timeout: Duration) -> Duration {
     (ring_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// `user`'s calls, newest first; `before` is the id of the oldest call already seen.
+pub async fn history(
+    state: &AppState,
+    user: UserId,
+    before: Option<CallId>,
+    limit: Option<i64>,
+) -> Result<Vec<CallRecord>> {
+    let limit = super::input::page_limit(limit);
+    state.store.call_history(user, before, limit).await
 }
 
 pub async fn active(state: &AppState, user: UserId) -> Result<Call> {

@@ -7,9 +7,6 @@ use crate::{
     model::{Conversation, ConversationId, ConversationSummary, Message, MessageId, UserId, now},
 };
 
-pub const DEFAULT_PAGE: i64 = 50;
-pub const MAX_PAGE: i64 = 200;
-
 /// The conversation between `user` and `participant`, created on first use.
 /// Returns it as `user` lists it, and whether it was created.
 pub async fn open(
@@ -76,7 +73,7 @@ pub async fn history(
             }
         },
     };
-    let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let limit = super::input::page_limit(limit);
     state
         .store
         .messages_page(conversation.id, before_seq, limit)

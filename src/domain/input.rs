@@ -1,8 +1,10 @@
-//! Input rules shared by stories and channels: optional texts, links, page sizes.
+//! Input rules shared by the domain: optional texts, links, page sizes.
 
 use crate::error::{Error, Result};
 
-use super::conversations::{DEFAULT_PAGE, MAX_PAGE};
+/// Page size of list endpoints when the client gives none, and the most it may ask for.
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
 
 const MAX_URL_LEN: usize = 2048;
 

@@ -6,7 +6,7 @@ pub mod calls;
 pub mod channels;
 pub mod content;
 pub mod conversations;
-mod input;
+pub(crate) mod input;
 pub mod keys;
 pub mod messages;
 pub mod presence;
