@@ -38,11 +38,20 @@ pub enum Event {
         status: Presence,
         last_seen: DateTime<Utc>,
     },
+    /// The sender's message was read (an inbox event of the sender: it carries a `cursor`).
     ReadReceipt {
         message_id: MessageId,
         conversation_id: ConversationId,
         reader_id: UserId,
         read_at: DateTime<Utc>,
+        cursor: i64,
+    },
+    /// The sender's message reached a socket of the recipient for the first time.
+    DeliveryReceipt {
+        message_id: MessageId,
+        conversation_id: ConversationId,
+        recipient_id: UserId,
+        delivered_at: DateTime<Utc>,
     },
     /// An incoming call, for the recipient's sockets.
     CallRequestFull {
@@ -105,10 +114,29 @@ pub struct MessagePayload {
     timestamp: DateTime<Utc>,
     is_read: bool,
     seq: i64,
+    /// The recipient's inbox number: give it back as `since` to catch up from here.
+    cursor: i64,
 }
 
-impl From<&Message> for MessagePayload {
-    fn from(m: &Message) -> Self {
+impl Event {
+    /// The frame that puts inbox event `cursor` about `message` in front of `user`: the
+    /// message itself for its recipient, its read receipt for its sender.
+    pub fn inbox(message: &Message, cursor: i64, kind: crate::store::InboxKind) -> Self {
+        match kind {
+            crate::store::InboxKind::Message => Self::Message(MessagePayload::new(message, cursor)),
+            crate::store::InboxKind::ReadReceipt => Self::ReadReceipt {
+                message_id: message.id,
+                conversation_id: message.conversation_id,
+                reader_id: message.recipient_id,
+                read_at: message.read_at.unwrap_or(message.created_at),
+                cursor,
+            },
+        }
+    }
+}
+
+impl MessagePayload {
+    fn new(m: &Message, cursor: i64) -> Self {
         Self {
             id: m.id,
             message_id: m.id,
@@ -120,6 +148,7 @@ impl From<&Message> for MessagePayload {
             timestamp: m.created_at,
             is_read: m.is_read,
             seq: m.seq,
+            cursor,
         }
     }
 }

@@ -20,6 +20,18 @@ pub type Frame = Utf8Bytes;
 /// Identifies one socket among a user's sockets on this node.
 pub type SocketId = u64;
 
+/// What a socket's writer is asked to do, in order.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Write a frame that needs no bookkeeping (presence, typing, calls, replies).
+    Frame(Frame),
+    /// Write the user's inbox event number `seq` (a message or a read receipt), unless it was
+    /// already written; an event that skips a number makes the writer fetch the missing ones.
+    Inbox { seq: i64, frame: Frame },
+    /// Write again every inbox event after `since` (the client's `sync` frame).
+    Resync { since: i64 },
+}
+
 /// Why the server closes a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
@@ -30,6 +42,8 @@ pub enum CloseReason {
     /// Nothing (not even a pong) came from it for too long.
     Idle,
     TokenExpired,
+    /// The server could not read what the socket must be sent; the client catches up later.
+    ServerError,
     ShuttingDown,
     /// The client closed it or the connection broke: nothing left to say.
     PeerGone,
@@ -43,6 +57,7 @@ impl CloseReason {
             Self::TooBig => Some((1009, "frame too large")),
             Self::Idle => Some((1001, "idle timeout")),
             Self::TokenExpired => Some((4001, "token expired")),
+            Self::ServerError => Some((1011, "server error: reconnect to catch up")),
             Self::ShuttingDown => Some((1001, "server shutting down")),
             Self::PeerGone => None,
         }
@@ -80,7 +95,7 @@ impl CloseSignal {
 
 struct SocketHandle {
     id: SocketId,
-    queue: mpsc::Sender<Frame>,
+    queue: mpsc::Sender<Outgoing>,
     close: Arc<CloseSignal>,
 }
 
@@ -95,7 +110,7 @@ impl Hub {
     pub fn attach(
         &self,
         user: UserId,
-        queue: mpsc::Sender<Frame>,
+        queue: mpsc::Sender<Outgoing>,
         close: Arc<CloseSignal>,
     ) -> (SocketId, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -120,10 +135,25 @@ impl Hub {
 
     /// Queues `frame` on every socket of `user`; returns how many sockets took it.
     pub fn send(&self, user: UserId, frame: &Frame) -> usize {
+        self.push_all(user, || Outgoing::Frame(frame.clone()))
+    }
+
+    /// Queues inbox event `seq` of `user` on every socket of theirs.
+    pub fn send_inbox(&self, user: UserId, seq: i64, frame: &Frame) -> usize {
+        self.push_all(user, || Outgoing::Inbox {
+            seq,
+            frame: frame.clone(),
+        })
+    }
+
+    fn push_all(&self, user: UserId, item: impl Fn() -> Outgoing) -> usize {
         let Some(sockets) = self.users.get(&user) else {
             return 0;
         };
-        sockets.iter().filter(|socket| push(socket, frame)).count()
+        sockets
+            .iter()
+            .filter(|socket| push(&socket.queue, &socket.close, item()))
+            .count()
     }
 
     /// How many sockets are open on this node.
@@ -132,11 +162,12 @@ impl Hub {
     }
 }
 
-fn push(socket: &SocketHandle, frame: &Frame) -> bool {
-    match socket.queue.try_send(frame.clone()) {
+/// Queues without waiting: a full queue means a reader too slow to keep, not a reason to wait.
+pub fn push(queue: &mpsc::Sender<Outgoing>, close: &CloseSignal, item: Outgoing) -> bool {
+    match queue.try_send(item) {
         Ok(()) => true,
         Err(TrySendError::Full(_)) => {
-            socket.close.close(CloseReason::TooSlow);
+            close.close(CloseReason::TooSlow);
             false
         }
         Err(TrySendError::Closed(_)) => false,

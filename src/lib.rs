@@ -39,6 +39,8 @@ pub struct App {
     pub tokens: TokenKeys,
     pub hasher: PasswordHasher,
     pub content_waiters: domain::content::ContentWaiters,
+    /// What sockets delivered, on its way to the database.
+    pub delivery: domain::delivery::DeliveryLog,
     /// Per-caller limit on prekey bundle fetches.
     pub key_fetches: RateLimiter,
     /// Cancelled when the server begins to shut down.
@@ -58,6 +60,7 @@ impl App {
             hasher: PasswordHasher::new(config.hash_concurrency)?,
             hub: Hub::default(),
             content_waiters: Default::default(),
+            delivery: Default::default(),
             key_fetches: RateLimiter::new(config.key_fetch_per_minute),
             shutdown: CancellationToken::new(),
             store,
@@ -70,6 +73,7 @@ impl App {
 /// open sockets (close code 1001) and waits for them, at most `DRAIN_TIMEOUT`.
 pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
     tokio::spawn(domain::sweeper::run(state.clone()));
+    tokio::spawn(domain::delivery::run(state.clone()));
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())

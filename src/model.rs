@@ -163,6 +163,10 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
     pub is_read: bool,
     pub read_at: Option<DateTime<Utc>>,
+    /// When the first socket of the recipient was sent it.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// `sent` → `delivered` → `read`.
+    pub status: String,
 }
 
 /// Where a call stands. `Ringing` and `Active` are live; the others are final.

@@ -8,7 +8,7 @@ use crate::{
     error::{Error, Result},
     events::Event,
     model::{ConversationId, Message, MessageId, UserId, now},
-    store::NewMessage,
+    store::{InboxKind, NewMessage},
 };
 
 const MAX_MESSAGE_TYPE_LEN: usize = 32;
@@ -60,7 +60,7 @@ pub async fn send(
             "conversationId does not match the recipient",
         ));
     }
-    let (message, created) = state
+    let (message, cursor) = state
         .store
         .insert_message(&NewMessage {
             id: request.id.unwrap_or_else(|| MessageId(Uuid::now_v7())),
@@ -72,14 +72,13 @@ pub async fn send(
             created_at: now(),
         })
         .await?;
-    if created {
-        super::deliver(
-            state,
-            [message.recipient_id],
-            &Event::Message((&message).into()),
-        );
+    if let Some(cursor) = cursor {
+        let event = Event::inbox(&message, cursor, InboxKind::Message);
+        state
+            .hub
+            .send_inbox(message.recipient_id, cursor, &event.encode());
     }
-    Ok((message, created))
+    Ok((message, cursor.is_some()))
 }
 
 /// Marks a message read on behalf of its recipient and tells the sender. Idempotent; a call by
@@ -92,18 +91,13 @@ pub async fn mark_read(state: &AppState, reader: UserId, id: MessageId) -> Resul
     if message.recipient_id != reader || message.is_read {
         return Ok(message);
     }
-    let Some(updated) = state.store.mark_read(id, reader, now()).await? else {
+    let Some((updated, cursor)) = state.store.mark_read(id, reader, now()).await? else {
         // Another device of the reader marked it read in between.
         return Ok(state.store.message(id).await?.unwrap_or(message));
     };
-    if let Some(read_at) = updated.read_at {
-        let receipt = Event::ReadReceipt {
-            message_id: updated.id,
-            conversation_id: updated.conversation_id,
-            reader_id: reader,
-            read_at,
-        };
-        super::deliver(state, [updated.sender_id], &receipt);
-    }
+    let receipt = Event::inbox(&updated, cursor, InboxKind::ReadReceipt);
+    state
+        .hub
+        .send_inbox(updated.sender_id, cursor, &receipt.encode());
     Ok(updated)
 }

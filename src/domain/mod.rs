@@ -6,6 +6,7 @@ pub mod calls;
 pub mod channels;
 pub mod content;
 pub mod conversations;
+pub mod delivery;
 pub(crate) mod input;
 pub mod keys;
 pub mod messages;

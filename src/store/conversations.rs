@@ -9,6 +9,9 @@ use crate::{
     model::{Conversation, ConversationId, ConversationSummary, Presence, UserId},
 };
 
+/// Conversations kept in memory at most.
+const CACHED_CONVERSATIONS: usize = 100_000;
+
 /// The summary query for member `$1`; `$filter` narrows it (or is empty).
 macro_rules! summary_sql {
     ($filter:literal) => {
@@ -109,14 +112,29 @@ impl Store {
     }
 
     pub async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>> {
-        Ok(with_pool!(self, read, |pool| {
+        if let Some(known) = self.conversations.get(&id) {
+            return Ok(Some(known.clone()));
+        }
+        let found = with_pool!(self, read, |pool| {
             sqlx::query_as::<_, Conversation>(
                 "SELECT id, user_a, user_b, created_at FROM conversations WHERE id = $1",
             )
             .bind(id)
             .fetch_optional(pool)
             .await
-        })?)
+        })?;
+        if let Some(conversation) = &found {
+            if self.conversations.len() >= CACHED_CONVERSATIONS {
+                self.conversations.clear(); // crude, but bounded and rare
+            }
+            self.conversations.insert(id, conversation.clone());
+        }
+        Ok(found)
+    }
+
+    /// Forgets cached conversations of `user` (their account is going away).
+    pub fn forget_conversations_of(&self, user: UserId) {
+        self.conversations.retain(|_, c| !c.has_member(user));
     }
 
     /// Every conversation of `user`, most recently active first.

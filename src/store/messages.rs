@@ -8,12 +8,22 @@ use crate::{
     model::{ConversationId, Message, MessageId, UserId},
 };
 
+/// The columns of `Message`; `status` is derived here, the one place that defines it.
 macro_rules! message_cols {
     () => {
         "seq, id, conversation_id, sender_id, recipient_id, message_type, session_id, created_at, \
-         is_read, read_at"
+         is_read, read_at, delivered_at, \
+         CASE WHEN is_read THEN 'read' WHEN delivered_at IS NOT NULL THEN 'delivered' \
+              ELSE 'sent' END AS status"
+    };
+    (m) => {
+        "m.seq, m.id, m.conversation_id, m.sender_id, m.recipient_id, m.message_type, \
+         m.session_id, m.created_at, m.is_read, m.read_at, m.delivered_at, \
+         CASE WHEN m.is_read THEN 'read' WHEN m.delivered_at IS NOT NULL THEN 'delivered' \
+              ELSE 'sent' END AS status"
     };
 }
+pub(crate) use message_cols;
 
 /// A validated message, ready to store.
 pub struct NewMessage {
@@ -27,10 +37,11 @@ pub struct NewMessage {
 }
 
 impl Store {
-    /// Stores a message and bumps its conversation, in one transaction. Returns the stored
-    /// message and `true`, or — when this sender already stored this id (a retry) — the
-    /// existing message and `false`. The id taken by another sender is a `Conflict`.
-    pub async fn insert_message(&self, new: &NewMessage) -> Result<(Message, bool)> {
+    /// Stores a message, bumps its conversation and puts it in the recipient's inbox, in one
+    /// transaction. Returns the stored message and its inbox number for the recipient, or — when
+    /// this sender already stored this id (a retry) — the existing message and `None`. The id
+    /// taken by another sender is a `Conflict`.
+    pub async fn insert_message(&self, new: &NewMessage) -> Result<(Message, Option<i64>)> {
         let inserted = with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
             // The conversation row is locked first, so that within a conversation the order
@@ -57,16 +68,26 @@ impl Store {
             .bind(new.created_at)
             .fetch_optional(&mut *tx)
             .await?;
-            if row.is_some() {
-                tx.commit().await?;
+            match row {
+                None => Ok::<_, sqlx::Error>(None),
+                Some(message) => {
+                    let cursor = super::inbox::append!(
+                        tx,
+                        new.recipient_id,
+                        "message",
+                        new.id,
+                        new.created_at
+                    );
+                    tx.commit().await?;
+                    Ok(Some((message, cursor)))
+                }
             }
-            Ok::<_, sqlx::Error>(row)
         })?;
-        if let Some(message) = inserted {
-            return Ok((message, true));
+        if let Some((message, cursor)) = inserted {
+            return Ok((message, Some(cursor)));
         }
         match self.message(new.id).await? {
-            Some(existing) if existing.sender_id == new.sender_id => Ok((existing, false)),
+            Some(existing) if existing.sender_id == new.sender_id => Ok((existing, None)),
             _ => Err(Error::Conflict {
                 code: "id_taken",
                 message: "this message id is already used",
@@ -109,15 +130,16 @@ impl Store {
         })?)
     }
 
-    /// Marks a message read if `reader` is its recipient and it was unread, and deletes its
-    /// content (the mailbox keeps ciphertext only until it is read). Returns the updated
-    /// message when this call changed it.
+    /// Marks a message read if `reader` is its recipient and it was unread, deletes its
+    /// content (the mailbox keeps ciphertext only until it is read) and puts the receipt in the
+    /// sender's inbox. Returns the updated message and the receipt's inbox number for the
+    /// sender when this call changed it.
     pub async fn mark_read(
         &self,
         id: MessageId,
         reader: UserId,
         at: DateTime<Utc>,
-    ) -> Result<Option<Message>> {
+    ) -> Result<Option<(Message, i64)>> {
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
             let updated = sqlx::query_as::<_, Message>(concat!(
@@ -131,14 +153,16 @@ impl Store {
             .bind(at)
             .fetch_optional(&mut *tx)
             .await?;
-            if updated.is_some() {
-                sqlx::query("DELETE FROM message_contents WHERE message_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            }
-            Ok(updated)
+            let Some(message) = updated else {
+                return Ok(None);
+            };
+            sqlx::query("DELETE FROM message_contents WHERE message_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let cursor = super::inbox::append!(tx, message.sender_id, "read_receipt", id, at);
+            tx.commit().await?;
+            Ok(Some((message, cursor)))
         })
     }
 }

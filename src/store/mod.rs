@@ -7,6 +7,7 @@ mod calls;
 mod channels;
 mod contents;
 mod conversations;
+mod inbox;
 mod keys;
 mod messages;
 mod stories;
@@ -21,9 +22,11 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+use crate::model::{Conversation, ConversationId};
 pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::{NewContent, StoredContent};
+pub use inbox::{InboxEntry, InboxKind};
 pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::NewMessage;
 pub use stories::NewStory;
@@ -73,6 +76,9 @@ enum Db {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
+    /// Conversations never change members, so they are remembered once read: typing
+    /// indicators and messages check membership without a database round trip.
+    conversations: std::sync::Arc<dashmap::DashMap<ConversationId, Conversation>>,
 }
 
 /// Runs `$body` with `$pool` bound to the engine's pool for `read` or `write` work.
@@ -105,9 +111,7 @@ impl Store {
                     .connect_with(options)
                     .await
                     .context("connecting to PostgreSQL")?;
-                Self {
-                    db: Db::Postgres(pool),
-                }
+                Self::new(Db::Postgres(pool))
             }
         };
         store.migrate().await?;
@@ -139,9 +143,14 @@ impl Store {
                 .await
                 .context("opening the SQLite database")?
         };
-        Ok(Self {
-            db: Db::Sqlite(SqlitePools { read, write }),
-        })
+        Ok(Self::new(Db::Sqlite(SqlitePools { read, write })))
+    }
+
+    fn new(db: Db) -> Self {
+        Self {
+            db,
+            conversations: Default::default(),
+        }
     }
 
     pub fn engine(&self) -> Engine {

@@ -2,6 +2,7 @@
 
 mod protocol;
 mod session;
+mod writer;
 
 use axum::{
     extract::{
@@ -12,11 +13,14 @@ use axum::{
     response::Response,
 };
 
+use self::writer::StartFrom;
 use crate::{AppState, auth, domain::keys, error::Error};
 
-/// `GET /ws?token=<jwt>[&device_id=<n>]` (or `Authorization: Bearer <jwt>`). A missing or bad
-/// token is refused with an empty 401 before the upgrade. `device_id` (or `deviceId`, default 1)
-/// names the device, for the frames about its keys.
+/// `GET /ws?token=<jwt>[&device_id=<n>][&since=<cursor>]` (or `Authorization: Bearer <jwt>`).
+/// A missing or bad token is refused with an empty 401 before the upgrade. `device_id` (or
+/// `deviceId`, default 1) names the device, for the frames about its keys. `since` is the
+/// `cursor` of the last message or read receipt this device got: it is sent everything after
+/// it first; without it, everything no device of the user was sent yet.
 pub async fn upgrade(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -36,6 +40,13 @@ pub async fn upgrade(
         })
         .transpose()?;
     let device = keys::device_id(device)?;
+    let start = match query.as_deref().and_then(|q| param(q, "since")) {
+        None => StartFrom::Undelivered,
+        Some(raw) => StartFrom::Cursor(
+            raw.parse()
+                .map_err(|_| Error::invalid("since must be a cursor (an integer)"))?,
+        ),
+    };
     let upgrade = upgrade.map_err(|_| Error::invalid("expected a WebSocket upgrade request"))?;
     let max = state.config.ws_max_frame_bytes;
     Ok(upgrade
@@ -44,7 +55,7 @@ pub async fn upgrade(
         // tungstenite's 128 KiB defaults would dominate the memory of an idle socket.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| session::run(state, socket, claims, device)))
+        .on_upgrade(move |socket| session::run(state, socket, claims, device, start)))
 }
 
 /// The `token` parameter of a query string (tokens are URL-safe, so no decoding is needed).

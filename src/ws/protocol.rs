@@ -19,6 +19,7 @@ pub enum Inbound {
     PresenceUpdate(PresenceUpdate),
     CallRequest(CallRequestFrame),
     CallResponse(CallResponseFrame),
+    Sync(SyncFrame),
     Heartbeat,
     ChannelMessage(ChannelFrame),
 }
@@ -29,6 +30,13 @@ pub struct ChannelFrame {
     pub channel_id: ChannelId,
     #[serde(flatten)]
     pub post: ChannelPost,
+}
+
+/// `sync` `{since}`: send me again every inbox event after this cursor.
+#[derive(Debug, Deserialize)]
+pub struct SyncFrame {
+    #[serde(default)]
+    pub since: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +100,7 @@ pub fn decode(text: &str) -> Result<Inbound, Error> {
         "presence_update" => Inbound::PresenceUpdate(parse(&kind, payload)?),
         "call_request" => Inbound::CallRequest(parse(&kind, payload)?),
         "call_response" => Inbound::CallResponse(parse(&kind, payload)?),
+        "sync" => Inbound::Sync(parse(&kind, payload)?),
         "heartbeat" => Inbound::Heartbeat,
         "channel_message" => Inbound::ChannelMessage(parse(&kind, payload)?),
         _ => {

@@ -1,50 +1,50 @@
 //! One socket: a reader (this task) that decodes frames and calls the domain, and a writer task
-//! that drains the socket's bounded queue, pings, and closes with the right code.
+//! (`writer.rs`) that catches the socket up, drains its bounded queue, pings and closes it.
 
 use std::{sync::Arc, time::Duration};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{
-    SinkExt, StreamExt,
-    stream::{SplitSink, SplitStream},
-};
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::{StreamExt, stream::SplitStream};
 use tokio::{
     sync::mpsc,
-    time::{Instant, sleep_until, timeout},
+    time::{Instant, timeout},
 };
 
-use super::protocol::{self, Inbound};
+use super::{
+    protocol::{self, Inbound},
+    writer::{StartFrom, Writer},
+};
 use crate::{
     AppState,
     auth::TokenClaims,
     domain,
     error::{Error, Result},
     events::Event,
-    hub::{CloseReason, CloseSignal, Frame},
+    hub::{self, CloseReason, CloseSignal, Outgoing},
     model::{Presence, UserId, now},
 };
-
-/// Frames written before one flush, so a burst costs one syscall, not one per frame.
-const WRITE_BATCH: usize = 64;
-/// How long a close frame may take to leave before the connection is simply dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What a session's reader needs to answer its own socket.
 struct Socket {
     user: UserId,
-    replies: mpsc::Sender<Frame>,
+    replies: mpsc::Sender<Outgoing>,
     close: Arc<CloseSignal>,
 }
 
 impl Socket {
+    /// Queues a frame for this socket only, behind what is already queued for it.
     fn reply(&self, event: &Event) {
-        if self.replies.try_send(event.encode()).is_err() {
-            self.close.close(CloseReason::TooSlow);
-        }
+        hub::push(&self.replies, &self.close, Outgoing::Frame(event.encode()));
     }
 }
 
-pub async fn run(state: AppState, socket: WebSocket, claims: TokenClaims, device: i64) {
+pub async fn run(
+    state: AppState,
+    socket: WebSocket,
+    claims: TokenClaims,
+    device: i64,
+    start: StartFrom,
+) {
     let user = claims.user_id;
     let (queue, queue_rx) = mpsc::channel(state.config.ws_queue_len);
     let close = Arc::new(CloseSignal::default());
@@ -54,13 +54,17 @@ pub async fn run(state: AppState, socket: WebSocket, claims: TokenClaims, device
     let expires_in = Duration::from_secs(
         u64::try_from(claims.expires_at - chrono::Utc::now().timestamp()).unwrap_or(0),
     );
-    let writer = tokio::spawn(write_loop(
+    let writer = Writer {
         sink,
-        queue_rx,
-        close.clone(),
-        state.clone(),
-        Instant::now() + expires_in,
-    ));
+        queue: queue_rx,
+        close: close.clone(),
+        state: state.clone(),
+        user,
+        expires_at: Instant::now() + expires_in,
+    };
+    // Attached before catching up: whatever is committed later reaches the queue, and the
+    // writer skips what the catch-up already wrote.
+    let writer = tokio::spawn(writer.run(start));
     tracing::debug!(%user, socket_id, "socket opened");
     if first {
         set_presence(&state, user, Presence::Online).await;
@@ -162,6 +166,13 @@ async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
         Inbound::CallResponse(c) => {
             domain::calls::respond(state, user, &c.call_id, c.response).await?;
         }
+        Inbound::Sync(sync) => {
+            hub::push(
+                &socket.replies,
+                &socket.close,
+                Outgoing::Resync { since: sync.since },
+            );
+        }
         Inbound::Heartbeat => socket.reply(&Event::HeartbeatResponse { timestamp: now() }),
         Inbound::ChannelMessage(frame) => {
             let client_id = frame.post.id;
@@ -177,75 +188,6 @@ async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut queue: mpsc::Receiver<Frame>,
-    close: Arc<CloseSignal>,
-    state: AppState,
-    expires_at: Instant,
-) {
-    let mut ping = tokio::time::interval(state.config.ws_ping_interval);
-    ping.reset();
-    let reason = loop {
-        let sent = tokio::select! {
-            biased;
-            reason = close.closed() => break reason,
-            _ = state.shutdown.cancelled() => break CloseReason::ShuttingDown,
-            _ = sleep_until(expires_at) => break CloseReason::TokenExpired,
-            frame = queue.recv() => match frame {
-                Some(frame) => write_batch(&mut sink, &mut queue, frame, &close).await,
-                None => break CloseReason::PeerGone,
-            },
-            _ = ping.tick() => send_or_abort(&mut sink, Message::Ping(Default::default()), &close).await,
-        };
-        if !sent {
-            break close.reason_or(CloseReason::PeerGone);
-        }
-    };
-    close.close(reason);
-    if let Some((code, why)) = reason.code() {
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: why.into(),
-        }));
-        let _ = timeout(CLOSE_GRACE, sink.send(frame)).await;
-    }
-    let _ = timeout(CLOSE_GRACE, sink.close()).await;
-}
-
-/// Writes `first` and whatever else is already queued, then flushes once.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    queue: &mut mpsc::Receiver<Frame>,
-    first: Frame,
-    close: &CloseSignal,
-) -> bool {
-    let write = async {
-        sink.feed(Message::Text(first)).await?;
-        for _ in 1..WRITE_BATCH {
-            let Ok(frame) = queue.try_recv() else { break };
-            sink.feed(Message::Text(frame)).await?;
-        }
-        sink.flush().await
-    };
-    tokio::select! {
-        result = write => result.is_ok(),
-        _ = close.closed() => false,
-    }
-}
-
-/// Sends one message unless the socket is told to close while the peer is not reading.
-async fn send_or_abort(
-    sink: &mut SplitSink<WebSocket, Message>,
-    message: Message,
-    close: &CloseSignal,
-) -> bool {
-    tokio::select! {
-        result = sink.send(message) => result.is_ok(),
-        _ = close.closed() => false,
-    }
 }
 
 /// Whether a read failed because the client sent a frame above the configured maximum.

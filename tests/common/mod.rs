@@ -70,6 +70,7 @@ pub struct TestApp {
     pub state: AppState,
     pub http: reqwest::Client,
     database: Database,
+    config: Config,
     server: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -117,19 +118,24 @@ impl TestApp {
         ]);
         env.extend(settings.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let config = Config::from_lookup(|key| env.get(key).cloned()).expect("test config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let state = App::new(config).await.expect("start server");
-        let server = tokio::spawn(kisse_backend::serve(state.clone(), listener));
+        let (addr, state, server) = start(config.clone()).await;
         Self {
             addr,
             state,
             http: reqwest::Client::new(),
             database,
+            config,
             server,
         }
+    }
+
+    /// Stops the server (as SIGTERM would) and starts a new one on the same database, on a new
+    /// port: what survives is what was committed.
+    pub async fn restart(&mut self) {
+        self.state.shutdown.cancel();
+        let _ = tokio::time::timeout(WAIT, &mut self.server).await;
+        let (addr, state, server) = start(self.config.clone()).await;
+        (self.addr, self.state, self.server) = (addr, state, server);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -218,6 +224,16 @@ impl TestApp {
     }
 }
 
+async fn start(config: Config) -> (SocketAddr, AppState, JoinHandle<anyhow::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let state = App::new(config).await.expect("start server");
+    let server = tokio::spawn(kisse_backend::serve(state.clone(), listener));
+    (addr, state, server)
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.state.shutdown.cancel();
@@ -281,6 +297,31 @@ impl WsClient {
         }
     }
 
+    /// Connects with a tiny TCP receive buffer, for a client that will stop reading.
+    pub async fn connect_slow(addr: SocketAddr, path_and_query: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(2048).expect("small buffer");
+        let stream = socket.connect(addr).await.expect("connect");
+        let url = format!("ws://{addr}{path_and_query}");
+        let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgrade");
+        Self { stream }
+    }
+
+    /// The next text frame if one comes within `wait`.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(wait, self.stream.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return Some(serde_json::from_str(text.as_str()).expect("JSON frame"));
+                }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
     pub async fn send(&mut self, kind: &str, payload: Value) {
         self.send_text(json!({"type": kind, "payload": payload}).to_string())
             .await;
@@ -311,22 +352,24 @@ impl WsClient {
         }
     }
 
-    /// The payload of the next frame, which must be of type `kind`; `presence_update` frames
-    /// of contacts coming and going are skipped unless `kind` is `presence_update`.
+    /// The payload of the next frame, which must be of type `kind`; frames that come on their
+    /// own schedule (`presence_update` of contacts, `delivery_receipt` of messages sent) are
+    /// skipped unless `kind` is one of them.
     pub async fn expect(&mut self, kind: &str) -> Value {
         loop {
             let frame = self.recv().await;
             if frame["type"] == kind {
                 return frame["payload"].clone();
             }
-            assert_eq!(
-                frame["type"], "presence_update",
+            assert!(
+                frame["type"] == "presence_update" || frame["type"] == "delivery_receipt",
                 "expected {kind}, got {frame}"
             );
         }
     }
 
-    /// Proves that nothing but presence changes was queued for this socket so far: a heartbeat
+    /// Proves that nothing but presence changes and delivery receipts was queued for this
+    /// socket so far: a heartbeat
     /// goes through the same queue, so its answer comes after anything queued before it.
     pub async fn expect_quiet(&mut self) {
         self.send(

@@ -1,0 +1,161 @@
+//! Each user's inbox: the durable, gap-free, per-user numbered list of events addressed to them
+//! (messages they receive, read receipts for messages they sent). Sockets are fed from it.
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, messages::message_cols, with_pool};
+use crate::{
+    error::Result,
+    model::{Message, UserId},
+};
+
+/// Appends an event for `$user` inside the open transaction `$tx`, evaluating to its number.
+/// Bumping `users.inbox_seq` locks the user's row until commit, so numbers are handed out and
+/// committed in order: once number n is visible, every number below it is too.
+macro_rules! append {
+    ($tx:expr, $user:expr, $kind:expr, $message:expr, $at:expr) => {{
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE id = $1 RETURNING inbox_seq",
+        )
+        .bind($user)
+        .fetch_one(&mut *$tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO inbox (user_id, seq, kind, message_id, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($user)
+        .bind(seq)
+        .bind($kind)
+        .bind($message)
+        .bind($at)
+        .execute(&mut *$tx)
+        .await?;
+        seq
+    }};
+}
+pub(crate) use append;
+
+/// What an inbox entry tells its user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboxKind {
+    /// A message they received.
+    Message,
+    /// Their message was read.
+    ReadReceipt,
+}
+
+#[derive(sqlx::FromRow)]
+struct InboxRow {
+    seq: i64,
+    kind: String,
+    #[sqlx(flatten)]
+    message: Message,
+}
+
+pub struct InboxEntry {
+    pub seq: i64,
+    pub kind: InboxKind,
+    pub message: Message,
+}
+
+impl From<InboxRow> for InboxEntry {
+    fn from(row: InboxRow) -> Self {
+        let kind = if row.kind == "read_receipt" {
+            InboxKind::ReadReceipt
+        } else {
+            InboxKind::Message
+        };
+        Self {
+            seq: row.seq,
+            kind,
+            message: row.message,
+        }
+    }
+}
+
+impl Store {
+    /// The number of the user's latest inbox event (0 when there is none).
+    pub async fn inbox_head(&self, user: UserId) -> Result<i64> {
+        let head: Option<i64> = with_pool!(self, read, |pool| {
+            sqlx::query_scalar("SELECT inbox_seq FROM users WHERE id = $1")
+                .bind(user)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(head.unwrap_or(0))
+    }
+
+    /// Up to `limit` inbox events of `user` numbered in `(after, upto]`, in order; only those
+    /// not yet delivered to any socket when `undelivered_only`.
+    pub async fn inbox_entries(
+        &self,
+        user: UserId,
+        after: i64,
+        upto: i64,
+        undelivered_only: bool,
+        limit: i64,
+    ) -> Result<Vec<InboxEntry>> {
+        let rows = with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, InboxRow>(concat!(
+                "SELECT i.seq, i.kind, ",
+                message_cols!(m),
+                " FROM inbox i JOIN messages m ON m.id = i.message_id
+                  WHERE i.user_id = $1 AND i.seq > $2 AND i.seq <= $3
+                    AND ($4 = FALSE OR i.delivered_at IS NULL)
+                  ORDER BY i.seq LIMIT $5"
+            ))
+            .bind(user)
+            .bind(after)
+            .bind(upto)
+            .bind(undelivered_only)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Records that these inbox events reached a socket of their user. Returns the messages
+    /// that became delivered by it (first delivery), for their senders to be told.
+    pub async fn mark_delivered(
+        &self,
+        events: &[(UserId, i64)],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Message>> {
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let mut newly_delivered = Vec::new();
+            for (user, seq) in events {
+                let first = sqlx::query_scalar::<_, String>(
+                    "UPDATE inbox SET delivered_at = $3
+                     WHERE user_id = $1 AND seq = $2 AND delivered_at IS NULL
+                     RETURNING kind",
+                )
+                .bind(user)
+                .bind(seq)
+                .bind(at)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if first.as_deref() != Some("message") {
+                    continue;
+                }
+                let message = sqlx::query_as::<_, Message>(concat!(
+                    "UPDATE messages SET delivered_at = $3
+                     WHERE id = (SELECT message_id FROM inbox WHERE user_id = $1 AND seq = $2)
+                       AND delivered_at IS NULL
+                     RETURNING ",
+                    message_cols!()
+                ))
+                .bind(user)
+                .bind(seq)
+                .bind(at)
+                .fetch_optional(&mut *tx)
+                .await?;
+                newly_delivered.extend(message);
+            }
+            tx.commit().await?;
+            Ok(newly_delivered)
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! A socket's writer: catches the socket up from the user's inbox, then drains its bounded
+//! queue in order, writing inbox events exactly once and in number order (fetching any it
+//! missed), pinging, and closing with the right code.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, stream::SplitSink};
+use tokio::{
+    sync::mpsc,
+    time::{Instant, sleep_until, timeout},
+};
+
+use crate::{
+    AppState,
+    error::Result,
+    events::Event,
+    hub::{CloseReason, CloseSignal, Frame, Outgoing},
+    model::UserId,
+};
+
+/// Queued items written before one flush, so a burst costs one syscall, not one per frame.
+const WRITE_BATCH: usize = 64;
+/// Inbox events read from the store at once while catching up.
+const CATCH_UP_PAGE: i64 = 256;
+/// How long a close frame may take to leave before the connection is simply dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Where a new socket starts in its user's inbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    /// After the event the client names (`?since=`): exact, per device.
+    Cursor(i64),
+    /// Whatever no socket of the user was sent yet (clients that keep no cursor).
+    Undelivered,
+}
+
+pub struct Writer {
+    pub sink: SplitSink<WebSocket, Message>,
+    pub queue: mpsc::Receiver<Outgoing>,
+    pub close: Arc<CloseSignal>,
+    pub state: AppState,
+    pub user: UserId,
+    pub expires_at: Instant,
+}
+
+/// Why writing stopped before the socket was told to close.
+enum Stop {
+    Peer,
+    Store,
+}
+
+struct Progress {
+    /// Number of the last inbox event this socket accounted for.
+    last_sent: i64,
+    /// Inbox events written since the last flush, reported as delivered after it.
+    written: Vec<i64>,
+}
+
+impl Writer {
+    pub async fn run(mut self, start: StartFrom) {
+        let mut progress = Progress {
+            last_sent: 0,
+            written: Vec::new(),
+        };
+        let mut reason = match self.catch_up(&mut progress, start).await {
+            Ok(()) => None,
+            Err(stop) => Some(self.stop_reason(stop)),
+        };
+        let mut ping = tokio::time::interval(self.state.config.ws_ping_interval);
+        ping.reset();
+        while reason.is_none() {
+            let step = tokio::select! {
+                biased;
+                why = self.close.closed() => Err(why),
+                _ = self.state.shutdown.cancelled() => Err(CloseReason::ShuttingDown),
+                _ = sleep_until(self.expires_at) => Err(CloseReason::TokenExpired),
+                item = self.queue.recv() => match item {
+                    Some(item) => self.write_batch(&mut progress, item).await.map_err(|s| self.stop_reason(s)),
+                    None => Err(CloseReason::PeerGone),
+                },
+                _ = ping.tick() => self.send(Message::Ping(Default::default())).await.map_err(|s| self.stop_reason(s)),
+            };
+            reason = step.err();
+        }
+        let reason = reason.unwrap_or(CloseReason::PeerGone);
+        self.close.close(reason);
+        if let Some((code, why)) = reason.code() {
+            let frame = Message::Close(Some(CloseFrame {
+                code,
+                reason: why.into(),
+            }));
+            let _ = timeout(CLOSE_GRACE, self.sink.send(frame)).await;
+        }
+        let _ = timeout(CLOSE_GRACE, self.sink.close()).await;
+    }
+
+    fn stop_reason(&self, stop: Stop) -> CloseReason {
+        match stop {
+            // A reason given meanwhile (too slow, shutting down...) explains the stop better.
+            Stop::Peer => self.close.reason_or(CloseReason::PeerGone),
+            Stop::Store => CloseReason::ServerError,
+        }
+    }
+
+    /// Writes the inbox events `start` calls for, up to the inbox's current end.
+    async fn catch_up(&mut self, progress: &mut Progress, start: StartFrom) -> Result<(), Stop> {
+        let head = self.store(self.state.store.inbox_head(self.user)).await?;
+        let (after, undelivered_only) = match start {
+            StartFrom::Cursor(since) => (since.max(0), false),
+            StartFrom::Undelivered => (0, true),
+        };
+        self.write_inbox(progress, after, head, undelivered_only)
+            .await?;
+        // Later events arrive through the queue (or are fetched when one is missing).
+        progress.last_sent = head;
+        Ok(())
+    }
+
+    /// Writes the inbox events numbered in `(after, upto]` from the store, in order.
+    async fn write_inbox(
+        &mut self,
+        progress: &mut Progress,
+        mut after: i64,
+        upto: i64,
+        undelivered_only: bool,
+    ) -> Result<(), Stop> {
+        while after < upto {
+            let page = self.state.store.inbox_entries(
+                self.user,
+                after,
+                upto,
+                undelivered_only,
+                CATCH_UP_PAGE,
+            );
+            let entries = self.store(page).await?;
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                break;
+            };
+            for entry in &entries {
+                let frame = Event::inbox(&entry.message, entry.seq, entry.kind).encode();
+                self.feed(frame).await?;
+                progress.written.push(entry.seq);
+            }
+            self.flush(progress).await?;
+            after = last;
+        }
+        Ok(())
+    }
+
+    /// Writes `first` and whatever else is already queued, then flushes once.
+    async fn write_batch(&mut self, progress: &mut Progress, first: Outgoing) -> Result<(), Stop> {
+        let mut item = Some(first);
+        for _ in 0..WRITE_BATCH {
+            let Some(current) = item.take().or_else(|| self.queue.try_recv().ok()) else {
+                break;
+            };
+            match current {
+                Outgoing::Frame(frame) => self.feed(frame).await?,
+                Outgoing::Inbox { seq, frame } => {
+                    if seq <= progress.last_sent {
+                        continue; // already written while catching up
+                    }
+                    if seq > progress.last_sent + 1 {
+                        // An earlier event's push is late or lost: the store has it.
+                        let after = progress.last_sent;
+                        self.write_inbox(progress, after, seq, false).await?;
+                    } else {
+                        self.feed(frame).await?;
+                        progress.written.push(seq);
+                    }
+                    progress.last_sent = seq;
+                }
+                Outgoing::Resync { since } => {
+                    self.flush(progress).await?;
+                    self.catch_up(progress, StartFrom::Cursor(since)).await?;
+                }
+            }
+        }
+        self.flush(progress).await
+    }
+
+    async fn feed(&mut self, frame: Frame) -> Result<(), Stop> {
+        let close = self.close.clone();
+        tokio::select! {
+            result = self.sink.feed(Message::Text(frame)) => result.map_err(|_| Stop::Peer),
+            _ = close.closed() => Err(Stop::Peer),
+        }
+    }
+
+    /// Flushes, then reports the inbox events written as delivered.
+    async fn flush(&mut self, progress: &mut Progress) -> Result<(), Stop> {
+        let close = self.close.clone();
+        tokio::select! {
+            result = self.sink.flush() => result.map_err(|_| Stop::Peer)?,
+            _ = close.closed() => return Err(Stop::Peer),
+        }
+        if !progress.written.is_empty() {
+            self.state
+                .delivery
+                .delivered(self.user, progress.written.drain(..))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Sends one message unless the socket is told to close while the peer is not reading.
+    async fn send(&mut self, message: Message) -> Result<(), Stop> {
+        let close = self.close.clone();
+        tokio::select! {
+            result = self.sink.send(message) => result.map_err(|_| Stop::Peer),
+            _ = close.closed() => Err(Stop::Peer),
+        }
+    }
+
+    async fn store<T>(&self, read: impl Future<Output = Result<T>>) -> Result<T, Stop> {
+        read.await.map_err(|e| {
+            e.log_if_internal();
+            Stop::Store
+        })
+    }
+}

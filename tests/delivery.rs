@@ -1,0 +1,313 @@
+//! Delivery that never loses a message: offline catch-up, per-device cursors, delivery state,
+//! ordering, restarts, and slow readers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Engine, TestApp, TestUser, WsClient};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+scenarios!(
+    an_offline_recipient_gets_everything_in_order_exactly_once_on_connect,
+    a_cursor_in_the_middle_of_a_burst_resumes_right_after_it,
+    a_restart_between_ack_and_reconnect_loses_nothing,
+    an_offline_sender_gets_its_read_receipts_on_connect,
+    a_sync_frame_replays_from_the_given_cursor,
+    history_shows_sent_delivered_then_read,
+    a_slow_reader_is_closed_while_a_fast_one_keeps_receiving,
+    random_disconnects_never_lose_or_repeat_a_message_per_device,
+);
+
+/// Sends `n` messages from `from` to `to`, each acknowledged (so committed); returns their ids.
+async fn send_acked(from: &mut WsClient, to: &TestUser, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        from.send(
+            "message",
+            json!({"recipientId": to.id, "messageType": "text", "sessionId": format!("s{i}")}),
+        )
+        .await;
+        ids.push(
+            from.expect("message_ack").await["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    ids
+}
+
+/// Receives `n` messages; returns their ids and cursors.
+async fn receive(ws: &mut WsClient, n: usize) -> (Vec<String>, Vec<i64>) {
+    let mut ids = Vec::new();
+    let mut cursors = Vec::new();
+    for _ in 0..n {
+        let m = ws.expect("message").await;
+        ids.push(m["id"].as_str().expect("id").to_owned());
+        cursors.push(m["cursor"].as_i64().expect("cursor"));
+    }
+    (ids, cursors)
+}
+
+async fn an_offline_recipient_gets_everything_in_order_exactly_once_on_connect(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut a = app.ws(&alice).await;
+    let sent = send_acked(&mut a, &bob, 5).await;
+
+    // The app keeps no cursor: it gets what no device of bob's was sent yet.
+    let mut b = app.ws(&bob).await;
+    let (got, cursors) = receive(&mut b, 5).await;
+    assert_eq!(got, sent);
+    assert_eq!(cursors, [1, 2, 3, 4, 5]);
+    b.expect_quiet().await;
+    for id in &sent {
+        assert_eq!(&a.expect("delivery_receipt").await["messageId"], id);
+    }
+    // Delivered means recorded: the next socket gets nothing again.
+    b.close().await;
+    let mut again = app.ws(&bob).await;
+    again.expect_quiet().await;
+    // ...and live traffic keeps coming.
+    let more = send_acked(&mut a, &bob, 1).await;
+    assert_eq!(again.expect("message").await["id"], more[0].as_str());
+}
+
+async fn a_cursor_in_the_middle_of_a_burst_resumes_right_after_it(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut a = app.ws(&alice).await;
+    let mut phone = app
+        .ws_url(&format!("/ws?token={}&since=0", bob.token))
+        .await
+        .expect("phone");
+    let sent = send_acked(&mut a, &bob, 10).await;
+    let (got, cursors) = receive(&mut phone, 10).await;
+    assert_eq!(got, sent);
+
+    // Another device that stopped after the 4th message picks up from the 5th, even though
+    // the phone already received everything.
+    let since = cursors[3];
+    let mut tablet = app
+        .ws_url(&format!("/ws?token={}&since={since}", bob.token))
+        .await
+        .expect("tablet");
+    let (resumed, _) = receive(&mut tablet, 6).await;
+    assert_eq!(resumed, sent[4..]);
+    tablet.expect_quiet().await;
+    let live = send_acked(&mut a, &bob, 1).await;
+    let next = tablet.expect("message").await;
+    assert_eq!(
+        (next["id"].as_str(), next["cursor"].as_i64()),
+        (Some(live[0].as_str()), Some(11))
+    );
+    let (status, _) = app
+        .request(
+            reqwest::Method::GET,
+            &format!("/ws?token={}&since=abc", bob.token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+async fn a_restart_between_ack_and_reconnect_loses_nothing(engine: Engine) {
+    let mut app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut a = app.ws(&alice).await;
+    let sent = send_acked(&mut a, &bob, 3).await;
+    drop(a);
+    app.restart().await;
+    let mut b = app.ws(&bob).await;
+    let (got, _) = receive(&mut b, 3).await;
+    assert_eq!(got, sent);
+    b.expect_quiet().await;
+}
+
+async fn an_offline_sender_gets_its_read_receipts_on_connect(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut a = app.ws(&alice).await;
+    let sent = send_acked(&mut a, &bob, 2).await;
+    a.close().await;
+    for id in &sent {
+        let (status, _) = app
+            .post(&format!("/api/messages/{id}/read"), &bob.token, json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let mut a = app.ws(&alice).await;
+    for id in &sent {
+        let receipt = a.expect("read_receipt").await;
+        assert_eq!(&receipt["messageId"], id);
+        assert_eq!(receipt["readerId"], bob.id);
+        assert!(receipt["cursor"].as_i64().is_some());
+    }
+    a.expect_quiet().await;
+}
+
+async fn a_sync_frame_replays_from_the_given_cursor(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut a = app.ws(&alice).await;
+    let mut b = app.ws(&bob).await;
+    let sent = send_acked(&mut a, &bob, 3).await;
+    let (_, cursors) = receive(&mut b, 3).await;
+    b.send("sync", json!({"since": cursors[0]})).await;
+    let (replayed, _) = receive(&mut b, 2).await;
+    assert_eq!(replayed, sent[1..]);
+    b.expect_quiet().await;
+}
+
+async fn history_shows_sent_delivered_then_read(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut a = app.ws(&alice).await;
+    let id = send_acked(&mut a, &bob, 1).await.remove(0);
+    let conversation = app.conversation(&alice, &bob).await;
+    let path = format!(
+        "/api/conversations/{}/messages",
+        conversation["id"].as_str().expect("id")
+    );
+    let status_of = |history: Value| history[0]["status"].clone();
+    assert_eq!(status_of(app.get(&path, &alice.token).await.1), "sent");
+
+    let mut b = app.ws(&bob).await;
+    b.expect("message").await;
+    let receipt = a.expect("delivery_receipt").await;
+    assert_eq!(receipt["messageId"], id.as_str());
+    assert_eq!(receipt["recipientId"], bob.id);
+    let history = app.get(&path, &alice.token).await.1;
+    assert_eq!(status_of(history.clone()), "delivered");
+    assert_eq!(history[0]["delivered_at"], receipt["deliveredAt"]);
+
+    b.send("read_receipt", json!({"messageId": id})).await;
+    a.expect("read_receipt").await;
+    assert_eq!(status_of(app.get(&path, &alice.token).await.1), "read");
+}
+
+/// More typing frames than the socket buffers of a loopback connection hold.
+const BURST: usize = 30_000;
+
+async fn a_slow_reader_is_closed_while_a_fast_one_keeps_receiving(engine: Engine) {
+    let app = TestApp::spawn_with(engine, &[("WS_QUEUE_LEN", "16")]).await;
+    let alice = app.register("alice").await;
+    let slow = app.register("slow").await;
+    let fast = app.register("fast").await;
+    let to_slow = app.conversation(&alice, &slow).await;
+    let mut a = app.ws(&alice).await;
+    let mut f = app.ws(&fast).await;
+    let mut s = WsClient::connect_slow(app.addr, &format!("/ws?token={}", slow.token)).await;
+    s.expect_quiet().await;
+
+    // Typing frames need no storage: a burst big enough to fill every buffer on the way.
+    let typing = json!({"conversationId": to_slow["id"], "isTyping": true}).to_string();
+    for _ in 0..BURST {
+        a.send_text(format!(
+            r#"{{"type":"typing_indicator","payload":{typing}}}"#
+        ))
+        .await;
+    }
+    let sent = send_acked(&mut a, &fast, 20).await;
+    let (got, _) = receive(&mut f, 20).await;
+    assert_eq!(got, sent, "the fast reader is not held back");
+
+    // The slow one was dropped rather than buffered without bound: reading now, it finds the
+    // end of its stream after what the buffers held.
+    let mut frames = 0;
+    while s.try_recv(common::WAIT).await.is_some() {
+        frames += 1;
+    }
+    assert!(
+        frames < 4000,
+        "the slow socket was closed before everything queued ({frames})"
+    );
+    // It recovers by reconnecting.
+    let mut again = app.ws(&slow).await;
+    again.expect_quiet().await;
+}
+
+async fn random_disconnects_never_lose_or_repeat_a_message_per_device(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut a = app.ws(&alice).await;
+
+    struct Device {
+        socket: Option<WsClient>,
+        cursor: i64,
+        received: Vec<String>,
+    }
+    impl Device {
+        fn take(&mut self, frame: &Value) {
+            if frame["type"] == "message" {
+                let cursor = frame["payload"]["cursor"].as_i64().expect("cursor");
+                assert_eq!(cursor, self.cursor + 1, "in order, no gap, no repeat");
+                self.cursor = cursor;
+                self.received
+                    .push(frame["payload"]["id"].as_str().expect("id").to_owned());
+            }
+        }
+        /// Reads what has already arrived (any amount is fine: the cursor records it).
+        async fn drain(&mut self) {
+            let Some(mut socket) = self.socket.take() else {
+                return;
+            };
+            while let Some(frame) = socket.try_recv(Duration::from_millis(20)).await {
+                self.take(&frame);
+            }
+            self.socket = Some(socket);
+        }
+    }
+
+    let mut rng = StdRng::seed_from_u64(0x6b6973);
+    let mut devices: Vec<Device> = (0..2)
+        .map(|_| Device {
+            socket: None,
+            cursor: 0,
+            received: Vec::new(),
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for _ in 0..40 {
+        let device = rng.random_range(0..devices.len());
+        match rng.random_range(0..4) {
+            0 | 1 => sent.extend(send_acked(&mut a, &bob, rng.random_range(1..4)).await),
+            2 => {
+                let d = &mut devices[device];
+                d.drain().await;
+                d.socket = None; // disconnect, possibly with frames in flight
+            }
+            _ => {
+                let d = &mut devices[device];
+                if d.socket.is_none() {
+                    let url = format!("/ws?token={}&since={}", bob.token, d.cursor);
+                    d.socket = Some(app.ws_url(&url).await.expect("reconnect"));
+                }
+                d.drain().await;
+            }
+        }
+    }
+    for d in &mut devices {
+        if d.socket.is_none() {
+            let url = format!("/ws?token={}&since={}", bob.token, d.cursor);
+            d.socket = Some(app.ws_url(&url).await.expect("reconnect"));
+        }
+        while d.received.len() < sent.len() {
+            let frame = d.socket.as_mut().expect("socket").recv().await;
+            d.take(&frame);
+        }
+        d.socket.as_mut().expect("socket").expect_quiet().await;
+        assert_eq!(d.received, sent, "every message exactly once, in order");
+    }
+}
