@@ -19,6 +19,8 @@ scenarios!(
     history_shows_sent_delivered_then_read,
     a_slow_reader_is_closed_while_a_fast_one_keeps_receiving,
     random_disconnects_never_lose_or_repeat_a_message_per_device,
+    both_sides_see_one_order_of_a_conversation,
+    a_socket_that_stops_answering_is_closed_and_goes_offline,
 );
 
 /// Sends `n` messages from `from` to `to`, each acknowledged (so committed); returns their ids.
@@ -310,4 +312,75 @@ async fn random_disconnects_never_lose_or_repeat_a_message_per_device(engine: En
         d.socket.as_mut().expect("socket").expect_quiet().await;
         assert_eq!(d.received, sent, "every message exactly once, in order");
     }
+}
+
+async fn both_sides_see_one_order_of_a_conversation(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
+    /// One message `from` → `to`: its seq as the sender's ack and the recipient's push say.
+    async fn exchange(from: &mut WsClient, to: &mut WsClient, peer: &TestUser) -> (i64, i64) {
+        from.send(
+            "message",
+            json!({"recipientId": peer.id, "messageType": "text"}),
+        )
+        .await;
+        let acked = from.expect("message_ack").await["seq"]
+            .as_i64()
+            .expect("seq");
+        let pushed = to.expect("message").await["seq"].as_i64().expect("seq");
+        (acked, pushed)
+    }
+    let mut seen_by_alice = Vec::new();
+    let mut seen_by_bob = Vec::new();
+    for _ in 0..5 {
+        let (acked, pushed) = exchange(&mut a, &mut b, &bob).await;
+        seen_by_alice.push(acked);
+        seen_by_bob.push(pushed);
+        let (acked, pushed) = exchange(&mut b, &mut a, &alice).await;
+        seen_by_bob.push(acked);
+        seen_by_alice.push(pushed);
+    }
+    assert_eq!(seen_by_alice, seen_by_bob, "one order for both");
+    assert!(
+        seen_by_alice.windows(2).all(|w| w[0] < w[1]),
+        "increasing: {seen_by_alice:?}"
+    );
+    let conversation = app.conversation(&alice, &bob).await;
+    let path = format!(
+        "/api/conversations/{}/messages?limit=200",
+        conversation["id"].as_str().expect("id")
+    );
+    let history: Vec<i64> = app
+        .get(&path, &bob.token)
+        .await
+        .1
+        .as_array()
+        .expect("array")
+        .iter()
+        .rev()
+        .map(|m| m["seq"].as_i64().expect("seq"))
+        .collect();
+    assert_eq!(history, seen_by_bob);
+}
+
+async fn a_socket_that_stops_answering_is_closed_and_goes_offline(engine: Engine) {
+    let app = TestApp::spawn_with(
+        engine,
+        &[("WS_PING_INTERVAL", "1"), ("WS_IDLE_TIMEOUT", "2")],
+    )
+    .await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    app.conversation(&alice, &bob).await;
+    let mut b = app.ws(&bob).await;
+    // A client that never reads never answers the server's pings.
+    let _silent = WsClient::connect_slow(app.addr, &format!("/ws?token={}", alice.token)).await;
+    assert_eq!(b.expect("presence_update").await["status"], "online");
+    let offline = b
+        .expect_within("presence_update", Duration::from_secs(8))
+        .await;
+    assert_eq!(offline["status"], "offline");
+    assert_eq!(offline["userId"], alice.id);
 }

@@ -352,6 +352,13 @@ impl WsClient {
         }
     }
 
+    /// `expect`, for a frame that takes longer than `WAIT` by design.
+    pub async fn expect_within(&mut self, kind: &str, wait: Duration) -> Value {
+        tokio::time::timeout(wait, self.expect(kind))
+            .await
+            .expect("frame in time")
+    }
+
     /// The payload of the next frame, which must be of type `kind`; frames that come on their
     /// own schedule (`presence_update` of contacts, `delivery_receipt` of messages sent) are
     /// skipped unless `kind` is one of them.
