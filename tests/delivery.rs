@@ -21,6 +21,7 @@ scenarios!(
     random_disconnects_never_lose_or_repeat_a_message_per_device,
     both_sides_see_one_order_of_a_conversation,
     a_socket_that_stops_answering_is_closed_and_goes_offline,
+    concurrent_senders_share_commits_and_the_inbox_has_no_gaps,
 );
 
 /// Sends `n` messages from `from` to `to`, each acknowledged (so committed); returns their ids.
@@ -383,4 +384,40 @@ async fn a_socket_that_stops_answering_is_closed_and_goes_offline(engine: Engine
         .await;
     assert_eq!(offline["status"], "offline");
     assert_eq!(offline["userId"], alice.id);
+}
+
+async fn concurrent_senders_share_commits_and_the_inbox_has_no_gaps(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let bob = app.register("bob").await;
+    let mut b = app.ws(&bob).await;
+    let mut senders = Vec::new();
+    for i in 0..5 {
+        let user = app.register(&format!("sender{i}")).await;
+        senders.push(app.ws(&user).await);
+    }
+    // Every sender fires its burst without waiting, then collects its acks.
+    let bursts = senders.iter_mut().map(|ws| async {
+        for _ in 0..20 {
+            ws.send(
+                "message",
+                json!({"recipientId": bob.id, "messageType": "text"}),
+            )
+            .await;
+        }
+        for _ in 0..20 {
+            ws.expect("message_ack").await;
+        }
+    });
+    futures_util::future::join_all(bursts).await;
+    let (ids, cursors) = receive(&mut b, 100).await;
+    assert_eq!(
+        cursors,
+        (1..=100).collect::<Vec<i64>>(),
+        "numbered in order, without gaps"
+    );
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        100
+    );
+    b.expect_quiet().await;
 }

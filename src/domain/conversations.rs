@@ -32,6 +32,10 @@ pub async fn with_participant(
     if participant == user {
         return Err(Error::invalid("a conversation needs another participant"));
     }
+    // The usual case, answered from memory: the conversation (and so the user) exists.
+    if let Some(existing) = state.store.conversation_between(user, participant).await? {
+        return Ok((existing, false));
+    }
     if !state.store.user_exists(participant).await? {
         return Err(Error::NotFound("user"));
     }

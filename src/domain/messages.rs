@@ -62,7 +62,7 @@ pub async fn send(
     }
     let (message, cursor) = state
         .store
-        .insert_message(&NewMessage {
+        .insert_message(NewMessage {
             id: request.id.unwrap_or_else(|| MessageId(Uuid::now_v7())),
             conversation_id: conversation.id,
             sender_id: sender,

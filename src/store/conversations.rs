@@ -1,6 +1,7 @@
 //! One-to-one conversations and their per-member summaries.
 
 use chrono::{DateTime, Utc};
+use dashmap::DashMap;
 use uuid::Uuid;
 
 use super::{Store, with_pool};
@@ -11,6 +12,37 @@ use crate::{
 
 /// Conversations kept in memory at most.
 const CACHED_CONVERSATIONS: usize = 100_000;
+
+/// Conversations already read, by id and by member pair. Members never change, so entries
+/// only go when an account is deleted (or when the cache is full).
+#[derive(Debug, Default)]
+pub(super) struct ConversationCache {
+    pub(super) by_id: DashMap<ConversationId, Conversation>,
+    by_pair: DashMap<(UserId, UserId), ConversationId>,
+}
+
+impl ConversationCache {
+    fn between(&self, a: UserId, b: UserId) -> Option<Conversation> {
+        let id = *self.by_pair.get(&if a < b { (a, b) } else { (b, a) })?;
+        self.by_id.get(&id).map(|c| c.clone())
+    }
+
+    fn remember(&self, conversation: &Conversation) {
+        if self.by_id.len() >= CACHED_CONVERSATIONS {
+            // Crude, but bounded and rare.
+            self.by_id.clear();
+            self.by_pair.clear();
+        }
+        self.by_pair
+            .insert((conversation.user_a, conversation.user_b), conversation.id);
+        self.by_id.insert(conversation.id, conversation.clone());
+    }
+
+    fn forget_user(&self, user: UserId) {
+        self.by_id.retain(|_, c| !c.has_member(user));
+        self.by_pair.retain(|(a, b), _| *a != user && *b != user);
+    }
+}
 
 /// The summary query for member `$1`; `$filter` narrows it (or is empty).
 macro_rules! summary_sql {
@@ -73,6 +105,9 @@ impl Store {
         b: UserId,
         at: DateTime<Utc>,
     ) -> Result<(Conversation, bool)> {
+        if let Some(known) = self.conversations.between(a, b) {
+            return Ok((known, false));
+        }
         let (user_a, user_b) = if a < b { (a, b) } else { (b, a) };
         let created = with_pool!(self, write, |pool| {
             sqlx::query_as::<_, Conversation>(
@@ -88,6 +123,7 @@ impl Store {
             .await
         })?;
         if let Some(conversation) = created {
+            self.conversations.remember(&conversation);
             return Ok((conversation, true));
         }
         let existing = self.conversation_between(a, b).await?;
@@ -98,8 +134,11 @@ impl Store {
 
     /// The conversation between `a` and `b`, if they have one.
     pub async fn conversation_between(&self, a: UserId, b: UserId) -> Result<Option<Conversation>> {
+        if let Some(known) = self.conversations.between(a, b) {
+            return Ok(Some(known));
+        }
         let (user_a, user_b) = if a < b { (a, b) } else { (b, a) };
-        Ok(with_pool!(self, read, |pool| {
+        let found = with_pool!(self, read, |pool| {
             sqlx::query_as::<_, Conversation>(
                 "SELECT id, user_a, user_b, created_at FROM conversations
                  WHERE user_a = $1 AND user_b = $2",
@@ -108,11 +147,15 @@ impl Store {
             .bind(user_b)
             .fetch_optional(pool)
             .await
-        })?)
+        })?;
+        if let Some(conversation) = &found {
+            self.conversations.remember(conversation);
+        }
+        Ok(found)
     }
 
     pub async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>> {
-        if let Some(known) = self.conversations.get(&id) {
+        if let Some(known) = self.conversations.by_id.get(&id) {
             return Ok(Some(known.clone()));
         }
         let found = with_pool!(self, read, |pool| {
@@ -124,17 +167,14 @@ impl Store {
             .await
         })?;
         if let Some(conversation) = &found {
-            if self.conversations.len() >= CACHED_CONVERSATIONS {
-                self.conversations.clear(); // crude, but bounded and rare
-            }
-            self.conversations.insert(id, conversation.clone());
+            self.conversations.remember(conversation);
         }
         Ok(found)
     }
 
     /// Forgets cached conversations of `user` (their account is going away).
     pub fn forget_conversations_of(&self, user: UserId) {
-        self.conversations.retain(|_, c| !c.has_member(user));
+        self.conversations.forget_user(user);
     }
 
     /// Every conversation of `user`, most recently active first.

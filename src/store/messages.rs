@@ -38,61 +38,76 @@ pub struct NewMessage {
 
 impl Store {
     /// Stores a message, bumps its conversation and puts it in the recipient's inbox, in one
-    /// transaction. Returns the stored message and its inbox number for the recipient, or — when
-    /// this sender already stored this id (a retry) — the existing message and `None`. The id
-    /// taken by another sender is a `Conflict`.
-    pub async fn insert_message(&self, new: &NewMessage) -> Result<(Message, Option<i64>)> {
-        let inserted = with_pool!(self, write, |pool| {
-            let mut tx = pool.begin().await?;
-            // The conversation row is locked first, so that within a conversation the order
-            // of `seq` is the order of commits.
-            sqlx::query("UPDATE conversations SET last_message_at = $2 WHERE id = $1")
-                .bind(new.conversation_id)
-                .bind(new.created_at)
-                .execute(&mut *tx)
-                .await?;
-            let row = sqlx::query_as::<_, Message>(concat!(
-                "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type,
-                                       session_id, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (id) DO NOTHING
-                 RETURNING ",
-                message_cols!()
-            ))
-            .bind(new.id)
-            .bind(new.conversation_id)
-            .bind(new.sender_id)
-            .bind(new.recipient_id)
-            .bind(&new.message_type)
-            .bind(&new.session_id)
-            .bind(new.created_at)
-            .fetch_optional(&mut *tx)
-            .await?;
-            match row {
-                None => Ok::<_, sqlx::Error>(None),
-                Some(message) => {
-                    let cursor = super::inbox::append!(
-                        tx,
-                        new.recipient_id,
-                        "message",
-                        new.id,
-                        new.created_at
-                    );
-                    tx.commit().await?;
-                    Ok(Some((message, cursor)))
-                }
-            }
-        })?;
+    /// transaction (shared with the messages sent meanwhile). Returns the stored message and its
+    /// inbox number for the recipient, or — when this sender already stored this id (a retry) —
+    /// the existing message and `None`. The id taken by another sender is a `Conflict`.
+    pub async fn insert_message(&self, new: NewMessage) -> Result<(Message, Option<i64>)> {
+        let (id, sender) = (new.id, new.sender_id);
+        let inserted = match &self.batcher {
+            Some(batcher) => batcher.insert(new).await?,
+            None => self
+                .insert_messages(std::slice::from_ref(&new))
+                .await?
+                .pop()
+                .flatten(),
+        };
         if let Some((message, cursor)) = inserted {
             return Ok((message, Some(cursor)));
         }
-        match self.message(new.id).await? {
-            Some(existing) if existing.sender_id == new.sender_id => Ok((existing, None)),
+        match self.message(id).await? {
+            Some(existing) if existing.sender_id == sender => Ok((existing, None)),
             _ => Err(Error::Conflict {
                 code: "id_taken",
                 message: "this message id is already used",
             }),
         }
+    }
+
+    /// Inserts messages in one transaction; for each, the stored message and its recipient's
+    /// inbox number, or `None` when its id was already taken.
+    pub(super) async fn insert_messages(
+        &self,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Option<(Message, i64)>>> {
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let mut results = Vec::with_capacity(batch.len());
+            for new in batch {
+                // The conversation row is locked first, so that within a conversation the
+                // order of `seq` is the order of commits.
+                sqlx::query("UPDATE conversations SET last_message_at = $2 WHERE id = $1")
+                    .bind(new.conversation_id)
+                    .bind(new.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                let row = sqlx::query_as::<_, Message>(concat!(
+                    "INSERT INTO messages (id, conversation_id, sender_id, recipient_id,
+                                           message_type, session_id, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (id) DO NOTHING
+                     RETURNING ",
+                    message_cols!()
+                ))
+                .bind(new.id)
+                .bind(new.conversation_id)
+                .bind(new.sender_id)
+                .bind(new.recipient_id)
+                .bind(&new.message_type)
+                .bind(&new.session_id)
+                .bind(new.created_at)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(message) = row else {
+                    results.push(None);
+                    continue;
+                };
+                let cursor =
+                    super::inbox::append!(tx, new.recipient_id, "message", new.id, new.created_at);
+                results.push(Some((message, cursor)));
+            }
+            tx.commit().await?;
+            Ok(results)
+        })
     }
 
     pub async fn message(&self, id: MessageId) -> Result<Option<Message>> {

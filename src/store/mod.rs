@@ -3,6 +3,7 @@
 //! `$1` placeholders); `with_pool!` runs the same body against whichever engine is configured,
 //! type-checked for each.
 
+mod batch;
 mod calls;
 mod channels;
 mod contents;
@@ -22,7 +23,6 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use crate::model::{Conversation, ConversationId};
 pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::{NewContent, StoredContent};
@@ -78,7 +78,9 @@ pub struct Store {
     db: Db,
     /// Conversations never change members, so they are remembered once read: typing
     /// indicators and messages check membership without a database round trip.
-    conversations: std::sync::Arc<dashmap::DashMap<ConversationId, Conversation>>,
+    conversations: std::sync::Arc<conversations::ConversationCache>,
+    /// Message inserts, committed in groups (absent in the store the batcher itself uses).
+    batcher: Option<batch::Batcher>,
 }
 
 /// Runs `$body` with `$pool` bound to the engine's pool for `read` or `write` work.
@@ -147,9 +149,14 @@ impl Store {
     }
 
     fn new(db: Db) -> Self {
-        Self {
+        let store = Self {
             db,
             conversations: Default::default(),
+            batcher: None,
+        };
+        Self {
+            batcher: Some(batch::Batcher::spawn(store.clone())),
+            ..store
         }
     }
 

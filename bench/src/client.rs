@@ -1,0 +1,389 @@
+//! The load: real WebSocket clients, each a task, timing with one clock.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::{net::TcpSocket, sync::Semaphore};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, client_async, connect_async, tungstenite::Message,
+};
+
+use crate::{
+    server::{Running, User},
+    stats::Latencies,
+};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How long to wait for stragglers once sending stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy)]
+pub struct Load {
+    pub pairs: usize,
+    /// Messages per second in all; `None`: closed loop at saturation.
+    pub rate: Option<u64>,
+    pub window: usize,
+    pub duration: Duration,
+    pub login_storm: u64,
+}
+
+pub struct Report {
+    sent: u64,
+    acked: u64,
+    delivered: u64,
+    duplicates: u64,
+    elapsed: Duration,
+    latencies: Latencies,
+    mode: String,
+    logins: u64,
+}
+
+impl Report {
+    pub fn delivered_per_second(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn print(&self, what: &str) {
+        println!(
+            "{what}: {} | sent {} acked {} delivered {} ({:.0}/s) lost {} duplicates {}{} | {}",
+            self.mode,
+            self.sent,
+            self.acked,
+            self.delivered,
+            self.delivered_per_second(),
+            self.acked.saturating_sub(self.delivered),
+            self.duplicates,
+            if self.logins > 0 {
+                format!(" | logins {}", self.logins)
+            } else {
+                String::new()
+            },
+            self.latencies.summary(),
+        );
+    }
+}
+
+async fn connect(server: &Running, user: &User) -> anyhow::Result<Socket> {
+    let url = if server.relay {
+        format!("{}/?u={}", server.ws_base(), user.id)
+    } else {
+        format!("{}/ws?token={}", server.ws_base(), user.token)
+    };
+    Ok(connect_async(url).await.context("websocket connect")?.0)
+}
+
+/// The value of `"key":"..."` in a frame, without parsing all of it.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let start = text.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let len = text[start..].find('"')?;
+    Some(&text[start..start + len])
+}
+
+pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
+    let users: Vec<User> = if server.relay {
+        (0..2 * load.pairs)
+            .map(|i| User {
+                id: i.to_string(),
+                token: String::new(),
+                email: String::new(),
+            })
+            .collect()
+    } else {
+        server.register(2 * load.pairs + 1).await?
+    };
+    let clock = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, acked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+
+    let mut receivers = Vec::new();
+    for recipient in &users[load.pairs..2 * load.pairs] {
+        let mut socket = connect(server, recipient).await?;
+        let stop = stop.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut seen = HashSet::new();
+            let mut duplicates = 0u64;
+            let mut last = Duration::ZERO;
+            loop {
+                let wait = if stop.load(Ordering::Relaxed) {
+                    DRAIN
+                } else {
+                    Duration::from_secs(60)
+                };
+                let Ok(Some(Ok(message))) = tokio::time::timeout(wait, socket.next()).await else {
+                    break;
+                };
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let text = text.as_str();
+                if !text.contains("\"type\":\"message\"") {
+                    continue;
+                }
+                let (Some(id), Some(sent_at)) = (field(text, "id"), field(text, "sessionId"))
+                else {
+                    continue;
+                };
+                if !seen.insert(id.to_owned()) {
+                    duplicates += 1;
+                    continue;
+                }
+                let sent_at: u64 = sent_at.parse().unwrap_or(0);
+                let now = clock.elapsed().as_micros() as u64;
+                latencies.push(now.saturating_sub(sent_at));
+                last = clock.elapsed();
+            }
+            (latencies, duplicates, last)
+        }));
+    }
+
+    let per_sender_interval = load
+        .rate
+        .map(|rate| Duration::from_secs_f64(load.pairs as f64 / rate.max(1) as f64));
+    let mut senders = Vec::new();
+    for (sender, recipient) in users[..load.pairs]
+        .iter()
+        .zip(&users[load.pairs..2 * load.pairs])
+    {
+        let socket = connect(server, sender).await?;
+        let (mut sink, mut stream) = socket.split();
+        let window = Arc::new(Semaphore::new(load.window));
+        let sent = sent.clone();
+        let ack_window = window.clone();
+        let ack_count = acked.clone();
+        let acks = tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Text(text) = message
+                    && text.as_str().contains("message_ack")
+                {
+                    ack_count.fetch_add(1, Ordering::Relaxed);
+                    ack_window.add_permits(1);
+                }
+            }
+        });
+        let (to, relay, duration) = (recipient.id.clone(), server.relay, load.duration);
+        senders.push(tokio::spawn(async move {
+            let mut tick = per_sender_interval.map(tokio::time::interval);
+            while clock.elapsed() < duration {
+                match tick.as_mut() {
+                    Some(tick) => {
+                        tick.tick().await;
+                    }
+                    None => window.acquire().await.map(|p| p.forget()).unwrap_or(()),
+                }
+                let at = clock.elapsed().as_micros();
+                let payload = json!({"recipientId": to, "messageType": "text", "sessionId": at.to_string(), "id": uuid::Uuid::new_v4().to_string()});
+                let frame = if relay {
+                    json!({"to": to.parse::<u64>().unwrap_or(0), "type": "message", "payload": payload})
+                } else {
+                    json!({"type": "message", "payload": payload})
+                };
+                if sink.send(Message::text(frame.to_string())).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            (sink, acks)
+        }));
+    }
+
+    let storm = (load.login_storm > 0 && !server.relay).then(|| {
+        let (base, user, stop) = (
+            server.base.clone(),
+            users[2 * load.pairs].clone(),
+            stop.clone(),
+        );
+        let every = Duration::from_secs_f64(1.0 / load.login_storm as f64);
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut tick = tokio::time::interval(every);
+            let mut pending = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let request = http
+                    .post(format!("{base}/api/auth/login"))
+                    .json(&json!({"email": user.email, "password": "bench-password"}));
+                pending.push(tokio::spawn(request.send()));
+            }
+            let mut ok = 0;
+            for p in pending {
+                if matches!(p.await, Ok(Ok(r)) if r.status().is_success()) {
+                    ok += 1;
+                }
+            }
+            ok
+        })
+    });
+
+    let mut open = Vec::new();
+    for sender in senders {
+        open.push(sender.await?);
+    }
+    let elapsed = clock.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let expected = sent.load(Ordering::Relaxed);
+    let deadline = Instant::now() + DRAIN;
+    while !server.relay && acked.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut latencies = Vec::new();
+    let mut duplicates = 0;
+    // Throughput counts until the last delivery: a backlog drained late is not free.
+    let mut elapsed = elapsed;
+    for receiver in receivers {
+        let (l, d, last) = receiver.await?;
+        latencies.extend(l);
+        duplicates += d;
+        elapsed = elapsed.max(last);
+    }
+    let logins = match storm {
+        Some(storm) => storm.await?,
+        None => 0,
+    };
+    for (_, acks) in open {
+        acks.abort();
+    }
+    let delivered = latencies.len() as u64;
+    Ok(Report {
+        sent: expected,
+        acked: if server.relay {
+            expected
+        } else {
+            acked.load(Ordering::Relaxed)
+        },
+        delivered,
+        duplicates,
+        elapsed,
+        latencies: Latencies::new(latencies),
+        mode: match load.rate {
+            Some(rate) => format!("{} pairs at {rate}/s for {:?}", load.pairs, load.duration),
+            None => format!(
+                "{} pairs saturated (window {}) for {:?}",
+                load.pairs, load.window, load.duration
+            ),
+        },
+        logins,
+    })
+}
+
+/// Opens `sockets` authenticated sockets spread over `users` users and reports the server's
+/// resident memory per socket.
+pub async fn idle(server: &Running, sockets: usize, users: usize) -> anyhow::Result<()> {
+    let users = server.register(users.max(1)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = server.rss_kib();
+    let mut open = Vec::with_capacity(sockets);
+    let started = Instant::now();
+    let port: u16 = server
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("port")?;
+    for i in 0..sockets {
+        let user = &users[i % users.len()];
+        // 20,000 sockets per source address stay well inside the ephemeral port range.
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i / 20_000) as u8);
+        let tcp = TcpSocket::new_v4()?;
+        tcp.bind((source, 0).into())?;
+        let stream = tcp
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .with_context(|| format!("socket {i}"))?;
+        let url = format!("{}/ws?token={}", server.ws_base(), user.token);
+        let (socket, _) = client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .with_context(|| format!("upgrade {i}"))?;
+        open.push(socket);
+    }
+    let connect_time = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = server.rss_kib();
+    let health: Value = reqwest::get(format!("{}/health", server.base))
+        .await?
+        .json()
+        .await?;
+    println!(
+        "idle: {} sockets open in {:.1} s (server reports {} sockets)",
+        open.len(),
+        connect_time.as_secs_f64(),
+        health["sockets"]
+    );
+    if let (Some(before), Some(after)) = (before, after) {
+        println!(
+            "server RSS {before} KiB → {after} KiB: {:.2} KiB per idle socket",
+            (after.saturating_sub(before)) as f64 / open.len().max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+/// One channel message to `members` online members, `rounds` times: time until the last one
+/// has it.
+pub async fn fanout(server: &Running, members: usize, rounds: usize) -> anyhow::Result<()> {
+    let users = server.register(members + 1).await?;
+    let http = reqwest::Client::new();
+    let owner = &users[0];
+    let channel: Value = http
+        .post(format!("{}/api/channels", server.base))
+        .bearer_auth(&owner.token)
+        .json(&json!({"name": "bench", "is_private": false}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let channel = channel["id"].as_str().context("channel")?.to_owned();
+    let got = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for member in &users[1..] {
+        http.post(format!("{}/api/channels/{channel}/join", server.base))
+            .bearer_auth(&member.token)
+            .send()
+            .await?;
+        let mut socket = connect(server, member).await?;
+        let got = got.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = socket.next().await {
+                if let Message::Text(text) = message
+                    && text.as_str().contains("\"type\":\"channel_message\"")
+                {
+                    got.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    for round in 1..=rounds as u64 {
+        let started = Instant::now();
+        http.post(format!("{}/api/channels/{channel}/messages", server.base))
+            .bearer_auth(&owner.token)
+            .json(&json!({"message_type": "text"}))
+            .send()
+            .await?;
+        let target = round * members as u64;
+        while got.load(Ordering::Relaxed) < target && started.elapsed() < DRAIN {
+            tokio::task::yield_now().await;
+        }
+        samples.push(started.elapsed().as_micros() as u64);
+    }
+    let total = got.load(Ordering::Relaxed);
+    println!(
+        "fan-out to {members} members, {rounds} rounds: {total}/{} delivered; time to the last member: {}",
+        rounds * members,
+        Latencies::new(samples).summary()
+    );
+    for reader in readers {
+        reader.abort();
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `kisse-bench`: measures the Kisse backend with real sockets, and the same load against a
+//! minimal relay (no auth, no storage) started beside it, so results read as ratios of what
+//! this machine can do.
+//!
+//! Build first: `cargo build --release --workspace`. Then, e.g.:
+//! `target/release/kisse-bench routing --pairs 50 --saturate --seconds 10`.
+
+mod client;
+mod relay;
+mod server;
+mod stats;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N sender→recipient pairs: delivered messages/s and latency, losses and duplicates.
+    Routing(RoutingArgs),
+    /// M authenticated idle sockets: the server's resident memory per socket.
+    Idle(IdleArgs),
+    /// One channel message to K online members: time until the last one has it.
+    Fanout(FanoutArgs),
+    /// Internal: the minimal relay the other commands compare against.
+    Relay {
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct Target {
+    /// Server binary to start (ignored with --url).
+    #[arg(long, default_value = "target/release/kisse-backend")]
+    pub server_bin: String,
+    /// DATABASE_URL for the started server (default: a fresh SQLite file).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Use a running server instead of starting one (no relay comparison, no memory figures).
+    #[arg(long)]
+    pub url: Option<String>,
+}
+
+#[derive(Args)]
+struct RoutingArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    /// Messages per second in all (open loop); ignored with --saturate.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Closed loop: each sender keeps --window messages in flight.
+    #[arg(long)]
+    saturate: bool,
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Logins per second during the run (password hashing storm).
+    #[arg(long, default_value_t = 0)]
+    login_storm: u64,
+    /// Skip the relay run.
+    #[arg(long)]
+    no_relay: bool,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value_t = 10_000)]
+    sockets: usize,
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value_t = 500)]
+    members: usize,
+    #[arg(long, default_value_t = 50)]
+    rounds: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Relay { port } => relay::serve(port).await,
+        Command::Routing(args) => {
+            let load = client::Load {
+                pairs: args.pairs,
+                rate: (!args.saturate).then_some(args.rate),
+                window: args.window,
+                duration: Duration::from_secs(args.seconds),
+                login_storm: args.login_storm,
+            };
+            let server = server::Running::start(&args.target).await?;
+            let report = client::routing(&server, &load).await?;
+            report.print(&format!("kisse ({})", server.engine));
+            if !args.no_relay && args.target.url.is_none() {
+                let relay = server::Running::relay().await?;
+                let baseline = client::routing(
+                    &relay,
+                    &client::Load {
+                        login_storm: 0,
+                        ..load
+                    },
+                )
+                .await?;
+                baseline.print("minimal relay");
+                println!(
+                    "ratio kisse/relay: {:.2} (delivered/s)",
+                    report.delivered_per_second() / baseline.delivered_per_second().max(1.0)
+                );
+            }
+            Ok(())
+        }
+        Command::Idle(args) => {
+            let server = server::Running::start(&args.target).await?;
+            client::idle(&server, args.sockets, args.users).await
+        }
+        Command::Fanout(args) => {
+            let server = server::Running::start(&args.target).await?;
+            client::fanout(&server, args.members, args.rounds).await
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The system under test: a `kisse-backend` process started here (or one already running), or
+//! the minimal relay.
+
+use std::{
+    net::TcpListener,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::Target;
+
+#[derive(Clone)]
+pub struct User {
+    pub id: String,
+    pub token: String,
+    pub email: String,
+}
+
+pub struct Running {
+    /// `http://127.0.0.1:port`
+    pub base: String,
+    pub engine: String,
+    /// Whether this is the relay (no registration, `?u=` sockets).
+    pub relay: bool,
+    child: Option<Child>,
+    _database: Option<tempfile_path::TempPath>,
+}
+
+impl Running {
+    pub async fn start(target: &Target) -> anyhow::Result<Self> {
+        if let Some(url) = &target.url {
+            return Ok(Self {
+                base: url.trim_end_matches('/').to_owned(),
+                engine: "external".into(),
+                relay: false,
+                child: None,
+                _database: None,
+            });
+        }
+        let port = free_port()?;
+        let (database_url, database) = match &target.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let path = tempfile_path::TempPath::new("kisse-bench", "db");
+                (format!("sqlite://{}", path.display()), Some(path))
+            }
+        };
+        let engine = if database_url.starts_with("sqlite") {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        let child = Command::new(&target.server_bin)
+            .env("SERVER_ADDRESS", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &database_url)
+            .env(
+                "JWT_SECRET",
+                format!("bench-{}", uuid::Uuid::new_v4().simple()),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (build it: cargo build --release)",
+                    target.server_bin
+                )
+            })?;
+        let running = Self {
+            base: format!("http://127.0.0.1:{port}"),
+            engine: engine.into(),
+            relay: false,
+            child: Some(child),
+            _database: database,
+        };
+        running.wait_ready("/health").await?;
+        Ok(running)
+    }
+
+    /// Starts the minimal relay (this binary's `relay` command) on a free port.
+    pub async fn relay() -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["relay", "--port", &port.to_string()])
+            .kill_on_drop(true)
+            .spawn()?;
+        let running = Self {
+            base: format!("http://127.0.0.1:{port}"),
+            engine: "relay".into(),
+            relay: true,
+            child: Some(child),
+            _database: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("the relay did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(running)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    pub fn ws_base(&self) -> String {
+        self.base.replacen("http", "ws", 1)
+    }
+
+    async fn wait_ready(&self, path: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if reqwest::get(format!("{}{path}", self.base))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Registers `n` users (password `bench-password`).
+    pub async fn register(&self, n: usize) -> anyhow::Result<Vec<User>> {
+        let http = reqwest::Client::new();
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let mut users = Vec::with_capacity(n);
+        let mut pending = Vec::new();
+        for i in 0..n {
+            let http = http.clone();
+            let base = self.base.clone();
+            let name = format!("b{}_{i}", &run[..8]);
+            pending.push(tokio::spawn(async move {
+                let body = json!({"email": format!("{name}@bench.test"), "username": name, "password": "bench-password", "name": null});
+                let value: Value = http
+                    .post(format!("{base}/api/auth/register"))
+                    .json(&body)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let id = value["user"]["id"].as_str().context("register failed")?.to_owned();
+                let token = value["token"].as_str().context("no token")?.to_owned();
+                anyhow::Ok(User { id, token, email: format!("{name}@bench.test") })
+            }));
+        }
+        for handle in pending {
+            users.push(handle.await??);
+        }
+        Ok(users)
+    }
+
+    /// Resident memory of the started process, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A temporary file path removed on drop (with SQLite's side files).
+mod tempfile_path {
+    use std::path::{Path, PathBuf};
+
+    pub struct TempPath(PathBuf);
+
+    impl TempPath {
+        pub fn new(prefix: &str, ext: &str) -> Self {
+            Self(std::env::temp_dir().join(format!("{prefix}-{}.{ext}", uuid::Uuid::new_v4())))
+        }
+        pub fn display(&self) -> std::path::Display<'_> {
+            self.0.display()
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = self.0.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(Path::new(&path));
+            }
+        }
+    }
+}
