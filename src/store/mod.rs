@@ -9,6 +9,7 @@ mod contents;
 mod conversations;
 mod keys;
 mod messages;
+mod security;
 mod stories;
 mod users;
 
@@ -26,6 +27,7 @@ pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::{NewContent, StoredContent};
 pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::NewMessage;
+pub use security::{RetentionCutoffs, Rotation, Swept};
 pub use stories::NewStory;
 pub use users::NewUser;
 

@@ -13,7 +13,10 @@ use tokio::{
     time::{Instant, sleep_until, timeout},
 };
 
-use super::protocol::{self, Inbound};
+use super::{
+    limits::FrameLimits,
+    protocol::{self, Inbound},
+};
 use crate::{
     AppState,
     auth::TokenClaims,
@@ -34,6 +37,7 @@ struct Socket {
     user: UserId,
     replies: mpsc::Sender<Frame>,
     close: Arc<CloseSignal>,
+    limits: FrameLimits,
 }
 
 impl Socket {
@@ -49,6 +53,8 @@ pub async fn run(state: AppState, socket: WebSocket, claims: TokenClaims, device
     let (queue, queue_rx) = mpsc::channel(state.config.ws_queue_len);
     let close = Arc::new(CloseSignal::default());
     let (socket_id, first) = state.hub.attach(user, queue.clone(), close.clone());
+    // Security: revoking the session (logout, refresh token reuse) closes this socket.
+    let _session = (state.hub).track_session(claims.session_id, socket_id, close.clone());
     let (sink, stream) = socket.split();
 
     let expires_in = Duration::from_secs(
@@ -70,6 +76,7 @@ pub async fn run(state: AppState, socket: WebSocket, claims: TokenClaims, device
         user,
         replies: queue,
         close: close.clone(),
+        limits: FrameLimits::new(&state.config),
     };
     // A device that was offline while its one-time prekeys ran low learns it now.
     if let Some(low) = domain::keys::low_prekeys(&state, user, device).await {
@@ -133,7 +140,12 @@ async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<We
 /// Answers one text frame.
 async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
     let user = socket.user;
-    match protocol::decode(text)? {
+    let inbound = protocol::decode(text)?;
+    // Security: per-socket rate limits and coalescing (ws/limits.rs).
+    if !socket.limits.admit(&inbound, &socket.close)? {
+        return Ok(());
+    }
+    match inbound {
         Inbound::Message(request) => {
             let client_id = request.id;
             let (message, _) = domain::messages::send(state, user, request).await?;
