@@ -267,8 +267,11 @@ mod tests {
         assert_eq!(c.jwt_expiration, Duration::from_secs(600));
         let c = config(&[("JWT_EXPIRATION", "600"), ("ACCESS_TOKEN_TTL", "300")]).expect("valid");
         assert_eq!(c.jwt_expiration, Duration::from_secs(300));
-        let c = config(&[("RETENTION_MESSAGES_DAYS", "0"), ("RETENTION_CALLS_DAYS", "2")])
-            .expect("valid");
+        let c = config(&[
+            ("RETENTION_MESSAGES_DAYS", "0"),
+            ("RETENTION_CALLS_DAYS", "2"),
+        ])
+        .expect("valid");
         assert_eq!(c.retention_messages, None);
         assert_eq!(c.retention_calls, Some(Duration::from_secs(2 * 86_400)));
         assert!(config(&[("LOGIN_RATE_PER_MINUTE", "0")]).is_err());

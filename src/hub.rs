@@ -107,10 +107,12 @@ pub struct SessionSocket<'h> {
 
 impl Drop for SessionSocket<'_> {
     fn drop(&mut self) {
-        self.hub.sessions.remove_if_mut(&self.session, |_, sockets| {
-            sockets.retain(|(id, _)| *id != self.socket);
-            sockets.is_empty()
-        });
+        self.hub
+            .sessions
+            .remove_if_mut(&self.session, |_, sockets| {
+                sockets.retain(|(id, _)| *id != self.socket);
+                sockets.is_empty()
+            });
     }
 }
 

@@ -42,9 +42,7 @@ impl PasswordHasher {
     pub async fn check(&self, password: String, stored: Option<String>) -> anyhow::Result<Check> {
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        let check = self
-            .blocking(move || check_now(&password, &stored))
-            .await?;
+        let check = self.blocking(move || check_now(&password, &stored)).await?;
         Ok(if known { check } else { Check::Mismatch })
     }
 

@@ -97,9 +97,7 @@ mod tests {
     fn issued_tokens_verify_and_are_url_safe() {
         let keys = keys("0123456789abcdef0123456789abcdef");
         let user = UserId(Uuid::new_v4());
-        let token = keys
-            .issue(user, SessionId(Uuid::new_v4()))
-            .expect("issue");
+        let token = keys.issue(user, SessionId(Uuid::new_v4())).expect("issue");
         assert!(
             token
                 .chars()

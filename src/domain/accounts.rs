@@ -105,10 +105,7 @@ pub async fn login(state: &AppState, form: Credentials) -> Result<Session> {
         form.password
     };
     let (user, hash) = found.map_or((None, None), |(user, hash)| (Some(user), Some(hash)));
-    let check = state
-        .hasher
-        .check(password.clone(), hash.clone())
-        .await?;
+    let check = state.hasher.check(password.clone(), hash.clone()).await?;
     let user = match user {
         Some(user) if check != Check::Mismatch => user,
         _ => return Err(Error::Unauthorized),

@@ -3,8 +3,8 @@
 //! (someone copied it). Logout revokes this session or all of them; a password change revokes
 //! all of them. Revoked sessions' access tokens are refused and their sockets closed.
 
-use chrono::{DateTime, Utc};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;

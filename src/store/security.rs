@@ -326,10 +326,7 @@ impl Store {
                         .map(|c| format!("hex(\"{}\")", c.replace('"', "\"\"")))
                         .collect::<Vec<_>>()
                         .join(" || ',' || ");
-                    let sql = format!(
-                        "SELECT {row} FROM \"{}\"",
-                        table.replace('"', "\"\"")
-                    );
+                    let sql = format!("SELECT {row} FROM \"{}\"", table.replace('"', "\"\""));
                     let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                         .fetch_all(&pools.read)
                         .await?;

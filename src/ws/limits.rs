@@ -33,7 +33,9 @@ const MAX_REFUSALS: u32 = 50;
 pub fn check_shape(text: &str) -> Result<()> {
     let too_big = |what: &str| Error::Invalid {
         code: "frame_too_complex",
-        message: format!("frames may nest {MAX_DEPTH} levels and strings {MAX_STRING} bytes: {what}"),
+        message: format!(
+            "frames may nest {MAX_DEPTH} levels and strings {MAX_STRING} bytes: {what}"
+        ),
     };
     let (mut depth, mut in_string, mut escaped, mut string_len) = (0usize, false, false, 0usize);
     for byte in text.bytes() {
@@ -158,9 +160,12 @@ impl FrameLimits {
                 }
             }
             Inbound::TypingIndicator(t) => {
-                let repeat = state.typing.get(&t.conversation_id).is_some_and(|(typing, at)| {
-                    *typing == t.is_typing && now.saturating_duration_since(*at) < COALESCE
-                });
+                let repeat = state
+                    .typing
+                    .get(&t.conversation_id)
+                    .is_some_and(|(typing, at)| {
+                        *typing == t.is_typing && now.saturating_duration_since(*at) < COALESCE
+                    });
                 if repeat {
                     state.refusals = 0;
                     return Ok(false);
@@ -225,9 +230,11 @@ mod tests {
         assert!(limits.admit_at(&message, &close, now).expect("second"));
         let refused = limits.admit_at(&message, &close, now).expect_err("third");
         assert_eq!(refused.code(), "rate_limited");
-        assert!(limits
-            .admit_at(&message, &close, now + Duration::from_secs(1))
-            .expect("refilled"));
+        assert!(
+            limits
+                .admit_at(&message, &close, now + Duration::from_secs(1))
+                .expect("refilled")
+        );
 
         let typing = |on: bool| {
             decode(&format!(
@@ -238,10 +245,16 @@ mod tests {
         };
         assert!(limits.admit_at(&typing(true), &close, now).expect("first"));
         assert!(!limits.admit_at(&typing(true), &close, now).expect("repeat"));
-        assert!(limits.admit_at(&typing(false), &close, now).expect("change"));
-        assert!(limits
-            .admit_at(&typing(false), &close, now + COALESCE)
-            .expect("after the window"));
+        assert!(
+            limits
+                .admit_at(&typing(false), &close, now)
+                .expect("change")
+        );
+        assert!(
+            limits
+                .admit_at(&typing(false), &close, now + COALESCE)
+                .expect("after the window")
+        );
         assert!(!close.is_closed());
     }
 

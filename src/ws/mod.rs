@@ -92,11 +92,20 @@ mod tests {
     fn token_is_read_after_the_bearer_subprotocol() {
         let mut headers = HeaderMap::new();
         assert_eq!(protocol_token(&headers), None);
-        headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("bearer, abc.def"));
+        headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("bearer, abc.def"),
+        );
         assert_eq!(protocol_token(&headers), Some("abc.def"));
-        headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat, Bearer,x"));
+        headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, Bearer,x"),
+        );
         assert_eq!(protocol_token(&headers), Some("x"));
-        headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("abc.def, bearer"));
+        headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("abc.def, bearer"),
+        );
         assert_eq!(protocol_token(&headers), None);
     }
 
