@@ -67,6 +67,27 @@ pub struct Config {
     pub key_fetch_per_minute: u32,
     /// A device with fewer one-time prekeys left than this is told to upload more.
     pub prekey_low_threshold: i64,
+    /// How long a refresh token (and so a signed-in session left unused) lives.
+    pub refresh_token_ttl: Duration,
+    /// Register, login and refresh requests per client IP and minute (also the burst).
+    pub login_rate_per_minute: u32,
+    /// Login attempts per account (email) and minute (also the burst).
+    pub login_rate_per_account_per_minute: u32,
+    /// Sockets one user may have open at once on this node.
+    pub max_sockets_per_user: usize,
+    /// Frames of any type a socket may send per second (twice that as a burst).
+    pub ws_frames_per_second: u32,
+    /// `message`, `channel_message` and `call_request` frames per socket and second (twice that
+    /// as a burst).
+    pub ws_messages_per_second: u32,
+    /// Message metadata older than this is deleted; `None` keeps it.
+    pub retention_messages: Option<Duration>,
+    /// Finished calls older than this are deleted from the history; `None` keeps them.
+    pub retention_calls: Option<Duration>,
+    /// How long an expired story (and who viewed it) is kept after it expired.
+    pub retention_stories: Duration,
+    /// Interval between retention sweeps.
+    pub retention_sweep_interval: Duration,
 }
 
 impl Config {
@@ -110,7 +131,11 @@ impl Config {
             database_url: get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
             jwt_secret,
             jwt_secret_generated,
-            jwt_expiration: Duration::from_secs(positive(&get, "JWT_EXPIRATION", 86_400)?),
+            // ACCESS_TOKEN_TTL is the new name; JWT_EXPIRATION still works.
+            jwt_expiration: Duration::from_secs(match get("ACCESS_TOKEN_TTL") {
+                Some(_) => positive(&get, "ACCESS_TOKEN_TTL", 86_400)?,
+                None => positive(&get, "JWT_EXPIRATION", 86_400)?,
+            }),
             ws_max_frame_bytes: positive(&get, "WS_MAX_FRAME_BYTES", 64 * 1024)? as usize,
             ws_queue_len: positive(&get, "WS_QUEUE_LEN", 1024)? as usize,
             ws_ping_interval: Duration::from_secs(positive(&get, "WS_PING_INTERVAL", 25)?),
@@ -125,6 +150,30 @@ impl Config {
                 .context("KEY_FETCH_PER_MINUTE is too large")?,
             prekey_low_threshold: i64::try_from(positive(&get, "PREKEY_LOW_THRESHOLD", 10)?)
                 .context("PREKEY_LOW_THRESHOLD is too large")?,
+            refresh_token_ttl: Duration::from_secs(positive(
+                &get,
+                "REFRESH_TOKEN_TTL",
+                30 * 86_400,
+            )?),
+            login_rate_per_minute: small(&get, "LOGIN_RATE_PER_MINUTE", 1000)?,
+            login_rate_per_account_per_minute: small(
+                &get,
+                "LOGIN_RATE_PER_ACCOUNT_PER_MINUTE",
+                30,
+            )?,
+            max_sockets_per_user: positive(&get, "MAX_SOCKETS_PER_USER", 32)? as usize,
+            ws_frames_per_second: small(&get, "WS_FRAMES_PER_SECOND", 200)?,
+            ws_messages_per_second: small(&get, "WS_MESSAGES_PER_SECOND", 100)?,
+            retention_messages: days(&get, "RETENTION_MESSAGES_DAYS", 0)?,
+            retention_calls: days(&get, "RETENTION_CALLS_DAYS", 90)?,
+            retention_stories: Duration::from_secs(
+                parse::<u64>(&get, "RETENTION_STORIES_HOURS", "0")?.saturating_mul(3600),
+            ),
+            retention_sweep_interval: Duration::from_secs(positive(
+                &get,
+                "RETENTION_SWEEP_INTERVAL",
+                3600,
+            )?),
         })
     }
 }
@@ -149,6 +198,20 @@ fn positive(get: &impl Fn(&str) -> Option<String>, key: &str, default: u64) -> a
         bail!("{key} must be greater than zero");
     }
     Ok(value)
+}
+
+fn small(get: &impl Fn(&str) -> Option<String>, key: &str, default: u64) -> anyhow::Result<u32> {
+    u32::try_from(positive(get, key, default)?).with_context(|| format!("{key} is too large"))
+}
+
+/// A number of days, 0 meaning "forever" (`None`).
+fn days(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: u64,
+) -> anyhow::Result<Option<Duration>> {
+    let days: u64 = parse(get, key, &default.to_string())?;
+    Ok((days > 0).then(|| Duration::from_secs(days.saturating_mul(86_400))))
 }
 
 fn default_parallelism() -> u64 {
@@ -196,5 +259,21 @@ mod tests {
         let err = config(&[("JWT_EXPIRATION", "soon")]).expect_err("not a number");
         assert!(err.to_string().contains("JWT_EXPIRATION"));
         assert!(config(&[("JWT_EXPIRATION", "0")]).is_err());
+    }
+
+    #[test]
+    fn access_token_ttl_overrides_jwt_expiration_and_retention_zero_keeps_forever() {
+        let c = config(&[("JWT_EXPIRATION", "600")]).expect("valid");
+        assert_eq!(c.jwt_expiration, Duration::from_secs(600));
+        let c = config(&[("JWT_EXPIRATION", "600"), ("ACCESS_TOKEN_TTL", "300")]).expect("valid");
+        assert_eq!(c.jwt_expiration, Duration::from_secs(300));
+        let c = config(&[
+            ("RETENTION_MESSAGES_DAYS", "0"),
+            ("RETENTION_CALLS_DAYS", "2"),
+        ])
+        .expect("valid");
+        assert_eq!(c.retention_messages, None);
+        assert_eq!(c.retention_calls, Some(Duration::from_secs(2 * 86_400)));
+        assert!(config(&[("LOGIN_RATE_PER_MINUTE", "0")]).is_err());
     }
 }

@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::UserId;
+use crate::model::{SessionId, UserId};
 
 /// An encoded text frame; cloning it shares the bytes, so one encoding serves all recipients.
 pub type Frame = Utf8Bytes;
@@ -44,6 +44,10 @@ pub enum CloseReason {
     TokenExpired,
     /// The server could not read what the socket must be sent; the client catches up later.
     ServerError,
+    /// Its session was signed out, revoked, or its account deleted.
+    Revoked,
+    /// It kept sending frames above its rate limit.
+    RateLimited,
     ShuttingDown,
     /// The client closed it or the connection broke: nothing left to say.
     PeerGone,
@@ -58,6 +62,8 @@ impl CloseReason {
             Self::Idle => Some((1001, "idle timeout")),
             Self::TokenExpired => Some((4001, "token expired")),
             Self::ServerError => Some((1011, "server error: reconnect to catch up")),
+            Self::Revoked => Some((4001, "session revoked")),
+            Self::RateLimited => Some((1008, "rate limit exceeded")),
             Self::ShuttingDown => Some((1001, "server shutting down")),
             Self::PeerGone => None,
         }
@@ -103,6 +109,26 @@ struct SocketHandle {
 pub struct Hub {
     users: DashMap<UserId, Vec<SocketHandle>>,
     next_id: AtomicU64,
+    /// The sockets opened with each session's tokens, to close them when it is revoked.
+    sessions: DashMap<SessionId, Vec<(SocketId, Arc<CloseSignal>)>>,
+}
+
+/// Keeps a socket listed under its session until dropped (see `Hub::track_session`).
+pub struct SessionSocket<'h> {
+    hub: &'h Hub,
+    session: SessionId,
+    socket: SocketId,
+}
+
+impl Drop for SessionSocket<'_> {
+    fn drop(&mut self) {
+        self.hub
+            .sessions
+            .remove_if_mut(&self.session, |_, sockets| {
+                sockets.retain(|(id, _)| *id != self.socket);
+                sockets.is_empty()
+            });
+    }
 }
 
 impl Hub {
@@ -154,6 +180,43 @@ impl Hub {
             .iter()
             .filter(|socket| push(&socket.queue, &socket.close, item()))
             .count()
+    }
+
+    /// How many sockets `user` has open on this node.
+    pub fn user_socket_count(&self, user: UserId) -> usize {
+        self.users.get(&user).map_or(0, |sockets| sockets.len())
+    }
+
+    /// Lists `socket` under `session` until the returned guard is dropped.
+    pub fn track_session(
+        &self,
+        session: SessionId,
+        socket: SocketId,
+        close: Arc<CloseSignal>,
+    ) -> SessionSocket<'_> {
+        self.sessions
+            .entry(session)
+            .or_default()
+            .push((socket, close));
+        SessionSocket {
+            hub: self,
+            session,
+            socket,
+        }
+    }
+
+    /// Closes every socket opened with `session`'s tokens.
+    pub fn close_session(&self, session: SessionId, reason: CloseReason) {
+        if let Some(sockets) = self.sessions.get(&session) {
+            sockets.iter().for_each(|(_, close)| close.close(reason));
+        }
+    }
+
+    /// Closes every socket of `user`.
+    pub fn close_user(&self, user: UserId, reason: CloseReason) {
+        if let Some(sockets) = self.users.get(&user) {
+            sockets.iter().for_each(|socket| socket.close.close(reason));
+        }
     }
 
     /// How many sockets are open on this node.

@@ -14,7 +14,11 @@ pub mod rate_limit;
 pub mod store;
 pub mod ws;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -43,6 +47,10 @@ pub struct App {
     pub delivery: domain::delivery::DeliveryLog,
     /// Per-caller limit on prekey bundle fetches.
     pub key_fetches: RateLimiter,
+    /// Register, login and refresh requests per client IP.
+    pub auth_by_ip: RateLimiter<IpAddr>,
+    /// Login attempts per account (normalized email, or user id for re-authentication).
+    pub auth_by_account: RateLimiter<String>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
 }
@@ -62,6 +70,8 @@ impl App {
             content_waiters: Default::default(),
             delivery: Default::default(),
             key_fetches: RateLimiter::new(config.key_fetch_per_minute),
+            auth_by_ip: RateLimiter::new(config.login_rate_per_minute),
+            auth_by_account: RateLimiter::new(config.login_rate_per_account_per_minute),
             shutdown: CancellationToken::new(),
             store,
             config,
@@ -74,6 +84,7 @@ impl App {
 pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
     tokio::spawn(domain::sweeper::run(state.clone()));
     tokio::spawn(domain::delivery::run(state.clone()));
+    tokio::spawn(domain::retention::run(state.clone()));
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())

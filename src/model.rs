@@ -36,6 +36,8 @@ id_type!(
     ChannelId,
     /// One channel message's metadata.
     ChannelMessageId,
+    /// A signed-in device: its refresh token chain and the access tokens issued from it.
+    SessionId,
 );
 
 pub(crate) mod social;

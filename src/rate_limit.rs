@@ -1,7 +1,9 @@
-//! A small in-memory token bucket per user. Enough for a single node; it slows down a caller
-//! who harvests prekey bundles (each fetch uses up one of the target's one-time prekeys).
+//! A small in-memory token bucket per key (a user, an IP address, an email). Enough for a
+//! single node; it slows down a caller who harvests prekey bundles (each fetch uses up one of
+//! the target's one-time prekeys) or guesses passwords.
 
 use std::{
+    hash::Hash,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -20,14 +22,14 @@ struct Bucket {
 }
 
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K: Eq + Hash = UserId> {
     /// Burst size, and tokens regained per minute.
     per_minute: f64,
-    buckets: DashMap<UserId, Bucket>,
+    buckets: DashMap<K, Bucket>,
     checks: AtomicU64,
 }
 
-impl RateLimiter {
+impl<K: Eq + Hash> RateLimiter<K> {
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute: f64::from(per_minute.max(1)),
@@ -37,11 +39,19 @@ impl RateLimiter {
     }
 
     /// Takes one token for `user`, or says how long to wait for the next one.
-    pub fn check(&self, user: UserId) -> Result<(), Duration> {
+    pub fn check(&self, user: K) -> Result<(), Duration> {
         self.check_at(user, Instant::now())
     }
 
-    fn check_at(&self, user: UserId, now: Instant) -> Result<(), Duration> {
+    /// `check`, as the `429` error with `Retry-After` in whole seconds (at least 1).
+    pub fn take(&self, key: K) -> crate::error::Result<()> {
+        self.check(key)
+            .map_err(|wait| crate::error::Error::TooManyRequests {
+                retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+            })
+    }
+
+    fn check_at(&self, user: K, now: Instant) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
             self.buckets
                 .retain(|_, bucket| self.refilled(*bucket, now) < self.per_minute);

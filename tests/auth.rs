@@ -3,7 +3,11 @@
 mod common;
 
 use common::{Engine, TestApp};
-use kisse_backend::{auth::TokenKeys, config::Secret, model::UserId};
+use kisse_backend::{
+    auth::TokenKeys,
+    config::Secret,
+    model::{SessionId, UserId},
+};
 use reqwest::{Method, StatusCode, header};
 use serde_json::json;
 use uuid::Uuid;
@@ -130,13 +134,13 @@ async fn me_refuses_missing_bad_and_orphan_tokens_with_an_empty_401(engine: Engi
         &Secret::new(common::JWT_SECRET),
         std::time::Duration::from_secs(60),
     )
-    .issue(UserId(Uuid::new_v4()))
+    .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()))
     .expect("token");
     let foreign = TokenKeys::new(
         &Secret::new("some-other-secret-of-32-bytes-or-more"),
         std::time::Duration::from_secs(60),
     )
-    .issue(UserId(Uuid::new_v4()))
+    .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()))
     .expect("token");
     for token in [
         None,

@@ -1,45 +1,137 @@
-//! `/api/auth`: register, login, me.
+//! `/api/auth`: register, login, refresh, logout, password change, me (and its deletion).
 
-use axum::{extract::State, http::StatusCode};
-use serde::Serialize;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{ConnectInfo, FromRequestParts, State},
+    http::{StatusCode, request::Parts},
+};
+use serde::{Deserialize, Serialize};
 
 use super::extract::Json;
 use crate::{
     AppState,
-    auth::AuthUser,
-    domain::accounts::{self, Credentials, Registration, Session},
+    auth::{AuthSession, AuthUser},
+    domain::{
+        accounts::{self, Credentials, Deletion, PasswordChange, Registration, Session},
+        sessions::{self, Tokens},
+    },
     error::{Error, Result},
     model::User,
 };
 
+/// `token` and `user` are what the app reads; the rest are additions for clients that refresh.
 #[derive(Serialize)]
 pub struct SessionBody {
     token: String,
     user: User,
+    refresh_token: String,
+    token_type: &'static str,
+    expires_in: u64,
 }
 
-impl From<Session> for SessionBody {
-    fn from(s: Session) -> Self {
+impl SessionBody {
+    fn new(tokens: Tokens, user: User) -> Self {
         Self {
-            token: s.token,
-            user: s.user,
+            token: tokens.token,
+            user,
+            refresh_token: tokens.refresh_token,
+            token_type: "Bearer",
+            expires_in: tokens.expires_in,
         }
     }
 }
 
+impl From<Session> for SessionBody {
+    fn from(s: Session) -> Self {
+        Self::new(s.tokens, s.user)
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RefreshForm {
+    refresh_token: String,
+}
+
+/// The peer address of the connection (none when served without connect info).
+pub struct ClientIp(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
+        ))
+    }
+}
+
+/// Requests that can guess passwords or mint sessions are limited per client IP.
+fn limit_ip(state: &AppState, ip: ClientIp) -> Result<()> {
+    ip.0.map_or(Ok(()), |ip| state.auth_by_ip.take(ip))
+}
+
 pub async fn register(
     State(state): State<AppState>,
+    ip: ClientIp,
     Json(form): Json<Registration>,
 ) -> Result<(StatusCode, axum::Json<SessionBody>)> {
+    limit_ip(&state, ip)?;
     let session = accounts::register(&state, form).await?;
     Ok((StatusCode::CREATED, axum::Json(session.into())))
 }
 
 pub async fn login(
     State(state): State<AppState>,
+    ip: ClientIp,
     Json(form): Json<Credentials>,
 ) -> Result<axum::Json<SessionBody>> {
+    limit_ip(&state, ip)?;
     Ok(axum::Json(accounts::login(&state, form).await?.into()))
+}
+
+/// `{refresh_token}` → new tokens; the presented refresh token is used up. A second use of
+/// the same refresh token revokes the session (401).
+pub async fn refresh(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Json(form): Json<RefreshForm>,
+) -> Result<axum::Json<SessionBody>> {
+    limit_ip(&state, ip)?;
+    let (tokens, user) = sessions::refresh(&state, &form.refresh_token).await?;
+    Ok(axum::Json(SessionBody::new(tokens, user)))
+}
+
+/// Signs out this device's session: its tokens stop working, its sockets close (4001).
+pub async fn logout(
+    State(state): State<AppState>,
+    AuthSession(claims): AuthSession,
+) -> Result<StatusCode> {
+    sessions::logout(&state, claims).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Signs out every session of the caller.
+pub async fn logout_all(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<StatusCode> {
+    sessions::logout_everywhere(&state, user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `{current_password, new_password}`: every session is revoked; the answer is a new one.
+pub async fn change_password(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(form): Json<PasswordChange>,
+) -> Result<axum::Json<SessionBody>> {
+    Ok(axum::Json(
+        accounts::change_password(&state, user, form).await?.into(),
+    ))
 }
 
 pub async fn me(
@@ -49,4 +141,14 @@ pub async fn me(
     // The token was checked against an existing user; a deletion in between is a 401.
     let user = state.store.user(user).await?.ok_or(Error::Unauthorized)?;
     Ok(axum::Json(user))
+}
+
+/// `{password}`: deletes the account and everything that names it → 204.
+pub async fn delete_me(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(form): Json<Deletion>,
+) -> Result<StatusCode> {
+    accounts::delete(&state, user, form).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

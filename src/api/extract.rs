@@ -1,27 +1,47 @@
 //! `Json` and `Query` extractors whose rejections are our JSON 400 errors, not axum's text.
 
 use axum::{
+    body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},
-    http::request::Parts,
+    http::{StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 
-/// A JSON request body.
+/// A JSON object request body (`Content-Type: application/json`). Other JSON values are
+/// refused: serde would otherwise read an array as a struct, field by field.
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(Error::Invalid {
-                code: "invalid_json",
-                message: rejection.body_text(),
-            }),
+        let invalid = |message: String| Error::Invalid {
+            code: "invalid_json",
+            message,
+        };
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/json") || t.contains("+json"));
+        let body = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge
+            } else {
+                invalid(rejection.body_text())
+            }
+        })?;
+        if !json_type {
+            return Err(invalid("expected Content-Type: application/json".into()));
         }
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(invalid("the body must be a JSON object".into()));
+        }
+        serde_json::from_slice(&body)
+            .map(Self)
+            .map_err(|e| invalid(e.to_string()))
     }
 }
 

@@ -39,7 +39,11 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
-        .route("/auth/me", get(auth::me))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/logout-all", post(auth::logout_all))
+        .route("/auth/password", post(auth::change_password))
+        .route("/auth/me", get(auth::me).delete(auth::delete_me))
         .route(
             "/conversations",
             get(conversations::list).post(conversations::open),

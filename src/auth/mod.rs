@@ -5,7 +5,7 @@ mod token;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 
-pub use password::PasswordHasher;
+pub use password::{Check, PasswordHasher};
 pub use token::{TokenClaims, TokenKeys};
 
 use crate::{AppState, error::Error, model::UserId};
@@ -21,13 +21,31 @@ pub fn bearer_token(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Checks a token and that its user still exists (a deleted account's tokens die with it).
+/// Checks a token and that its session is still active (a revoked session's tokens, and a
+/// deleted account's, die with it).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<TokenClaims, Error> {
     let claims = state.tokens.verify(token).ok_or(Error::Unauthorized)?;
-    if !state.store.user_exists(claims.user_id).await? {
+    if !state
+        .store
+        .session_active(claims.session_id, claims.user_id)
+        .await?
+    {
         return Err(Error::Unauthorized);
     }
     Ok(claims)
+}
+
+/// An authenticated caller with the session of their token; rejects with an empty 401.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthSession(pub TokenClaims);
+
+impl FromRequestParts<AppState> for AuthSession {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let token = bearer_token(parts).ok_or(Error::Unauthorized)?;
+        Ok(Self(authenticate(state, token).await?))
+    }
 }
 
 /// An authenticated caller; rejects with an empty 401 otherwise.

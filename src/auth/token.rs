@@ -7,7 +7,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{config::Secret, model::UserId};
+use crate::{
+    config::Secret,
+    model::{SessionId, UserId},
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -15,12 +18,16 @@ struct Claims {
     iat: i64,
     exp: i64,
     jti: Uuid,
+    /// The session the token was issued for; tokens without one are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<Uuid>,
 }
 
 /// What a valid token says.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenClaims {
     pub user_id: UserId,
+    pub session_id: SessionId,
     /// Expiry, in seconds since the Unix epoch.
     pub expires_at: i64,
 }
@@ -46,13 +53,19 @@ impl TokenKeys {
         }
     }
 
-    pub fn issue(&self, user: UserId) -> anyhow::Result<String> {
+    /// Seconds an access token lives.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    pub fn issue(&self, user: UserId, session: SessionId) -> anyhow::Result<String> {
         let now = Utc::now().timestamp();
         let claims = Claims {
             sub: user.0,
             iat: now,
             exp: now.saturating_add(i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX)),
             jti: Uuid::new_v4(),
+            sid: Some(session.0),
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -66,6 +79,7 @@ impl TokenKeys {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         Some(TokenClaims {
             user_id: UserId(data.claims.sub),
+            session_id: SessionId(data.claims.sid?),
             expires_at: data.claims.exp,
         })
     }
@@ -83,7 +97,7 @@ mod tests {
     fn issued_tokens_verify_and_are_url_safe() {
         let keys = keys("0123456789abcdef0123456789abcdef");
         let user = UserId(Uuid::new_v4());
-        let token = keys.issue(user).expect("issue");
+        let token = keys.issue(user, SessionId(Uuid::new_v4())).expect("issue");
         assert!(
             token
                 .chars()
@@ -95,7 +109,7 @@ mod tests {
     #[test]
     fn foreign_and_unsigned_tokens_are_refused() {
         let token = keys("0123456789abcdef0123456789abcdef")
-            .issue(UserId(Uuid::new_v4()))
+            .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()))
             .expect("issue");
         assert!(
             keys("another secret of thirty-two bytes!")

@@ -1,11 +1,14 @@
-//! Registration and login.
+//! Registration, login, password change and account deletion.
 
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::sessions::{self, Tokens};
 use crate::{
     AppState,
+    auth::Check,
     error::{Error, Result},
+    hub::CloseReason,
     model::{User, UserId, now},
     store::NewUser,
 };
@@ -30,9 +33,20 @@ pub struct Credentials {
     pub password: String,
 }
 
-/// A signed-in user and their access token.
+#[derive(Debug, Deserialize)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Deletion {
+    pub password: String,
+}
+
+/// A signed-in user and the tokens of their new session.
 pub struct Session {
-    pub token: String,
+    pub tokens: Tokens,
     pub user: User,
 }
 
@@ -69,13 +83,19 @@ pub async fn register(state: &AppState, form: Registration) -> Result<Session> {
             created_at: now(),
         })
         .await?;
-    let token = state.tokens.issue(user.id)?;
-    Ok(Session { token, user })
+    let tokens = sessions::start(state, user.id).await?;
+    Ok(Session { tokens, user })
 }
 
 /// Unknown email and wrong password get the same answer after the same amount of hashing.
+/// A legacy (bcrypt) hash that matches is replaced by an Argon2id hash.
 pub async fn login(state: &AppState, form: Credentials) -> Result<Session> {
-    let found = match normalize_email(&form.email) {
+    let email = normalize_email(&form.email);
+    // Per account, so that many addresses cannot guess one password faster.
+    state
+        .auth_by_account
+        .take(email.clone().unwrap_or_default())?;
+    let found = match email {
         Some(email) => state.store.credentials_by_email(&email).await?,
         None => None,
     };
@@ -85,14 +105,67 @@ pub async fn login(state: &AppState, form: Credentials) -> Result<Session> {
         form.password
     };
     let (user, hash) = found.map_or((None, None), |(user, hash)| (Some(user), Some(hash)));
-    let matches = state.hasher.verify(password, hash).await?;
-    match user {
-        Some(user) if matches => {
-            let token = state.tokens.issue(user.id)?;
-            Ok(Session { token, user })
-        }
-        _ => Err(Error::Unauthorized),
+    let check = state.hasher.check(password.clone(), hash.clone()).await?;
+    let user = match user {
+        Some(user) if check != Check::Mismatch => user,
+        _ => return Err(Error::Unauthorized),
+    };
+    if let (Check::MatchesOutdated, Some(previous)) = (check, hash) {
+        let upgraded = state.hasher.hash(password).await?;
+        state
+            .store
+            .upgrade_password_hash(user.id, &previous, &upgraded)
+            .await?;
+        tracing::info!(user = %user.id, "password hash upgraded to Argon2id");
     }
+    let tokens = sessions::start(state, user.id).await?;
+    Ok(Session { tokens, user })
+}
+
+/// Checks the caller's current password (rate-limited per account like a login).
+async fn reauthenticate(state: &AppState, user: UserId, password: String) -> Result<()> {
+    state.auth_by_account.take(user.to_string())?;
+    let password = if password.len() > MAX_PASSWORD_LEN {
+        String::new()
+    } else {
+        password
+    };
+    let hash = state.store.password_hash(user).await?;
+    if state.hasher.check(password, hash).await? == Check::Mismatch {
+        return Err(Error::Forbidden("the current password is wrong"));
+    }
+    Ok(())
+}
+
+/// Changes the password: every session of the user is revoked (their sockets closed), and a
+/// new session is started for the caller.
+pub async fn change_password(
+    state: &AppState,
+    user: UserId,
+    form: PasswordChange,
+) -> Result<Session> {
+    check_password(&form.new_password)?;
+    reauthenticate(state, user, form.current_password).await?;
+    let hash = state.hasher.hash(form.new_password).await?;
+    if !state.store.change_password(user, &hash, now()).await? {
+        return Err(Error::Unauthorized);
+    }
+    state.hub.close_user(user, CloseReason::Revoked);
+    let profile = state.store.user(user).await?.ok_or(Error::Unauthorized)?;
+    let tokens = sessions::start(state, user).await?;
+    Ok(Session {
+        tokens,
+        user: profile,
+    })
+}
+
+/// Deletes the account and every row that names it; its sockets are closed.
+pub async fn delete(state: &AppState, user: UserId, form: Deletion) -> Result<()> {
+    reauthenticate(state, user, form.password).await?;
+    state.store.delete_user(user).await?;
+    state.hub.close_user(user, CloseReason::Revoked);
+    tracing::info!(%user, "account deleted");
+    Ok(())
 }
 
 /// Trimmed, lower-cased, and shaped like `local@domain`; `None` otherwise.

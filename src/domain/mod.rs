@@ -11,6 +11,8 @@ pub(crate) mod input;
 pub mod keys;
 pub mod messages;
 pub mod presence;
+pub mod retention;
+pub mod sessions;
 pub mod stories;
 pub mod sweeper;
 pub mod users;

@@ -11,6 +11,7 @@ mod conversations;
 mod inbox;
 mod keys;
 mod messages;
+mod security;
 mod stories;
 mod users;
 
@@ -29,6 +30,7 @@ pub use contents::{NewContent, StoredContent};
 pub use inbox::{InboxEntry, InboxKind};
 pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::NewMessage;
+pub use security::{RetentionCutoffs, Rotation, Swept};
 pub use stories::NewStory;
 pub use users::NewUser;
 

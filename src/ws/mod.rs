@@ -1,6 +1,7 @@
 //! The WebSocket door: authenticate before the upgrade, then hand the socket to a session.
 
-mod protocol;
+mod limits;
+pub mod protocol;
 mod session;
 mod writer;
 
@@ -9,18 +10,23 @@ use axum::{
         RawQuery, State,
         ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
-    http::request::Parts,
+    http::{HeaderMap, header::SEC_WEBSOCKET_PROTOCOL, request::Parts},
     response::Response,
 };
 
 use self::writer::StartFrom;
 use crate::{AppState, auth, domain::keys, error::Error};
 
-/// `GET /ws?token=<jwt>[&device_id=<n>][&since=<cursor>]` (or `Authorization: Bearer <jwt>`).
-/// A missing or bad token is refused with an empty 401 before the upgrade. `device_id` (or
-/// `deviceId`, default 1) names the device, for the frames about its keys. `since` is the
-/// `cursor` of the last message or read receipt this device got: it is sent everything after
-/// it first; without it, everything no device of the user was sent yet.
+/// The subprotocol a client names before its token: `Sec-WebSocket-Protocol: bearer, <jwt>`.
+const BEARER_PROTOCOL: &str = "bearer";
+
+/// `GET /ws?token=<jwt>[&device_id=<n>][&since=<cursor>]`, or the token in
+/// `Authorization: Bearer <jwt>`, or in `Sec-WebSocket-Protocol: bearer, <jwt>` (answered with
+/// the `bearer` subprotocol), which keep it out of URLs. A missing or bad token is refused with
+/// an empty 401 before the upgrade; a user with `MAX_SOCKETS_PER_USER` sockets open gets 429.
+/// `device_id` (or `deviceId`, default 1) names the device, for the frames about its keys.
+/// `since` is the `cursor` of the last message or read receipt this device got: it is sent
+/// everything after it first; without it, everything no device of the user was sent yet.
 pub async fn upgrade(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -28,9 +34,13 @@ pub async fn upgrade(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
     let token = auth::bearer_token(&parts)
+        .or_else(|| protocol_token(&parts.headers))
         .or_else(|| query.as_deref().and_then(token_param))
         .ok_or(Error::Unauthorized)?;
     let claims = auth::authenticate(&state, token).await?;
+    if state.hub.user_socket_count(claims.user_id) >= state.config.max_sockets_per_user {
+        return Err(Error::TooManyRequests { retry_after: 10 });
+    }
     let device = query
         .as_deref()
         .and_then(|q| param(q, "device_id").or_else(|| param(q, "deviceId")))
@@ -50,12 +60,25 @@ pub async fn upgrade(
     let upgrade = upgrade.map_err(|_| Error::invalid("expected a WebSocket upgrade request"))?;
     let max = state.config.ws_max_frame_bytes;
     Ok(upgrade
+        .protocols([BEARER_PROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
         // tungstenite's 128 KiB defaults would dominate the memory of an idle socket.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| session::run(state, socket, claims, device, start)))
+}
+
+/// The entry after `bearer` in the `Sec-WebSocket-Protocol` list(s).
+fn protocol_token(headers: &HeaderMap) -> Option<&str> {
+    let mut entries = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    entries.find(|e| e.eq_ignore_ascii_case(BEARER_PROTOCOL))?;
+    entries.next().filter(|t| !t.is_empty())
 }
 
 /// The `token` parameter of a query string (tokens are URL-safe, so no decoding is needed).
@@ -73,7 +96,29 @@ fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{param, token_param};
+    use super::{param, protocol_token, token_param};
+    use axum::http::{HeaderMap, HeaderValue, header::SEC_WEBSOCKET_PROTOCOL};
+
+    #[test]
+    fn token_is_read_after_the_bearer_subprotocol() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(protocol_token(&headers), None);
+        headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("bearer, abc.def"),
+        );
+        assert_eq!(protocol_token(&headers), Some("abc.def"));
+        headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, Bearer,x"),
+        );
+        assert_eq!(protocol_token(&headers), Some("x"));
+        headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("abc.def, bearer"),
+        );
+        assert_eq!(protocol_token(&headers), None);
+    }
 
     #[test]
     fn token_is_found_among_other_parameters() {

@@ -78,6 +78,7 @@ pub fn decode(text: &str) -> Result<Inbound, Error> {
         code: "invalid_frame",
         message: "expected a JSON object {\"type\": ..., \"payload\": {...}}".into(),
     };
+    super::limits::check_shape(text)?;
     let Ok(Value::Object(mut frame)) = serde_json::from_str::<Value>(text) else {
         return Err(invalid_frame());
     };

@@ -11,6 +11,7 @@ use tokio::{
 };
 
 use super::{
+    limits::FrameLimits,
     protocol::{self, Inbound},
     writer::{StartFrom, Writer},
 };
@@ -29,6 +30,7 @@ struct Socket {
     user: UserId,
     replies: mpsc::Sender<Outgoing>,
     close: Arc<CloseSignal>,
+    limits: FrameLimits,
 }
 
 impl Socket {
@@ -49,6 +51,8 @@ pub async fn run(
     let (queue, queue_rx) = mpsc::channel(state.config.ws_queue_len);
     let close = Arc::new(CloseSignal::default());
     let (socket_id, first) = state.hub.attach(user, queue.clone(), close.clone());
+    // Security: revoking the session (logout, refresh token reuse) closes this socket.
+    let _session = (state.hub).track_session(claims.session_id, socket_id, close.clone());
     let (sink, stream) = socket.split();
 
     let expires_in = Duration::from_secs(
@@ -74,6 +78,7 @@ pub async fn run(
         user,
         replies: queue,
         close: close.clone(),
+        limits: FrameLimits::new(&state.config),
     };
     // A device that was offline while its one-time prekeys ran low learns it now.
     if let Some(low) = domain::keys::low_prekeys(&state, user, device).await {
@@ -137,7 +142,12 @@ async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<We
 /// Answers one text frame.
 async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
     let user = socket.user;
-    match protocol::decode(text)? {
+    let inbound = protocol::decode(text)?;
+    // Security: per-socket rate limits and coalescing (ws/limits.rs).
+    if !socket.limits.admit(&inbound, &socket.close)? {
+        return Ok(());
+    }
+    match inbound {
         Inbound::Message(request) => {
             let client_id = request.id;
             let (message, _) = domain::messages::send(state, user, request).await?;

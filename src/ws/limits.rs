@@ -1,0 +1,275 @@
+//! Per-socket limits on what a client may send: JSON shape (depth, string length), frames per
+//! second, messages per second, and coalescing of typing and presence frames (repeats of the
+//! same state are dropped instead of relayed). A socket that keeps exceeding its frame rate is
+//! closed with 1008.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use super::protocol::Inbound;
+use crate::{
+    config::Config,
+    error::{Error, Result},
+    hub::{CloseReason, CloseSignal},
+    model::ConversationId,
+};
+
+/// Deepest nesting of objects and arrays in a frame (`{"payload": {...}}` needs 2).
+pub const MAX_DEPTH: usize = 8;
+/// Longest JSON string in a frame, in bytes as sent (ids, types, session ids are far shorter).
+pub const MAX_STRING: usize = 1024;
+/// A repeat of the same typing or presence state within this window is not relayed.
+const COALESCE: Duration = Duration::from_secs(2);
+/// Conversations whose last typing state is remembered per socket.
+const MAX_TYPING_TRACKED: usize = 64;
+/// Frames refused in a row (over the frame rate) before the socket is closed.
+const MAX_REFUSALS: u32 = 50;
+
+/// Refuses a frame nested deeper than `MAX_DEPTH` or with a string above `MAX_STRING` bytes,
+/// without building it (a cheap scan; the parser then only sees bounded input).
+pub fn check_shape(text: &str) -> Result<()> {
+    let too_big = |what: &str| Error::Invalid {
+        code: "frame_too_complex",
+        message: format!(
+            "frames may nest {MAX_DEPTH} levels and strings {MAX_STRING} bytes: {what}"
+        ),
+    };
+    let (mut depth, mut in_string, mut escaped, mut string_len) = (0usize, false, false, 0usize);
+    for byte in text.bytes() {
+        if in_string {
+            string_len += 1;
+            if string_len > MAX_STRING {
+                return Err(too_big("string too long"));
+            }
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => {
+                in_string = true;
+                string_len = 0;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(too_big("nested too deeply"));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A token bucket of `rate` per second holding up to `2 × rate`.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, now: Instant) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            tokens: 2.0 * rate,
+            at: now,
+        }
+    }
+
+    /// Takes a token, or says how long until one is back.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(2.0 * self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    frames: Bucket,
+    messages: Bucket,
+    refusals: u32,
+    typing: HashMap<ConversationId, (bool, Instant)>,
+    presence: Option<(String, Instant)>,
+}
+
+/// The limits of one socket.
+#[derive(Debug)]
+pub struct FrameLimits {
+    state: Mutex<State>,
+}
+
+impl FrameLimits {
+    pub fn new(config: &Config) -> Self {
+        let now = Instant::now();
+        Self {
+            state: Mutex::new(State {
+                frames: Bucket::new(config.ws_frames_per_second, now),
+                messages: Bucket::new(config.ws_messages_per_second, now),
+                refusals: 0,
+                typing: HashMap::new(),
+                presence: None,
+            }),
+        }
+    }
+
+    /// Whether `frame` should be handled (`Ok(false)`: dropped silently, a coalesced repeat).
+    /// Over a rate it is refused with `rate_limited`; too many refusals close the socket.
+    pub fn admit(&self, frame: &Inbound, close: &CloseSignal) -> Result<bool> {
+        self.admit_at(frame, close, Instant::now())
+    }
+
+    fn admit_at(&self, frame: &Inbound, close: &CloseSignal, now: Instant) -> Result<bool> {
+        let Ok(mut state) = self.state.lock() else {
+            return Ok(true);
+        };
+        let refused = |state: &mut State, wait: Duration| {
+            state.refusals += 1;
+            if state.refusals > MAX_REFUSALS {
+                close.close(CloseReason::RateLimited);
+            }
+            Err(Error::TooManyRequests {
+                retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+            })
+        };
+        if let Err(wait) = state.frames.take(now) {
+            return refused(&mut state, wait);
+        }
+        match frame {
+            Inbound::Message(_) | Inbound::ChannelMessage(_) | Inbound::CallRequest(_) => {
+                if let Err(wait) = state.messages.take(now) {
+                    return refused(&mut state, wait);
+                }
+            }
+            Inbound::TypingIndicator(t) => {
+                let repeat = state
+                    .typing
+                    .get(&t.conversation_id)
+                    .is_some_and(|(typing, at)| {
+                        *typing == t.is_typing && now.saturating_duration_since(*at) < COALESCE
+                    });
+                if repeat {
+                    state.refusals = 0;
+                    return Ok(false);
+                }
+                if state.typing.len() >= MAX_TYPING_TRACKED {
+                    state.typing.clear();
+                }
+                state.typing.insert(t.conversation_id, (t.is_typing, now));
+            }
+            Inbound::PresenceUpdate(p) => {
+                let repeat = state.presence.as_ref().is_some_and(|(status, at)| {
+                    *status == p.status && now.saturating_duration_since(*at) < COALESCE
+                });
+                if repeat {
+                    state.refusals = 0;
+                    return Ok(false);
+                }
+                state.presence = Some((p.status.clone(), now));
+            }
+            _ => {}
+        }
+        state.refusals = 0;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::protocol::decode;
+
+    fn config(frames: &str, messages: &str) -> Config {
+        Config::from_lookup(|k| match k {
+            "WS_FRAMES_PER_SECOND" => Some(frames.into()),
+            "WS_MESSAGES_PER_SECOND" => Some(messages.into()),
+            _ => None,
+        })
+        .expect("config")
+    }
+
+    #[test]
+    fn shape_limits_refuse_deep_or_long_input() {
+        assert!(check_shape(r#"{"type":"heartbeat","payload":{"a":[1,{"b":"\"}"}]}}"#).is_ok());
+        assert!(check_shape(&"[".repeat(MAX_DEPTH + 1)).is_err());
+        assert!(check_shape(&"[".repeat(MAX_DEPTH)).is_ok());
+        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(MAX_STRING + 1));
+        assert!(check_shape(&long).is_err());
+    }
+
+    #[test]
+    fn messages_are_limited_and_typing_repeats_coalesced() {
+        let limits = FrameLimits::new(&config("1000", "1"));
+        let close = CloseSignal::default();
+        let now = Instant::now();
+        let message = decode(&format!(
+            r#"{{"type":"message","payload":{{"recipientId":"{}","messageType":"text"}}}}"#,
+            uuid::Uuid::new_v4()
+        ))
+        .expect("frame");
+        // A burst of two, then one per second.
+        assert!(limits.admit_at(&message, &close, now).expect("first"));
+        assert!(limits.admit_at(&message, &close, now).expect("second"));
+        let refused = limits.admit_at(&message, &close, now).expect_err("third");
+        assert_eq!(refused.code(), "rate_limited");
+        assert!(
+            limits
+                .admit_at(&message, &close, now + Duration::from_secs(1))
+                .expect("refilled")
+        );
+
+        let typing = |on: bool| {
+            decode(&format!(
+                r#"{{"type":"typing_indicator","payload":{{"conversationId":"{}","isTyping":{on}}}}}"#,
+                uuid::Uuid::nil()
+            ))
+            .expect("frame")
+        };
+        assert!(limits.admit_at(&typing(true), &close, now).expect("first"));
+        assert!(!limits.admit_at(&typing(true), &close, now).expect("repeat"));
+        assert!(
+            limits
+                .admit_at(&typing(false), &close, now)
+                .expect("change")
+        );
+        assert!(
+            limits
+                .admit_at(&typing(false), &close, now + COALESCE)
+                .expect("after the window")
+        );
+        assert!(!close.is_closed());
+    }
+
+    #[test]
+    fn a_flood_closes_the_socket() {
+        let limits = FrameLimits::new(&config("1", "1"));
+        let close = CloseSignal::default();
+        let now = Instant::now();
+        let heartbeat = decode(r#"{"type":"heartbeat"}"#).expect("frame");
+        for _ in 0..2 {
+            assert!(limits.admit_at(&heartbeat, &close, now).expect("burst"));
+        }
+        for _ in 0..=MAX_REFUSALS {
+            assert!(limits.admit_at(&heartbeat, &close, now).is_err());
+        }
+        assert!(close.is_closed());
+    }
+}
