@@ -27,6 +27,14 @@ impl From<Session> for SessionBody {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    tag = "auth",
+    summary = "Create an account",
+    request_body(content = Value, description = "{email, username, password, name?}", example = json!({"email": "ada@example.com", "username": "ada", "password": "correct horse", "name": "Ada"})),
+    responses((status = 201, description = "{token, user}", body = Value), (status = 400, description = "invalid input", body = Value), (status = 409, description = "email or username taken", body = Value))
+)]
 pub async fn register(
     State(state): State<AppState>,
     Json(form): Json<Registration>,
@@ -35,6 +43,14 @@ pub async fn register(
     Ok((StatusCode::CREATED, axum::Json(session.into())))
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "auth",
+    summary = "Log in",
+    request_body(content = Value, description = "{email, password}", example = json!({"email": "ada@example.com", "password": "correct horse"})),
+    responses((status = 200, description = "{token, user}", body = Value), (status = 401, description = "unknown email or wrong password (empty body)"))
+)]
 pub async fn login(
     State(state): State<AppState>,
     Json(form): Json<Credentials>,
@@ -42,6 +58,14 @@ pub async fn login(
     Ok(axum::Json(accounts::login(&state, form).await?.into()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/auth/me",
+    tag = "auth",
+    summary = "The caller",
+    security(("bearer" = [])),
+    responses((status = 200, description = "the caller's user object", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn me(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -78,6 +78,7 @@ pub async fn send(
             [message.recipient_id],
             &Event::Message((&message).into()),
         );
+        crate::metrics::message_routed("direct", message.created_at);
     }
     Ok((message, created))
 }

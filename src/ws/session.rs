@@ -61,7 +61,8 @@ pub async fn run(state: AppState, socket: WebSocket, claims: TokenClaims, device
         state.clone(),
         Instant::now() + expires_in,
     ));
-    tracing::debug!(%user, socket_id, "socket opened");
+    let opened = Instant::now();
+    tracing::info!(%user, socket_id, device, "socket opened");
     if first {
         set_presence(&state, user, Presence::Online).await;
     }
@@ -82,7 +83,9 @@ pub async fn run(state: AppState, socket: WebSocket, claims: TokenClaims, device
     if state.hub.detach(user, socket_id) {
         set_presence(&state, user, Presence::Offline).await;
     }
-    tracing::debug!(%user, socket_id, "socket closed");
+    let reason = crate::metrics::socket_closed(close.reason_or(CloseReason::PeerGone));
+    let duration_ms = opened.elapsed().as_millis() as u64;
+    tracing::info!(%user, socket_id, device, reason, duration_ms, "socket closed");
 }
 
 async fn set_presence(state: &AppState, user: UserId, status: Presence) {
@@ -133,7 +136,9 @@ async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<We
 /// Answers one text frame.
 async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
     let user = socket.user;
-    match protocol::decode(text)? {
+    let frame = protocol::decode(text)?;
+    crate::metrics::frame_received(frame.kind());
+    match frame {
         Inbound::Message(request) => {
             let client_id = request.id;
             let (message, _) = domain::messages::send(state, user, request).await?;
@@ -224,10 +229,13 @@ async fn write_batch(
 ) -> bool {
     let write = async {
         sink.feed(Message::Text(first)).await?;
-        for _ in 1..WRITE_BATCH {
+        let mut frames = 1;
+        while frames < WRITE_BATCH {
             let Ok(frame) = queue.try_recv() else { break };
             sink.feed(Message::Text(frame)).await?;
+            frames += 1;
         }
+        crate::metrics::write_batch(frames);
         sink.flush().await
     };
     tokio::select! {
