@@ -365,7 +365,11 @@ fn origins(raw: Option<&str>, env: AppEnv) -> anyhow::Result<Vec<String>> {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
-    for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+    for origin in raw
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/'))
+        .filter(|o| !o.is_empty())
+    {
         if origin == "*" {
             if env == AppEnv::Production {
                 bail!("CORS_ALLOWED_ORIGINS=* is refused in production: list the origins");
@@ -385,7 +389,7 @@ fn origins(raw: Option<&str>, env: AppEnv) -> anyhow::Result<Vec<String>> {
                 );
             }
         }
-        out.push(origin.trim_end_matches('/').to_owned());
+        out.push(origin.to_owned());
     }
     Ok(out)
 }
