@@ -28,6 +28,193 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// One setting read from the environment: its name, default and meaning. `--help`,
+/// `check-config` and the README list exactly these.
+pub struct Setting {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+const fn setting(name: &'static str, default: &'static str, help: &'static str) -> Setting {
+    Setting {
+        name,
+        default,
+        help,
+    }
+}
+
+/// Every setting, in the order they are documented.
+pub const SETTINGS: &[Setting] = &[
+    setting(
+        "APP_ENV",
+        "development",
+        "development or production (production requires JWT_SECRET)",
+    ),
+    setting("SERVER_ADDRESS", "0.0.0.0:8080", "listen address"),
+    setting(
+        "DATABASE_URL",
+        DEFAULT_DATABASE_URL,
+        "sqlite://<file> or postgres://user:pass@host/db",
+    ),
+    setting("DB_MAX_CONNECTIONS", "10", "database pool size"),
+    setting(
+        "REDIS_URL",
+        "(none)",
+        "redis://host:port; when set, /ready also checks Redis",
+    ),
+    setting(
+        "JWT_SECRET",
+        "(random per run in development)",
+        "HS256 key, at least 32 bytes",
+    ),
+    setting("JWT_EXPIRATION", "86400", "token lifetime in seconds"),
+    setting("RUST_LOG", "info", "log filter (tracing EnvFilter syntax)"),
+    setting(
+        "LOG_FORMAT",
+        "text",
+        "text (human-readable) or json (one object per line)",
+    ),
+    setting(
+        "METRICS_TOKEN",
+        "(none)",
+        "when set, GET /metrics requires Authorization: Bearer <token>",
+    ),
+    setting(
+        "CORS_ALLOWED_ORIGINS",
+        "(none)",
+        "comma-separated origins allowed by CORS, e.g. https://app.example.com",
+    ),
+    setting(
+        "WS_MAX_FRAME_BYTES",
+        "65536",
+        "larger frames close the socket with 1009",
+    ),
+    setting(
+        "WS_QUEUE_LEN",
+        "1024",
+        "frames queued per socket before it is closed with 1013",
+    ),
+    setting("WS_PING_INTERVAL", "25", "seconds between server pings"),
+    setting(
+        "WS_IDLE_TIMEOUT",
+        "60",
+        "seconds of silence before a socket is closed",
+    ),
+    setting(
+        "HASH_CONCURRENCY",
+        "(CPU count)",
+        "password hashes computed at once",
+    ),
+    setting(
+        "CONTENT_MAX_BYTES",
+        "1048576",
+        "largest content blob accepted, in bytes",
+    ),
+    setting(
+        "CONTENT_TTL",
+        "2592000",
+        "seconds an unread content blob is kept",
+    ),
+    setting(
+        "CONTENT_WAIT_MS",
+        "10000",
+        "milliseconds a content GET waits for a blob not yet uploaded",
+    ),
+    setting(
+        "CALL_RING_TIMEOUT",
+        "60",
+        "seconds before an unanswered call is missed",
+    ),
+    setting(
+        "ACCESS_TOKEN_TTL",
+        "(JWT_EXPIRATION)",
+        "access token lifetime in seconds",
+    ),
+    setting(
+        "REFRESH_TOKEN_TTL",
+        "2592000",
+        "refresh token lifetime in seconds (an unused session ends with it)",
+    ),
+    setting(
+        "LOGIN_RATE_PER_MINUTE",
+        "1000",
+        "register, login and refresh requests per client IP and minute",
+    ),
+    setting(
+        "LOGIN_RATE_PER_ACCOUNT_PER_MINUTE",
+        "30",
+        "login attempts per account and minute",
+    ),
+    setting(
+        "MAX_SOCKETS_PER_USER",
+        "32",
+        "sockets one user may have open on a node",
+    ),
+    setting(
+        "WS_FRAMES_PER_SECOND",
+        "200",
+        "frames a socket may send per second (twice that as a burst)",
+    ),
+    setting(
+        "WS_MESSAGES_PER_SECOND",
+        "100",
+        "message, channel_message and call_request frames per socket and second",
+    ),
+    setting(
+        "RETENTION_MESSAGES_DAYS",
+        "0",
+        "days message metadata is kept (0: forever)",
+    ),
+    setting(
+        "RETENTION_CALLS_DAYS",
+        "90",
+        "days finished calls stay in the history (0: forever)",
+    ),
+    setting(
+        "RETENTION_STORIES_HOURS",
+        "0",
+        "hours an expired story is kept after it expired",
+    ),
+    setting(
+        "RETENTION_SWEEP_INTERVAL",
+        "3600",
+        "seconds between retention sweeps",
+    ),
+    setting(
+        "KEY_FETCH_PER_MINUTE",
+        "120",
+        "prekey bundle fetches per caller and minute",
+    ),
+    setting(
+        "PREKEY_LOW_THRESHOLD",
+        "10",
+        "fewer one-time prekeys than this sends prekeys_low",
+    ),
+];
+
+/// The settings as a help text (for `--help`).
+pub fn settings_help() -> String {
+    let width = SETTINGS.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    let mut out = String::from(
+        "Settings (environment variables, or a .env file in the working directory):\n",
+    );
+    for s in SETTINGS {
+        out.push_str(&format!(
+            "  {:width$}  {} [default: {}]\n",
+            s.name, s.help, s.default
+        ));
+    }
+    out
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Where the server runs: development tolerates a generated secret, production does not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppEnv {
@@ -40,6 +227,8 @@ pub struct Config {
     pub app_env: AppEnv,
     pub server_address: SocketAddr,
     pub database_url: String,
+    /// Optional Redis, checked by `/ready` (nothing else uses it yet).
+    pub redis_url: Option<Secret>,
     pub jwt_secret: Secret,
     /// True when `jwt_secret` was generated at start-up (tokens die with the process).
     pub jwt_secret_generated: bool,
@@ -88,6 +277,11 @@ pub struct Config {
     pub retention_stories: Duration,
     /// Interval between retention sweeps.
     pub retention_sweep_interval: Duration,
+    pub log_format: LogFormat,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Secret>,
+    /// Origins allowed by CORS (none: no CORS headers, browsers refuse cross-origin calls).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Config {
@@ -125,10 +319,29 @@ impl Config {
             Some(s) => (Secret::new(s), false),
             None => (Secret::new(random_secret()), true),
         };
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        crate::store::Engine::of_url(&database_url)?;
+        let redis_url = get("REDIS_URL");
+        if let Some(url) = &redis_url {
+            if !url.starts_with("redis://") {
+                bail!("REDIS_URL must start with redis://");
+            }
+            redis::Client::open(url.as_str())
+                .map_err(|e| anyhow::anyhow!("REDIS_URL is invalid: {e}"))?;
+        }
+        let log_format = match get("LOG_FORMAT")
+            .map(|f| f.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("LOG_FORMAT must be text or json, not {other:?}"),
+        };
         Ok(Self {
             app_env,
             server_address: parse(&get, "SERVER_ADDRESS", "0.0.0.0:8080")?,
-            database_url: get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            database_url,
+            redis_url: redis_url.map(Secret::new),
             jwt_secret,
             jwt_secret_generated,
             // ACCESS_TOKEN_TTL is the new name; JWT_EXPIRATION still works.
@@ -174,7 +387,175 @@ impl Config {
                 "RETENTION_SWEEP_INTERVAL",
                 3600,
             )?),
+            log_format,
+            metrics_token: get("METRICS_TOKEN").map(|t| Secret::new(t.trim())),
+            cors_allowed_origins: origins(get("CORS_ALLOWED_ORIGINS").as_deref(), app_env)?,
         })
+    }
+
+    /// The effective settings, secrets redacted (for `check-config`).
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let redacted = |set: bool| if set { "<redacted>" } else { "(none)" }.to_owned();
+        vec![
+            (
+                "APP_ENV",
+                format!("{:?}", self.app_env).to_ascii_lowercase(),
+            ),
+            ("SERVER_ADDRESS", self.server_address.to_string()),
+            ("DATABASE_URL", redact_url(&self.database_url)),
+            ("DB_MAX_CONNECTIONS", self.db_max_connections.to_string()),
+            (
+                "REDIS_URL",
+                self.redis_url.as_ref().map_or_else(
+                    || "(none)".to_owned(),
+                    |u| redact_url(&String::from_utf8_lossy(u.expose())),
+                ),
+            ),
+            (
+                "JWT_SECRET",
+                if self.jwt_secret_generated {
+                    "<generated for this run>".to_owned()
+                } else {
+                    redacted(true)
+                },
+            ),
+            ("JWT_EXPIRATION", self.jwt_expiration.as_secs().to_string()),
+            (
+                "LOG_FORMAT",
+                format!("{:?}", self.log_format).to_ascii_lowercase(),
+            ),
+            ("METRICS_TOKEN", redacted(self.metrics_token.is_some())),
+            (
+                "CORS_ALLOWED_ORIGINS",
+                if self.cors_allowed_origins.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    self.cors_allowed_origins.join(",")
+                },
+            ),
+            ("WS_MAX_FRAME_BYTES", self.ws_max_frame_bytes.to_string()),
+            ("WS_QUEUE_LEN", self.ws_queue_len.to_string()),
+            (
+                "WS_PING_INTERVAL",
+                self.ws_ping_interval.as_secs().to_string(),
+            ),
+            (
+                "WS_IDLE_TIMEOUT",
+                self.ws_idle_timeout.as_secs().to_string(),
+            ),
+            ("HASH_CONCURRENCY", self.hash_concurrency.to_string()),
+            ("CONTENT_MAX_BYTES", self.content_max_bytes.to_string()),
+            ("CONTENT_TTL", self.content_ttl.as_secs().to_string()),
+            ("CONTENT_WAIT_MS", self.content_wait.as_millis().to_string()),
+            (
+                "CALL_RING_TIMEOUT",
+                self.call_ring_timeout.as_secs().to_string(),
+            ),
+            (
+                "KEY_FETCH_PER_MINUTE",
+                self.key_fetch_per_minute.to_string(),
+            ),
+            (
+                "PREKEY_LOW_THRESHOLD",
+                self.prekey_low_threshold.to_string(),
+            ),
+            (
+                "ACCESS_TOKEN_TTL",
+                self.jwt_expiration.as_secs().to_string(),
+            ),
+            (
+                "REFRESH_TOKEN_TTL",
+                self.refresh_token_ttl.as_secs().to_string(),
+            ),
+            (
+                "LOGIN_RATE_PER_MINUTE",
+                self.login_rate_per_minute.to_string(),
+            ),
+            (
+                "LOGIN_RATE_PER_ACCOUNT_PER_MINUTE",
+                self.login_rate_per_account_per_minute.to_string(),
+            ),
+            (
+                "MAX_SOCKETS_PER_USER",
+                self.max_sockets_per_user.to_string(),
+            ),
+            (
+                "WS_FRAMES_PER_SECOND",
+                self.ws_frames_per_second.to_string(),
+            ),
+            (
+                "WS_MESSAGES_PER_SECOND",
+                self.ws_messages_per_second.to_string(),
+            ),
+            (
+                "RETENTION_MESSAGES_DAYS",
+                days_text(self.retention_messages),
+            ),
+            ("RETENTION_CALLS_DAYS", days_text(self.retention_calls)),
+            (
+                "RETENTION_STORIES_HOURS",
+                (self.retention_stories.as_secs() / 3600).to_string(),
+            ),
+            (
+                "RETENTION_SWEEP_INTERVAL",
+                self.retention_sweep_interval.as_secs().to_string(),
+            ),
+        ]
+    }
+}
+
+/// A retention in days, as configured (`0`: kept forever).
+fn days_text(retention: Option<Duration>) -> String {
+    retention.map_or(0, |d| d.as_secs() / 86_400).to_string()
+}
+
+/// `CORS_ALLOWED_ORIGINS`: `scheme://host[:port]` entries; `*` only in development.
+fn origins(raw: Option<&str>, env: AppEnv) -> anyhow::Result<Vec<String>> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for origin in raw
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/'))
+        .filter(|o| !o.is_empty())
+    {
+        if origin == "*" {
+            if env == AppEnv::Production {
+                bail!("CORS_ALLOWED_ORIGINS=* is refused in production: list the origins");
+            }
+        } else {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let valid = rest.is_some_and(|host| {
+                !host.is_empty()
+                    && !host.contains('/')
+                    && host.chars().all(|c| c.is_ascii_graphic())
+            });
+            if !valid {
+                bail!(
+                    "CORS_ALLOWED_ORIGINS: {origin:?} is not an origin (expected http(s)://host[:port], no path)"
+                );
+            }
+        }
+        out.push(origin.to_owned());
+    }
+    Ok(out)
+}
+
+/// Hides the password of `scheme://user:password@host/...`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:<redacted>@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -252,6 +633,79 @@ mod tests {
         assert!(config(&[("APP_ENV", "production"), ("JWT_SECRET", "short")]).is_err());
         let long = "x".repeat(32);
         assert!(config(&[("APP_ENV", "production"), ("JWT_SECRET", &long)]).is_ok());
+    }
+
+    #[test]
+    fn every_setting_read_is_documented_and_every_documented_one_is_read() {
+        let asked = std::sync::Mutex::new(Vec::new());
+        Config::from_lookup(|k| {
+            asked.lock().expect("lock").push(k.to_owned());
+            None
+        })
+        .expect("defaults are valid");
+        let mut asked = asked.into_inner().expect("lock");
+        asked.push("RUST_LOG".to_owned()); // read by the log filter, not by Config
+        asked.sort();
+        asked.dedup();
+        let mut documented: Vec<String> = SETTINGS.iter().map(|s| s.name.to_owned()).collect();
+        documented.sort();
+        assert_eq!(asked, documented);
+        let described: Vec<&str> = config(&[])
+            .expect("valid")
+            .describe()
+            .iter()
+            .map(|d| d.0)
+            .collect();
+        for name in &documented {
+            assert!(
+                name == "RUST_LOG" || described.contains(&name.as_str()),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_described() {
+        let c = config(&[
+            ("JWT_SECRET", "a-very-secret-value-of-32-bytes-or-more"),
+            ("DATABASE_URL", "postgres://kisse:hunter2@db:5432/kisse"),
+            ("REDIS_URL", "redis://:redispass@cache:6379/0"),
+            ("METRICS_TOKEN", "scrape-me"),
+        ])
+        .expect("valid");
+        let text = format!("{:?}", c.describe());
+        for secret in ["a-very-secret", "hunter2", "redispass", "scrape-me"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("postgres://kisse:<redacted>@db:5432/kisse"));
+    }
+
+    #[test]
+    fn cors_origins_are_validated() {
+        let c = config(&[(
+            "CORS_ALLOWED_ORIGINS",
+            "https://app.example.com, http://localhost:3000/",
+        )])
+        .expect("valid");
+        assert_eq!(
+            c.cors_allowed_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        assert!(config(&[]).expect("valid").cors_allowed_origins.is_empty());
+        assert!(config(&[("CORS_ALLOWED_ORIGINS", "app.example.com")]).is_err());
+        assert!(config(&[("CORS_ALLOWED_ORIGINS", "https://a.example/path")]).is_err());
+        let long = "x".repeat(32);
+        assert!(
+            config(&[
+                ("APP_ENV", "production"),
+                ("JWT_SECRET", &long),
+                ("CORS_ALLOWED_ORIGINS", "*")
+            ])
+            .is_err()
+        );
+        assert!(config(&[("LOG_FORMAT", "xml")]).is_err());
+        assert!(config(&[("DATABASE_URL", "mysql://x")]).is_err());
+        assert!(config(&[("REDIS_URL", "http://x")]).is_err());
     }
 
     #[test]

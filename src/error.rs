@@ -70,8 +70,10 @@ impl Error {
         }
     }
 
-    /// Logs server-side failures once, where they are turned into a client answer.
+    /// Logs server-side failures once, where they are turned into a client answer (HTTP
+    /// response or WebSocket `error` frame), and counts every error by code.
     pub fn log_if_internal(&self) {
+        crate::metrics::error(self.code());
         if let Self::Internal(e) = self {
             tracing::error!(error = %format!("{e:#}"), "internal error");
         }

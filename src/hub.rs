@@ -219,6 +219,11 @@ impl Hub {
         }
     }
 
+    /// How many users have at least one socket open on this node.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
     /// How many sockets are open on this node.
     pub fn socket_count(&self) -> usize {
         self.users.iter().map(|entry| entry.len()).sum()

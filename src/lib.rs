@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod hub;
+pub mod metrics;
 pub mod model;
 pub mod rate_limit;
 pub mod store;
@@ -53,6 +54,10 @@ pub struct App {
     pub auth_by_account: RateLimiter<String>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
+    /// Checked by `/ready` when `REDIS_URL` is set.
+    pub redis: Option<redis::Client>,
+    /// When the process started serving (for `/health`).
+    pub started: std::time::Instant,
 }
 
 pub type AppState = Arc<App>;
@@ -63,7 +68,17 @@ impl App {
         let store = Store::connect(&config.database_url, config.db_max_connections).await?;
         // A single node starts with no socket open: nobody is online yet.
         store.reset_presence(model::now()).await?;
+        metrics::handle();
+        let redis = match &config.redis_url {
+            Some(url) => Some(
+                redis::Client::open(String::from_utf8_lossy(url.expose()).as_ref())
+                    .context("REDIS_URL")?,
+            ),
+            None => None,
+        };
         Ok(Arc::new(Self {
+            redis,
+            started: std::time::Instant::now(),
             tokens: TokenKeys::new(&config.jwt_secret, config.jwt_expiration),
             hasher: PasswordHasher::new(config.hash_concurrency)?,
             hub: Hub::default(),
@@ -85,6 +100,7 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
     tokio::spawn(domain::sweeper::run(state.clone()));
     tokio::spawn(domain::delivery::run(state.clone()));
     tokio::spawn(domain::retention::run(state.clone()));
+    tokio::spawn(metrics::upkeep(state.clone()));
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())
@@ -94,7 +110,23 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
     while state.hub.socket_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let left = state.hub.socket_count();
+    if left > 0 {
+        tracing::warn!(sockets = left, "drain timeout: sockets still open");
+    }
     state.store.close().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Applies pending database migrations, then returns (`kisse-backend migrate`).
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = Store::connect(&config.database_url, 1).await?;
+    tracing::info!(
+        database = store.engine().name(),
+        "database migrations are up to date"
+    );
+    store.close().await;
     Ok(())
 }
 

@@ -1,25 +1,87 @@
-use kisse_backend::config::Config;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use kisse_backend::config::{self, Config, LogFormat};
 use tracing_subscriber::{EnvFilter, fmt};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::from_env()?;
-    init_logging();
-    if config.jwt_secret_generated {
+/// Blind gateway for the Kisse end-to-end-encrypted messenger.
+#[derive(Parser)]
+#[command(name = "kisse-backend", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations, then serve HTTP and WebSockets until SIGINT or SIGTERM (default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Validate the settings and print the effective ones, secrets redacted; exit 1 if invalid.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command()
+        .after_help(config::settings_help())
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let command = cli.command.unwrap_or(Command::Serve);
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("kisse-backend: invalid configuration: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Command::CheckConfig = command {
+        for (name, value) in config.describe() {
+            println!("{name}={value}");
+        }
+        if config.jwt_secret_generated {
+            println!("# JWT_SECRET is not set: a random secret is generated at each start");
+        }
+        println!("# configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log_format);
+    if config.jwt_secret_generated && matches!(command, Command::Serve) {
         tracing::warn!(
             "JWT_SECRET is not set: using a random secret for this run; tokens will not survive a restart"
         );
     }
-    kisse_backend::run(config).await
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kisse-backend: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Migrate => kisse_backend::migrate(&config).await,
+            _ => kisse_backend::run(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "fatal");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` writes one JSON object per line.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
     }
 }

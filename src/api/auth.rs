@@ -74,6 +74,14 @@ fn limit_ip(state: &AppState, ip: ClientIp) -> Result<()> {
     ip.0.map_or(Ok(()), |ip| state.auth_by_ip.take(ip))
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    tag = "auth",
+    summary = "Create an account",
+    request_body(content = Value, description = "{email, username, password, name?}", example = json!({"email": "ada@example.com", "username": "ada", "password": "correct horse", "name": "Ada"})),
+    responses((status = 201, description = "{token, user}", body = Value), (status = 400, description = "invalid input", body = Value), (status = 409, description = "email or username taken", body = Value))
+)]
 pub async fn register(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -84,6 +92,14 @@ pub async fn register(
     Ok((StatusCode::CREATED, axum::Json(session.into())))
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "auth",
+    summary = "Log in",
+    request_body(content = Value, description = "{email, password}", example = json!({"email": "ada@example.com", "password": "correct horse"})),
+    responses((status = 200, description = "{token, user}", body = Value), (status = 401, description = "unknown email or wrong password (empty body)"))
+)]
 pub async fn login(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -95,6 +111,14 @@ pub async fn login(
 
 /// `{refresh_token}` → new tokens; the presented refresh token is used up. A second use of
 /// the same refresh token revokes the session (401).
+#[utoipa::path(
+    post,
+    path = "/auth/refresh",
+    tag = "auth",
+    summary = "Trade a refresh token for new tokens (rotation; reuse revokes the session)",
+    request_body(content = Value, description = "{refresh_token}"),
+    responses((status = 200, description = "{token, refresh_token, token_type, expires_in, user}", body = Value), (status = 401, description = "unknown, expired or reused refresh token (empty body)"), (status = 429, description = "too many attempts from this address", body = Value))
+)]
 pub async fn refresh(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -106,6 +130,14 @@ pub async fn refresh(
 }
 
 /// Signs out this device's session: its tokens stop working, its sockets close (4001).
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "auth",
+    summary = "Sign out this session",
+    security(("bearer" = [])),
+    responses((status = 204, description = "signed out"), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn logout(
     State(state): State<AppState>,
     AuthSession(claims): AuthSession,
@@ -115,6 +147,14 @@ pub async fn logout(
 }
 
 /// Signs out every session of the caller.
+#[utoipa::path(
+    post,
+    path = "/auth/logout-all",
+    tag = "auth",
+    summary = "Sign out every session",
+    security(("bearer" = [])),
+    responses((status = 204, description = "signed out everywhere"), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn logout_all(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -124,6 +164,15 @@ pub async fn logout_all(
 }
 
 /// `{current_password, new_password}`: every session is revoked; the answer is a new one.
+#[utoipa::path(
+    post,
+    path = "/auth/password",
+    tag = "auth",
+    summary = "Change the password (revokes every session, answers a new one)",
+    security(("bearer" = [])),
+    request_body(content = Value, description = "{current_password, new_password}"),
+    responses((status = 200, description = "{token, refresh_token, ..., user}", body = Value), (status = 400, description = "invalid new password", body = Value), (status = 401, description = "wrong current password (empty body)"))
+)]
 pub async fn change_password(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -134,6 +183,14 @@ pub async fn change_password(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/auth/me",
+    tag = "auth",
+    summary = "The caller",
+    security(("bearer" = [])),
+    responses((status = 200, description = "the caller's user object", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn me(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -144,6 +201,15 @@ pub async fn me(
 }
 
 /// `{password}`: deletes the account and everything that names it → 204.
+#[utoipa::path(
+    delete,
+    path = "/auth/me",
+    tag = "auth",
+    summary = "Delete the account and every row that names it",
+    security(("bearer" = [])),
+    request_body(content = Value, description = "{password}"),
+    responses((status = 204, description = "deleted"), (status = 401, description = "missing token or wrong password (empty body)"))
+)]
 pub async fn delete_me(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -57,6 +57,15 @@ pub struct StartCall {
     call_type: CallType,
 }
 
+#[utoipa::path(
+    post,
+    path = "/calls",
+    tag = "calls",
+    summary = "Start a call",
+    request_body(content = Value, description = "{recipient_id, call_type: audio|video}"),
+    security(("bearer" = [])),
+    responses((status = 201, description = "the call", body = Value), (status = 404, description = "not found", body = Value), (status = 409, description = "either party is already in a call", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn start(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -66,6 +75,15 @@ pub async fn start(
     Ok((StatusCode::CREATED, axum::Json(call.into())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/calls/history",
+    tag = "calls",
+    summary = "The caller's call history",
+    params(("limit" = Option<i64>, Query, description = "page size, default 50, clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last call already seen (newest first)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "calls, newest first, with caller_name, recipient_name and type (incoming/outgoing)", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn history(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -88,6 +106,14 @@ pub async fn history(
     Ok(axum::Json(entries))
 }
 
+#[utoipa::path(
+    get,
+    path = "/calls/active",
+    tag = "calls",
+    summary = "The caller's live call",
+    security(("bearer" = [])),
+    responses((status = 200, description = "the call", body = Value), (status = 404, description = "no live call", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn active(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -15,6 +15,15 @@ use crate::{
     model::{Channel, ChannelId, ChannelMessage, ChannelMessageId, UserId},
 };
 
+#[utoipa::path(
+    post,
+    path = "/channels",
+    tag = "channels",
+    summary = "Create a channel",
+    request_body(content = Value, description = "{name, description?, avatar_url?, is_private?}"),
+    security(("bearer" = [])),
+    responses((status = 201, description = "the channel", body = Value), (status = 400, description = "invalid input", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -24,6 +33,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(channel)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/channels",
+    tag = "channels",
+    summary = "The caller's channels",
+    params(("limit" = Option<i64>, Query, description = "page size, default 50, clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last channel already seen (newest first)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "channels, newest first", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -33,6 +51,15 @@ pub async fn list(
     Ok(axum::Json(list))
 }
 
+#[utoipa::path(
+    post,
+    path = "/channels/{id}/join",
+    tag = "channels",
+    summary = "Join a public channel",
+    params(("id" = Uuid, Path, description = "channel id")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the channel", body = Value), (status = 403, description = "private channel", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn join(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -41,6 +68,15 @@ pub async fn join(
     Ok(axum::Json(channels::join(&state, user, id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/channels/{id}/leave",
+    tag = "channels",
+    summary = "Leave a channel",
+    params(("id" = Uuid, Path, description = "channel id")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the channel", body = Value), (status = 403, description = "not a member", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn leave(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -54,6 +90,16 @@ pub struct AddMember {
     user_id: UserId,
 }
 
+#[utoipa::path(
+    post,
+    path = "/channels/{id}/members",
+    tag = "channels",
+    summary = "Add a member (creator only)",
+    params(("id" = Uuid, Path, description = "channel id")),
+    request_body(content = Value, description = "{user_id}"),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the channel", body = Value), (status = 403, description = "not allowed", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn add_member(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -65,6 +111,15 @@ pub async fn add_member(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/channels/{id}/messages",
+    tag = "channels",
+    summary = "A channel's message metadata",
+    params(("id" = Uuid, Path, description = "channel id"), ("limit" = Option<i64>, Query, description = "page size, default 50, clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last message already seen (newest first)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "messages, newest first", body = Value), (status = 403, description = "not a member", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn messages(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -76,6 +131,16 @@ pub async fn messages(
 }
 
 /// 201 when the message was stored, 200 when it is a retry of a stored one.
+#[utoipa::path(
+    post,
+    path = "/channels/{id}/messages",
+    tag = "channels",
+    summary = "Post a message (metadata) to a channel",
+    params(("id" = Uuid, Path, description = "channel id")),
+    request_body(content = Value, description = "{message_type, id?}"),
+    security(("bearer" = [])),
+    responses((status = 201, description = "stored and pushed to online members", body = Value), (status = 200, description = "a retry of the same client id", body = Value), (status = 403, description = "not a member", body = Value), (status = 404, description = "not found", body = Value), (status = 409, description = "id taken by another sender", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn post(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

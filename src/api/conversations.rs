@@ -15,6 +15,14 @@ use crate::{
     model::{ConversationId, ConversationSummary, Message, MessageId, UserId},
 };
 
+#[utoipa::path(
+    get,
+    path = "/conversations",
+    tag = "conversations",
+    summary = "The caller's conversations",
+    security(("bearer" = [])),
+    responses((status = 200, description = "conversations with participant_*, last_message_time, unread_count, participant_status", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -28,6 +36,15 @@ pub struct OpenConversation {
 }
 
 /// 201 when the conversation was created, 200 when it existed.
+#[utoipa::path(
+    post,
+    path = "/conversations",
+    tag = "conversations",
+    summary = "Get or create the conversation with a user",
+    request_body(content = Value, description = "{participant_id}"),
+    security(("bearer" = [])),
+    responses((status = 201, description = "created", body = Value), (status = 200, description = "existing", body = Value), (status = 400, description = "the caller themself", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn open(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -42,6 +59,15 @@ pub async fn open(
     Ok((status, axum::Json(summary)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/conversations/{id}/messages",
+    tag = "conversations",
+    summary = "Message history (metadata)",
+    params(("id" = Uuid, Path, description = "conversation id"), ("limit" = Option<i64>, Query, description = "page size, default 50, clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last message already seen (newest first)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "messages, newest first", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn messages(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

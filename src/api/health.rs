@@ -1,19 +1,119 @@
-//! `/health`: the process is up (always 200), with the state of what it depends on.
+//! Operations endpoints: `/health` (the process is up), `/ready` (its dependencies answer) and
+//! `/metrics` (Prometheus text format).
 
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::{
+    extract::State,
+    http::{StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
-use crate::AppState;
+use crate::{AppState, auth, error::Error};
 
+/// Longest a readiness probe waits for one dependency.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Liveness: answers 200 as long as the process serves requests; touches no dependency.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "The process is up", body = Value,
+        example = json!({"status": "ok", "version": "0.1.0", "uptime_seconds": 42, "sockets": 3})))
+)]
 pub async fn health(State(state): State<AppState>) -> axum::Json<Value> {
-    let database = if state.store.ping().await.is_ok() {
-        "ok"
-    } else {
-        "down"
-    };
     axum::Json(json!({
         "status": "ok",
-        "database": { "engine": state.store.engine().name(), "status": database },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
         "sockets": state.hub.socket_count(),
     }))
+}
+
+/// Readiness: 200 when the database (and Redis, when `REDIS_URL` is set) answers, 503 otherwise.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every dependency answers", body = Value,
+            example = json!({"status": "ok", "components": {"database": {"status": "ok", "engine": "postgres"}, "redis": {"status": "ok"}}})),
+        (status = 503, description = "A dependency does not answer", body = Value,
+            example = json!({"status": "unavailable", "components": {"database": {"status": "down", "engine": "postgres"}}})),
+    )
+)]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
+    let database = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let mut components = json!({
+        "database": { "status": up(database), "engine": state.store.engine().name() },
+    });
+    let mut ready = database;
+    if let Some(redis) = &state.redis {
+        let ok = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, ping_redis(redis)).await,
+            Ok(Ok(()))
+        );
+        components["redis"] = json!({ "status": up(ok) });
+        ready &= ok;
+    }
+    let (status, word) = if ready {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (
+        status,
+        axum::Json(json!({ "status": word, "components": components })),
+    )
+}
+
+fn up(ok: bool) -> &'static str {
+    if ok { "ok" } else { "down" }
+}
+
+async fn ping_redis(client: &redis::Client) -> redis::RedisResult<()> {
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut connection)
+        .await
+        .map(drop)
+}
+
+/// Prometheus text format. With `METRICS_TOKEN` set, requires `Authorization: Bearer <token>`
+/// (401 with an empty body otherwise).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "METRICS_TOKEN is set and the bearer token is missing or wrong"),
+    )
+)]
+pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Response {
+    if let Some(expected) = &state.config.metrics_token {
+        let given = auth::bearer_token(&parts);
+        // Comparing digests keeps the comparison time independent of where the bytes differ.
+        let matches = given.is_some_and(|given| {
+            Sha256::digest(given.as_bytes()) == Sha256::digest(expected.expose())
+        });
+        if !matches {
+            return Error::Unauthorized.into_response();
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&state),
+    )
+        .into_response()
 }

@@ -113,6 +113,15 @@ impl UploadBody {
 }
 
 /// `PUT /api/keys`: publish (with `identity_key`: replace) the caller's device keys.
+#[utoipa::path(
+    put,
+    path = "/keys",
+    tag = "keys",
+    summary = "Publish the caller's device keys",
+    request_body(content = Value, description = "{device_id, registration_id, identity_key?, signed_prekey, one_time_prekeys, pq_last_resort_prekey?} (keys in base64)"),
+    security(("bearer" = [])),
+    responses((status = 200, description = "{device_id, count, threshold}", body = Value), (status = 400, description = "invalid input", body = Value), (status = 404, description = "refresh of an unknown device", body = Value), (status = 409, description = "prekey id already stored", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn upload(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -129,6 +138,15 @@ pub struct DeviceQuery {
 }
 
 /// `GET /api/keys/count?device_id=`: one-time prekeys the caller's device has left.
+#[utoipa::path(
+    get,
+    path = "/keys/count",
+    tag = "keys",
+    summary = "One-time prekeys left on the caller's device",
+    params(("device_id" = Option<i64>, Query, description = "1..=127, default 1")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "{device_id, count, threshold}", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn count(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -179,6 +197,15 @@ fn bundles_body(user_id: UserId, bundles: &[Bundle]) -> axum::Json<BundlesBody> 
 }
 
 /// `GET /api/keys/{user_id}`: a bundle per device, each taking one one-time prekey.
+#[utoipa::path(
+    get,
+    path = "/keys/{user_id}",
+    tag = "keys",
+    summary = "A prekey bundle per device of a user (takes one one-time prekey each)",
+    params(("user_id" = Uuid, Path, description = "user id")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "{user_id, devices}", body = Value), (status = 404, description = "no published keys", body = Value), (status = 429, description = "too many fetches (Retry-After)", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn fetch_user(
     State(state): State<AppState>,
     AuthUser(caller): AuthUser,
@@ -189,6 +216,15 @@ pub async fn fetch_user(
 }
 
 /// `GET /api/keys/{user_id}/{device_id}`: the same for one device.
+#[utoipa::path(
+    get,
+    path = "/keys/{user_id}/{device_id}",
+    tag = "keys",
+    summary = "The prekey bundle of one device",
+    params(("user_id" = Uuid, Path, description = "user id"), ("device_id" = i64, Path, description = "1..=127")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "{user_id, devices}", body = Value), (status = 404, description = "no published keys", body = Value), (status = 429, description = "too many fetches (Retry-After)", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn fetch_device(
     State(state): State<AppState>,
     AuthUser(caller): AuthUser,
@@ -199,6 +235,14 @@ pub async fn fetch_device(
 }
 
 /// `GET /api/devices`: the caller's devices that published keys.
+#[utoipa::path(
+    get,
+    path = "/devices",
+    tag = "keys",
+    summary = "The caller's devices",
+    security(("bearer" = [])),
+    responses((status = 200, description = "devices", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn devices(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -207,6 +251,15 @@ pub async fn devices(
 }
 
 /// `DELETE /api/devices/{device_id}`: forget a device and all its keys.
+#[utoipa::path(
+    delete,
+    path = "/devices/{device_id}",
+    tag = "keys",
+    summary = "Delete one of the caller's devices and its keys",
+    params(("device_id" = i64, Path, description = "1..=127")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "deleted"), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn delete_device(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -16,6 +16,15 @@ use crate::{
 };
 
 /// Marks the message read (when the caller is its recipient) and returns it.
+#[utoipa::path(
+    post,
+    path = "/messages/{id}/read",
+    tag = "messages",
+    summary = "Mark a message read (recipient only)",
+    params(("id" = Uuid, Path, description = "message id")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the message", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn mark_read(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -25,6 +34,16 @@ pub async fn mark_read(
 }
 
 /// Stores the sender's ciphertext for a message.
+#[utoipa::path(
+    post,
+    path = "/messages/{id}/content",
+    tag = "messages",
+    summary = "Upload a message's encrypted content blob",
+    params(("id" = Uuid, Path, description = "message id")),
+    request_body(content = Value, description = "{content_data (base64), content_hash?, expires_at?}"),
+    security(("bearer" = [])),
+    responses((status = 201, description = "stored", body = Value), (status = 400, description = "invalid input", body = Value), (status = 403, description = "not the sender", body = Value), (status = 413, description = "too large", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn put_content(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -36,6 +55,15 @@ pub async fn put_content(
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/messages/{id}/content",
+    tag = "messages",
+    summary = "Fetch a message's encrypted content blob",
+    params(("id" = Uuid, Path, description = "message id")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "{message_id, content_data, content_hash, created_at}", body = Value), (status = 403, description = "not a participant", body = Value), (status = 404, description = "missing or expired", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn get_content(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

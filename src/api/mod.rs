@@ -4,6 +4,7 @@ mod auth;
 mod calls;
 mod channels;
 mod conversations;
+mod docs;
 mod extract;
 mod health;
 mod keys;
@@ -18,71 +19,36 @@ use std::time::{Duration, Instant};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
-    http::header,
+    http::{HeaderValue, Method, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, post, put},
+    routing::get,
 };
 use tower_http::{
-    catch_panic::CatchPanicLayer, sensitive_headers::SetSensitiveRequestHeadersLayer,
+    catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, CorsLayer},
+    sensitive_headers::SetSensitiveRequestHeadersLayer,
     timeout::TimeoutLayer,
 };
+use utoipa::OpenApi as _;
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouterExt},
+    routes,
+};
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{AppState, error::Error, ws};
 
 /// Longest a REST request may take; WebSocket sessions live on after their upgrade response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The whole HTTP surface: REST under `/api`, `/ws`, operations endpoints, and the API docs
+/// (`/api/openapi.json`, browsable at `/api/docs/`).
 pub fn router(state: AppState) -> Router {
-    // Room for the largest blob in base64 (4 characters per 3 bytes) plus the JSON around it.
-    let content_body_limit = state.config.content_max_bytes.div_ceil(3) * 4 + 64 * 1024;
-    let api = Router::new()
-        .route("/auth/register", post(auth::register))
-        .route("/auth/login", post(auth::login))
-        .route("/auth/refresh", post(auth::refresh))
-        .route("/auth/logout", post(auth::logout))
-        .route("/auth/logout-all", post(auth::logout_all))
-        .route("/auth/password", post(auth::change_password))
-        .route("/auth/me", get(auth::me).delete(auth::delete_me))
-        .route(
-            "/conversations",
-            get(conversations::list).post(conversations::open),
-        )
-        .route("/conversations/{id}/messages", get(conversations::messages))
-        .route("/messages/{id}/read", post(messages::mark_read))
-        .route(
-            "/messages/{id}/content",
-            post(messages::put_content)
-                .get(messages::get_content)
-                .layer(DefaultBodyLimit::max(content_body_limit)),
-        )
-        .route("/users/search", get(users::search))
-        .route("/users/find-by-email", get(users::find_by_email))
-        .route("/calls", post(calls::start))
-        .route("/calls/history", get(calls::history))
-        .route("/calls/active", get(calls::active))
-        .route("/presence", post(presence::set))
-        .route("/presence/{id}", get(presence::get))
-        .route("/keys", put(keys::upload))
-        .route("/keys/count", get(keys::count))
-        .route("/keys/{user_id}", get(keys::fetch_user))
-        .route("/keys/{user_id}/{device_id}", get(keys::fetch_device))
-        .route("/devices", get(keys::devices))
-        .route("/devices/{device_id}", delete(keys::delete_device))
-        .route("/stories", get(stories::list).post(stories::create))
-        .route("/stories/{id}/view", post(stories::view))
-        .route("/channels", get(channels::list).post(channels::create))
-        .route("/channels/{id}/join", post(channels::join))
-        .route("/channels/{id}/leave", post(channels::leave))
-        .route("/channels/{id}/members", post(channels::add_member))
-        .route(
-            "/channels/{id}/messages",
-            get(channels::messages).post(channels::post),
-        );
-    Router::new()
-        .nest("/api", api)
+    let (routes, openapi) = routes(&state).split_for_parts();
+    let router = routes
         .route("/ws", get(ws::upgrade))
-        .route("/health", get(health::health))
+        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
         .fallback(|| async { Error::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             Error::Invalid {
@@ -100,8 +66,90 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
-        ]))
-        .with_state(state)
+        ]));
+    let router = match cors(&state.config.cors_allowed_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// The OpenAPI document of every route (what `/api/openapi.json` serves).
+pub fn openapi(state: &AppState) -> utoipa::openapi::OpenApi {
+    routes(state).split_for_parts().1
+}
+
+/// Every documented route: each handler's `#[utoipa::path]` both registers it and describes it,
+/// so the router and the document cannot drift apart.
+fn routes(state: &AppState) -> OpenApiRouter<AppState> {
+    // Room for the largest blob in base64 (4 characters per 3 bytes) plus the JSON around it.
+    let content_body_limit = state.config.content_max_bytes.div_ceil(3) * 4 + 64 * 1024;
+    let api = OpenApiRouter::new()
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::logout_all))
+        .routes(routes!(auth::change_password))
+        .routes(routes!(auth::me, auth::delete_me))
+        .routes(routes!(conversations::list, conversations::open))
+        .routes(routes!(conversations::messages))
+        .routes(routes!(messages::mark_read))
+        .routes(
+            routes!(messages::put_content, messages::get_content)
+                .layer(DefaultBodyLimit::max(content_body_limit)),
+        )
+        .routes(routes!(users::search))
+        .routes(routes!(users::find_by_email))
+        .routes(routes!(calls::start))
+        .routes(routes!(calls::history))
+        .routes(routes!(calls::active))
+        .routes(routes!(presence::set))
+        .routes(routes!(presence::get))
+        .routes(routes!(keys::upload))
+        .routes(routes!(keys::count))
+        .routes(routes!(keys::fetch_user))
+        .routes(routes!(keys::fetch_device))
+        .routes(routes!(keys::devices))
+        .routes(routes!(keys::delete_device))
+        .routes(routes!(stories::list, stories::create))
+        .routes(routes!(stories::view))
+        .routes(routes!(channels::list, channels::create))
+        .routes(routes!(channels::join))
+        .routes(routes!(channels::leave))
+        .routes(routes!(channels::add_member))
+        .routes(routes!(channels::messages, channels::post));
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+        .nest("/api", api)
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+}
+
+/// CORS for the listed origins; `None` (no CORS headers at all) when the list is empty.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+            .max_age(Duration::from_secs(3600)),
+    )
 }
 
 /// One line per request: method, route template (never the raw URI, which may carry
@@ -114,11 +162,14 @@ async fn log_request(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "<unmatched>".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    crate::metrics::http_request(method.as_str(), &route, status, elapsed);
     tracing::info!(
         %method,
         route,
-        status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1e3,
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1e3,
         "request"
     );
     response

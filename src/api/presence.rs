@@ -17,6 +17,15 @@ pub struct SetPresence {
     status: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/presence",
+    tag = "presence",
+    summary = "Set the caller's presence",
+    request_body(content = Value, description = "{status: online|offline|away|busy}"),
+    security(("bearer" = [])),
+    responses((status = 200, description = "{user_id, status, last_seen, updated_at}", body = Value), (status = 400, description = "invalid input", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn set(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -27,6 +36,15 @@ pub async fn set(
     Ok(axum::Json(presence::set(&state, user, status).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/presence/{id}",
+    tag = "presence",
+    summary = "A user's presence",
+    params(("id" = Uuid, Path, description = "user id")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "{user_id, status, last_seen, updated_at}", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn get(
     State(state): State<AppState>,
     AuthUser(viewer): AuthUser,

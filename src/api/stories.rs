@@ -14,6 +14,15 @@ use crate::{
     model::{Story, StoryId},
 };
 
+#[utoipa::path(
+    post,
+    path = "/stories",
+    tag = "stories",
+    summary = "Post a story (expires after 24 h)",
+    request_body(content = Value, description = "{content_text?, media_url?, media_type: image|video}"),
+    security(("bearer" = [])),
+    responses((status = 201, description = "the story", body = Value), (status = 400, description = "invalid input", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -23,6 +32,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(story)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/stories",
+    tag = "stories",
+    summary = "Unexpired stories of the caller and their contacts",
+    params(("limit" = Option<i64>, Query, description = "page size, default 50, clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last story already seen (newest first)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "stories, newest first", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -32,6 +50,15 @@ pub async fn list(
     Ok(axum::Json(stories))
 }
 
+#[utoipa::path(
+    post,
+    path = "/stories/{id}/view",
+    tag = "stories",
+    summary = "Mark a story viewed",
+    params(("id" = Uuid, Path, description = "story id")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the story", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn view(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

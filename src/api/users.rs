@@ -15,6 +15,15 @@ pub struct SearchQuery {
     after: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/users/search",
+    tag = "users",
+    summary = "Search users",
+    params(("q" = Option<String>, Query, description = "part of a username, name or email"), ("limit" = Option<i64>, Query, description = "page size"), ("after" = Option<String>, Query, description = "username of the last user already seen")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "users, caller excluded", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn search(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -36,6 +45,15 @@ pub struct EmailQuery {
     email: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/users/find-by-email",
+    tag = "users",
+    summary = "Find a user by exact email",
+    params(("email" = String, Query, description = "exact email")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the user", body = Value), (status = 400, description = "the caller's own email", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+)]
 pub async fn find_by_email(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

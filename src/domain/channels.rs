@@ -199,6 +199,7 @@ pub async fn post(
                 .filter(|m| *m != sender && state.hub.is_online(*m)),
             &Event::ChannelMessage(message.clone()),
         );
+        crate::metrics::message_routed("channel", message.created_at);
     }
     Ok((message, created))
 }

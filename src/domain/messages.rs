@@ -77,6 +77,7 @@ pub async fn send(
         state
             .hub
             .send_inbox(message.recipient_id, cursor, &event.encode());
+        crate::metrics::message_routed("direct", message.created_at);
     }
     Ok((message, cursor.is_some()))
 }

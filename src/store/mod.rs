@@ -74,6 +74,15 @@ enum Db {
     Postgres(PgPool),
 }
 
+/// One connection pool's usage.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolStats {
+    pub name: &'static str,
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// The storage interface used by the domain. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -188,6 +197,25 @@ impl Store {
             .execute(pool)
             .await
             .map(drop))
+    }
+
+    /// Size and idle connections of each pool, for metrics.
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        fn stats<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> PoolStats {
+            PoolStats {
+                name,
+                size: pool.size(),
+                idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+                max: pool.options().get_max_connections(),
+            }
+        }
+        match &self.db {
+            Db::Sqlite(pools) => vec![
+                stats("sqlite_read", &pools.read),
+                stats("sqlite_write", &pools.write),
+            ],
+            Db::Postgres(pg) => vec![stats("postgres", pg)],
+        }
     }
 
     pub async fn close(&self) {

@@ -24,6 +24,23 @@ pub enum Inbound {
     ChannelMessage(ChannelFrame),
 }
 
+impl Inbound {
+    /// The frame's `type`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Message(_) => "message",
+            Self::TypingIndicator(_) => "typing_indicator",
+            Self::ReadReceipt(_) => "read_receipt",
+            Self::PresenceUpdate(_) => "presence_update",
+            Self::CallRequest(_) => "call_request",
+            Self::CallResponse(_) => "call_response",
+            Self::Sync(_) => "sync",
+            Self::Heartbeat => "heartbeat",
+            Self::ChannelMessage(_) => "channel_message",
+        }
+    }
+}
+
 /// `channel_message` `{channelId, messageType, id?}`: the same post as the REST endpoint.
 #[derive(Debug, Deserialize)]
 pub struct ChannelFrame {

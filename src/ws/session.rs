@@ -69,7 +69,8 @@ pub async fn run(
     // Attached before catching up: whatever is committed later reaches the queue, and the
     // writer skips what the catch-up already wrote.
     let writer = tokio::spawn(writer.run(start));
-    tracing::debug!(%user, socket_id, "socket opened");
+    let opened = Instant::now();
+    tracing::info!(%user, socket_id, device, "socket opened");
     if first {
         set_presence(&state, user, Presence::Online).await;
     }
@@ -91,7 +92,9 @@ pub async fn run(
     if state.hub.detach(user, socket_id) {
         set_presence(&state, user, Presence::Offline).await;
     }
-    tracing::debug!(%user, socket_id, "socket closed");
+    let reason = crate::metrics::socket_closed(close.reason_or(CloseReason::PeerGone));
+    let duration_ms = opened.elapsed().as_millis() as u64;
+    tracing::info!(%user, socket_id, device, reason, duration_ms, "socket closed");
 }
 
 async fn set_presence(state: &AppState, user: UserId, status: Presence) {
@@ -143,6 +146,7 @@ async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<We
 async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
     let user = socket.user;
     let inbound = protocol::decode(text)?;
+    crate::metrics::frame_received(inbound.kind());
     // Security: per-socket rate limits and coalescing (ws/limits.rs).
     if !socket.limits.admit(&inbound, &socket.close)? {
         return Ok(());

@@ -151,10 +151,12 @@ impl Writer {
     /// Writes `first` and whatever else is already queued, then flushes once.
     async fn write_batch(&mut self, progress: &mut Progress, first: Outgoing) -> Result<(), Stop> {
         let mut item = Some(first);
-        for _ in 0..WRITE_BATCH {
+        let mut taken = 0;
+        while taken < WRITE_BATCH {
             let Some(current) = item.take().or_else(|| self.queue.try_recv().ok()) else {
                 break;
             };
+            taken += 1;
             match current {
                 Outgoing::Frame(frame) => self.feed(frame).await?,
                 Outgoing::Inbox { seq, frame } => {
@@ -177,6 +179,7 @@ impl Writer {
                 }
             }
         }
+        crate::metrics::write_batch(taken);
         self.flush(progress).await
     }
 

@@ -1,0 +1,177 @@
+//! Prometheus metrics. One recorder per process (tests start several servers in one process),
+//! installed on first use; the helpers below are the only places metric names are spelled.
+//!
+//! Labels have bounded values only (route templates, frame types, error codes, close reasons):
+//! never a user id, a token or a raw URL.
+
+use std::{sync::OnceLock, time::Duration};
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{AppState, hub::CloseReason};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets, in seconds: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Frames written per flush (at most `WRITE_BATCH` = 64).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// The process's recorder handle, installing the recorder on first call.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("kisse_ws_write_batch_frames".into()),
+                        BATCH_BUCKETS,
+                    )
+                })
+                // Only fails on empty bucket lists: fall back to summaries.
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed: /metrics stays empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "kisse_ws_connections",
+        "WebSocket connections open on this node"
+    );
+    describe_gauge!(
+        "kisse_users_online",
+        "Users with at least one socket on this node"
+    );
+    describe_counter!(
+        "kisse_ws_connections_total",
+        "WebSocket connections closed, by close reason"
+    );
+    describe_counter!(
+        "kisse_messages_routed_total",
+        "New messages stored and pushed to their recipients, by kind (direct, channel)"
+    );
+    describe_histogram!(
+        "kisse_message_delivery_seconds",
+        Unit::Seconds,
+        "From accepting a message to queueing it on the recipients' sockets (store commit included)"
+    );
+    describe_counter!(
+        "kisse_ws_frames_total",
+        "WebSocket frames received, by type"
+    );
+    describe_histogram!(
+        "kisse_ws_write_batch_frames",
+        Unit::Count,
+        "Frames written per socket flush"
+    );
+    describe_counter!("kisse_errors_total", "Errors answered to clients, by code");
+    describe_counter!(
+        "kisse_http_requests_total",
+        "HTTP requests, by method, route template and status"
+    );
+    describe_histogram!(
+        "kisse_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency, by method and route template"
+    );
+    describe_gauge!(
+        "kisse_db_pool_connections",
+        "Database pool connections, by pool and state (idle, in_use)"
+    );
+    describe_gauge!(
+        "kisse_db_pool_max_connections",
+        "Database pool size limit, by pool"
+    );
+}
+
+/// Refreshes the gauges read from live state, drains histograms, and renders the text format.
+pub fn render(state: &AppState) -> String {
+    let handle = handle();
+    gauge!("kisse_ws_connections").set(state.hub.socket_count() as f64);
+    gauge!("kisse_users_online").set(state.hub.user_count() as f64);
+    for pool in state.store.pool_stats() {
+        gauge!("kisse_db_pool_connections", "pool" => pool.name, "state" => "idle")
+            .set(f64::from(pool.idle));
+        gauge!("kisse_db_pool_connections", "pool" => pool.name, "state" => "in_use")
+            .set(f64::from(pool.size.saturating_sub(pool.idle)));
+        gauge!("kisse_db_pool_max_connections", "pool" => pool.name).set(f64::from(pool.max));
+    }
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Keeps histogram storage bounded between scrapes.
+pub async fn upkeep(state: AppState) {
+    let handle = handle();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// A new message was stored and pushed: `kind` is `direct` or `channel`.
+pub fn message_routed(kind: &'static str, accepted_at: chrono::DateTime<chrono::Utc>) {
+    counter!("kisse_messages_routed_total", "kind" => kind).increment(1);
+    let elapsed = (chrono::Utc::now() - accepted_at)
+        .to_std()
+        .unwrap_or_default();
+    histogram!("kisse_message_delivery_seconds", "kind" => kind).record(elapsed.as_secs_f64());
+}
+
+pub fn frame_received(kind: &'static str) {
+    counter!("kisse_ws_frames_total", "direction" => "in", "type" => kind).increment(1);
+}
+
+pub fn write_batch(frames: usize) {
+    histogram!("kisse_ws_write_batch_frames").record(frames as f64);
+}
+
+/// Counts a closed socket; returns the reason's name (for the log line).
+pub fn socket_closed(reason: CloseReason) -> &'static str {
+    let name = match reason {
+        CloseReason::TooSlow => "too_slow",
+        CloseReason::TooBig => "too_big",
+        CloseReason::Idle => "idle",
+        CloseReason::TokenExpired => "token_expired",
+        CloseReason::ShuttingDown => "shutting_down",
+        CloseReason::PeerGone => "peer_gone",
+        CloseReason::ServerError => "server_error",
+        CloseReason::Revoked => "revoked",
+        CloseReason::RateLimited => "rate_limited",
+    };
+    counter!("kisse_ws_connections_total", "reason" => name).increment(1);
+    name
+}
+
+pub fn error(code: &'static str) {
+    counter!("kisse_errors_total", "code" => code).increment(1);
+}
+
+pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
+    let (method, route) = (method.to_owned(), route.to_owned());
+    counter!(
+        "kisse_http_requests_total",
+        "method" => method.clone(),
+        "route" => route.clone(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    histogram!("kisse_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(elapsed.as_secs_f64());
+}

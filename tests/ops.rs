@@ -1,0 +1,338 @@
+//! Operations endpoints: /health, /ready (including a database that went away), /metrics,
+//! the OpenAPI document and its docs page, CORS.
+
+mod common;
+
+use common::{Engine, TestApp};
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+
+scenarios!(
+    health_stays_up_while_ready_follows_the_database,
+    ready_reports_an_unreachable_redis,
+    metrics_move_after_a_message,
+    metrics_can_require_a_token,
+    openapi_lists_every_route_and_each_one_is_served,
+    docs_page_and_its_assets_are_served_locally,
+    cors_allows_only_the_configured_origins,
+);
+
+async fn health_stays_up_while_ready_follows_the_database(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (status, health) = app.request(Method::GET, "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "ok");
+    let (status, ready) = app.request(Method::GET, "/ready", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["status"], "ok");
+    assert_eq!(ready["components"]["database"]["status"], "ok");
+    assert!(ready["components"].get("redis").is_none());
+
+    // The database goes away: readiness fails, liveness does not.
+    app.state.store.close().await;
+    let (status, ready) = app.request(Method::GET, "/ready", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["status"], "unavailable");
+    assert_eq!(ready["components"]["database"]["status"], "down");
+    let (status, health) = app.request(Method::GET, "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "ok");
+}
+
+async fn ready_reports_an_unreachable_redis(engine: Engine) {
+    // Port 1 on loopback: nothing listens there, the connection is refused at once.
+    let app = TestApp::spawn_with(engine, &[("REDIS_URL", "redis://127.0.0.1:1")]).await;
+    let (status, ready) = app.request(Method::GET, "/ready", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["components"]["database"]["status"], "ok");
+    assert_eq!(ready["components"]["redis"]["status"], "down");
+}
+
+/// The value of the sample `name{labels}` (labels in any order), 0 when absent.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, value)| value.parse::<f64>().expect("sample value"))
+        .sum()
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    let response = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .expect("content type")
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    response.text().await.expect("metrics body")
+}
+
+async fn metrics_move_after_a_message(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut alice_ws = app.ws(&alice).await;
+    let mut bob_ws = app.ws(&bob).await;
+
+    let before = metrics_text(&app).await;
+    alice_ws
+        .send(
+            "message",
+            json!({"recipientId": bob.id, "messageType": "text"}),
+        )
+        .await;
+    bob_ws.expect("message").await;
+    alice_ws.expect("message_ack").await;
+    alice_ws.send("nonsense", json!({})).await;
+    alice_ws.expect("error").await;
+    let after = metrics_text(&app).await;
+
+    // Other tests of this process share the recorder: counters only ever grow.
+    let grew = |name: &str, labels: &[(&str, &str)]| {
+        let (b, a) = (sample(&before, name, labels), sample(&after, name, labels));
+        assert!(a > b, "{name}{labels:?}: {b} -> {a}\n{after}");
+    };
+    grew("kisse_messages_routed_total", &[("kind", "direct")]);
+    grew(
+        "kisse_message_delivery_seconds_count",
+        &[("kind", "direct")],
+    );
+    grew(
+        "kisse_ws_frames_total",
+        &[("direction", "in"), ("type", "message")],
+    );
+    grew("kisse_errors_total", &[("code", "unknown_type")]);
+    grew("kisse_ws_write_batch_frames_count", &[]);
+    grew(
+        "kisse_http_requests_total",
+        &[("route", "/metrics"), ("status", "200"), ("method", "GET")],
+    );
+    assert!(
+        sample(
+            &after,
+            "kisse_http_requests_total",
+            &[("route", "/api/auth/register"), ("status", "201")]
+        ) >= 2.0
+    );
+    assert!(sample(&after, "kisse_ws_connections", &[]) >= 2.0);
+    assert!(sample(&after, "kisse_users_online", &[]) >= 2.0);
+    assert!(after.contains("kisse_db_pool_connections{"));
+    assert!(after.contains("kisse_message_delivery_seconds_bucket{"));
+    // Labels never carry ids or tokens.
+    assert!(!after.contains(&alice.id) && !after.contains(&alice.token));
+}
+
+async fn metrics_can_require_a_token(engine: Engine) {
+    let app = TestApp::spawn_with(engine, &[("METRICS_TOKEN", "scrape-token-1")]).await;
+    let (status, body) = app.request(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body, Value::Null);
+    let (status, _) = app
+        .request(Method::GET, "/metrics", Some("wrong"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let response = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-token-1")
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.expect("body").contains("# TYPE"));
+}
+
+/// Every route the server serves, as `METHOD path`. The router is built from the same
+/// `#[utoipa::path]` annotations as the document; this list catches a route added without one
+/// (or one removed), and the loop below proves each documented operation is really routed.
+const ROUTES: &[&str] = &[
+    "POST /api/auth/register",
+    "POST /api/auth/login",
+    "GET /api/auth/me",
+    "DELETE /api/auth/me",
+    "POST /api/auth/refresh",
+    "POST /api/auth/logout",
+    "POST /api/auth/logout-all",
+    "POST /api/auth/password",
+    "GET /api/conversations",
+    "POST /api/conversations",
+    "GET /api/conversations/{id}/messages",
+    "POST /api/messages/{id}/read",
+    "POST /api/messages/{id}/content",
+    "GET /api/messages/{id}/content",
+    "GET /api/users/search",
+    "GET /api/users/find-by-email",
+    "POST /api/calls",
+    "GET /api/calls/history",
+    "GET /api/calls/active",
+    "POST /api/presence",
+    "GET /api/presence/{id}",
+    "PUT /api/keys",
+    "GET /api/keys/count",
+    "GET /api/keys/{user_id}",
+    "GET /api/keys/{user_id}/{device_id}",
+    "GET /api/devices",
+    "DELETE /api/devices/{device_id}",
+    "GET /api/stories",
+    "POST /api/stories",
+    "POST /api/stories/{id}/view",
+    "GET /api/channels",
+    "POST /api/channels",
+    "POST /api/channels/{id}/join",
+    "POST /api/channels/{id}/leave",
+    "POST /api/channels/{id}/members",
+    "GET /api/channels/{id}/messages",
+    "POST /api/channels/{id}/messages",
+    "GET /ws",
+    "GET /health",
+    "GET /ready",
+    "GET /metrics",
+];
+
+async fn openapi_lists_every_route_and_each_one_is_served(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let response = app
+        .http
+        .get(app.url("/api/openapi.json"))
+        .send()
+        .await
+        .expect("openapi");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("body");
+    let doc: Value = serde_json::from_str(&text).expect("the document is JSON");
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc["openapi"]
+    );
+    assert!(doc["info"]["title"].is_string());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            assert!(
+                operation["responses"].is_object(),
+                "{method} {path} has no responses"
+            );
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut expected: Vec<String> = ROUTES.iter().map(|r| r.to_string()).collect();
+    expected.sort();
+    assert_eq!(documented, expected);
+
+    // Each documented operation reaches a handler: never the router's "route not found" or
+    // "method not allowed" fallbacks.
+    let id = uuid::Uuid::new_v4().to_string();
+    for route in ROUTES {
+        let (method, path) = route.split_once(' ').expect("METHOD path");
+        let path = path
+            .replace("{id}", &id)
+            .replace("{user_id}", &id)
+            .replace("{device_id}", "1");
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let response = app
+            .http
+            .request(method, app.url(&path))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        let body: Value =
+            serde_json::from_str(&response.text().await.expect("body")).unwrap_or(Value::Null);
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{route}: {body}");
+        assert!(
+            !(status == StatusCode::NOT_FOUND && body["error"]["message"] == "route not found"),
+            "{route} is documented but not routed"
+        );
+    }
+}
+
+async fn docs_page_and_its_assets_are_served_locally(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let page = app
+        .http
+        .get(app.url("/api/docs/"))
+        .send()
+        .await
+        .expect("docs");
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("swagger-ui"), "{html}");
+    // Every script and stylesheet is relative: served by this server, never a CDN.
+    assert!(!html.contains("https://") && !html.contains("http://"));
+    for asset in [
+        "swagger-ui-bundle.js",
+        "swagger-ui.css",
+        "swagger-initializer.js",
+    ] {
+        let response = app
+            .http
+            .get(app.url(&format!("/api/docs/{asset}")))
+            .send()
+            .await
+            .expect("asset");
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        let body = response.text().await.expect("asset body");
+        if asset == "swagger-initializer.js" {
+            assert!(body.contains("/api/openapi.json"), "{body}");
+        }
+    }
+}
+
+async fn preflight(app: &TestApp, origin: &str) -> Option<String> {
+    let response = app
+        .http
+        .request(Method::OPTIONS, app.url("/api/auth/login"))
+        .header(header::ORIGIN, origin)
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+        .send()
+        .await
+        .expect("preflight");
+    response
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .map(|v| v.to_str().expect("header").to_owned())
+}
+
+async fn cors_allows_only_the_configured_origins(engine: Engine) {
+    let closed = TestApp::spawn(engine).await;
+    assert_eq!(preflight(&closed, "https://app.example.com").await, None);
+    drop(closed);
+
+    let app = TestApp::spawn_with(
+        engine,
+        &[(
+            "CORS_ALLOWED_ORIGINS",
+            "https://app.example.com,http://localhost:5000",
+        )],
+    )
+    .await;
+    assert_eq!(
+        preflight(&app, "https://app.example.com").await.as_deref(),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        preflight(&app, "http://localhost:5000").await.as_deref(),
+        Some("http://localhost:5000")
+    );
+    assert_eq!(preflight(&app, "https://evil.example").await, None);
+}
