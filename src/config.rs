@@ -67,6 +67,14 @@ pub struct Config {
     pub key_fetch_per_minute: u32,
     /// A device with fewer one-time prekeys left than this is told to upload more.
     pub prekey_low_threshold: i64,
+    /// Cluster mode: the Redis that carries fan-out between nodes and cross-node presence.
+    /// `None`: a single node, fan-out in process. A secret: the URL may carry a password.
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key and channel, so several deployments (or tests) can share one.
+    pub redis_prefix: String,
+    /// How long a node's presence keys live without a refresh: a node that dies takes its
+    /// users offline within about this long.
+    pub presence_ttl: Duration,
 }
 
 impl Config {
@@ -125,6 +133,9 @@ impl Config {
                 .context("KEY_FETCH_PER_MINUTE is too large")?,
             prekey_low_threshold: i64::try_from(positive(&get, "PREKEY_LOW_THRESHOLD", 10)?)
                 .context("PREKEY_LOW_THRESHOLD is too large")?,
+            redis_url: get("REDIS_URL").map(Secret::new),
+            redis_prefix: get("REDIS_PREFIX").unwrap_or_else(|| "kisse".to_owned()),
+            presence_ttl: Duration::from_secs(positive(&get, "PRESENCE_TTL", 30)?),
         })
     }
 }

@@ -15,5 +15,11 @@ pub async fn health(State(state): State<AppState>) -> axum::Json<Value> {
         "status": "ok",
         "database": { "engine": state.store.engine().name(), "status": database },
         "sockets": state.hub.socket_count(),
+        // Cluster fan-out: `disabled` on a single node, `down` while Redis is unreachable (this
+        // node then serves its own users only).
+        "redis": match state.hub.broker() {
+            Some(broker) => json!(broker.status()),
+            None => json!({ "status": "disabled" }),
+        },
     }))
 }

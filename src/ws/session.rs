@@ -67,7 +67,7 @@ pub async fn run(
     let writer = tokio::spawn(writer.run(start));
     tracing::debug!(%user, socket_id, "socket opened");
     if first {
-        set_presence(&state, user, Presence::Online).await;
+        domain::presence::connected(&state, user).await;
     }
 
     let socket = Socket {
@@ -84,15 +84,9 @@ pub async fn run(
     let _ = writer.await;
 
     if state.hub.detach(user, socket_id) {
-        set_presence(&state, user, Presence::Offline).await;
+        domain::presence::disconnected(&state, user).await;
     }
     tracing::debug!(%user, socket_id, "socket closed");
-}
-
-async fn set_presence(state: &AppState, user: UserId, status: Presence) {
-    if let Err(e) = domain::presence::set(state, user, status).await {
-        e.log_if_internal();
-    }
 }
 
 async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<WebSocket>) {
