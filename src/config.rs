@@ -182,6 +182,16 @@ pub const SETTINGS: &[Setting] = &[
         "seconds between retention sweeps",
     ),
     setting(
+        "REDIS_PREFIX",
+        "kisse",
+        "prefix of every Redis key and channel",
+    ),
+    setting(
+        "PRESENCE_TTL",
+        "30",
+        "seconds a node's presence keys live without a refresh",
+    ),
+    setting(
         "KEY_FETCH_PER_MINUTE",
         "120",
         "prekey bundle fetches per caller and minute",
@@ -282,6 +292,11 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// Origins allowed by CORS (none: no CORS headers, browsers refuse cross-origin calls).
     pub cors_allowed_origins: Vec<String>,
+    /// Prefix of every Redis key and channel, so several deployments (or tests) can share one.
+    pub redis_prefix: String,
+    /// How long a node's presence keys live without a refresh: a node that dies takes its
+    /// users offline within about this long.
+    pub presence_ttl: Duration,
 }
 
 impl Config {
@@ -390,6 +405,8 @@ impl Config {
             log_format,
             metrics_token: get("METRICS_TOKEN").map(|t| Secret::new(t.trim())),
             cors_allowed_origins: origins(get("CORS_ALLOWED_ORIGINS").as_deref(), app_env)?,
+            redis_prefix: get("REDIS_PREFIX").unwrap_or_else(|| "kisse".to_owned()),
+            presence_ttl: Duration::from_secs(positive(&get, "PRESENCE_TTL", 30)?),
         })
     }
 
@@ -459,6 +476,8 @@ impl Config {
                 "PREKEY_LOW_THRESHOLD",
                 self.prekey_low_threshold.to_string(),
             ),
+            ("REDIS_PREFIX", self.redis_prefix.clone()),
+            ("PRESENCE_TTL", self.presence_ttl.as_secs().to_string()),
             (
                 "ACCESS_TOKEN_TTL",
                 self.jwt_expiration.as_secs().to_string(),

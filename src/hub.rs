@@ -1,6 +1,10 @@
 //! Who is connected: user → open sockets on this node, and delivery of encoded frames to them.
 //! Each socket has a bounded queue; a socket that lets it fill up is told to close (it
 //! catches up on reconnect) rather than slowing down everyone else.
+//!
+//! In cluster mode (`REDIS_URL`) the hub also hands every frame to the [`Broker`], which
+//! publishes it for the nodes where the user may be connected, and delivers here what other
+//! nodes publish for this node's users. Callers do not see the difference.
 
 use std::sync::{
     Arc, OnceLock,
@@ -12,7 +16,10 @@ use dashmap::DashMap;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{SessionId, UserId};
+use crate::{
+    broker::Broker,
+    model::{SessionId, UserId},
+};
 
 /// An encoded text frame; cloning it shares the bytes, so one encoding serves all recipients.
 pub type Frame = Utf8Bytes;
@@ -30,6 +37,9 @@ pub enum Outgoing {
     Inbox { seq: i64, frame: Frame },
     /// Write again every inbox event after `since` (the client's `sync` frame).
     Resync { since: i64 },
+    /// Write every inbox event after the last one written, up to the inbox's end now: pushes
+    /// may have been lost (a fan-out outage, or a subscription that was not ready yet).
+    Refill,
 }
 
 /// Why the server closes a socket.
@@ -109,6 +119,8 @@ struct SocketHandle {
 pub struct Hub {
     users: DashMap<UserId, Vec<SocketHandle>>,
     next_id: AtomicU64,
+    /// Fan-out to the other nodes of a cluster; `None` on a single node.
+    broker: Option<Broker>,
     /// The sockets opened with each session's tokens, to close them when it is revoked.
     sessions: DashMap<SessionId, Vec<(SocketId, Arc<CloseSignal>)>>,
 }
@@ -132,6 +144,18 @@ impl Drop for SessionSocket<'_> {
 }
 
 impl Hub {
+    /// A hub that fans out through `broker` too (cluster mode), or in process only.
+    pub fn new(broker: Option<Broker>) -> Self {
+        Self {
+            broker,
+            ..Self::default()
+        }
+    }
+
+    pub fn broker(&self) -> Option<&Broker> {
+        self.broker.as_ref()
+    }
+
     /// Registers a socket; returns its id and whether it is the user's first on this node.
     pub fn attach(
         &self,
@@ -142,34 +166,110 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut sockets = self.users.entry(user).or_default();
         sockets.push(SocketHandle { id, queue, close });
-        (id, sockets.len() == 1)
+        let first = sockets.len() == 1;
+        drop(sockets);
+        if first && let Some(broker) = &self.broker {
+            broker.interest_changed(user);
+        }
+        (id, first)
     }
 
     /// Forgets a socket; returns whether it was the user's last on this node.
     pub fn detach(&self, user: UserId, id: SocketId) -> bool {
-        self.users
+        let last = self
+            .users
             .remove_if_mut(&user, |_, sockets| {
                 sockets.retain(|s| s.id != id);
                 sockets.is_empty()
             })
-            .is_some()
+            .is_some();
+        if last && let Some(broker) = &self.broker {
+            broker.interest_changed(user);
+        }
+        last
     }
 
+    /// Whether frames sent to `user` may reach a socket: one is open on this node, or (in
+    /// cluster mode) may be open on another node — Redis only carries a frame to the nodes
+    /// that subscribed for the user, so publishing for an offline user costs little.
     pub fn is_online(&self, user: UserId) -> bool {
+        self.broker.is_some() || self.is_local(user)
+    }
+
+    /// Whether `user` has a socket open on this node.
+    pub fn is_local(&self, user: UserId) -> bool {
         self.users.contains_key(&user)
     }
 
-    /// Queues `frame` on every socket of `user`; returns how many sockets took it.
+    /// Users with a socket open on this node.
+    pub fn local_users(&self) -> Vec<UserId> {
+        self.users.iter().map(|entry| *entry.key()).collect()
+    }
+
+    /// Queues `frame` on every socket of `user` (here, and through the broker elsewhere);
+    /// returns how many sockets of this node took it.
     pub fn send(&self, user: UserId, frame: &Frame) -> usize {
+        if let Some(broker) = &self.broker {
+            broker.publish(user, None, frame);
+        }
+        self.send_local(user, frame)
+    }
+
+    /// Queues inbox event `seq` of `user` on every socket of theirs (here and elsewhere).
+    pub fn send_inbox(&self, user: UserId, seq: i64, frame: &Frame) -> usize {
+        if let Some(broker) = &self.broker {
+            broker.publish(user, Some(seq), frame);
+        }
+        self.send_inbox_local(user, seq, frame)
+    }
+
+    /// `send`, to this node's sockets only (what another node published).
+    pub fn send_local(&self, user: UserId, frame: &Frame) -> usize {
         self.push_all(user, || Outgoing::Frame(frame.clone()))
     }
 
-    /// Queues inbox event `seq` of `user` on every socket of theirs.
-    pub fn send_inbox(&self, user: UserId, seq: i64, frame: &Frame) -> usize {
+    /// `send_inbox`, to this node's sockets only (what another node published).
+    pub fn send_inbox_local(&self, user: UserId, seq: i64, frame: &Frame) -> usize {
         self.push_all(user, || Outgoing::Inbox {
             seq,
             frame: frame.clone(),
         })
+    }
+
+    /// Has every socket of `user` on this node read what it may have missed from the inbox.
+    pub fn refill(&self, user: UserId) {
+        self.push_all(user, || Outgoing::Refill);
+    }
+
+    /// `refill` for every socket of this node.
+    pub fn refill_all(&self) {
+        for entry in self.users.iter() {
+            for socket in entry.value() {
+                push(&socket.queue, &socket.close, Outgoing::Refill);
+            }
+        }
+    }
+
+    /// Records that `user`'s first socket on this node opened (cluster presence).
+    pub async fn announce(&self, user: UserId) {
+        if let Some(broker) = &self.broker {
+            broker.announce(user).await;
+        }
+    }
+
+    /// Records that `user`'s last socket on this node closed (cluster presence).
+    pub async fn retire(&self, user: UserId) {
+        if let Some(broker) = &self.broker {
+            broker.retire(user).await;
+        }
+    }
+
+    /// Whether `user` has a socket open on another node (always `false` on a single node).
+    pub async fn online_elsewhere(&self, user: UserId) -> bool {
+        match &self.broker {
+            Some(broker) => broker.online_on_other_nodes(user).await,
+            None => false,
+        }
     }
 
     fn push_all(&self, user: UserId, item: impl Fn() -> Outgoing) -> usize {

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{PasswordHasher, TokenKeys},
+    broker::Broker,
     config::Config,
     hub::Hub,
     rate_limit::RateLimiter,
@@ -35,6 +37,8 @@ use crate::{
 
 /// How long open sockets get to close cleanly once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long requests in flight get to finish once shutdown starts (the server exits anyway).
+const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a request or socket needs, shared by all of them.
 pub struct App {
@@ -66,9 +70,8 @@ impl App {
     /// Connects to the database (applying migrations) and prepares the shared state.
     pub async fn new(config: Config) -> anyhow::Result<AppState> {
         let store = Store::connect(&config.database_url, config.db_max_connections).await?;
-        // A single node starts with no socket open: nobody is online yet.
-        store.reset_presence(model::now()).await?;
         metrics::handle();
+        // `/ready` pings Redis with a client of its own; fan-out goes through the broker.
         let redis = match &config.redis_url {
             Some(url) => Some(
                 redis::Client::open(String::from_utf8_lossy(url.expose()).as_ref())
@@ -76,12 +79,26 @@ impl App {
             ),
             None => None,
         };
+        let broker = match &config.redis_url {
+            Some(url) => Some(Broker::new(
+                std::str::from_utf8(url.expose()).context("REDIS_URL is not UTF-8")?,
+                &config.redis_prefix,
+                config.presence_ttl,
+            )?),
+            None => {
+                // A single node starts with no socket open: nobody is online yet. (In a
+                // cluster other nodes hold sockets; a dead node's users are taken offline by
+                // the survivors, see `broker`.)
+                store.reset_presence(model::now()).await?;
+                None
+            }
+        };
         Ok(Arc::new(Self {
             redis,
             started: std::time::Instant::now(),
             tokens: TokenKeys::new(&config.jwt_secret, config.jwt_expiration),
             hasher: PasswordHasher::new(config.hash_concurrency)?,
-            hub: Hub::default(),
+            hub: Hub::new(broker),
             content_waiters: Default::default(),
             delivery: Default::default(),
             key_fetches: RateLimiter::new(config.key_fetch_per_minute),
@@ -94,21 +111,33 @@ impl App {
     }
 }
 
-/// Serves HTTP and WebSockets on `listener` until `state.shutdown` is cancelled, then closes
-/// open sockets (close code 1001) and waits for them, at most `DRAIN_TIMEOUT`.
+/// Serves HTTP and WebSockets on `listener` until `state.shutdown` is cancelled, then stops
+/// accepting, closes open sockets (close code 1001, after writing what was queued for them)
+/// and waits for them at most `DRAIN_TIMEOUT` (requests in flight: `HTTP_DRAIN_TIMEOUT`).
 pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
     tokio::spawn(domain::sweeper::run(state.clone()));
     tokio::spawn(domain::delivery::run(state.clone()));
     tokio::spawn(domain::retention::run(state.clone()));
     tokio::spawn(metrics::upkeep(state.clone()));
+    broker::spawn(&state);
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+        .into_future();
+    let overdue = async {
+        state.shutdown.cancelled().await;
+        tokio::time::sleep(HTTP_DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        served = server => served.context("serving HTTP")?,
+        () = overdue => tracing::warn!("requests still running at shutdown: abandoned"),
+    }
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     while state.hub.socket_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(broker) = state.hub.broker() {
+        broker.leave().await;
     }
     let left = state.hub.socket_count();
     if left > 0 {

@@ -22,7 +22,33 @@ scenarios!(
     both_sides_see_one_order_of_a_conversation,
     a_socket_that_stops_answering_is_closed_and_goes_offline,
     concurrent_senders_share_commits_and_the_inbox_has_no_gaps,
+    catch_up_cursors_are_inbox_numbers_not_message_seqs,
 );
+
+/// Regression: the catch-up read the message's own `seq` in place of the inbox number (both
+/// columns are called `seq`), so a user whose messages were not the first ones stored got
+/// wrong cursors (and wrong delivery marks).
+async fn catch_up_cursors_are_inbox_numbers_not_message_seqs(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let mut a = app.ws(&alice).await;
+    send_acked(&mut a, &carol, 2).await;
+    let sent = send_acked(&mut a, &bob, 2).await;
+    let mut b = app.ws(&bob).await;
+    let (got, cursors) = receive(&mut b, 2).await;
+    assert_eq!(got, sent);
+    assert_eq!(cursors, [1, 2]);
+    b.close().await;
+    let mut again = app
+        .ws_url(&format!("/ws?token={}&since=1", bob.token))
+        .await
+        .expect("socket");
+    let (got, cursors) = receive(&mut again, 1).await;
+    assert_eq!(got, sent[1..]);
+    assert_eq!(cursors, [2]);
+}
 
 /// Sends `n` messages from `from` to `to`, each acknowledged (so committed); returns their ids.
 async fn send_acked(from: &mut WsClient, to: &TestUser, n: usize) -> Vec<String> {

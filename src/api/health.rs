@@ -30,10 +30,18 @@ pub async fn health(State(state): State<AppState>) -> axum::Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "sockets": state.hub.socket_count(),
+        // Cluster fan-out: `disabled` on a single node, `down` while Redis is unreachable (this
+        // node then serves its own users only).
+        "redis": match state.hub.broker() {
+            Some(broker) => json!(broker.status()),
+            None => json!({ "status": "disabled" }),
+        },
     }))
 }
 
-/// Readiness: 200 when the database (and Redis, when `REDIS_URL` is set) answers, 503 otherwise.
+/// Readiness: 200 when the database answers, 503 otherwise. Redis (when `REDIS_URL` is set) is
+/// reported, and makes the answer `degraded`, but never 503: without it a node still serves its
+/// own users, and taking every node out of the balancer at once would serve nobody.
 #[utoipa::path(
     get,
     path = "/ready",
@@ -53,19 +61,18 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Val
     let mut components = json!({
         "database": { "status": up(database), "engine": state.store.engine().name() },
     });
-    let mut ready = database;
+    let mut redis_ok = true;
     if let Some(redis) = &state.redis {
-        let ok = matches!(
+        redis_ok = matches!(
             tokio::time::timeout(PROBE_TIMEOUT, ping_redis(redis)).await,
             Ok(Ok(()))
         );
-        components["redis"] = json!({ "status": up(ok) });
-        ready &= ok;
+        components["redis"] = json!({ "status": up(redis_ok) });
     }
-    let (status, word) = if ready {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    let (status, word) = match (database, redis_ok) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (true, false) => (StatusCode::OK, "degraded"),
+        (true, true) => (StatusCode::OK, "ok"),
     };
     (
         status,

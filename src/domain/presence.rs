@@ -46,3 +46,56 @@ pub async fn get(state: &AppState, viewer: UserId, user: UserId) -> Result<Prese
         .await?
         .ok_or(Error::NotFound("user"))
 }
+
+/// `user`'s first socket on this node opened: they are online.
+pub async fn connected(state: &AppState, user: UserId) {
+    state.hub.announce(user).await;
+    log(set(state, user, Presence::Online).await);
+}
+
+/// `user`'s last socket on this node closed: they are offline unless a socket of theirs is
+/// open on another node of the cluster.
+pub async fn disconnected(state: &AppState, user: UserId) {
+    state.hub.retire(user).await;
+    if state.hub.is_local(user) || state.hub.online_elsewhere(user).await {
+        return;
+    }
+    log(set(state, user, Presence::Offline).await);
+    // A socket that opened meanwhile (here or elsewhere) may have written `online` before us.
+    if state.hub.is_local(user) || state.hub.online_elsewhere(user).await {
+        log(set(state, user, Presence::Online).await);
+    }
+}
+
+/// `user` was connected to a node that stopped without saying so (cluster mode): offline,
+/// unless already shown so.
+pub async fn lost(state: &AppState, user: UserId) {
+    match state.store.presence(user).await {
+        Ok(Some(p)) if p.status != Presence::Offline => {
+            log(set(state, user, Presence::Offline).await);
+        }
+        Ok(_) => {}
+        Err(e) => e.log_if_internal(),
+    }
+}
+
+/// `user` has a socket on this node but may have been taken offline by another node while this
+/// one could not reach Redis: online again.
+pub async fn reassert(state: &AppState, user: UserId) {
+    if !state.hub.is_local(user) {
+        return;
+    }
+    match state.store.presence(user).await {
+        Ok(Some(p)) if p.status == Presence::Offline => {
+            log(set(state, user, Presence::Online).await);
+        }
+        Ok(_) => {}
+        Err(e) => e.log_if_internal(),
+    }
+}
+
+fn log<T>(result: Result<T>) {
+    if let Err(e) = result {
+        e.log_if_internal();
+    }
+}

@@ -47,6 +47,8 @@ pub enum InboxKind {
 
 #[derive(sqlx::FromRow)]
 struct InboxRow {
+    /// Aliased: the message's own `seq` comes along under its own name.
+    #[sqlx(rename = "inbox_seq")]
     seq: i64,
     kind: String,
     #[sqlx(flatten)]
@@ -98,7 +100,7 @@ impl Store {
     ) -> Result<Vec<InboxEntry>> {
         let rows = with_pool!(self, read, |pool| {
             sqlx::query_as::<_, InboxRow>(concat!(
-                "SELECT i.seq, i.kind, ",
+                "SELECT i.seq AS inbox_seq, i.kind, ",
                 message_cols!(m),
                 " FROM inbox i JOIN messages m ON m.id = i.message_id
                   WHERE i.user_id = $1 AND i.seq > $2 AND i.seq <= $3

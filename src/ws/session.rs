@@ -72,7 +72,7 @@ pub async fn run(
     let opened = Instant::now();
     tracing::info!(%user, socket_id, device, "socket opened");
     if first {
-        set_presence(&state, user, Presence::Online).await;
+        domain::presence::connected(&state, user).await;
     }
 
     let socket = Socket {
@@ -90,17 +90,11 @@ pub async fn run(
     let _ = writer.await;
 
     if state.hub.detach(user, socket_id) {
-        set_presence(&state, user, Presence::Offline).await;
+        domain::presence::disconnected(&state, user).await;
     }
     let reason = crate::metrics::socket_closed(close.reason_or(CloseReason::PeerGone));
     let duration_ms = opened.elapsed().as_millis() as u64;
     tracing::info!(%user, socket_id, device, reason, duration_ms, "socket closed");
-}
-
-async fn set_presence(state: &AppState, user: UserId, status: Presence) {
-    if let Err(e) = domain::presence::set(state, user, status).await {
-        e.log_if_internal();
-    }
 }
 
 async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<WebSocket>) {

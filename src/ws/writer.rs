@@ -25,6 +25,8 @@ const WRITE_BATCH: usize = 64;
 const CATCH_UP_PAGE: i64 = 256;
 /// How long a close frame may take to leave before the connection is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a socket may take, at shutdown, to write what is already queued for it.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// Where a new socket starts in its user's inbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +86,10 @@ impl Writer {
             reason = step.err();
         }
         let reason = reason.unwrap_or(CloseReason::PeerGone);
+        if reason == CloseReason::ShuttingDown {
+            // What was queued before shutdown still goes out, within a bound.
+            let _ = timeout(FLUSH_GRACE, self.drain(&mut progress)).await;
+        }
         self.close.close(reason);
         if let Some((code, why)) = reason.code() {
             let frame = Message::Close(Some(CloseFrame {
@@ -93,6 +99,15 @@ impl Writer {
             let _ = timeout(CLOSE_GRACE, self.sink.send(frame)).await;
         }
         let _ = timeout(CLOSE_GRACE, self.sink.close()).await;
+    }
+
+    /// Writes whatever is queued, without waiting for more.
+    async fn drain(&mut self, progress: &mut Progress) {
+        while let Ok(item) = self.queue.try_recv() {
+            if self.write_batch(progress, item).await.is_err() {
+                return;
+            }
+        }
     }
 
     fn stop_reason(&self, stop: Stop) -> CloseReason {
@@ -176,6 +191,15 @@ impl Writer {
                 Outgoing::Resync { since } => {
                     self.flush(progress).await?;
                     self.catch_up(progress, StartFrom::Cursor(since)).await?;
+                }
+                Outgoing::Refill => {
+                    let head = self.store(self.state.store.inbox_head(self.user)).await?;
+                    if head > progress.last_sent {
+                        self.flush(progress).await?;
+                        let after = progress.last_sent;
+                        self.write_inbox(progress, after, head, false).await?;
+                        progress.last_sent = head;
+                    }
                 }
             }
         }

@@ -62,7 +62,12 @@ macro_rules! scenarios {
 /// Where a test's data lives; removed when the test ends.
 enum Database {
     SqliteFile(PathBuf),
-    PostgresSchema { admin_url: String, schema: String },
+    PostgresSchema {
+        admin_url: String,
+        schema: String,
+    },
+    /// Another node's: this node only shares it.
+    Shared,
 }
 
 pub struct TestApp {
@@ -71,6 +76,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     database: Database,
     config: Config,
+    /// The settings `config` was built from, for more nodes on the same database.
+    settings: HashMap<String, String>,
     server: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -111,13 +118,21 @@ impl TestApp {
                 (url, Database::PostgresSchema { admin_url, schema })
             }
         };
-        let mut env: HashMap<&str, String> = HashMap::from([
-            ("DATABASE_URL", database_url),
-            ("JWT_SECRET", JWT_SECRET.to_owned()),
-            ("DB_MAX_CONNECTIONS", "5".to_owned()),
+        let mut env: HashMap<String, String> = HashMap::from([
+            ("DATABASE_URL".to_owned(), database_url),
+            ("JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
+            ("DB_MAX_CONNECTIONS".to_owned(), "5".to_owned()),
         ]);
-        env.extend(settings.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        let config = Config::from_lookup(|key| env.get(key).cloned()).expect("test config");
+        env.extend(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Self::start_with(env, database).await
+    }
+
+    async fn start_with(settings: HashMap<String, String>, database: Database) -> Self {
+        let config = Config::from_lookup(|key| settings.get(key).cloned()).expect("test config");
         let (addr, state, server) = start(config.clone()).await;
         Self {
             addr,
@@ -125,8 +140,26 @@ impl TestApp {
             http: reqwest::Client::new(),
             database,
             config,
+            settings,
             server,
         }
+    }
+
+    /// Starts another node on this one's database, with this one's settings overridden by
+    /// `settings`, on its own listener (a cluster in one process). Drop it before `self`.
+    pub async fn spawn_node(&self, settings: &[(&str, &str)]) -> Self {
+        let mut env = self.settings.clone();
+        env.extend(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Self::start_with(env, Database::Shared).await
+    }
+
+    /// The settings this server was started with (to start it elsewhere, e.g. as a process).
+    pub fn settings(&self) -> &HashMap<String, String> {
+        &self.settings
     }
 
     /// Stops the server (as SIGTERM would) and starts a new one on the same database, on a new
@@ -266,6 +299,7 @@ impl Drop for TestApp {
                 })
                 .join();
             }
+            Database::Shared => {}
         }
     }
 }

@@ -1,0 +1,653 @@
+//! Cluster mode: fan-out between nodes and cross-node presence through Redis.
+//!
+//! - **Fan-out.** Every frame the hub sends is also published on the user's channel
+//!   `{prefix}:u:{user}`, tagged with this node's id. Each node subscribes to the channels of
+//!   the users connected to it (and unsubscribes when their last socket closes), and queues what
+//!   it receives on their sockets, skipping its own publications. Pub/sub is only a doorbell:
+//!   inbox events (messages, read receipts) are written from the durable copy in PostgreSQL, so
+//!   one lost on the way is fetched by the socket's writer at the next event, at the next
+//!   subscription, when Redis comes back (every socket refills), or at reconnect.
+//! - **Presence.** `{prefix}:online:{user}:{node}` exists while `user` has a socket on `node`;
+//!   each node refreshes its keys (TTL `PRESENCE_TTL`), its liveness key `{prefix}:node:{node}`,
+//!   its membership in `{prefix}:nodes` and the set of its users `{prefix}:node:{node}:users`.
+//!   A node that dies stops refreshing; a surviving node finds its liveness key gone, claims it
+//!   (one `SREM` wins) and takes offline those of its users no other node holds.
+//! - **Outage.** While Redis is unreachable the node serves its own users, drops publications
+//!   (counted), says so once in the log and on `/health`, and retries every second; when Redis
+//!   answers again it resubscribes, refreshes its presence keys and has every socket refill from
+//!   the store, which covers the gap.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use redis::{
+    AsyncCommands,
+    aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink},
+};
+use serde::Serialize;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::{Instant, timeout},
+};
+use uuid::Uuid;
+
+use crate::{AppState, hub::Frame, model::UserId};
+
+/// Publications waiting for the publisher task; beyond it they are dropped (and counted).
+const OUTBOX: usize = 16 * 1024;
+/// Publications sent to Redis in one pipeline at most.
+const PUBLISH_BATCH: usize = 256;
+/// Longest a Redis operation may take before Redis counts as unreachable.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between attempts to reach Redis again.
+const RETRY: Duration = Duration::from_secs(1);
+/// Channels subscribed to in one command when (re)subscribing a whole node.
+const SUBSCRIBE_CHUNK: usize = 512;
+
+/// Counters for `/health` and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Frames published for other nodes.
+    pub published: AtomicU64,
+    /// Frames not published (Redis down or the outbox full); inbox events among them are
+    /// recovered from the store.
+    pub dropped: AtomicU64,
+    /// Frames received from other nodes.
+    pub received: AtomicU64,
+    /// Times Redis became unreachable.
+    pub outages: AtomicU64,
+}
+
+/// A snapshot of the broker's state, as `/health` shows it.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub status: &'static str,
+    pub node: String,
+    pub published: u64,
+    pub dropped: u64,
+    pub received: u64,
+    pub outages: u64,
+}
+
+pub struct Broker {
+    node: String,
+    prefix: String,
+    ttl: Duration,
+    client: redis::Client,
+    commands: ConnectionManager,
+    outbox: mpsc::Sender<(UserId, String)>,
+    interest: mpsc::UnboundedSender<Interest>,
+    /// Taken by the tasks when the server starts.
+    receivers: Mutex<Option<Receivers>>,
+    up: AtomicBool,
+    pub stats: Stats,
+}
+
+struct Receivers {
+    outbox: mpsc::Receiver<(UserId, String)>,
+    interest: mpsc::UnboundedReceiver<Interest>,
+}
+
+/// "Subscribe or unsubscribe `user` as their sockets here call for", with whom to tell once
+/// done.
+type Interest = (UserId, Option<oneshot::Sender<()>>);
+
+impl Broker {
+    /// Prepares the connection (lazily: a node starts even while Redis is down).
+    pub fn new(url: &str, prefix: &str, ttl: Duration) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url).context("REDIS_URL is invalid")?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(RETRY);
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .context("preparing the Redis connection")?;
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let (interest, interest_rx) = mpsc::unbounded_channel();
+        Ok(Self {
+            node: Uuid::new_v4().simple().to_string()[..16].to_owned(),
+            prefix: prefix.to_owned(),
+            ttl,
+            client,
+            commands,
+            outbox,
+            interest,
+            receivers: Mutex::new(Some(Receivers {
+                outbox: outbox_rx,
+                interest: interest_rx,
+            })),
+            up: AtomicBool::new(false),
+            stats: Stats::default(),
+        })
+    }
+
+    /// This node's id in the cluster.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether Redis answers: cross-node fan-out works.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> Status {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Status {
+            status: if self.is_up() { "ok" } else { "down" },
+            node: self.node.clone(),
+            published: load(&self.stats.published),
+            dropped: load(&self.stats.dropped),
+            received: load(&self.stats.received),
+            outages: load(&self.stats.outages),
+        }
+    }
+
+    /// Queues `frame` (inbox event `seq`, if any) for publication on `user`'s channel.
+    pub fn publish(&self, user: UserId, seq: Option<i64>, frame: &Frame) {
+        if !self.is_up() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let payload = match seq {
+            Some(seq) => format!("{} i {seq} {}", self.node, frame.as_str()),
+            None => format!("{} f 0 {}", self.node, frame.as_str()),
+        };
+        if self.outbox.try_send((user, payload)).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `user`'s first socket opened or last socket closed here: (un)subscribe their channel.
+    pub fn interest_changed(&self, user: UserId) {
+        // Closed only once the subscriber stopped, at shutdown.
+        let _ = self.interest.send((user, None));
+    }
+
+    /// Waits (within bounds) until `user`'s channel is subscribed, if Redis is up.
+    async fn subscribed(&self, user: UserId) {
+        if !self.is_up() {
+            return;
+        }
+        let (done, wait) = oneshot::channel();
+        if self.interest.send((user, Some(done))).is_ok() {
+            let _ = timeout(OP_TIMEOUT, wait).await;
+        }
+    }
+
+    fn channel(&self, user: UserId) -> String {
+        format!("{}:u:{}", self.prefix, user.0)
+    }
+
+    fn online_key(&self, user: UserId, node: &str) -> String {
+        format!("{}:online:{}:{node}", self.prefix, user.0)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    fn node_key(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+
+    fn node_users_key(&self, node: &str) -> String {
+        format!("{}:node:{node}:users", self.prefix)
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Marks Redis unreachable, logging only the transition.
+    fn went_down(&self, what: &str, error: &dyn std::fmt::Display) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            self.stats.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                %error,
+                what,
+                "Redis unreachable: serving this node's users only until it is back"
+            );
+        }
+    }
+
+    /// Marks Redis reachable; returns whether it was down.
+    fn came_up(&self) -> bool {
+        let was_up = self.up.swap(true, Ordering::Relaxed);
+        if !was_up {
+            tracing::info!(node = %self.node, "Redis reachable: cross-node fan-out on");
+        }
+        !was_up
+    }
+
+    async fn run<T>(
+        &self,
+        what: &str,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match timeout(OP_TIMEOUT, op).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                self.went_down(what, &e);
+                None
+            }
+            Err(_) => {
+                self.went_down(what, &"timed out");
+                None
+            }
+        }
+    }
+
+    /// Subscribes `user`'s channel (so that what other nodes send them from now on arrives)
+    /// and sets their presence key on this node, with this node's own keys.
+    pub async fn announce(&self, user: UserId) {
+        self.subscribed(user).await;
+        let mut con = self.commands.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.online_key(user, &self.node))
+            .arg(1)
+            .arg("PX")
+            .arg(self.ttl_ms())
+            .ignore()
+            .sadd(self.node_users_key(&self.node), user.0.to_string())
+            .ignore()
+            .cmd("SET")
+            .arg(self.node_key(&self.node))
+            .arg(1)
+            .arg("PX")
+            .arg(self.ttl_ms())
+            .ignore()
+            .sadd(self.nodes_key(), &self.node)
+            .ignore();
+        self.run("announce", pipe.exec_async(&mut con)).await;
+    }
+
+    /// Drops the presence key of `user` on this node.
+    pub async fn retire(&self, user: UserId) {
+        let mut con = self.commands.clone();
+        let mut pipe = redis::pipe();
+        pipe.del(self.online_key(user, &self.node))
+            .ignore()
+            .srem(self.node_users_key(&self.node), user.0.to_string())
+            .ignore();
+        self.run("retire", pipe.exec_async(&mut con)).await;
+    }
+
+    /// Whether another live node holds a socket of `user` (`false` when Redis cannot tell).
+    pub async fn online_on_other_nodes(&self, user: UserId) -> bool {
+        let mut con = self.commands.clone();
+        let Some(nodes) = self
+            .run("presence", con.smembers::<_, Vec<String>>(self.nodes_key()))
+            .await
+        else {
+            return false;
+        };
+        let keys: Vec<String> = nodes
+            .iter()
+            .filter(|n| **n != self.node)
+            .map(|n| self.online_key(user, n))
+            .collect();
+        if keys.is_empty() {
+            return false;
+        }
+        self.run("presence", con.exists::<_, u64>(keys))
+            .await
+            .is_some_and(|n| n > 0)
+    }
+
+    /// Refreshes this node's keys and the presence keys of its users.
+    async fn refresh(&self, users: &[UserId]) -> bool {
+        let mut con = self.commands.clone();
+        let mut pipe = redis::pipe();
+        let members: Vec<String> = users.iter().map(|u| u.0.to_string()).collect();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.node_key(&self.node))
+            .arg(1)
+            .arg("PX")
+            .arg(self.ttl_ms())
+            .ignore()
+            .sadd(self.nodes_key(), &self.node)
+            .ignore()
+            .del(self.node_users_key(&self.node))
+            .ignore();
+        if !members.is_empty() {
+            pipe.sadd(self.node_users_key(&self.node), &members)
+                .ignore();
+        }
+        for user in users {
+            pipe.cmd("SET")
+                .arg(self.online_key(*user, &self.node))
+                .arg(1)
+                .arg("PX")
+                .arg(self.ttl_ms())
+                .ignore();
+        }
+        self.run("refresh", pipe.exec_async(&mut con))
+            .await
+            .is_some()
+    }
+
+    /// Leaves the cluster (graceful shutdown, after its sockets closed): drops this node's
+    /// liveness key, so that a surviving node sweeps it at once and takes offline whichever of
+    /// its users did not reconnect elsewhere (even if this node could not record it itself).
+    pub async fn leave(&self) {
+        let mut con = self.commands.clone();
+        self.run("leave", con.del::<_, ()>(self.node_key(&self.node)))
+            .await;
+    }
+
+    /// Users of nodes that stopped refreshing their keys, claimed by this node (each dead node
+    /// is claimed by one node only), for the caller to take offline.
+    async fn claim_dead_nodes(&self) -> Option<Vec<UserId>> {
+        let mut con = self.commands.clone();
+        let nodes: Vec<String> = self.run("sweep", con.smembers(self.nodes_key())).await?;
+        let mut orphans = Vec::new();
+        for node in nodes.iter().filter(|n| **n != self.node) {
+            let alive: bool = self.run("sweep", con.exists(self.node_key(node))).await?;
+            if alive {
+                continue;
+            }
+            let claimed: u64 = self.run("sweep", con.srem(self.nodes_key(), node)).await?;
+            if claimed == 0 {
+                continue; // another node got it
+            }
+            let users_key = self.node_users_key(node);
+            let users: Vec<String> = self.run("sweep", con.smembers(&users_key)).await?;
+            self.run("sweep", con.del::<_, ()>(&users_key)).await?;
+            tracing::warn!(dead = %node, users = users.len(), "a node stopped: taking its users offline");
+            orphans.extend(
+                users
+                    .iter()
+                    .filter_map(|u| u.parse::<Uuid>().ok())
+                    .map(UserId),
+            );
+        }
+        Some(orphans)
+    }
+
+    /// Queues a frame another node published on this node's sockets.
+    fn receive(&self, state: &AppState, message: &redis::Msg) {
+        let Some(user) = message
+            .get_channel_name()
+            .rsplit(':')
+            .next()
+            .and_then(|id| id.parse::<Uuid>().ok())
+            .map(UserId)
+        else {
+            return;
+        };
+        let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
+            return;
+        };
+        let mut parts = payload.splitn(4, ' ');
+        let (Some(node), Some(kind), Some(seq), Some(frame)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        if node == self.node {
+            return;
+        }
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame::from(frame.to_owned());
+        match (kind, seq.parse::<i64>()) {
+            ("i", Ok(seq)) => state.hub.send_inbox_local(user, seq, &frame),
+            _ => state.hub.send_local(user, &frame),
+        };
+    }
+}
+
+/// Starts the broker's tasks (publisher, subscriber, presence upkeep) when in cluster mode.
+pub fn spawn(state: &AppState) {
+    let Some(broker) = state.hub.broker() else {
+        return;
+    };
+    let Some(receivers) = broker.receivers.lock().ok().and_then(|mut r| r.take()) else {
+        return;
+    };
+    tokio::spawn(publisher(state.clone(), receivers.outbox));
+    tokio::spawn(subscriber(state.clone(), receivers.interest));
+    tokio::spawn(upkeep(state.clone()));
+}
+
+/// Sends queued publications in pipelines.
+async fn publisher(state: AppState, mut outbox: mpsc::Receiver<(UserId, String)>) {
+    let Some(broker) = state.hub.broker() else {
+        return;
+    };
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    loop {
+        let received = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            n = outbox.recv_many(&mut batch, PUBLISH_BATCH) => n,
+        };
+        if received == 0 {
+            return;
+        }
+        let count = batch.len() as u64;
+        if broker.is_up() {
+            let mut pipe = redis::pipe();
+            for (user, payload) in batch.drain(..) {
+                pipe.publish(broker.channel(user), payload).ignore();
+            }
+            let mut con = broker.commands.clone();
+            if broker
+                .run("publish", pipe.exec_async(&mut con))
+                .await
+                .is_some()
+            {
+                broker.stats.published.fetch_add(count, Ordering::Relaxed);
+                continue;
+            }
+        }
+        batch.clear();
+        broker.stats.dropped.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+/// Keeps one subscription connection: the channels of this node's users, and what comes on
+/// them. Reconnects (and resubscribes) when it breaks.
+async fn subscriber(state: AppState, mut interest: mpsc::UnboundedReceiver<Interest>) {
+    let Some(broker) = state.hub.broker() else {
+        return;
+    };
+    let mut subscribed: HashSet<UserId> = HashSet::new();
+    loop {
+        let connected = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            c = timeout(OP_TIMEOUT, broker.client.get_async_pubsub()) => c,
+        };
+        let pubsub = match connected {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => {
+                broker.went_down("subscribe", &e);
+                if pause(&state).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                broker.went_down("subscribe", &"timed out");
+                if pause(&state).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        subscribed.clear();
+        let users = state.hub.local_users();
+        let mut ok = true;
+        for chunk in users.chunks(SUBSCRIBE_CHUNK) {
+            let channels: Vec<String> = chunk.iter().map(|u| broker.channel(*u)).collect();
+            if broker
+                .run("subscribe", sink.subscribe(channels))
+                .await
+                .is_none()
+            {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            if pause(&state).await {
+                return;
+            }
+            continue;
+        }
+        subscribed.extend(users);
+        check_recovery(&state).await;
+        let mut tick = tokio::time::interval(RETRY);
+        loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                message = stream.next() => match message {
+                    Some(message) => broker.receive(&state, &message),
+                    None => {
+                        broker.went_down("subscription", &"connection lost");
+                        break;
+                    }
+                },
+                Some((user, done)) = interest.recv() => {
+                    let ok = reconcile(&state, &mut sink, &mut subscribed, user).await;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    if !ok {
+                        break;
+                    }
+                }
+                _ = tick.tick() => check_recovery(&state).await,
+            }
+        }
+        if pause(&state).await {
+            return;
+        }
+    }
+}
+
+/// Waits `RETRY`; returns whether the server is shutting down.
+async fn pause(state: &AppState) -> bool {
+    tokio::select! {
+        _ = state.shutdown.cancelled() => true,
+        _ = tokio::time::sleep(RETRY) => false,
+    }
+}
+
+/// Subscribes to `user`'s channel if they have a socket here, unsubscribes otherwise. Returns
+/// `false` when the subscription connection failed.
+async fn reconcile(
+    state: &AppState,
+    sink: &mut PubSubSink,
+    subscribed: &mut HashSet<UserId>,
+    user: UserId,
+) -> bool {
+    let Some(broker) = state.hub.broker() else {
+        return true;
+    };
+    let wanted = state.hub.is_local(user);
+    if wanted == subscribed.contains(&user) {
+        return true;
+    }
+    let channel = broker.channel(user);
+    if wanted {
+        if broker
+            .run("subscribe", sink.subscribe(&channel))
+            .await
+            .is_none()
+        {
+            return false;
+        }
+        subscribed.insert(user);
+        // Whatever was published before the subscription took effect is in the store.
+        state.hub.refill(user);
+    } else {
+        if broker
+            .run("unsubscribe", sink.unsubscribe(&channel))
+            .await
+            .is_none()
+        {
+            return false;
+        }
+        subscribed.remove(&user);
+    }
+    true
+}
+
+/// While Redis counts as down, checks whether it answers again; when it does, refreshes this
+/// node's presence and has every socket refill what it may have missed.
+async fn check_recovery(state: &AppState) {
+    let Some(broker) = state.hub.broker() else {
+        return;
+    };
+    if broker.is_up() {
+        return;
+    }
+    let mut con = broker.commands.clone();
+    let ping = timeout(
+        OP_TIMEOUT,
+        redis::cmd("PING").query_async::<String>(&mut con),
+    )
+    .await;
+    if !matches!(ping, Ok(Ok(_))) {
+        return;
+    }
+    let users = state.hub.local_users();
+    if !broker.refresh(&users).await || !broker.came_up() {
+        return;
+    }
+    state.hub.refill_all();
+    // Another node may have taken these users offline while this one could not refresh.
+    let state = state.clone();
+    tokio::spawn(async move {
+        for user in users {
+            crate::domain::presence::reassert(&state, user).await;
+        }
+    });
+}
+
+/// Refreshes this node's presence keys every third of the TTL, and takes offline the users of
+/// nodes that stopped refreshing theirs.
+async fn upkeep(state: AppState) {
+    let Some(broker) = state.hub.broker() else {
+        return;
+    };
+    let every = (broker.ttl / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every.min(RETRY));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refreshed: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !broker.is_up() {
+            continue;
+        }
+        if refreshed.is_none_or(|at| at.elapsed() >= every) {
+            if !broker.refresh(&state.hub.local_users()).await {
+                continue;
+            }
+            refreshed = Some(Instant::now());
+        }
+        let Some(orphans) = broker.claim_dead_nodes().await else {
+            continue;
+        };
+        for user in orphans {
+            if !state.hub.is_local(user) && !broker.online_on_other_nodes(user).await {
+                crate::domain::presence::lost(&state, user).await;
+            }
+        }
+    }
+}

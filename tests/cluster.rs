@@ -1,0 +1,444 @@
+//! Several nodes on one PostgreSQL and one Redis: cross-node messages, receipts, typing, calls
+//! and presence; a node that stops or dies; Redis that goes away and comes back.
+//!
+//! PostgreSQL only (SQLite is single-node): skipped, with a note, when `TEST_DATABASE_URL` is
+//! not set. They need Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`) and, for the
+//! outage test, the `redis-server` binary. Each test uses its own key prefix.
+
+mod common;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{Engine, TestApp, TestUser, WAIT, WsClient};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{
+    client::IntoClientRequest, protocol::frame::coding::CloseCode,
+};
+use uuid::Uuid;
+
+/// Presence TTL of the test nodes, in seconds: a dead node's users go offline within it.
+const TTL: &str = "2";
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Two nodes on one database and one Redis. Fields drop in order: `b`, then `a` (which owns
+/// the database).
+struct Cluster {
+    b: TestApp,
+    a: TestApp,
+}
+
+/// Starts two nodes on `redis` (the shared one by default), or `None` without PostgreSQL.
+async fn cluster_on(redis: Option<&str>) -> Option<Cluster> {
+    if !Engine::Postgres.available() {
+        eprintln!("TEST_DATABASE_URL is not set: cluster tests (PostgreSQL only) not run");
+        return None;
+    }
+    let url = redis.map_or_else(redis_url, str::to_owned);
+    let prefix = format!("kt-{}", Uuid::new_v4().simple());
+    let a = TestApp::spawn_with(
+        Engine::Postgres,
+        &[
+            ("REDIS_URL", &url),
+            ("REDIS_PREFIX", &prefix),
+            ("PRESENCE_TTL", TTL),
+        ],
+    )
+    .await;
+    let b = a.spawn_node(&[]).await;
+    for node in [&a, &b] {
+        eventually("the node reaches Redis", || async {
+            redis_status(node.addr).await == "ok"
+        })
+        .await;
+    }
+    Some(Cluster { b, a })
+}
+
+async fn cluster() -> Option<Cluster> {
+    cluster_on(None).await
+}
+
+/// The `redis.status` of the `/health` of the node at `addr` (empty while it does not answer).
+async fn redis_status(addr: SocketAddr) -> String {
+    let Ok(response) = reqwest::get(format!("http://{addr}/health")).await else {
+        return String::new();
+    };
+    let health: Value = response.json().await.unwrap_or_default();
+    health["redis"]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Polls `check` until it holds, for at most three times `WAIT`.
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Opens `user`'s socket on `node`, with nothing waiting for them, and waits until the node is
+/// ready to route to it (a session answers frames only once its user's channel is subscribed).
+async fn connect(node: &TestApp, user: &TestUser, query: &str) -> WsClient {
+    connect_to(node.addr, user, query).await
+}
+
+async fn connect_to(addr: SocketAddr, user: &TestUser, query: &str) -> WsClient {
+    let mut ws = reconnect_to(addr, user, query).await;
+    ws.send("heartbeat", json!({})).await;
+    ws.expect("heartbeat_response").await;
+    ws
+}
+
+/// Opens `user`'s socket on `addr` without waiting: what they missed comes first.
+async fn reconnect_to(addr: SocketAddr, user: &TestUser, query: &str) -> WsClient {
+    let request = format!("ws://{addr}/ws?token={}{query}", user.token)
+        .into_client_request()
+        .expect("ws request");
+    WsClient::connect(request).await.expect("socket opens")
+}
+
+/// Sends a message and waits for its ack; returns its id.
+async fn send(ws: &mut WsClient, to: &TestUser, kind: &str) -> String {
+    ws.send(
+        "message",
+        json!({"recipientId": to.id, "messageType": kind}),
+    )
+    .await;
+    ws.expect("message_ack").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
+/// The next `presence_update` about `user`, skipping other frames of their own schedule.
+async fn presence_of(ws: &mut WsClient, user: &TestUser, wait: Duration) -> String {
+    tokio::time::timeout(wait, async {
+        loop {
+            let update = ws.expect("presence_update").await;
+            if update["userId"] == user.id.as_str() {
+                return update["status"].as_str().expect("status").to_owned();
+            }
+        }
+    })
+    .await
+    .expect("presence update in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_crosses_nodes_with_ack_delivery_and_read_receipts() {
+    let Some(c) = cluster().await else { return };
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    c.a.conversation(&alice, &bob).await;
+    let mut a = connect(&c.a, &alice, "").await;
+    let mut b = connect(&c.b, &bob, "").await;
+
+    let id = send(&mut a, &bob, "text").await;
+    let message = b.expect("message").await;
+    assert_eq!(message["id"], id.as_str());
+    assert_eq!(message["cursor"], 1);
+    // Node B records the delivery and tells the sender on node A.
+    assert_eq!(a.expect("delivery_receipt").await["messageId"], id.as_str());
+
+    let (status, _) =
+        c.b.post(&format!("/api/messages/{id}/read"), &bob.token, json!({}))
+            .await;
+    assert_eq!(status, StatusCode::OK);
+    let receipt = a.expect("read_receipt").await;
+    assert_eq!(receipt["messageId"], id.as_str());
+    assert_eq!(receipt["cursor"], 1);
+
+    // And back, from B to A.
+    let back = send(&mut b, &alice, "text").await;
+    assert_eq!(a.expect("message").await["id"], back.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_call_signalling_cross_nodes() {
+    let Some(c) = cluster().await else { return };
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let conversation = c.a.conversation(&alice, &bob).await;
+    let mut a = connect(&c.a, &alice, "").await;
+    let mut b = connect(&c.b, &bob, "").await;
+
+    a.send(
+        "typing_indicator",
+        json!({"conversationId": conversation["id"], "isTyping": true}),
+    )
+    .await;
+    let typing = b.expect("typing_indicator").await;
+    assert_eq!(typing["userId"], alice.id.as_str());
+    assert_eq!(typing["isTyping"], true);
+
+    a.send(
+        "call_request",
+        json!({"recipientId": bob.id, "callType": "audio", "callId": "cross-1"}),
+    )
+    .await;
+    let ring = b.expect("call_request_full").await;
+    assert_eq!(ring["callerId"], alice.id.as_str());
+    b.send(
+        "call_response",
+        json!({"callId": "cross-1", "response": "accept"}),
+    )
+    .await;
+    assert_eq!(a.expect("call_response_full").await["response"], "accept");
+    a.send(
+        "call_response",
+        json!({"callId": "cross-1", "response": "end"}),
+    )
+    .await;
+    assert_eq!(b.expect("call_response_full").await["response"], "end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_online_while_any_socket_on_any_node_is_open() {
+    let Some(c) = cluster().await else { return };
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    c.a.conversation(&alice, &bob).await;
+    let mut a = connect(&c.a, &alice, "").await;
+
+    let on_b = connect(&c.b, &bob, "").await;
+    assert_eq!(presence_of(&mut a, &bob, WAIT).await, "online");
+    let on_a = connect(&c.a, &bob, "").await;
+
+    // The socket on B goes: bob still has one on A.
+    on_b.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, presence) =
+        c.b.get(&format!("/api/presence/{}", bob.id), &alice.token)
+            .await;
+    assert_eq!(presence["status"], "online");
+    while let Some(frame) = a.try_recv(Duration::from_millis(200)).await {
+        assert_ne!(frame["payload"]["status"], "offline", "{frame}");
+    }
+
+    // The last one goes: offline, everywhere.
+    on_a.close().await;
+    assert_eq!(presence_of(&mut a, &bob, WAIT).await, "offline");
+    let (_, presence) =
+        c.b.get(&format!("/api/presence/{}", bob.id), &alice.token)
+            .await;
+    assert_eq!(presence["status"], "offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_closes_with_1001_and_its_users_lose_nothing_on_another() {
+    let Some(c) = cluster().await else { return };
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    c.a.conversation(&alice, &bob).await;
+    let mut a = connect(&c.a, &alice, "").await;
+    let mut b = connect(&c.b, &bob, "").await;
+    let first = send(&mut a, &bob, "text").await;
+    assert_eq!(b.expect("message").await["id"], first.as_str());
+
+    // SIGTERM, as far as the node can tell.
+    c.b.state.shutdown.cancel();
+    assert_eq!(b.closed().await, Some(CloseCode::Away));
+    let second = send(&mut a, &bob, "text").await;
+
+    // The app reconnects through the load balancer, now to node A, without a cursor...
+    let mut again = reconnect_to(c.a.addr, &bob, "").await;
+    assert_eq!(again.expect("message").await["id"], second.as_str());
+    let third = send(&mut a, &bob, "text").await;
+    assert_eq!(again.expect("message").await["id"], third.as_str());
+    // ...or with one: everything after it, in order.
+    let mut device = reconnect_to(c.a.addr, &bob, "&since=1&device_id=2").await;
+    let replay: Vec<Value> = vec![
+        device.expect("message").await,
+        device.expect("message").await,
+    ];
+    assert_eq!(replay[0]["id"], second.as_str());
+    assert_eq!(replay[0]["cursor"], 2);
+    assert_eq!(replay[1]["id"], third.as_str());
+    assert_eq!(replay[1]["cursor"], 3);
+}
+
+/// A node running as its own process, killed (SIGKILL) when dropped.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts the server binary with `like`'s settings on a port of its own.
+async fn spawn_process(like: &TestApp) -> Process {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_kisse-backend"))
+        .envs(like.settings())
+        .env("SERVER_ADDRESS", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server binary");
+    let process = Process {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    };
+    eventually("the process serves and reaches Redis", || async {
+        redis_status(process.addr).await == "ok"
+    })
+    .await;
+    process
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_takes_its_users_offline_within_the_ttl_and_they_lose_nothing() {
+    let Some(c) = cluster().await else { return };
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    c.a.conversation(&alice, &bob).await;
+    let mut a = connect(&c.a, &alice, "").await;
+
+    let mut process = spawn_process(&c.a).await;
+    let mut b = connect_to(process.addr, &bob, "").await;
+    assert_eq!(presence_of(&mut a, &bob, WAIT).await, "online");
+    let first = send(&mut a, &bob, "text").await;
+    let got = b.expect("message").await;
+    assert_eq!(got["id"], first.as_str());
+    let cursor = got["cursor"].as_i64().expect("cursor");
+
+    // The node dies without a word: nobody closes bob's socket or writes his presence.
+    process.child.kill().expect("kill the node");
+    let _ = process.child.wait();
+    assert_eq!(b.closed().await, None);
+    // Survivors notice within the TTL (plus one sweep).
+    let ttl = Duration::from_secs(TTL.parse().expect("ttl"));
+    assert_eq!(presence_of(&mut a, &bob, ttl * 2 + WAIT).await, "offline");
+
+    let second = send(&mut a, &bob, "text").await;
+    let mut again = reconnect_to(c.a.addr, &bob, &format!("&since={cursor}")).await;
+    let got = again.expect("message").await;
+    assert_eq!(got["id"], second.as_str());
+    assert_eq!(got["cursor"], cursor + 1);
+    assert_eq!(presence_of(&mut a, &bob, WAIT).await, "online");
+}
+
+/// A Redis of the test's own, to stop and start again on the same port.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for the outage test");
+        let redis = Self {
+            port,
+            child: Some(child),
+        };
+        eventually("the private Redis listens", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_local_delivery_goes_on_and_cross_node_delivery_resumes_after() {
+    if !Engine::Postgres.available() {
+        eprintln!("TEST_DATABASE_URL is not set: cluster tests (PostgreSQL only) not run");
+        return;
+    }
+    let mut redis = PrivateRedis::start(free_port()).await;
+    let Some(c) = cluster_on(Some(&redis.url())).await else {
+        return;
+    };
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let carol = c.a.register("carol").await;
+    c.a.conversation(&alice, &bob).await;
+    c.a.conversation(&alice, &carol).await;
+    let mut a = connect(&c.a, &alice, "").await;
+    let mut on_a = connect(&c.a, &carol, "").await;
+    let mut on_b = connect(&c.b, &bob, "").await;
+    let before = send(&mut a, &bob, "text").await;
+    assert_eq!(on_b.expect("message").await["id"], before.as_str());
+
+    redis.stop();
+    for node in [&c.a, &c.b] {
+        eventually("the node reports Redis down", || async {
+            redis_status(node.addr).await == "down"
+        })
+        .await;
+    }
+
+    // Users of the same node still talk, live.
+    let local = send(&mut a, &carol, "text").await;
+    assert_eq!(on_a.expect("message").await["id"], local.as_str());
+    // A message to another node's user is stored and acknowledged; it cannot ring over there.
+    let during = send(&mut a, &bob, "text").await;
+
+    // Redis comes back on the same address: the nodes resubscribe and refill from the store.
+    let _redis = PrivateRedis::start(redis.port).await;
+    let got = on_b.expect_within("message", WAIT * 3).await;
+    assert_eq!(got["id"], during.as_str());
+    assert_eq!(got["cursor"], 2);
+    for node in [&c.a, &c.b] {
+        eventually("the node reports Redis up", || async {
+            redis_status(node.addr).await == "ok"
+        })
+        .await;
+    }
+    let after = send(&mut a, &bob, "text").await;
+    assert_eq!(on_b.expect("message").await["id"], after.as_str());
+    on_a.expect_quiet().await;
+}
