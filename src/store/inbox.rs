@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use super::{Store, messages::message_cols, with_pool};
 use crate::{
     error::Result,
-    model::{Message, UserId},
+    model::{Message, MessageId, UserId},
 };
 
 /// Appends an event for `$user` inside the open transaction `$tx`, evaluating to its number.
@@ -125,36 +125,44 @@ impl Store {
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
     ) -> Result<Vec<Message>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Two statements for the whole batch, whatever its size: on SQLite every statement is
+        // a round trip to the connection's thread.
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
-            let mut newly_delivered = Vec::new();
+            let mut first = sqlx::QueryBuilder::new("UPDATE inbox SET delivered_at = ");
+            first.push_bind(at);
+            first.push(" WHERE delivered_at IS NULL AND (user_id, seq) IN (VALUES ");
+            let mut rows = first.separated(", ");
             for (user, seq) in events {
-                let first = sqlx::query_scalar::<_, String>(
-                    "UPDATE inbox SET delivered_at = $3
-                     WHERE user_id = $1 AND seq = $2 AND delivered_at IS NULL
-                     RETURNING kind",
-                )
-                .bind(user)
-                .bind(seq)
-                .bind(at)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if first.as_deref() != Some("message") {
-                    continue;
+                rows.push("(");
+                rows.push_bind_unseparated(*user);
+                rows.push_unseparated(", ");
+                rows.push_bind_unseparated(*seq);
+                rows.push_unseparated(")");
+            }
+            first.push(") RETURNING message_id, kind");
+            let marked: Vec<(MessageId, String)> =
+                first.build_query_as().fetch_all(&mut *tx).await?;
+            let messages: Vec<MessageId> = marked
+                .into_iter()
+                .filter(|(_, kind)| kind == "message")
+                .map(|(id, _)| id)
+                .collect();
+            let mut newly_delivered = Vec::new();
+            if !messages.is_empty() {
+                let mut second = sqlx::QueryBuilder::new("UPDATE messages SET delivered_at = ");
+                second.push_bind(at);
+                second.push(" WHERE delivered_at IS NULL AND id IN (");
+                let mut ids = second.separated(", ");
+                for id in &messages {
+                    ids.push_bind(*id);
                 }
-                let message = sqlx::query_as::<_, Message>(concat!(
-                    "UPDATE messages SET delivered_at = $3
-                     WHERE id = (SELECT message_id FROM inbox WHERE user_id = $1 AND seq = $2)
-                       AND delivered_at IS NULL
-                     RETURNING ",
-                    message_cols!()
-                ))
-                .bind(user)
-                .bind(seq)
-                .bind(at)
-                .fetch_optional(&mut *tx)
-                .await?;
-                newly_delivered.extend(message);
+                second.push(") RETURNING ");
+                second.push(message_cols!());
+                newly_delivered = second.build_query_as::<Message>().fetch_all(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(newly_delivered)
