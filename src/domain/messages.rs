@@ -8,7 +8,7 @@ use crate::{
     error::{Error, Result},
     events::Event,
     model::{ConversationId, Message, MessageId, UserId, now},
-    store::{InboxKind, NewMessage},
+    store::{InboxKind, NewMessage, PendingMessage},
 };
 
 const MAX_MESSAGE_TYPE_LEN: usize = 32;
@@ -35,6 +35,31 @@ pub async fn send(
     sender: UserId,
     request: SendMessage,
 ) -> Result<(Message, bool)> {
+    submit(state, sender, request).await?.complete(state).await
+}
+
+/// A message checked and queued for commit; `complete` finishes sending it.
+pub struct Submitted(PendingMessage);
+
+impl Submitted {
+    /// Waits for the commit, then pushes the message to the recipient's sockets (once: a retry
+    /// is not pushed again). Returns the message and whether it is new.
+    pub async fn complete(self, state: &AppState) -> Result<(Message, bool)> {
+        let (message, cursor) = self.0.stored(&state.store).await?;
+        if let Some(cursor) = cursor {
+            let event = Event::inbox(&message, cursor, InboxKind::Message);
+            state
+                .hub
+                .send_inbox(message.recipient_id, cursor, &event.encode());
+            crate::metrics::message_routed("direct", message.created_at);
+        }
+        Ok((message, cursor.is_some()))
+    }
+}
+
+/// Checks a message and queues it for the next group commit, without waiting for the commit:
+/// a socket's later messages can join the same commit.
+pub async fn submit(state: &AppState, sender: UserId, request: SendMessage) -> Result<Submitted> {
     let message_type = request.message_type.trim();
     if message_type.is_empty() || message_type.len() > MAX_MESSAGE_TYPE_LEN {
         return Err(Error::invalid(format!(
@@ -60,9 +85,9 @@ pub async fn send(
             "conversationId does not match the recipient",
         ));
     }
-    let (message, cursor) = state
+    let pending = state
         .store
-        .insert_message(NewMessage {
+        .queue_message(NewMessage {
             id: request.id.unwrap_or_else(|| MessageId(Uuid::now_v7())),
             conversation_id: conversation.id,
             sender_id: sender,
@@ -72,14 +97,7 @@ pub async fn send(
             created_at: now(),
         })
         .await?;
-    if let Some(cursor) = cursor {
-        let event = Event::inbox(&message, cursor, InboxKind::Message);
-        state
-            .hub
-            .send_inbox(message.recipient_id, cursor, &event.encode());
-        crate::metrics::message_routed("direct", message.created_at);
-    }
-    Ok((message, cursor.is_some()))
+    Ok(Submitted(pending))
 }
 
 /// Marks a message read on behalf of its recipient and tells the sender. Idempotent; a call by

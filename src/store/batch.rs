@@ -43,16 +43,28 @@ impl Batcher {
         Self { jobs }
     }
 
-    /// Inserts `message` in the next group commit; see `Store::insert_messages`.
-    pub(super) async fn insert(&self, message: NewMessage) -> Result<Inserted> {
+    /// Queues `message` for the next group commit; the answer comes once it is committed.
+    pub(super) async fn enqueue(&self, message: NewMessage) -> Result<Committed> {
         let (reply, answer) = oneshot::channel();
-        let stopped = || Error::Internal(anyhow::anyhow!("the message writer stopped"));
         self.jobs
             .send(Job { message, reply })
             .await
             .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(Committed(answer))
     }
+}
+
+/// A message queued for a group commit (see `Batcher::enqueue`).
+pub(super) struct Committed(oneshot::Receiver<Result<Inserted>>);
+
+impl Committed {
+    pub(super) async fn wait(self) -> Result<Inserted> {
+        self.0.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> Error {
+    Error::Internal(anyhow::anyhow!("the message writer stopped"))
 }
 
 async fn run(store: Store, mut queue: mpsc::Receiver<Job>) {

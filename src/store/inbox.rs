@@ -162,7 +162,10 @@ impl Store {
                 }
                 second.push(") RETURNING ");
                 second.push(message_cols!());
-                newly_delivered = second.build_query_as::<Message>().fetch_all(&mut *tx).await?;
+                newly_delivered = second
+                    .build_query_as::<Message>()
+                    .fetch_all(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(newly_delivered)

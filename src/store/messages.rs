@@ -25,6 +25,40 @@ macro_rules! message_cols {
 }
 pub(crate) use message_cols;
 
+/// A message on its way to a commit (`Store::queue_message`).
+pub struct PendingMessage {
+    id: MessageId,
+    sender: UserId,
+    state: Pending,
+}
+
+enum Pending {
+    Queued(super::batch::Committed),
+    Done(Option<(Message, i64)>),
+}
+
+impl PendingMessage {
+    /// Waits for the commit. Returns the stored message and its inbox number for the
+    /// recipient, or — when this sender already stored this id (a retry) — the existing message
+    /// and `None`. The id taken by another sender is a `Conflict`.
+    pub async fn stored(self, store: &Store) -> Result<(Message, Option<i64>)> {
+        let inserted = match self.state {
+            Pending::Queued(committed) => committed.wait().await?,
+            Pending::Done(inserted) => inserted,
+        };
+        if let Some((message, cursor)) = inserted {
+            return Ok((message, Some(cursor)));
+        }
+        match store.message(self.id).await? {
+            Some(existing) if existing.sender_id == self.sender => Ok((existing, None)),
+            _ => Err(Error::Conflict {
+                code: "id_taken",
+                message: "this message id is already used",
+            }),
+        }
+    }
+}
+
 /// A validated message, ready to store.
 pub struct NewMessage {
     pub id: MessageId,
@@ -38,29 +72,23 @@ pub struct NewMessage {
 
 impl Store {
     /// Stores a message, bumps its conversation and puts it in the recipient's inbox, in one
-    /// transaction (shared with the messages sent meanwhile). Returns the stored message and its
-    /// inbox number for the recipient, or — when this sender already stored this id (a retry) —
-    /// the existing message and `None`. The id taken by another sender is a `Conflict`.
+    /// transaction (shared with the messages sent meanwhile). See `PendingMessage::stored`.
     pub async fn insert_message(&self, new: NewMessage) -> Result<(Message, Option<i64>)> {
+        self.queue_message(new).await?.stored(self).await
+    }
+
+    /// Queues a message for the next group commit without waiting for it: a socket can go on
+    /// reading while its earlier messages commit (in the order they were queued).
+    pub async fn queue_message(&self, new: NewMessage) -> Result<PendingMessage> {
         let (id, sender) = (new.id, new.sender_id);
-        let inserted = match &self.batcher {
-            Some(batcher) => batcher.insert(new).await?,
-            None => self
-                .insert_messages(std::slice::from_ref(&new))
-                .await?
-                .pop()
-                .flatten(),
+        let state = match &self.batcher {
+            Some(batcher) => Pending::Queued(batcher.enqueue(new).await?),
+            None => {
+                let inserted = self.insert_messages(std::slice::from_ref(&new)).await?;
+                Pending::Done(inserted.into_iter().next().flatten())
+            }
         };
-        if let Some((message, cursor)) = inserted {
-            return Ok((message, Some(cursor)));
-        }
-        match self.message(id).await? {
-            Some(existing) if existing.sender_id == sender => Ok((existing, None)),
-            _ => Err(Error::Conflict {
-                code: "id_taken",
-                message: "this message id is already used",
-            }),
-        }
+        Ok(PendingMessage { id, sender, state })
     }
 
     /// Inserts messages in one transaction; for each, the stored message and its recipient's

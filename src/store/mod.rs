@@ -29,7 +29,7 @@ pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::{NewContent, StoredContent};
 pub use inbox::{InboxEntry, InboxKind};
 pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
-pub use messages::NewMessage;
+pub use messages::{NewMessage, PendingMessage};
 pub use security::{RetentionCutoffs, Rotation, Swept};
 pub use stories::NewStory;
 pub use users::NewUser;

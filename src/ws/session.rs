@@ -18,11 +18,11 @@ use super::{
 use crate::{
     AppState,
     auth::TokenClaims,
-    domain,
+    domain::{self, messages::Submitted},
     error::{Error, Result},
     events::Event,
     hub::{self, CloseReason, CloseSignal, Outgoing},
-    model::{Presence, UserId, now},
+    model::{MessageId, Presence, UserId, now},
 };
 
 /// What a session's reader needs to answer its own socket.
@@ -31,7 +31,12 @@ struct Socket {
     replies: mpsc::Sender<Outgoing>,
     close: Arc<CloseSignal>,
     limits: FrameLimits,
+    /// Messages queued for commit, acknowledged in order by `ack_in_order`.
+    acks: mpsc::Sender<(Submitted, Option<MessageId>)>,
 }
+
+/// Messages of one socket waiting for their commit at once; past that the reader waits.
+const MESSAGES_IN_FLIGHT: usize = 256;
 
 impl Socket {
     /// Queues a frame for this socket only, behind what is already queued for it.
@@ -75,17 +80,28 @@ pub async fn run(
         domain::presence::connected(&state, user).await;
     }
 
+    let (acks, pending) = mpsc::channel(MESSAGES_IN_FLIGHT);
+    let acker = tokio::spawn(ack_in_order(
+        state.clone(),
+        pending,
+        queue.clone(),
+        close.clone(),
+    ));
     let socket = Socket {
         user,
         replies: queue,
         close: close.clone(),
         limits: FrameLimits::new(&state.config),
+        acks,
     };
     // A device that was offline while its one-time prekeys ran low learns it now.
     if let Some(low) = domain::keys::low_prekeys(&state, user, device).await {
         socket.reply(&low);
     }
     read_loop(&state, &socket, stream).await;
+    // Messages already queued still commit and reach their recipients.
+    drop(socket);
+    let _ = acker.await;
     close.close(CloseReason::PeerGone);
     let _ = writer.await;
 
@@ -147,15 +163,15 @@ async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
     }
     match inbound {
         Inbound::Message(request) => {
+            // Queued, not awaited: the socket's next messages can share the same commit.
             let client_id = request.id;
-            let (message, _) = domain::messages::send(state, user, request).await?;
-            socket.reply(&Event::MessageAck {
-                id: message.id,
-                client_id,
-                conversation_id: message.conversation_id,
-                timestamp: message.created_at,
-                seq: message.seq,
-            });
+            let submitted = domain::messages::submit(state, user, request).await?;
+            let stopped = |_| Error::Internal(anyhow::anyhow!("the ack pipeline stopped"));
+            socket
+                .acks
+                .send((submitted, client_id))
+                .await
+                .map_err(stopped)?;
         }
         Inbound::TypingIndicator(t) => {
             domain::conversations::typing(state, user, t.conversation_id, t.is_typing).await?;
@@ -196,6 +212,35 @@ async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Acknowledges a socket's messages in the order it sent them, each once committed (and pushed
+/// to its recipient); a message that could not be stored gets an `error` frame instead.
+async fn ack_in_order(
+    state: AppState,
+    mut pending: mpsc::Receiver<(Submitted, Option<MessageId>)>,
+    replies: mpsc::Sender<Outgoing>,
+    close: Arc<CloseSignal>,
+) {
+    while let Some((submitted, client_id)) = pending.recv().await {
+        let answer = match submitted.complete(&state).await {
+            Ok((message, _)) => Event::MessageAck {
+                id: message.id,
+                client_id,
+                conversation_id: message.conversation_id,
+                timestamp: message.created_at,
+                seq: message.seq,
+            },
+            Err(e) => {
+                e.log_if_internal();
+                Event::Error {
+                    code: e.code(),
+                    message: e.to_string(),
+                }
+            }
+        };
+        hub::push(&replies, &close, Outgoing::Frame(answer.encode()));
+    }
 }
 
 /// Whether a read failed because the client sent a frame above the configured maximum.
