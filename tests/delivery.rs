@@ -22,6 +22,7 @@ scenarios!(
     both_sides_see_one_order_of_a_conversation,
     a_socket_that_stops_answering_is_closed_and_goes_offline,
     concurrent_senders_share_commits_and_the_inbox_has_no_gaps,
+    a_retry_in_the_same_commit_is_stored_and_pushed_once,
     catch_up_cursors_are_inbox_numbers_not_message_seqs,
 );
 
@@ -445,5 +446,25 @@ async fn concurrent_senders_share_commits_and_the_inbox_has_no_gaps(engine: Engi
         ids.iter().collect::<std::collections::HashSet<_>>().len(),
         100
     );
+    b.expect_quiet().await;
+}
+
+async fn a_retry_in_the_same_commit_is_stored_and_pushed_once(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
+    let id = uuid::Uuid::new_v4().to_string();
+    let frame = json!({"id": id, "recipientId": bob.id, "messageType": "text"});
+    // Back to back, without waiting: both may land in one group commit.
+    a.send("message", frame.clone()).await;
+    a.send("message", frame).await;
+    let first = a.expect("message_ack").await;
+    let second = a.expect("message_ack").await;
+    assert_eq!(
+        (first["id"].as_str(), second["id"].as_str()),
+        (Some(id.as_str()), Some(id.as_str()))
+    );
+    assert_eq!(b.expect("message").await["id"], id.as_str());
     b.expect_quiet().await;
 }

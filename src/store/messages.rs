@@ -1,5 +1,7 @@
 //! Message metadata: insert (idempotent per sender and id), history pages, read state.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, Utc};
 
 use super::{Store, with_pool};
@@ -97,41 +99,115 @@ impl Store {
         &self,
         batch: &[NewMessage],
     ) -> Result<Vec<Option<(Message, i64)>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A handful of statements per batch, whatever its size: on SQLite every statement is a
+        // round trip to the connection's thread, and the batch is one commit either way.
+        let mut conversations: Vec<ConversationId> =
+            batch.iter().map(|m| m.conversation_id).collect();
+        conversations.sort_unstable();
+        conversations.dedup();
+        let latest = batch
+            .iter()
+            .map(|m| m.created_at)
+            .max()
+            .unwrap_or_else(crate::model::now);
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
+            // Conversation rows are locked first (in id order), so that within a conversation
+            // the order of `seq` is the order of commits, whichever node writes.
+            let mut bump = sqlx::QueryBuilder::new("UPDATE conversations SET last_message_at = ");
+            bump.push_bind(latest).push(" WHERE id IN (");
+            let mut ids = bump.separated(", ");
+            for id in &conversations {
+                ids.push_bind(*id);
+            }
+            bump.push(")");
+            bump.build().execute(&mut *tx).await?;
+
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type, \
+                 session_id, created_at) ",
+            );
+            insert.push_values(batch, |mut row, m| {
+                row.push_bind(m.id)
+                    .push_bind(m.conversation_id)
+                    .push_bind(m.sender_id)
+                    .push_bind(m.recipient_id)
+                    .push_bind(m.message_type.clone())
+                    .push_bind(m.session_id.clone())
+                    .push_bind(m.created_at);
+            });
+            insert
+                .push(" ON CONFLICT (id) DO NOTHING RETURNING ")
+                .push(message_cols!());
+            let stored: Vec<Message> = insert.build_query_as().fetch_all(&mut *tx).await?;
+            let mut stored: HashMap<MessageId, Message> =
+                stored.into_iter().map(|m| (m.id, m)).collect();
+            // In batch order; a repeated id (a retry in the same batch) is stored once.
+            let inserted: Vec<Option<Message>> =
+                batch.iter().map(|m| stored.remove(&m.id)).collect();
+
+            let mut per_recipient: BTreeMap<UserId, i64> = BTreeMap::new();
+            for message in inserted.iter().flatten() {
+                *per_recipient.entry(message.recipient_id).or_default() += 1;
+            }
+            let mut next_seq: HashMap<UserId, i64> = HashMap::new();
+            if !per_recipient.is_empty() {
+                // One bump per recipient (in id order), in one statement: each gets a range.
+                let mut heads =
+                    sqlx::QueryBuilder::new("UPDATE users SET inbox_seq = inbox_seq + CASE id");
+                for (user, count) in &per_recipient {
+                    heads
+                        .push(" WHEN ")
+                        .push_bind(*user)
+                        .push(" THEN ")
+                        .push_bind(*count);
+                }
+                heads.push(" END WHERE id IN (");
+                let mut ids = heads.separated(", ");
+                for user in per_recipient.keys() {
+                    ids.push_bind(*user);
+                }
+                heads.push(") RETURNING id, inbox_seq");
+                let ends: Vec<(UserId, i64)> = heads.build_query_as().fetch_all(&mut *tx).await?;
+                for (user, end) in ends {
+                    next_seq.insert(
+                        user,
+                        end - per_recipient.get(&user).copied().unwrap_or(0) + 1,
+                    );
+                }
+            }
             let mut results = Vec::with_capacity(batch.len());
-            for new in batch {
-                // The conversation row is locked first, so that within a conversation the
-                // order of `seq` is the order of commits.
-                sqlx::query("UPDATE conversations SET last_message_at = $2 WHERE id = $1")
-                    .bind(new.conversation_id)
-                    .bind(new.created_at)
-                    .execute(&mut *tx)
-                    .await?;
-                let row = sqlx::query_as::<_, Message>(concat!(
-                    "INSERT INTO messages (id, conversation_id, sender_id, recipient_id,
-                                           message_type, session_id, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
-                     ON CONFLICT (id) DO NOTHING
-                     RETURNING ",
-                    message_cols!()
-                ))
-                .bind(new.id)
-                .bind(new.conversation_id)
-                .bind(new.sender_id)
-                .bind(new.recipient_id)
-                .bind(&new.message_type)
-                .bind(&new.session_id)
-                .bind(new.created_at)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(message) = row else {
+            let mut entries = Vec::new();
+            for message in inserted {
+                let Some(message) = message else {
                     results.push(None);
                     continue;
                 };
-                let cursor =
-                    super::inbox::append!(tx, new.recipient_id, "message", new.id, new.created_at);
+                let Some(seq) = next_seq.get_mut(&message.recipient_id) else {
+                    return Err(Error::Internal(anyhow::anyhow!(
+                        "recipient vanished mid-batch"
+                    )));
+                };
+                entries.push((message.recipient_id, *seq, message.id, message.created_at));
+                *seq += 1;
+                let cursor = entries.last().map_or(0, |e| e.1);
                 results.push(Some((message, cursor)));
+            }
+            if !entries.is_empty() {
+                let mut inbox = sqlx::QueryBuilder::new(
+                    "INSERT INTO inbox (user_id, seq, kind, message_id, created_at) ",
+                );
+                inbox.push_values(&entries, |mut row, (user, seq, id, at)| {
+                    row.push_bind(*user)
+                        .push_bind(*seq)
+                        .push_bind("message")
+                        .push_bind(*id)
+                        .push_bind(*at);
+                });
+                inbox.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(results)
