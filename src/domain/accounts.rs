@@ -116,7 +116,7 @@ pub async fn login(state: &AppState, form: Credentials) -> Result<Session> {
             .store
             .upgrade_password_hash(user.id, &previous, &upgraded)
             .await?;
-        tracing::info!(user = %user.id, "password hash upgraded to Argon2id");
+        tracing::info!(user = %user.id, "stored hash upgraded to Argon2id");
     }
     let tokens = sessions::start(state, user.id).await?;
     Ok(Session { tokens, user })

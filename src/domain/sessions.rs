@@ -66,7 +66,7 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<(Tokens, U
             Ok((tokens(state, user, session, next)?, profile))
         }
         Rotation::Reused { session, user } => {
-            tracing::warn!(%user, %session, "refresh token reused: session revoked");
+            tracing::warn!(%user, %session, "a used refresh credential came back: session revoked");
             state.hub.close_session(session, CloseReason::Revoked);
             Err(Error::Unauthorized)
         }
