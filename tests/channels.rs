@@ -13,7 +13,7 @@ scenarios!(
     bad_channels_are_rejected_with_400,
     anyone_may_join_a_public_channel_and_members_may_leave,
     private_channels_are_entered_only_when_the_creator_adds_you,
-    a_third_user_gets_403_on_every_resource_of_a_channel_they_are_not_in,
+    a_third_user_can_use_no_channel_they_are_not_in,
     unknown_channels_are_404_everywhere,
     a_post_reaches_online_members_except_the_sender_in_both_key_styles,
     a_retried_message_id_is_stored_once_and_cannot_be_taken_by_another_sender,
@@ -177,8 +177,9 @@ async fn private_channels_are_entered_only_when_the_creator_adds_you(engine: Eng
     let (status, body) = app
         .post(&format!("/api/channels/{cid}/join"), &bob.token, json!({}))
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(body["error"]["code"], "forbidden");
+    // Outsiders learn nothing of a private channel: the same answer as for no channel.
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
 
     let members = format!("/api/channels/{cid}/members");
     let (status, added) = app
@@ -212,7 +213,9 @@ async fn private_channels_are_entered_only_when_the_creator_adds_you(engine: Eng
     assert_eq!(list, json!([]));
 }
 
-async fn a_third_user_gets_403_on_every_resource_of_a_channel_they_are_not_in(engine: Engine) {
+/// A public channel answers 403 to a non-member (it is open to anyone who joins); a private one
+/// answers 404, as if it did not exist.
+async fn a_third_user_can_use_no_channel_they_are_not_in(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let alice = app.register("alice").await;
     let mallory = app.register("mallory").await;
@@ -221,15 +224,17 @@ async fn a_third_user_gets_403_on_every_resource_of_a_channel_they_are_not_in(en
     let (status, _) = post_message(&app, &alice, id(&private)).await;
     assert_eq!(status, StatusCode::CREATED);
 
-    for channel in [&private, &public] {
+    for (channel, refused) in [
+        (&private, StatusCode::NOT_FOUND),
+        (&public, StatusCode::FORBIDDEN),
+    ] {
         let cid = id(channel);
         let (status, body) = app
             .get(&format!("/api/channels/{cid}/messages"), &mallory.token)
             .await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-        assert_eq!(body["error"]["code"], "forbidden");
+        assert_eq!(status, refused, "{body}");
         let (status, _) = post_message(&app, &mallory, cid).await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(status, refused);
         let (status, _) = app
             .post(
                 &format!("/api/channels/{cid}/leave"),
@@ -237,7 +242,7 @@ async fn a_third_user_gets_403_on_every_resource_of_a_channel_they_are_not_in(en
                 json!({}),
             )
             .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(status, refused);
         let (status, _) = app
             .post(
                 &format!("/api/channels/{cid}/members"),
@@ -245,7 +250,7 @@ async fn a_third_user_gets_403_on_every_resource_of_a_channel_they_are_not_in(en
                 json!({"user_id": mallory.id}),
             )
             .await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "cannot add themself");
+        assert_eq!(status, refused, "cannot add themself");
     }
     let (status, _) = app
         .post(
@@ -254,7 +259,7 @@ async fn a_third_user_gets_403_on_every_resource_of_a_channel_they_are_not_in(en
             json!({}),
         )
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, list) = app.get("/api/channels", &mallory.token).await;
     assert_eq!(list, json!([]));
     // Nothing mallory tried changed the channels.
@@ -448,7 +453,7 @@ async fn a_channel_message_frame_is_acked_fanned_out_and_refused_to_non_members(
             json!({"channelId": cid, "messageType": "text"}),
         )
         .await;
-    assert_eq!(mallory_ws.expect("error").await["code"], "forbidden");
+    assert_eq!(mallory_ws.expect("error").await["code"], "not_found");
     mallory_ws
         .send("channel_message", json!({"channelId": cid}))
         .await;

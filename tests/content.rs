@@ -151,7 +151,8 @@ async fn content_under_an_app_id_goes_to_the_oldest_message_awaiting_content(eng
             upload(BLOB),
         )
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The same answer as for someone else's message: ids tell nothing.
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
 async fn a_fetch_before_the_upload_waits_for_it(engine: Engine) {
@@ -194,7 +195,8 @@ async fn a_fetch_for_content_that_never_comes_gives_up_with_404(engine: Engine) 
     let (status, _) = app
         .get(&format!("/api/messages/{unknown}/content"), &bob.token)
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // An unknown id answers like someone else's message: 403, telling nothing.
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
 async fn bad_content_is_refused_and_stores_nothing(engine: Engine) {

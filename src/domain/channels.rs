@@ -204,12 +204,14 @@ pub async fn post(
     Ok((message, created))
 }
 
+/// The caller's access to a channel. A private channel the caller is not in answers like a
+/// channel that does not exist: outsiders learn nothing of it. (A public channel is open to
+/// anyone who joins, so a non-member is told 403, as the app expects.)
 async fn access(state: &AppState, id: ChannelId, user: UserId) -> Result<ChannelAccess> {
-    state
-        .store
-        .channel_access(id, user)
-        .await?
-        .ok_or(Error::NotFound("channel"))
+    match state.store.channel_access(id, user).await? {
+        Some(access) if access.is_member || !access.is_private => Ok(access),
+        _ => Err(Error::NotFound("channel")),
+    }
 }
 
 async fn member(state: &AppState, id: ChannelId, user: UserId) -> Result<()> {

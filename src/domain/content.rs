@@ -114,19 +114,22 @@ pub async fn store(
 
 /// The content of message `id` for one of its two participants, waiting a bounded time for a
 /// blob the sender has not uploaded yet.
+/// An id the caller is not a participant of gets 403 whether or not the message exists, so the
+/// answer tells nothing about other people's messages.
 pub async fn fetch(state: &AppState, user: UserId, id: MessageId) -> Result<ContentBody> {
+    let not_yours = || Error::Forbidden("not a participant of this message");
     let message_id = state
         .store
         .resolve_message_id(id)
         .await?
-        .ok_or(Error::NotFound("message"))?;
+        .ok_or_else(not_yours)?;
     let message = state
         .store
         .message(message_id)
         .await?
-        .ok_or(Error::NotFound("message"))?;
+        .ok_or_else(not_yours)?;
     if message.sender_id != user && message.recipient_id != user {
-        return Err(Error::Forbidden("not a participant of this message"));
+        return Err(not_yours());
     }
     let deadline = Instant::now() + state.config.content_wait;
     let bell = state.content_waiters.bell(message_id);

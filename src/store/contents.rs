@@ -24,6 +24,10 @@ pub struct StoredContent {
     pub expires_at: DateTime<Utc>,
 }
 
+/// One answer for "someone else's message" and "no message of yours awaits content": a caller
+/// learns nothing about ids that are not theirs.
+const NOT_YOURS: &str = "no message of yours awaits this content";
+
 /// How far back an app-generated id may claim a content-less message.
 const ALIAS_WINDOW_SECONDS: i64 = 60;
 /// Claim attempts when concurrent uploads race for the same oldest message.
@@ -53,9 +57,7 @@ impl Store {
             .await?;
             let target = match known {
                 Some((_, owner)) if owner != sender => {
-                    return Err(Error::Forbidden(
-                        "only the sender may store a message's content",
-                    ));
+                    return Err(Error::Forbidden(NOT_YOURS));
                 }
                 Some((id, _)) => {
                     sqlx::query(
@@ -91,7 +93,7 @@ impl Store {
                             break;
                         }
                     }
-                    let id = claimed.ok_or(Error::NotFound("message awaiting content"))?;
+                    let id = claimed.ok_or(Error::Forbidden(NOT_YOURS))?;
                     sqlx::query(
                         "INSERT INTO message_aliases (alias_id, message_id) VALUES ($1, $2)",
                     )
