@@ -49,6 +49,11 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(3)
 }
 
+/// The name the app shows: `name`, or the username when the name is missing or blank.
+pub fn display_name(username: String, name: Option<String>) -> String {
+    name.filter(|n| !n.trim().is_empty()).unwrap_or(username)
+}
+
 /// A user as other users and the user themself see it (never the password hash).
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct User {
@@ -58,16 +63,6 @@ pub struct User {
     pub name: Option<String>,
     pub avatar_url: Option<String>,
     pub created_at: DateTime<Utc>,
-}
-
-impl User {
-    /// What the app shows for this user: the name, or the username when there is none.
-    pub fn display_name(&self) -> &str {
-        self.name
-            .as_deref()
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or(&self.username)
-    }
 }
 
 /// What the app can set as its presence; `Offline` is also set when the last socket closes.

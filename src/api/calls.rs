@@ -12,7 +12,7 @@ use crate::{
     auth::AuthUser,
     domain::calls,
     error::Result,
-    model::{Call, CallId, CallType, UserId},
+    model::{Call, CallId, CallType, UserId, display_name},
     store::CallRecord,
 };
 
@@ -45,10 +45,6 @@ pub struct HistoryEntry {
     recipient_name: String,
     #[serde(rename = "type")]
     direction: &'static str,
-}
-
-fn display(name: Option<String>, username: String) -> String {
-    name.filter(|n| !n.trim().is_empty()).unwrap_or(username)
 }
 
 #[derive(Deserialize)]
@@ -98,8 +94,8 @@ pub async fn history(
             } else {
                 "incoming"
             },
-            caller_name: display(r.caller_name, r.caller_username),
-            recipient_name: display(r.recipient_name, r.recipient_username),
+            caller_name: display_name(r.caller_username, r.caller_name),
+            recipient_name: display_name(r.recipient_username, r.recipient_name),
             call: r.call.into(),
         })
         .collect();

@@ -243,7 +243,7 @@ async fn ring(state: &AppState, call: &Call) -> Result<()> {
     let event = Event::CallRequestFull {
         call_id: call.id_for(call.recipient_id).to_owned(),
         caller_id: call.caller_id,
-        caller_name: caller.as_ref().map(|u| u.display_name().to_owned()),
+        caller_name: caller.map(|u| crate::model::display_name(u.username, u.name)),
         recipient_id: call.recipient_id,
         call_type: call.call_type.clone(),
         timestamp: call.created_at,

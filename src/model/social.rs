@@ -3,12 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub(crate) use super::display_name;
 use super::{ChannelId, ChannelMessageId, StoryId, UserId};
-
-/// The name the app shows: `name`, or the username when the name is missing or blank.
-pub(crate) fn display_name(username: String, name: Option<String>) -> String {
-    name.filter(|n| !n.trim().is_empty()).unwrap_or(username)
-}
 
 /// A story as one viewer sees it.
 #[derive(Clone, Debug, Serialize)]

@@ -77,10 +77,7 @@ struct SummaryRow {
 
 impl From<SummaryRow> for ConversationSummary {
     fn from(row: SummaryRow) -> Self {
-        let participant_name = row
-            .name
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| row.username.clone());
+        let participant_name = crate::model::display_name(row.username.clone(), row.name);
         Self {
             id: row.id,
             participant_id: row.participant_id,
