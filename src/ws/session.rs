@@ -77,7 +77,7 @@ pub async fn run(
     let opened = Instant::now();
     tracing::info!(%user, socket_id, device, "socket opened");
     if first {
-        domain::presence::connected(&state, user).await;
+        Box::pin(domain::presence::connected(&state, user)).await;
     }
 
     let (acks, pending) = mpsc::channel(MESSAGES_IN_FLIGHT);
@@ -95,7 +95,7 @@ pub async fn run(
         acks,
     };
     // A device that was offline while its one-time prekeys ran low learns it now.
-    if let Some(low) = domain::keys::low_prekeys(&state, user, device).await {
+    if let Some(low) = Box::pin(domain::keys::low_prekeys(&state, user, device)).await {
         socket.reply(&low);
     }
     read_loop(&state, &socket, stream).await;
@@ -106,7 +106,7 @@ pub async fn run(
     let _ = writer.await;
 
     if state.hub.detach(user, socket_id) {
-        domain::presence::disconnected(&state, user).await;
+        Box::pin(domain::presence::disconnected(&state, user)).await;
     }
     let reason = crate::metrics::socket_closed(close.reason_or(CloseReason::PeerGone));
     let duration_ms = opened.elapsed().as_millis() as u64;
@@ -134,7 +134,9 @@ async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<We
         };
         match message {
             Message::Text(text) => {
-                if let Err(e) = handle(state, socket, text.as_str()).await {
+                // Boxed: a future holds the state of its largest branch for as long as it
+                // lives; an idle socket should not carry the biggest handler's.
+                if let Err(e) = Box::pin(handle(state, socket, text.as_str())).await {
                     e.log_if_internal();
                     socket.reply(&Event::Error {
                         code: e.code(),
@@ -223,7 +225,7 @@ async fn ack_in_order(
     close: Arc<CloseSignal>,
 ) {
     while let Some((submitted, client_id)) = pending.recv().await {
-        let answer = match submitted.complete(&state).await {
+        let answer = match Box::pin(submitted.complete(&state)).await {
             Ok((message, _)) => Event::MessageAck {
                 id: message.id,
                 client_id,

@@ -65,7 +65,7 @@ impl Writer {
             last_sent: 0,
             written: Vec::new(),
         };
-        let mut reason = match self.catch_up(&mut progress, start).await {
+        let mut reason = match Box::pin(self.catch_up(&mut progress, start)).await {
             Ok(()) => None,
             Err(stop) => Some(self.stop_reason(stop)),
         };
@@ -181,7 +181,7 @@ impl Writer {
                     if seq > progress.last_sent + 1 {
                         // An earlier event's push is late or lost: the store has it.
                         let after = progress.last_sent;
-                        self.write_inbox(progress, after, seq, false).await?;
+                        Box::pin(self.write_inbox(progress, after, seq, false)).await?;
                     } else {
                         self.feed(frame).await?;
                         progress.written.push(seq);
@@ -190,14 +190,14 @@ impl Writer {
                 }
                 Outgoing::Resync { since } => {
                     self.flush(progress).await?;
-                    self.catch_up(progress, StartFrom::Cursor(since)).await?;
+                    Box::pin(self.catch_up(progress, StartFrom::Cursor(since))).await?;
                 }
                 Outgoing::Refill => {
-                    let head = self.store(self.state.store.inbox_head(self.user)).await?;
+                    let head = Box::pin(self.store(self.state.store.inbox_head(self.user))).await?;
                     if head > progress.last_sent {
                         self.flush(progress).await?;
                         let after = progress.last_sent;
-                        self.write_inbox(progress, after, head, false).await?;
+                        Box::pin(self.write_inbox(progress, after, head, false)).await?;
                         progress.last_sent = head;
                     }
                 }
