@@ -71,14 +71,15 @@ pub async fn run(
         user,
         expires_at: Instant::now() + expires_in,
     };
+    // Online before the socket is sent anything: whoever hears from this user sees them online.
+    if first {
+        Box::pin(domain::presence::connected(&state, user)).await;
+    }
     // Attached before catching up: whatever is committed later reaches the queue, and the
     // writer skips what the catch-up already wrote.
     let writer = tokio::spawn(writer.run(start));
     let opened = Instant::now();
     tracing::info!(%user, socket_id, device, "socket opened");
-    if first {
-        Box::pin(domain::presence::connected(&state, user)).await;
-    }
 
     let (acks, pending) = mpsc::channel(MESSAGES_IN_FLIGHT);
     let acker = tokio::spawn(ack_in_order(
