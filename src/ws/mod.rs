@@ -51,7 +51,10 @@ pub async fn upgrade(
         .transpose()?;
     let device = keys::device_id(device)?;
     let start = match query.as_deref().and_then(|q| param(q, "since")) {
-        None => StartFrom::Undelivered,
+        // Read before the socket is attached: later events are live for it (see `StartFrom`).
+        None => StartFrom::Undelivered {
+            live_after: state.store.inbox_head(claims.user_id).await?,
+        },
         Some(raw) => StartFrom::Cursor(
             raw.parse()
                 .map_err(|_| Error::invalid("since must be a cursor (an integer)"))?,

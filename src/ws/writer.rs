@@ -33,8 +33,10 @@ const FLUSH_GRACE: Duration = Duration::from_secs(2);
 pub enum StartFrom {
     /// After the event the client names (`?since=`): exact, per device.
     Cursor(i64),
-    /// Whatever no socket of the user was sent yet (clients that keep no cursor).
-    Undelivered,
+    /// Whatever no socket of the user was sent yet (clients that keep no cursor): among the
+    /// events up to `live_after` (the inbox's end, read before the socket was attached), those
+    /// not delivered; every later one, delivered elsewhere or not — it is live for this socket.
+    Undelivered { live_after: i64 },
 }
 
 pub struct Writer {
@@ -121,12 +123,17 @@ impl Writer {
     /// Writes the inbox events `start` calls for, up to the inbox's current end.
     async fn catch_up(&mut self, progress: &mut Progress, start: StartFrom) -> Result<(), Stop> {
         let head = self.store(self.state.store.inbox_head(self.user)).await?;
-        let (after, undelivered_only) = match start {
-            StartFrom::Cursor(since) => (since.max(0), false),
-            StartFrom::Undelivered => (0, true),
-        };
-        self.write_inbox(progress, after, head, undelivered_only)
-            .await?;
+        match start {
+            StartFrom::Cursor(since) => {
+                self.write_inbox(progress, since.max(0), head, false)
+                    .await?
+            }
+            StartFrom::Undelivered { live_after } => {
+                let old = live_after.clamp(0, head);
+                self.write_inbox(progress, 0, old, true).await?;
+                self.write_inbox(progress, old, head, false).await?;
+            }
+        }
         // Later events arrive through the queue (or are fetched when one is missing).
         progress.last_sent = head;
         Ok(())
