@@ -129,8 +129,14 @@ async fn metrics_move_after_a_message(engine: Engine) {
             &[("route", "/api/auth/register"), ("status", "201")]
         ) >= 2.0
     );
-    assert!(sample(&after, "kisse_ws_connections", &[]) >= 2.0);
-    assert!(sample(&after, "kisse_users_online", &[]) >= 2.0);
+    // Gauges are process-wide and every server of this test process sets them: only their
+    // presence is checked here; this server's own count is on /health.
+    assert!(after.contains("kisse_ws_connections ") && after.contains("kisse_users_online "));
+    let (_, health) = app.request(Method::GET, "/health", None, None).await;
+    assert!(
+        health["sockets"].as_u64().is_some_and(|n| n >= 2),
+        "{health}"
+    );
     assert!(after.contains("kisse_db_pool_connections{"));
     assert!(after.contains("kisse_message_delivery_seconds_bucket{"));
     // Labels never carry ids or tokens.
