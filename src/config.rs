@@ -104,7 +104,7 @@ pub const SETTINGS: &[Setting] = &[
     setting(
         "HASH_CONCURRENCY",
         "(CPU count)",
-        "password hashes computed at once",
+        "password-hashing threads (run below the priority of message routing)",
     ),
     setting(
         "CONTENT_MAX_BYTES",

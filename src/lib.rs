@@ -117,6 +117,12 @@ impl App {
 pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
     tokio::spawn(domain::sweeper::run(state.clone()));
     tokio::spawn(domain::delivery::run(state.clone()));
+    tokio::spawn(
+        state
+            .store
+            .clone()
+            .checkpoint_periodically(state.shutdown.clone()),
+    );
     tokio::spawn(domain::retention::run(state.clone()));
     tokio::spawn(metrics::upkeep(state.clone()));
     broker::spawn(&state);

@@ -1,27 +1,49 @@
-//! Password hashing with Argon2id (OWASP parameters: m = 19 MiB, t = 2, p = 1), computed on the
-//! blocking pool under a semaphore so that a burst of logins never starves the async workers.
+//! Password hashing with Argon2id (OWASP parameters: m = 19 MiB, t = 2, p = 1).
+//!
+//! Hashes run on a few dedicated threads with a raised nice value: a storm of logins then uses
+//! the CPU time that routing leaves, instead of taking turns with it, and the 19 MiB a hash needs
+//! stays in those threads' allocator arenas instead of one arena per blocking-pool thread.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::{Context, anyhow};
 use argon2::{
     Argon2,
     password_hash::{PasswordHasher as _, PasswordVerifier as _},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+/// How much lower than the async workers the hashing threads run (nice 0 → 10: about a tenth
+/// of a core's share when both want the CPU).
+const HASH_NICENESS: i32 = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
 
 #[derive(Clone)]
 pub struct PasswordHasher {
+    /// One permit per hashing thread, so waiting happens in async code, not in the job queue.
     permits: Arc<Semaphore>,
+    /// Dropped with the last clone, which ends the threads.
+    jobs: mpsc::Sender<(Job, OwnedSemaphorePermit)>,
     /// Verified against when the email is unknown, so both failures cost the same time.
     dummy_hash: Arc<str>,
 }
 
 impl PasswordHasher {
-    pub fn new(concurrency: usize) -> anyhow::Result<Self> {
+    pub fn new(threads: usize) -> anyhow::Result<Self> {
         let dummy_hash = hash_now("not a real password").context("computing the dummy hash")?;
+        let (jobs, queue) = mpsc::channel::<(Job, OwnedSemaphorePermit)>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..threads.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("kisse-hash-{index}"))
+                .spawn(move || run_hashing_thread(&queue))
+                .context("starting a hashing thread")?;
+        }
         Ok(Self {
-            permits: Arc::new(Semaphore::new(concurrency)),
+            permits: Arc::new(Semaphore::new(threads.max(1))),
+            jobs,
             dummy_hash: dummy_hash.into(),
         })
     }
@@ -50,10 +72,37 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        let _permit = self.permits.acquire().await.context("hasher closed")?;
-        tokio::task::spawn_blocking(work)
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
             .await
-            .context("hashing task failed")
+            .context("hasher closed")?;
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
+        });
+        self.jobs
+            .send((job, permit))
+            .map_err(|_| anyhow!("hashing threads stopped"))?;
+        result.await.context("hashing job failed")
+    }
+}
+
+fn run_hashing_thread(queue: &Mutex<mpsc::Receiver<(Job, OwnedSemaphorePermit)>>) {
+    // On Linux the nice value belongs to the thread: only this one is lowered.
+    if let Err(error) = rustix::process::nice(HASH_NICENESS) {
+        tracing::warn!(%error, "could not lower the priority of a hashing thread");
+    }
+    loop {
+        // The lock is held only while waiting for the next job, never while hashing.
+        let next = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok((job, _permit)) = next else { return };
+        // A panic in the hash must not take the thread (and its share of the pool) with it.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
     }
 }
 
@@ -145,6 +194,18 @@ mod tests {
                 .expect("check"),
             Check::Mismatch
         );
+    }
+
+    #[tokio::test]
+    async fn hashing_runs_below_the_priority_of_the_async_workers() {
+        let hasher = PasswordHasher::new(1).expect("hasher");
+        let ours = rustix::process::getpriority_process(None).expect("own priority");
+        let theirs = hasher
+            .blocking(|| rustix::process::getpriority_process(None))
+            .await
+            .expect("job")
+            .expect("hashing thread priority");
+        assert_eq!(theirs, (ours + HASH_NICENESS).min(19));
     }
 
     #[tokio::test]

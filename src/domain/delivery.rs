@@ -14,7 +14,7 @@ use crate::{
 /// Reports queued before a writer has to wait for the recorder.
 const QUEUE: usize = 16 * 1024;
 /// Reports recorded in one transaction at most.
-const BATCH: usize = 512;
+const BATCH: usize = 2048;
 
 /// Where socket writers report what they delivered.
 pub struct DeliveryLog {
@@ -66,14 +66,11 @@ pub async fn run(state: AppState) {
         match state.store.mark_delivered(&batch, now()).await {
             Ok(delivered) => {
                 for message in delivered {
-                    let Some(delivered_at) = message.delivered_at else {
-                        continue;
-                    };
                     let receipt = Event::DeliveryReceipt {
                         message_id: message.id,
                         conversation_id: message.conversation_id,
                         recipient_id: message.recipient_id,
-                        delivered_at,
+                        delivered_at: message.delivered_at,
                     };
                     super::deliver(&state, [message.sender_id], &receipt);
                 }

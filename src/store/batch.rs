@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Messages committed together at most.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 1024;
 /// Inserts waiting for a commit before callers wait to queue.
 const QUEUE: usize = 4096;
 

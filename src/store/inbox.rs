@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use super::{Store, messages::message_cols, with_pool};
 use crate::{
     error::Result,
-    model::{Message, MessageId, UserId},
+    model::{ConversationId, Message, MessageId, UserId},
 };
 
 /// Appends an event for `$user` inside the open transaction `$tx`, evaluating to its number.
@@ -53,6 +53,16 @@ struct InboxRow {
     kind: String,
     #[sqlx(flatten)]
     message: Message,
+}
+
+/// A message that just reached its recipient for the first time: what its sender is told.
+#[derive(sqlx::FromRow)]
+pub struct FirstDelivery {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub recipient_id: UserId,
+    pub delivered_at: DateTime<Utc>,
 }
 
 pub struct InboxEntry {
@@ -124,7 +134,7 @@ impl Store {
         &self,
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
-    ) -> Result<Vec<Message>> {
+    ) -> Result<Vec<FirstDelivery>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -132,9 +142,9 @@ impl Store {
         // a round trip to the connection's thread.
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
-            let mut first = sqlx::QueryBuilder::new("UPDATE inbox SET delivered_at = ");
-            first.push_bind(at);
-            first.push(" WHERE delivered_at IS NULL AND (user_id, seq) IN (VALUES ");
+            // Joined, not `(user_id, seq) IN (VALUES ...)`: SQLite plans that as a scan of
+            // every undelivered event (all of every offline user's), this as key lookups.
+            let mut first = sqlx::QueryBuilder::new("WITH reported (user_id, seq) AS (VALUES ");
             let mut rows = first.separated(", ");
             for (user, seq) in events {
                 rows.push("(");
@@ -143,7 +153,13 @@ impl Store {
                 rows.push_bind_unseparated(*seq);
                 rows.push_unseparated(")");
             }
-            first.push(") RETURNING message_id, kind");
+            first.push(") UPDATE inbox SET delivered_at = ");
+            first.push_bind(at);
+            first.push(
+                " FROM reported WHERE inbox.user_id = reported.user_id \
+                 AND inbox.seq = reported.seq AND inbox.delivered_at IS NULL \
+                 RETURNING inbox.message_id, inbox.kind",
+            );
             let marked: Vec<(MessageId, String)> =
                 first.build_query_as().fetch_all(&mut *tx).await?;
             let messages: Vec<MessageId> = marked
@@ -160,12 +176,9 @@ impl Store {
                 for id in &messages {
                     ids.push_bind(*id);
                 }
-                second.push(") RETURNING ");
-                second.push(message_cols!());
-                newly_delivered = second
-                    .build_query_as::<Message>()
-                    .fetch_all(&mut *tx)
-                    .await?;
+                second
+                    .push(") RETURNING id, conversation_id, sender_id, recipient_id, delivered_at");
+                newly_delivered = second.build_query_as().fetch_all(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(newly_delivered)

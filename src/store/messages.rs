@@ -72,6 +72,26 @@ pub struct NewMessage {
     pub created_at: DateTime<Utc>,
 }
 
+impl NewMessage {
+    /// The message as a fresh insert stores it, numbered `seq`.
+    fn stored_as(&self, seq: i64) -> Message {
+        Message {
+            id: self.id,
+            seq,
+            conversation_id: self.conversation_id,
+            sender_id: self.sender_id,
+            recipient_id: self.recipient_id,
+            message_type: self.message_type.clone(),
+            session_id: self.session_id.clone(),
+            created_at: self.created_at,
+            is_read: false,
+            read_at: None,
+            delivered_at: None,
+            status: "sent".into(),
+        }
+    }
+}
+
 impl Store {
     /// Stores a message, bumps its conversation and puts it in the recipient's inbox, in one
     /// transaction (shared with the messages sent meanwhile). See `PendingMessage::stored`.
@@ -139,15 +159,15 @@ impl Store {
                     .push_bind(m.session_id.clone())
                     .push_bind(m.created_at);
             });
-            insert
-                .push(" ON CONFLICT (id) DO NOTHING RETURNING ")
-                .push(message_cols!());
-            let stored: Vec<Message> = insert.build_query_as().fetch_all(&mut *tx).await?;
-            let mut stored: HashMap<MessageId, Message> =
-                stored.into_iter().map(|m| (m.id, m)).collect();
+            // Only the numbers come back: the rest of each row is what was just written.
+            insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
+            let stored: Vec<(MessageId, i64)> = insert.build_query_as().fetch_all(&mut *tx).await?;
+            let mut stored: HashMap<MessageId, i64> = stored.into_iter().collect();
             // In batch order; a repeated id (a retry in the same batch) is stored once.
-            let inserted: Vec<Option<Message>> =
-                batch.iter().map(|m| stored.remove(&m.id)).collect();
+            let inserted: Vec<Option<Message>> = batch
+                .iter()
+                .map(|m| stored.remove(&m.id).map(|seq| m.stored_as(seq)))
+                .collect();
 
             let mut per_recipient: BTreeMap<UserId, i64> = BTreeMap::new();
             for message in inserted.iter().flatten() {

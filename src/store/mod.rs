@@ -23,16 +23,19 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
+use tokio_util::sync::CancellationToken;
 
 pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::{NewContent, StoredContent};
-pub use inbox::{InboxEntry, InboxKind};
+pub use inbox::{FirstDelivery, InboxEntry, InboxKind};
 pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::{NewMessage, PendingMessage};
 pub use security::{RetentionCutoffs, Rotation, Swept};
 pub use stories::NewStory;
 pub use users::NewUser;
+
+use crate::error::Result;
 
 /// Which database engine a URL selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +62,17 @@ impl Engine {
         }
     }
 }
+
+/// Pages the SQLite log may reach before the writer checkpoints it itself (40 MiB): normally
+/// `Store::checkpoint_wal` keeps it well below.
+const WAL_BACKSTOP_PAGES: u32 = 10_000;
+/// Rows an SQLite connection's thread may hand over before waiting for them to be read: more
+/// than any one statement returns (a group commit, a catch-up page).
+const ROW_BUFFER: usize = 4096;
+/// Page cache of the SQLite writer, in KiB (64 MiB).
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+/// How often the SQLite log is checkpointed beside the writer.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// SQLite allows one writer at a time: writes go through a single connection so that they
 /// queue in-process instead of failing with SQLITE_BUSY, while reads use a pool (WAL mode).
@@ -131,6 +145,36 @@ impl Store {
         Ok(store)
     }
 
+    /// Copies what the SQLite log holds into the database file, from a reading connection,
+    /// without blocking the writer (PASSIVE); the writer then reuses the log from its start.
+    /// Nothing to do on PostgreSQL.
+    pub async fn checkpoint_wal(&self) -> Result<()> {
+        if let Db::Sqlite(pools) = &self.db {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pools.read)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `checkpoint_wal` every `CHECKPOINT_EVERY` until `shutdown`.
+    pub async fn checkpoint_periodically(self, shutdown: CancellationToken) {
+        if !matches!(self.db, Db::Sqlite(_)) {
+            return;
+        }
+        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            if let Err(e) = self.checkpoint_wal().await {
+                e.log_if_internal();
+            }
+        }
+    }
+
     async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .context("parsing DATABASE_URL")?
@@ -139,10 +183,23 @@ impl Store {
             // FULL: an acknowledged message survives a power cut, not only a crash.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // The connection's thread hands rows over through a channel of this size; when it
+            // is full the thread waits for the reader task, which costs a thread hand-off per
+            // few rows of a batch's RETURNING or a catch-up page.
+            .row_buffer_size(ROW_BUFFER);
+        // The writer checkpoints only as a backstop: `checkpoint_wal` runs beside it, so
+        // copying the log into the database does not stall commits.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string())
+                    // A group commit dirties pages all over the message and inbox indexes; with
+                    // SQLite's default 2 MiB cache it spills and rereads them mid-transaction.
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
+            )
             .await
             .context("opening the SQLite database")?;
         // An in-memory database exists once per connection: share the writer for reads.
