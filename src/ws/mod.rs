@@ -19,6 +19,9 @@ use crate::{AppState, auth, domain::keys, error::Error};
 
 /// The subprotocol a client names before its token: `Sec-WebSocket-Protocol: bearer, <jwt>`.
 const BEARER_PROTOCOL: &str = "bearer";
+/// Each socket's read buffer, allocated when it opens: app frames are a few hundred bytes, and
+/// a larger frame grows the buffer for as long as it needs to.
+const READ_BUFFER: usize = 2 * 1024;
 
 /// `GET /ws?token=<jwt>[&device_id=<n>][&since=<cursor>]`, or the token in
 /// `Authorization: Bearer <jwt>`, or in `Sec-WebSocket-Protocol: bearer, <jwt>` (answered with
@@ -67,7 +70,7 @@ pub async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         // tungstenite's 128 KiB defaults would dominate the memory of an idle socket.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| session::run(state, socket, claims, device, start)))
 }

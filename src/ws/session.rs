@@ -1,12 +1,16 @@
 //! One socket: a reader (this task) that decodes frames and calls the domain, and a writer task
 //! (`writer.rs`) that catches the socket up, drains its bounded queue, pings and closes it.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{StreamExt, stream::SplitStream};
 use tokio::{
     sync::mpsc,
+    task::JoinHandle,
     time::{Instant, timeout},
 };
 
@@ -31,9 +35,14 @@ struct Socket {
     replies: mpsc::Sender<Outgoing>,
     close: Arc<CloseSignal>,
     limits: FrameLimits,
-    /// Messages queued for commit, acknowledged in order by `ack_in_order`.
-    acks: mpsc::Sender<(Submitted, Option<MessageId>)>,
+    /// Messages queued for commit, acknowledged in order by `ack_in_order`: started with the
+    /// socket's first message, so that sockets that only listen carry no task for it.
+    acker: OnceLock<(mpsc::Sender<PendingAck>, JoinHandle<()>)>,
 }
+
+/// A message waiting for its commit, and the id its sender gave it. Boxed: a channel allocates
+/// room for 32 items when it is made, and every socket has one, idle or not.
+type PendingAck = Box<(Submitted, Option<MessageId>)>;
 
 /// Messages of one socket waiting for their commit at once; past that the reader waits.
 const MESSAGES_IN_FLIGHT: usize = 256;
@@ -42,6 +51,28 @@ impl Socket {
     /// Queues a frame for this socket only, behind what is already queued for it.
     fn reply(&self, event: &Event) {
         hub::push(&self.replies, &self.close, Outgoing::Frame(event.encode()));
+    }
+
+    /// Queues a submitted message for its ack, in the order the socket sent it.
+    async fn ack_when_committed(
+        &self,
+        state: &AppState,
+        submitted: Submitted,
+        client_id: Option<MessageId>,
+    ) -> Result<()> {
+        let (acks, _) = self.acker.get_or_init(|| {
+            let (acks, pending) = mpsc::channel(MESSAGES_IN_FLIGHT);
+            let task = ack_in_order(
+                state.clone(),
+                pending,
+                self.replies.clone(),
+                self.close.clone(),
+            );
+            (acks, tokio::spawn(task))
+        });
+        acks.send(Box::new((submitted, client_id)))
+            .await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the ack pipeline stopped")))
     }
 }
 
@@ -81,19 +112,12 @@ pub async fn run(
     let opened = Instant::now();
     tracing::info!(%user, socket_id, device, "socket opened");
 
-    let (acks, pending) = mpsc::channel(MESSAGES_IN_FLIGHT);
-    let acker = tokio::spawn(ack_in_order(
-        state.clone(),
-        pending,
-        queue.clone(),
-        close.clone(),
-    ));
-    let socket = Socket {
+    let mut socket = Socket {
         user,
         replies: queue,
         close: close.clone(),
         limits: FrameLimits::new(&state.config),
-        acks,
+        acker: OnceLock::new(),
     };
     // A device that was offline while its one-time prekeys ran low learns it now.
     if let Some(low) = Box::pin(domain::keys::low_prekeys(&state, user, device)).await {
@@ -101,8 +125,12 @@ pub async fn run(
     }
     read_loop(&state, &socket, stream).await;
     // Messages already queued still commit and reach their recipients.
+    let acker = std::mem::take(&mut socket.acker).into_inner();
     drop(socket);
-    let _ = acker.await;
+    if let Some((acks, acker)) = acker {
+        drop(acks);
+        let _ = acker.await;
+    }
     close.close(CloseReason::PeerGone);
     let _ = writer.await;
 
@@ -169,12 +197,9 @@ async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
             // Queued, not awaited: the socket's next messages can share the same commit.
             let client_id = request.id;
             let submitted = domain::messages::submit(state, user, request).await?;
-            let stopped = |_| Error::Internal(anyhow::anyhow!("the ack pipeline stopped"));
             socket
-                .acks
-                .send((submitted, client_id))
-                .await
-                .map_err(stopped)?;
+                .ack_when_committed(state, submitted, client_id)
+                .await?;
         }
         Inbound::TypingIndicator(t) => {
             domain::conversations::typing(state, user, t.conversation_id, t.is_typing).await?;
@@ -221,11 +246,12 @@ async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
 /// to its recipient); a message that could not be stored gets an `error` frame instead.
 async fn ack_in_order(
     state: AppState,
-    mut pending: mpsc::Receiver<(Submitted, Option<MessageId>)>,
+    mut pending: mpsc::Receiver<PendingAck>,
     replies: mpsc::Sender<Outgoing>,
     close: Arc<CloseSignal>,
 ) {
-    while let Some((submitted, client_id)) = pending.recv().await {
+    while let Some(pending_ack) = pending.recv().await {
+        let (submitted, client_id) = *pending_ack;
         let answer = match Box::pin(submitted.complete(&state)).await {
             Ok((message, _)) => Event::MessageAck {
                 id: message.id,

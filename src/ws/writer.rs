@@ -79,11 +79,13 @@ impl Writer {
                 why = self.close.closed() => Err(why),
                 _ = self.state.shutdown.cancelled() => Err(CloseReason::ShuttingDown),
                 _ = sleep_until(self.expires_at) => Err(CloseReason::TokenExpired),
+                // Boxed: the loop waits most of a socket's life, and a future keeps room for
+                // its largest branch all along.
                 item = self.queue.recv() => match item {
-                    Some(item) => self.write_batch(&mut progress, item).await.map_err(|s| self.stop_reason(s)),
+                    Some(item) => Box::pin(self.write_batch(&mut progress, item)).await.map_err(|s| self.stop_reason(s)),
                     None => Err(CloseReason::PeerGone),
                 },
-                _ = ping.tick() => self.send(Message::Ping(Default::default())).await.map_err(|s| self.stop_reason(s)),
+                _ = ping.tick() => Box::pin(self.send(Message::Ping(Default::default()))).await.map_err(|s| self.stop_reason(s)),
             };
             reason = step.err();
         }
