@@ -21,7 +21,7 @@ use crate::{AppState, auth, domain::keys, error::Error};
 const BEARER_PROTOCOL: &str = "bearer";
 /// Each socket's read buffer, allocated when it opens: app frames are a few hundred bytes, and
 /// a larger frame grows the buffer for as long as it needs to.
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 1024;
 
 /// `GET /ws?token=<jwt>[&device_id=<n>][&since=<cursor>]`, or the token in
 /// `Authorization: Bearer <jwt>`, or in `Sec-WebSocket-Protocol: bearer, <jwt>` (answered with
