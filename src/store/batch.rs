@@ -1,56 +1,83 @@
-//! Group commit for messages: inserts that arrive while a commit is running wait for the next
-//! one and share it, so a burst costs one transaction (one fsync) instead of one per message.
-//! Alone, a message is committed at once: batching adds no delay when there is nothing to group.
+//! Group commit: messages, and the delivery marks of what sockets wrote, that arrive while a
+//! commit is running wait for the next one and share it, so a burst costs one transaction (one
+//! fsync) instead of one per message and one per delivery report. Alone, a message is committed
+//! at once: batching adds no delay when there is nothing to group.
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{NewMessage, Store};
+use super::{
+    FirstDelivery, NewMessage, Store, inbox::mark_delivered_in, messages::insert_messages_in,
+    with_pool,
+};
 use crate::{
     error::{Error, Result},
-    model::Message,
+    model::{ConversationId, Message, MessageId, UserId},
 };
 
 /// Messages committed together at most.
 const MAX_BATCH: usize = 1024;
-/// Inserts waiting for a commit before callers wait to queue.
+/// Messages waiting for a commit before callers wait to queue.
 const QUEUE: usize = 4096;
+/// Delivery reports waiting for a commit (their one sender waits for each).
+const DELIVERY_QUEUE: usize = 16;
 
 type Inserted = Option<(Message, i64)>;
 
-struct Job {
+struct MessageJob {
     message: NewMessage,
     reply: oneshot::Sender<Result<Inserted>>,
 }
 
-#[derive(Clone, Debug)]
-pub(super) struct Batcher {
-    jobs: mpsc::Sender<Job>,
+struct DeliveryJob {
+    events: Vec<(UserId, i64)>,
+    at: DateTime<Utc>,
+    reply: oneshot::Sender<Result<Vec<FirstDelivery>>>,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("message", &self.message.id)
-            .finish()
-    }
+/// Two queues: delivery reports go in every group, ahead of the queued messages, so that
+/// recording deliveries keeps pace with the messages however long the message queue is.
+#[derive(Clone, Debug)]
+pub(super) struct Batcher {
+    messages: mpsc::Sender<MessageJob>,
+    deliveries: mpsc::Sender<DeliveryJob>,
 }
 
 impl Batcher {
     /// Starts the committing task on `store` (a store without a batcher of its own).
     pub(super) fn spawn(store: Store) -> Self {
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, queue));
-        Self { jobs }
+        let (messages, message_queue) = mpsc::channel(QUEUE);
+        let (deliveries, delivery_queue) = mpsc::channel(DELIVERY_QUEUE);
+        tokio::spawn(run(store, message_queue, delivery_queue));
+        Self {
+            messages,
+            deliveries,
+        }
     }
 
     /// Queues `message` for the next group commit; the answer comes once it is committed.
     pub(super) async fn enqueue(&self, message: NewMessage) -> Result<Committed> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { message, reply })
+        self.messages
+            .send(MessageJob { message, reply })
             .await
             .map_err(|_| stopped())?;
         Ok(Committed(answer))
+    }
+
+    /// Records delivery marks in the next group commit and waits for it (see
+    /// `Store::mark_delivered`).
+    pub(super) async fn delivered(
+        &self,
+        events: Vec<(UserId, i64)>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<FirstDelivery>> {
+        let (reply, answer) = oneshot::channel();
+        self.deliveries
+            .send(DeliveryJob { events, at, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -67,23 +94,84 @@ fn stopped() -> Error {
     Error::Internal(anyhow::anyhow!("the message writer stopped"))
 }
 
-async fn run(store: Store, mut queue: mpsc::Receiver<Job>) {
+impl Store {
+    /// Inserts `messages` and records the delivery marks `events` in one transaction.
+    pub(super) async fn write_group(
+        &self,
+        messages: &[NewMessage],
+        events: &[(UserId, i64)],
+        at: DateTime<Utc>,
+    ) -> Result<(Vec<Inserted>, Vec<FirstDelivery>)> {
+        if messages.is_empty() && events.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let inserted = if messages.is_empty() {
+                Vec::new()
+            } else {
+                insert_messages_in!(tx, messages)
+            };
+            let delivered = if events.is_empty() {
+                Vec::new()
+            } else {
+                mark_delivered_in!(tx, events, at)
+            };
+            tx.commit().await?;
+            Ok((inserted, delivered))
+        })
+    }
+}
+
+async fn run(
+    store: Store,
+    mut messages: mpsc::Receiver<MessageJob>,
+    mut deliveries: mpsc::Receiver<DeliveryJob>,
+) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let (messages, replies): (Vec<_>, Vec<_>) =
-            jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
-        match store.insert_messages(&messages).await {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
+    loop {
+        // Wait for either kind of work, then take whatever else is ready without waiting.
+        let mut delivery = tokio::select! {
+            biased;
+            Some(job) = deliveries.recv() => Some(job),
+            received = messages.recv_many(&mut jobs, MAX_BATCH) => {
+                if received == 0 {
+                    return; // the store is gone: nobody can queue anything any more
+                }
+                None
+            }
+        };
+        if delivery.is_none() {
+            delivery = deliveries.try_recv().ok();
+        }
+        while jobs.len() < MAX_BATCH {
+            let Ok(job) = messages.try_recv() else { break };
+            jobs.push(job);
+        }
+        let (new, replies): (Vec<_>, Vec<_>) = jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
+        let (events, at) = match &delivery {
+            Some(job) => (&job.events[..], job.at),
+            None => (&[][..], crate::model::now()),
+        };
+        match store.write_group(&new, events, at).await {
+            Ok((inserted, delivered)) => {
+                for (reply, result) in replies.into_iter().zip(inserted) {
                     let _ = reply.send(Ok(result));
+                }
+                if let Some(job) = delivery {
+                    let _ = job.reply.send(Ok(delivered));
                 }
             }
             Err(e) => {
                 // The whole group failed (the database is unreachable, say): nothing was
                 // committed, so no message is acknowledged.
                 let reason = format!("{e:#}");
+                let failed = || Error::Internal(anyhow::anyhow!("{reason}"));
                 for reply in replies {
-                    let _ = reply.send(Err(Error::Internal(anyhow::anyhow!("{reason}"))));
+                    let _ = reply.send(Err(failed()));
+                }
+                if let Some(job) = delivery {
+                    let _ = job.reply.send(Err(failed()));
                 }
             }
         }

@@ -1,7 +1,5 @@
 //! Message metadata: insert (idempotent per sender and id), history pages, read state.
 
-use std::collections::{BTreeMap, HashMap};
-
 use chrono::{DateTime, Utc};
 
 use super::{Store, with_pool};
@@ -72,9 +70,126 @@ pub struct NewMessage {
     pub created_at: DateTime<Utc>,
 }
 
+/// Inserts `$batch` (a non-empty `&[NewMessage]`) inside the open transaction `$tx`: the
+/// messages, their conversations' latest time, and an inbox entry for each recipient. Evaluates
+/// to, for each message, the stored message and its recipient's inbox number, or `None` when
+/// its id was already taken. A handful of statements whatever the batch's size: on SQLite every
+/// statement is a round trip to the connection's thread.
+macro_rules! insert_messages_in {
+    ($tx:expr, $batch:expr) => {{
+        let batch: &[NewMessage] = $batch;
+        let mut conversations: Vec<ConversationId> =
+            batch.iter().map(|m| m.conversation_id).collect();
+        conversations.sort_unstable();
+        conversations.dedup();
+        let latest = batch
+            .iter()
+            .map(|m| m.created_at)
+            .max()
+            .unwrap_or_else(crate::model::now);
+        // Conversation rows are locked first (in id order), so that within a conversation
+        // the order of `seq` is the order of commits, whichever node writes.
+        let mut bump = sqlx::QueryBuilder::new("UPDATE conversations SET last_message_at = ");
+        bump.push_bind(latest).push(" WHERE id IN (");
+        let mut ids = bump.separated(", ");
+        for id in &conversations {
+            ids.push_bind(*id);
+        }
+        bump.push(")");
+        bump.build().execute(&mut *$tx).await?;
+
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type, \
+             session_id, created_at) ",
+        );
+        insert.push_values(batch, |mut row, m| {
+            row.push_bind(m.id)
+                .push_bind(m.conversation_id)
+                .push_bind(m.sender_id)
+                .push_bind(m.recipient_id)
+                .push_bind(m.message_type.clone())
+                .push_bind(m.session_id.clone())
+                .push_bind(m.created_at);
+        });
+        // Only the numbers come back: the rest of each row is what was just written.
+        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
+        let stored: Vec<(MessageId, i64)> = insert.build_query_as().fetch_all(&mut *$tx).await?;
+        let mut stored: std::collections::HashMap<MessageId, i64> = stored.into_iter().collect();
+        // In batch order; a repeated id (a retry in the same batch) is stored once.
+        let inserted: Vec<Option<Message>> = batch
+            .iter()
+            .map(|m| stored.remove(&m.id).map(|seq| m.stored_as(seq)))
+            .collect();
+
+        let mut per_recipient: std::collections::BTreeMap<UserId, i64> =
+            std::collections::BTreeMap::new();
+        for message in inserted.iter().flatten() {
+            *per_recipient.entry(message.recipient_id).or_default() += 1;
+        }
+        let mut next_seq: std::collections::HashMap<UserId, i64> = std::collections::HashMap::new();
+        if !per_recipient.is_empty() {
+            // One bump per recipient (in id order), in one statement: each gets a range.
+            let mut heads =
+                sqlx::QueryBuilder::new("UPDATE users SET inbox_seq = inbox_seq + CASE id");
+            for (user, count) in &per_recipient {
+                heads
+                    .push(" WHEN ")
+                    .push_bind(*user)
+                    .push(" THEN ")
+                    .push_bind(*count);
+            }
+            heads.push(" END WHERE id IN (");
+            let mut ids = heads.separated(", ");
+            for user in per_recipient.keys() {
+                ids.push_bind(*user);
+            }
+            heads.push(") RETURNING id, inbox_seq");
+            let ends: Vec<(UserId, i64)> = heads.build_query_as().fetch_all(&mut *$tx).await?;
+            for (user, end) in ends {
+                next_seq.insert(
+                    user,
+                    end - per_recipient.get(&user).copied().unwrap_or(0) + 1,
+                );
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let mut entries = Vec::new();
+        for message in inserted {
+            let Some(message) = message else {
+                results.push(None);
+                continue;
+            };
+            let Some(seq) = next_seq.get_mut(&message.recipient_id) else {
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "recipient vanished mid-batch"
+                )));
+            };
+            entries.push((message.recipient_id, *seq, message.id, message.created_at));
+            *seq += 1;
+            let cursor = entries.last().map_or(0, |e| e.1);
+            results.push(Some((message, cursor)));
+        }
+        if !entries.is_empty() {
+            let mut inbox = sqlx::QueryBuilder::new(
+                "INSERT INTO inbox (user_id, seq, kind, message_id, created_at) ",
+            );
+            inbox.push_values(&entries, |mut row, (user, seq, id, at)| {
+                row.push_bind(*user)
+                    .push_bind(*seq)
+                    .push_bind("message")
+                    .push_bind(*id)
+                    .push_bind(*at);
+            });
+            inbox.build().execute(&mut *$tx).await?;
+        }
+        results
+    }};
+}
+pub(super) use insert_messages_in;
+
 impl NewMessage {
     /// The message as a fresh insert stores it, numbered `seq`.
-    fn stored_as(&self, seq: i64) -> Message {
+    pub(super) fn stored_as(&self, seq: i64) -> Message {
         Message {
             id: self.id,
             seq,
@@ -113,125 +228,14 @@ impl Store {
         Ok(PendingMessage { id, sender, state })
     }
 
-    /// Inserts messages in one transaction; for each, the stored message and its recipient's
-    /// inbox number, or `None` when its id was already taken.
+    /// Inserts messages in one transaction (see `insert_messages_in!`).
     pub(super) async fn insert_messages(
         &self,
         batch: &[NewMessage],
     ) -> Result<Vec<Option<(Message, i64)>>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        // A handful of statements per batch, whatever its size: on SQLite every statement is a
-        // round trip to the connection's thread, and the batch is one commit either way.
-        let mut conversations: Vec<ConversationId> =
-            batch.iter().map(|m| m.conversation_id).collect();
-        conversations.sort_unstable();
-        conversations.dedup();
-        let latest = batch
-            .iter()
-            .map(|m| m.created_at)
-            .max()
-            .unwrap_or_else(crate::model::now);
-        with_pool!(self, write, |pool| {
-            let mut tx = pool.begin().await?;
-            // Conversation rows are locked first (in id order), so that within a conversation
-            // the order of `seq` is the order of commits, whichever node writes.
-            let mut bump = sqlx::QueryBuilder::new("UPDATE conversations SET last_message_at = ");
-            bump.push_bind(latest).push(" WHERE id IN (");
-            let mut ids = bump.separated(", ");
-            for id in &conversations {
-                ids.push_bind(*id);
-            }
-            bump.push(")");
-            bump.build().execute(&mut *tx).await?;
-
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type, \
-                 session_id, created_at) ",
-            );
-            insert.push_values(batch, |mut row, m| {
-                row.push_bind(m.id)
-                    .push_bind(m.conversation_id)
-                    .push_bind(m.sender_id)
-                    .push_bind(m.recipient_id)
-                    .push_bind(m.message_type.clone())
-                    .push_bind(m.session_id.clone())
-                    .push_bind(m.created_at);
-            });
-            // Only the numbers come back: the rest of each row is what was just written.
-            insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
-            let stored: Vec<(MessageId, i64)> = insert.build_query_as().fetch_all(&mut *tx).await?;
-            let mut stored: HashMap<MessageId, i64> = stored.into_iter().collect();
-            // In batch order; a repeated id (a retry in the same batch) is stored once.
-            let inserted: Vec<Option<Message>> = batch
-                .iter()
-                .map(|m| stored.remove(&m.id).map(|seq| m.stored_as(seq)))
-                .collect();
-
-            let mut per_recipient: BTreeMap<UserId, i64> = BTreeMap::new();
-            for message in inserted.iter().flatten() {
-                *per_recipient.entry(message.recipient_id).or_default() += 1;
-            }
-            let mut next_seq: HashMap<UserId, i64> = HashMap::new();
-            if !per_recipient.is_empty() {
-                // One bump per recipient (in id order), in one statement: each gets a range.
-                let mut heads =
-                    sqlx::QueryBuilder::new("UPDATE users SET inbox_seq = inbox_seq + CASE id");
-                for (user, count) in &per_recipient {
-                    heads
-                        .push(" WHEN ")
-                        .push_bind(*user)
-                        .push(" THEN ")
-                        .push_bind(*count);
-                }
-                heads.push(" END WHERE id IN (");
-                let mut ids = heads.separated(", ");
-                for user in per_recipient.keys() {
-                    ids.push_bind(*user);
-                }
-                heads.push(") RETURNING id, inbox_seq");
-                let ends: Vec<(UserId, i64)> = heads.build_query_as().fetch_all(&mut *tx).await?;
-                for (user, end) in ends {
-                    next_seq.insert(
-                        user,
-                        end - per_recipient.get(&user).copied().unwrap_or(0) + 1,
-                    );
-                }
-            }
-            let mut results = Vec::with_capacity(batch.len());
-            let mut entries = Vec::new();
-            for message in inserted {
-                let Some(message) = message else {
-                    results.push(None);
-                    continue;
-                };
-                let Some(seq) = next_seq.get_mut(&message.recipient_id) else {
-                    return Err(Error::Internal(anyhow::anyhow!(
-                        "recipient vanished mid-batch"
-                    )));
-                };
-                entries.push((message.recipient_id, *seq, message.id, message.created_at));
-                *seq += 1;
-                let cursor = entries.last().map_or(0, |e| e.1);
-                results.push(Some((message, cursor)));
-            }
-            if !entries.is_empty() {
-                let mut inbox = sqlx::QueryBuilder::new(
-                    "INSERT INTO inbox (user_id, seq, kind, message_id, created_at) ",
-                );
-                inbox.push_values(&entries, |mut row, (user, seq, id, at)| {
-                    row.push_bind(*user)
-                        .push_bind(*seq)
-                        .push_bind("message")
-                        .push_bind(*id)
-                        .push_bind(*at);
-                });
-                inbox.build().execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(results)
-        })
+        self.write_group(batch, &[], crate::model::now())
+            .await
+            .map(|(inserted, _)| inserted)
     }
 
     pub async fn message(&self, id: MessageId) -> Result<Option<Message>> {
