@@ -13,9 +13,9 @@ use argon2::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-/// How much lower than the async workers the hashing threads run (nice 0 → 10: about a tenth
-/// of a core's share when both want the CPU).
-const HASH_NICENESS: i32 = 10;
+/// How much lower than the async workers the hashing threads run: nice 19, the lowest, gets
+/// under 2 % of a core when routing wants it too, and any CPU routing leaves.
+const HASH_NICENESS: i32 = 19;
 
 type Job = Box<dyn FnOnce() + Send>;
 
