@@ -14,7 +14,7 @@ use crate::{
 /// Reports queued before a writer has to wait for the recorder.
 const QUEUE: usize = 16 * 1024;
 /// Reports recorded in one transaction at most.
-const BATCH: usize = 2048;
+const BATCH: usize = 4096;
 
 /// Where socket writers report what they delivered.
 pub struct DeliveryLog {

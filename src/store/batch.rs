@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Messages committed together at most.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 4096;
 /// Messages waiting for a commit before callers wait to queue.
 const QUEUE: usize = 4096;
 /// Delivery reports waiting for a commit (their one sender waits for each).
