@@ -208,6 +208,17 @@ impl Broker {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Adds to `pipe` a key that says something is alive, expiring after the TTL unless
+    /// refreshed.
+    fn set_alive(&self, pipe: &mut redis::Pipeline, key: String) {
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(1)
+            .arg("PX")
+            .arg(self.ttl_ms())
+            .ignore();
+    }
+
     /// Marks Redis unreachable, logging only the transition.
     fn went_down(&self, what: &str, error: &dyn std::fmt::Display) {
         if self.up.swap(false, Ordering::Relaxed) {
@@ -253,22 +264,11 @@ impl Broker {
         self.subscribed(user).await;
         let mut con = self.commands.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.online_key(user, &self.node))
-            .arg(1)
-            .arg("PX")
-            .arg(self.ttl_ms())
-            .ignore()
-            .sadd(self.node_users_key(&self.node), user.0.to_string())
-            .ignore()
-            .cmd("SET")
-            .arg(self.node_key(&self.node))
-            .arg(1)
-            .arg("PX")
-            .arg(self.ttl_ms())
-            .ignore()
-            .sadd(self.nodes_key(), &self.node)
+        self.set_alive(&mut pipe, self.online_key(user, &self.node));
+        pipe.sadd(self.node_users_key(&self.node), user.0.to_string())
             .ignore();
+        self.set_alive(&mut pipe, self.node_key(&self.node));
+        pipe.sadd(self.nodes_key(), &self.node).ignore();
         self.run("announce", pipe.exec_async(&mut con)).await;
     }
 
@@ -310,14 +310,9 @@ impl Broker {
         let mut con = self.commands.clone();
         let mut pipe = redis::pipe();
         let members: Vec<String> = users.iter().map(|u| u.0.to_string()).collect();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(self.node_key(&self.node))
-            .arg(1)
-            .arg("PX")
-            .arg(self.ttl_ms())
-            .ignore()
-            .sadd(self.nodes_key(), &self.node)
+        pipe.atomic();
+        self.set_alive(&mut pipe, self.node_key(&self.node));
+        pipe.sadd(self.nodes_key(), &self.node)
             .ignore()
             .del(self.node_users_key(&self.node))
             .ignore();
@@ -326,12 +321,7 @@ impl Broker {
                 .ignore();
         }
         for user in users {
-            pipe.cmd("SET")
-                .arg(self.online_key(*user, &self.node))
-                .arg(1)
-                .arg("PX")
-                .arg(self.ttl_ms())
-                .ignore();
+            self.set_alive(&mut pipe, self.online_key(*user, &self.node));
         }
         self.run("refresh", pipe.exec_async(&mut con))
             .await

@@ -93,6 +93,14 @@ where
 
 /// Opens `user`'s socket on `node`, with nothing waiting for them, and waits until the node is
 /// ready to route to it (a session answers frames only once its user's channel is subscribed).
+/// Alice and Bob, registered through `node`, with their conversation.
+async fn alice_and_bob(node: &TestApp) -> (TestUser, TestUser, Value) {
+    let alice = node.register("alice").await;
+    let bob = node.register("bob").await;
+    let conversation = node.conversation(&alice, &bob).await;
+    (alice, bob, conversation)
+}
+
 async fn connect(node: &TestApp, user: &TestUser, query: &str) -> WsClient {
     connect_to(node.addr, user, query).await
 }
@@ -142,9 +150,7 @@ async fn presence_of(ws: &mut WsClient, user: &TestUser, wait: Duration) -> Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_crosses_nodes_with_ack_delivery_and_read_receipts() {
     let Some(c) = cluster().await else { return };
-    let alice = c.a.register("alice").await;
-    let bob = c.a.register("bob").await;
-    c.a.conversation(&alice, &bob).await;
+    let (alice, bob, _) = alice_and_bob(&c.a).await;
     let mut a = connect(&c.a, &alice, "").await;
     let mut b = connect(&c.b, &bob, "").await;
 
@@ -171,9 +177,7 @@ async fn a_message_crosses_nodes_with_ack_delivery_and_read_receipts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_and_call_signalling_cross_nodes() {
     let Some(c) = cluster().await else { return };
-    let alice = c.a.register("alice").await;
-    let bob = c.a.register("bob").await;
-    let conversation = c.a.conversation(&alice, &bob).await;
+    let (alice, bob, conversation) = alice_and_bob(&c.a).await;
     let mut a = connect(&c.a, &alice, "").await;
     let mut b = connect(&c.b, &bob, "").await;
 
@@ -210,9 +214,7 @@ async fn typing_and_call_signalling_cross_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_online_while_any_socket_on_any_node_is_open() {
     let Some(c) = cluster().await else { return };
-    let alice = c.a.register("alice").await;
-    let bob = c.a.register("bob").await;
-    c.a.conversation(&alice, &bob).await;
+    let (alice, bob, _) = alice_and_bob(&c.a).await;
     let mut a = connect(&c.a, &alice, "").await;
 
     let on_b = connect(&c.b, &bob, "").await;
@@ -242,9 +244,7 @@ async fn presence_is_online_while_any_socket_on_any_node_is_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_node_closes_with_1001_and_its_users_lose_nothing_on_another() {
     let Some(c) = cluster().await else { return };
-    let alice = c.a.register("alice").await;
-    let bob = c.a.register("bob").await;
-    c.a.conversation(&alice, &bob).await;
+    let (alice, bob, _) = alice_and_bob(&c.a).await;
     let mut a = connect(&c.a, &alice, "").await;
     let mut b = connect(&c.b, &bob, "").await;
     let first = send(&mut a, &bob, "text").await;
@@ -317,9 +317,7 @@ async fn spawn_process(like: &TestApp) -> Process {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_takes_its_users_offline_within_the_ttl_and_they_lose_nothing() {
     let Some(c) = cluster().await else { return };
-    let alice = c.a.register("alice").await;
-    let bob = c.a.register("bob").await;
-    c.a.conversation(&alice, &bob).await;
+    let (alice, bob, _) = alice_and_bob(&c.a).await;
     let mut a = connect(&c.a, &alice, "").await;
 
     let mut process = spawn_process(&c.a).await;
