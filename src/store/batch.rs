@@ -7,12 +7,13 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    FirstDelivery, NewMessage, Store, inbox::mark_delivered_in, messages::insert_messages_in,
+    FirstDelivery, NewMessage, Store,
+    group::{self, Inserted},
     with_pool,
 };
 use crate::{
     error::{Error, Result},
-    model::{ConversationId, Message, MessageId, UserId},
+    model::UserId,
 };
 
 /// Messages committed together at most.
@@ -21,8 +22,6 @@ const MAX_BATCH: usize = 4096;
 const QUEUE: usize = 4096;
 /// Delivery reports waiting for a commit (their one sender waits for each).
 const DELIVERY_QUEUE: usize = 16;
-
-type Inserted = Option<(Message, i64)>;
 
 struct MessageJob {
     message: NewMessage,
@@ -35,22 +34,36 @@ struct DeliveryJob {
     reply: oneshot::Sender<Result<Vec<FirstDelivery>>>,
 }
 
-/// Two queues: delivery reports go in every group, ahead of the queued messages, so that
-/// recording deliveries keeps pace with the messages however long the message queue is.
+/// One committing task per writer, each with its own share of the conversations, and a
+/// queue of delivery reports that the first writer puts in every group, ahead of the queued
+/// messages, so that recording deliveries keeps pace with the messages however long the
+/// message queue is (SQLite, which has one writer, uses it).
 #[derive(Clone, Debug)]
 pub(super) struct Batcher {
-    messages: mpsc::Sender<MessageJob>,
+    writers: Vec<mpsc::Sender<MessageJob>>,
     deliveries: mpsc::Sender<DeliveryJob>,
 }
 
 impl Batcher {
-    /// Starts the committing task on `store` (a store without a batcher of its own).
-    pub(super) fn spawn(store: Store) -> Self {
-        let (messages, message_queue) = mpsc::channel(QUEUE);
-        let (deliveries, delivery_queue) = mpsc::channel(DELIVERY_QUEUE);
-        tokio::spawn(run(store, message_queue, delivery_queue));
+    /// Starts `writers` committing tasks on `store` (a store without a batcher of its own).
+    /// Writers commit in parallel without waiting for each other's locks: a conversation's
+    /// messages all go to the same writer, which locks that conversation's row.
+    pub(super) fn spawn(store: Store, writers: usize) -> Self {
+        let (deliveries, mut delivery_queue) = mpsc::channel(DELIVERY_QUEUE);
+        let writers = (0..writers.max(1))
+            .map(|writer| {
+                let (messages, message_queue) = mpsc::channel(QUEUE);
+                let reports = if writer == 0 {
+                    std::mem::replace(&mut delivery_queue, mpsc::channel(1).1)
+                } else {
+                    mpsc::channel(1).1 // closed: this writer takes no delivery reports
+                };
+                tokio::spawn(run(store.clone(), message_queue, reports));
+                messages
+            })
+            .collect();
         Self {
-            messages,
+            writers,
             deliveries,
         }
     }
@@ -58,7 +71,10 @@ impl Batcher {
     /// Queues `message` for the next group commit; the answer comes once it is committed.
     pub(super) async fn enqueue(&self, message: NewMessage) -> Result<Committed> {
         let (reply, answer) = oneshot::channel();
-        self.messages
+        // The random half of the id spreads conversations evenly over the writers.
+        let (_, random) = message.conversation_id.0.as_u64_pair();
+        let writer = (random % self.writers.len() as u64) as usize;
+        self.writers[writer]
             .send(MessageJob { message, reply })
             .await
             .map_err(|_| stopped())?;
@@ -107,18 +123,9 @@ impl Store {
         }
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
-            let inserted = if messages.is_empty() {
-                Vec::new()
-            } else {
-                insert_messages_in!(tx, messages)
-            };
-            let delivered = if events.is_empty() {
-                Vec::new()
-            } else {
-                mark_delivered_in!(tx, events, at)
-            };
+            let written = group::write(&mut *tx, messages, events, at).await?;
             tx.commit().await?;
-            Ok((inserted, delivered))
+            Ok(written)
         })
     }
 }

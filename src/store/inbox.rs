@@ -36,55 +36,6 @@ macro_rules! append {
 }
 pub(crate) use append;
 
-/// Records, inside the open transaction `$tx`, that the inbox events `$events` (a non-empty
-/// `&[(UserId, i64)]`) reached a socket of their user at `$at`. Evaluates to the messages that
-/// became delivered by it (first delivery), for their senders to be told. Two statements
-/// whatever the number of events.
-macro_rules! mark_delivered_in {
-    ($tx:expr, $events:expr, $at:expr) => {{
-        let events: &[(UserId, i64)] = $events;
-        let at: DateTime<Utc> = $at;
-        // Joined, not `(user_id, seq) IN (VALUES ...)`: SQLite plans that as a scan of
-        // every undelivered event (all of every offline user's), this as key lookups.
-        let mut first = sqlx::QueryBuilder::new("WITH reported (user_id, seq) AS (VALUES ");
-        let mut rows = first.separated(", ");
-        for (user, seq) in events {
-            rows.push("(");
-            rows.push_bind_unseparated(*user);
-            rows.push_unseparated(", ");
-            rows.push_bind_unseparated(*seq);
-            rows.push_unseparated(")");
-        }
-        first.push(") UPDATE inbox SET delivered_at = ");
-        first.push_bind(at);
-        first.push(
-            " FROM reported WHERE inbox.user_id = reported.user_id \
-             AND inbox.seq = reported.seq AND inbox.delivered_at IS NULL \
-             RETURNING inbox.message_id, inbox.kind",
-        );
-        let marked: Vec<(MessageId, String)> = first.build_query_as().fetch_all(&mut *$tx).await?;
-        let messages: Vec<MessageId> = marked
-            .into_iter()
-            .filter(|(_, kind)| kind == "message")
-            .map(|(id, _)| id)
-            .collect();
-        let mut newly_delivered: Vec<FirstDelivery> = Vec::new();
-        if !messages.is_empty() {
-            let mut second = sqlx::QueryBuilder::new("UPDATE messages SET delivered_at = ");
-            second.push_bind(at);
-            second.push(" WHERE delivered_at IS NULL AND id IN (");
-            let mut ids = second.separated(", ");
-            for id in &messages {
-                ids.push_bind(*id);
-            }
-            second.push(") RETURNING id, conversation_id, sender_id, recipient_id, delivered_at");
-            newly_delivered = second.build_query_as().fetch_all(&mut *$tx).await?;
-        }
-        newly_delivered
-    }};
-}
-pub(super) use mark_delivered_in;
-
 /// What an inbox entry tells its user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InboxKind {
@@ -177,8 +128,8 @@ impl Store {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    /// Records that these inbox events reached a socket of their user (see
-    /// `mark_delivered_in!`).
+    /// Records that these inbox events reached a socket of their user at `at`; returns the
+    /// messages that became delivered by it (first delivery), for their senders to be told.
     pub async fn mark_delivered(
         &self,
         events: &[(UserId, i64)],

@@ -8,6 +8,7 @@ mod calls;
 mod channels;
 mod contents;
 mod conversations;
+mod group;
 mod inbox;
 mod keys;
 mod messages;
@@ -73,6 +74,12 @@ const ROW_BUFFER: usize = 4096;
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// How often the SQLite log is checkpointed beside the writer.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Group commits that run at once on PostgreSQL: up to half the pool (reads, REST writes and
+/// delivery marks keep the rest), and no more than the cores of a small database server.
+fn group_writers(pool_size: u32) -> usize {
+    (pool_size / 2).clamp(1, 4) as usize
+}
 
 /// SQLite allows one writer at a time: writes go through a single connection so that they
 /// queue in-process instead of failing with SQLITE_BUSY, while reads use a pool (WAL mode).
@@ -217,13 +224,17 @@ impl Store {
     }
 
     fn new(db: Db) -> Self {
+        let writers = match &db {
+            Db::Sqlite(_) => 1,
+            Db::Postgres(pool) => group_writers(pool.options().get_max_connections()),
+        };
         let store = Self {
             db,
             conversations: Default::default(),
             batcher: None,
         };
         Self {
-            batcher: Some(batch::Batcher::spawn(store.clone())),
+            batcher: Some(batch::Batcher::spawn(store.clone(), writers)),
             ..store
         }
     }

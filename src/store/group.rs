@@ -1,0 +1,420 @@
+//! The statements of a group commit (`batch`): new messages, their inbox entries, and the
+//! delivery marks that sockets reported. The logic is written once (`write`); each engine
+//! supplies its statements. SQLite binds rows (`VALUES`); PostgreSQL binds one array per column
+//! (`unnest`), so that its statement texts are the same whatever the group's size: parsed and
+//! planned once per connection instead of once per group.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, QueryBuilder, SqliteConnection};
+use uuid::Uuid;
+
+use super::{FirstDelivery, NewMessage};
+use crate::{
+    error::{Error, Result},
+    model::{ConversationId, Message, MessageId, UserId},
+};
+
+/// A message as a group stored it, with its recipient's inbox number; `None` when its id was
+/// already taken.
+pub(super) type Inserted = Option<(Message, i64)>;
+
+/// A new inbox entry for a received message.
+struct InboxEntry {
+    user: UserId,
+    seq: i64,
+    message: MessageId,
+    at: DateTime<Utc>,
+}
+
+/// One engine's statements, each run inside the group's open transaction.
+trait GroupStatements: Send {
+    /// Sets the conversations' latest message time. It locks their rows first (in id order), so
+    /// that within a conversation the order of `seq` is the order of commits.
+    fn touch_conversations(
+        &mut self,
+        ids: &[ConversationId],
+        latest: DateTime<Utc>,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+
+    /// Inserts the messages whose id is free; returns the `(id, seq)` of those inserted.
+    fn insert_messages(
+        &mut self,
+        batch: &[NewMessage],
+    ) -> impl Future<Output = sqlx::Result<Vec<(MessageId, i64)>>> + Send;
+
+    /// Adds `count` to each user's inbox number (locking their rows in id order); returns each
+    /// user's new number.
+    fn bump_inboxes(
+        &mut self,
+        counts: &BTreeMap<UserId, i64>,
+    ) -> impl Future<Output = sqlx::Result<Vec<(UserId, i64)>>> + Send;
+
+    fn insert_inbox(
+        &mut self,
+        entries: &[InboxEntry],
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+
+    /// Marks undelivered inbox events delivered; returns the message and kind of each marked.
+    fn mark_events(
+        &mut self,
+        events: &[(UserId, i64)],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = sqlx::Result<Vec<(MessageId, String)>>> + Send;
+
+    /// Marks undelivered messages delivered; returns those it marked.
+    fn mark_messages(
+        &mut self,
+        ids: &[MessageId],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = sqlx::Result<Vec<FirstDelivery>>> + Send;
+}
+
+/// Inside the open transaction `conn`: inserts `messages` (their conversations' latest time,
+/// an inbox entry for each recipient) and records that the inbox events `events` reached a
+/// socket of their user at `at`. Returns, for each message, what was stored (`Inserted`), and
+/// the messages that the marks delivered for the first time, for their senders to be told.
+/// A handful of statements whatever the group's size.
+#[expect(
+    private_bounds,
+    reason = "implemented here for both engines' connections"
+)]
+pub(super) async fn write<C: GroupStatements>(
+    conn: &mut C,
+    messages: &[NewMessage],
+    events: &[(UserId, i64)],
+    at: DateTime<Utc>,
+) -> Result<(Vec<Inserted>, Vec<FirstDelivery>)> {
+    let inserted = if messages.is_empty() {
+        Vec::new()
+    } else {
+        insert(conn, messages).await?
+    };
+    let delivered = if events.is_empty() {
+        Vec::new()
+    } else {
+        mark_delivered(conn, events, at).await?
+    };
+    Ok((inserted, delivered))
+}
+
+async fn insert<C: GroupStatements>(conn: &mut C, batch: &[NewMessage]) -> Result<Vec<Inserted>> {
+    let mut conversations: Vec<ConversationId> = batch.iter().map(|m| m.conversation_id).collect();
+    conversations.sort_unstable();
+    conversations.dedup();
+    let latest = batch
+        .iter()
+        .map(|m| m.created_at)
+        .max()
+        .unwrap_or_else(crate::model::now);
+    conn.touch_conversations(&conversations, latest).await?;
+
+    // Only the numbers come back: the rest of each row is what was just written.
+    let mut stored: HashMap<MessageId, i64> =
+        conn.insert_messages(batch).await?.into_iter().collect();
+    // In batch order; a repeated id (a retry in the same batch) is stored once.
+    let inserted: Vec<Option<Message>> = batch
+        .iter()
+        .map(|m| stored.remove(&m.id).map(|seq| m.stored_as(seq)))
+        .collect();
+
+    let mut per_recipient: BTreeMap<UserId, i64> = BTreeMap::new();
+    for message in inserted.iter().flatten() {
+        *per_recipient.entry(message.recipient_id).or_default() += 1;
+    }
+    // Each recipient gets a range of numbers, in the batch's order.
+    let mut next_seq: HashMap<UserId, i64> = HashMap::new();
+    if !per_recipient.is_empty() {
+        for (user, end) in conn.bump_inboxes(&per_recipient).await? {
+            let count = per_recipient.get(&user).copied().unwrap_or(0);
+            next_seq.insert(user, end - count + 1);
+        }
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    let mut entries = Vec::new();
+    for message in inserted {
+        let Some(message) = message else {
+            results.push(None);
+            continue;
+        };
+        let Some(seq) = next_seq.get_mut(&message.recipient_id) else {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "recipient vanished mid-batch"
+            )));
+        };
+        entries.push(InboxEntry {
+            user: message.recipient_id,
+            seq: *seq,
+            message: message.id,
+            at: message.created_at,
+        });
+        results.push(Some((message, *seq)));
+        *seq += 1;
+    }
+    if !entries.is_empty() {
+        conn.insert_inbox(&entries).await?;
+    }
+    Ok(results)
+}
+
+async fn mark_delivered<C: GroupStatements>(
+    conn: &mut C,
+    events: &[(UserId, i64)],
+    at: DateTime<Utc>,
+) -> Result<Vec<FirstDelivery>> {
+    let messages: Vec<MessageId> = conn
+        .mark_events(events, at)
+        .await?
+        .into_iter()
+        .filter(|(_, kind)| kind == "message")
+        .map(|(id, _)| id)
+        .collect();
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(conn.mark_messages(&messages, at).await?)
+}
+
+impl GroupStatements for SqliteConnection {
+    async fn touch_conversations(
+        &mut self,
+        ids: &[ConversationId],
+        latest: DateTime<Utc>,
+    ) -> sqlx::Result<()> {
+        let mut touch = QueryBuilder::new("UPDATE conversations SET last_message_at = ");
+        touch.push_bind(latest).push(" WHERE id IN (");
+        let mut list = touch.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        touch.push(")");
+        touch.build().execute(self).await.map(drop)
+    }
+
+    async fn insert_messages(
+        &mut self,
+        batch: &[NewMessage],
+    ) -> sqlx::Result<Vec<(MessageId, i64)>> {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type, \
+             session_id, created_at) ",
+        );
+        insert.push_values(batch, |mut row, m| {
+            row.push_bind(m.id)
+                .push_bind(m.conversation_id)
+                .push_bind(m.sender_id)
+                .push_bind(m.recipient_id)
+                .push_bind(m.message_type.clone())
+                .push_bind(m.session_id.clone())
+                .push_bind(m.created_at);
+        });
+        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
+        insert.build_query_as().fetch_all(self).await
+    }
+
+    async fn bump_inboxes(
+        &mut self,
+        counts: &BTreeMap<UserId, i64>,
+    ) -> sqlx::Result<Vec<(UserId, i64)>> {
+        // SQLite has one writer: there is no lock order to keep.
+        let mut bump = QueryBuilder::new("UPDATE users SET inbox_seq = inbox_seq + CASE id");
+        for (user, count) in counts {
+            bump.push(" WHEN ")
+                .push_bind(*user)
+                .push(" THEN ")
+                .push_bind(*count);
+        }
+        bump.push(" END WHERE id IN (");
+        let mut list = bump.separated(", ");
+        for user in counts.keys() {
+            list.push_bind(*user);
+        }
+        bump.push(") RETURNING id, inbox_seq");
+        bump.build_query_as().fetch_all(self).await
+    }
+
+    async fn insert_inbox(&mut self, entries: &[InboxEntry]) -> sqlx::Result<()> {
+        let mut insert =
+            QueryBuilder::new("INSERT INTO inbox (user_id, seq, kind, message_id, created_at) ");
+        insert.push_values(entries, |mut row, entry| {
+            row.push_bind(entry.user)
+                .push_bind(entry.seq)
+                .push_bind("message")
+                .push_bind(entry.message)
+                .push_bind(entry.at);
+        });
+        insert.build().execute(self).await.map(drop)
+    }
+
+    async fn mark_events(
+        &mut self,
+        events: &[(UserId, i64)],
+        at: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<(MessageId, String)>> {
+        // Joined, not `(user_id, seq) IN (VALUES ...)`: SQLite plans that as a scan of every
+        // undelivered event (all of every offline user's), this as key lookups.
+        let mut mark = QueryBuilder::new("WITH reported (user_id, seq) AS (VALUES ");
+        let mut rows = mark.separated(", ");
+        for (user, seq) in events {
+            rows.push("(");
+            rows.push_bind_unseparated(*user);
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(*seq);
+            rows.push_unseparated(")");
+        }
+        mark.push(") UPDATE inbox SET delivered_at = ");
+        mark.push_bind(at);
+        mark.push(
+            " FROM reported WHERE inbox.user_id = reported.user_id \
+             AND inbox.seq = reported.seq AND inbox.delivered_at IS NULL \
+             RETURNING inbox.message_id, inbox.kind",
+        );
+        mark.build_query_as().fetch_all(self).await
+    }
+
+    async fn mark_messages(
+        &mut self,
+        ids: &[MessageId],
+        at: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<FirstDelivery>> {
+        let mut mark = QueryBuilder::new("UPDATE messages SET delivered_at = ");
+        mark.push_bind(at);
+        mark.push(" WHERE delivered_at IS NULL AND id IN (");
+        let mut list = mark.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        mark.push(") RETURNING id, conversation_id, sender_id, recipient_id, delivered_at");
+        mark.build_query_as().fetch_all(self).await
+    }
+}
+
+/// The raw ids of `items`, for an array parameter.
+fn uuids<T>(items: &[T], id: impl Fn(&T) -> Uuid) -> Vec<Uuid> {
+    items.iter().map(id).collect()
+}
+
+impl GroupStatements for PgConnection {
+    async fn touch_conversations(
+        &mut self,
+        ids: &[ConversationId],
+        latest: DateTime<Utc>,
+    ) -> sqlx::Result<()> {
+        // Groups commit at once (several writers per node, several nodes): each locks the
+        // rows it needs in id order, so that no two ever wait for each other in a cycle.
+        sqlx::query("SELECT 1 FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(uuids(ids, |c| c.0))
+            .execute(&mut *self)
+            .await?;
+        sqlx::query("UPDATE conversations SET last_message_at = $1 WHERE id = ANY($2)")
+            .bind(latest)
+            .bind(uuids(ids, |c| c.0))
+            .execute(self)
+            .await
+            .map(drop)
+    }
+
+    async fn insert_messages(
+        &mut self,
+        batch: &[NewMessage],
+    ) -> sqlx::Result<Vec<(MessageId, i64)>> {
+        sqlx::query_as(
+            "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type,
+                                   session_id, created_at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                  $6::text[], $7::timestamptz[])
+             ON CONFLICT (id) DO NOTHING RETURNING id, seq",
+        )
+        .bind(uuids(batch, |m| m.id.0))
+        .bind(uuids(batch, |m| m.conversation_id.0))
+        .bind(uuids(batch, |m| m.sender_id.0))
+        .bind(uuids(batch, |m| m.recipient_id.0))
+        .bind(
+            batch
+                .iter()
+                .map(|m| m.message_type.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|m| m.session_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.iter().map(|m| m.created_at).collect::<Vec<_>>())
+        .fetch_all(self)
+        .await
+    }
+
+    async fn bump_inboxes(
+        &mut self,
+        counts: &BTreeMap<UserId, i64>,
+    ) -> sqlx::Result<Vec<(UserId, i64)>> {
+        // In id order, as for conversations.
+        let users: Vec<Uuid> = counts.keys().map(|u| u.0).collect();
+        sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&users)
+            .execute(&mut *self)
+            .await?;
+        sqlx::query_as(
+            "UPDATE users SET inbox_seq = users.inbox_seq + n.count
+             FROM unnest($1::uuid[], $2::bigint[]) AS n (id, count)
+             WHERE users.id = n.id RETURNING users.id, users.inbox_seq",
+        )
+        .bind(&users)
+        .bind(counts.values().copied().collect::<Vec<i64>>())
+        .fetch_all(self)
+        .await
+    }
+
+    async fn insert_inbox(&mut self, entries: &[InboxEntry]) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO inbox (user_id, seq, kind, message_id, created_at)
+             SELECT user_id, seq, 'message', message_id, created_at
+             FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::timestamptz[])
+                  AS e (user_id, seq, message_id, created_at)",
+        )
+        .bind(uuids(entries, |e| e.user.0))
+        .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
+        .bind(uuids(entries, |e| e.message.0))
+        .bind(entries.iter().map(|e| e.at).collect::<Vec<_>>())
+        .execute(self)
+        .await
+        .map(drop)
+    }
+
+    async fn mark_events(
+        &mut self,
+        events: &[(UserId, i64)],
+        at: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<(MessageId, String)>> {
+        sqlx::query_as(
+            "UPDATE inbox SET delivered_at = $3
+             FROM unnest($1::uuid[], $2::bigint[]) AS reported (user_id, seq)
+             WHERE inbox.user_id = reported.user_id AND inbox.seq = reported.seq
+               AND inbox.delivered_at IS NULL
+             RETURNING inbox.message_id, inbox.kind",
+        )
+        .bind(uuids(events, |(user, _)| user.0))
+        .bind(events.iter().map(|(_, seq)| *seq).collect::<Vec<_>>())
+        .bind(at)
+        .fetch_all(self)
+        .await
+    }
+
+    async fn mark_messages(
+        &mut self,
+        ids: &[MessageId],
+        at: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<FirstDelivery>> {
+        sqlx::query_as(
+            "UPDATE messages SET delivered_at = $1 WHERE delivered_at IS NULL AND id = ANY($2)
+             RETURNING id, conversation_id, sender_id, recipient_id, delivered_at",
+        )
+        .bind(at)
+        .bind(uuids(ids, |m| m.0))
+        .fetch_all(self)
+        .await
+    }
+}
