@@ -413,38 +413,43 @@ async fn a_socket_that_stops_answering_is_closed_and_goes_offline(engine: Engine
     assert_eq!(offline["userId"], alice.id);
 }
 
+/// Also, on PostgreSQL, group commits of several writers (each with its own conversations)
+/// that share the recipient: they must wait for each other, never fail.
 async fn concurrent_senders_share_commits_and_the_inbox_has_no_gaps(engine: Engine) {
+    const SENDERS: usize = 8;
+    const BURST: usize = 40;
     let app = TestApp::spawn(engine).await;
     let bob = app.register("bob").await;
     let mut b = app.ws(&bob).await;
     let mut senders = Vec::new();
-    for i in 0..5 {
+    for i in 0..SENDERS {
         let user = app.register(&format!("sender{i}")).await;
         senders.push(app.ws(&user).await);
     }
     // Every sender fires its burst without waiting, then collects its acks.
     let bursts = senders.iter_mut().map(|ws| async {
-        for _ in 0..20 {
+        for _ in 0..BURST {
             ws.send(
                 "message",
                 json!({"recipientId": bob.id, "messageType": "text"}),
             )
             .await;
         }
-        for _ in 0..20 {
+        for _ in 0..BURST {
             ws.expect("message_ack").await;
         }
     });
     futures_util::future::join_all(bursts).await;
-    let (ids, cursors) = receive(&mut b, 100).await;
+    let total = SENDERS * BURST;
+    let (ids, cursors) = receive(&mut b, total).await;
     assert_eq!(
         cursors,
-        (1..=100).collect::<Vec<i64>>(),
+        (1..=total as i64).collect::<Vec<i64>>(),
         "numbered in order, without gaps"
     );
     assert_eq!(
         ids.iter().collect::<std::collections::HashSet<_>>().len(),
-        100
+        total
     );
     b.expect_quiet().await;
 }

@@ -24,7 +24,8 @@ pub(super) type Inserted = Option<(Message, i64)>;
 struct InboxEntry {
     user: UserId,
     seq: i64,
-    message: MessageId,
+    /// The message's `seq`.
+    message: i64,
     at: DateTime<Utc>,
 }
 
@@ -56,17 +57,18 @@ trait GroupStatements: Send {
         entries: &[InboxEntry],
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
 
-    /// Marks undelivered inbox events delivered; returns the message and kind of each marked.
+    /// Marks undelivered inbox events delivered; returns the message (`seq`) and kind of each
+    /// marked.
     fn mark_events(
         &mut self,
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
-    ) -> impl Future<Output = sqlx::Result<Vec<(MessageId, String)>>> + Send;
+    ) -> impl Future<Output = sqlx::Result<Vec<(i64, String)>>> + Send;
 
-    /// Marks undelivered messages delivered; returns those it marked.
+    /// Marks the undelivered messages among `seqs` delivered; returns those it marked.
     fn mark_messages(
         &mut self,
-        ids: &[MessageId],
+        seqs: &[i64],
         at: DateTime<Utc>,
     ) -> impl Future<Output = sqlx::Result<Vec<FirstDelivery>>> + Send;
 }
@@ -146,7 +148,7 @@ async fn insert<C: GroupStatements>(conn: &mut C, batch: &[NewMessage]) -> Resul
         entries.push(InboxEntry {
             user: message.recipient_id,
             seq: *seq,
-            message: message.id,
+            message: message.seq,
             at: message.created_at,
         });
         results.push(Some((message, *seq)));
@@ -163,12 +165,12 @@ async fn mark_delivered<C: GroupStatements>(
     events: &[(UserId, i64)],
     at: DateTime<Utc>,
 ) -> Result<Vec<FirstDelivery>> {
-    let messages: Vec<MessageId> = conn
+    let messages: Vec<i64> = conn
         .mark_events(events, at)
         .await?
         .into_iter()
         .filter(|(_, kind)| kind == "message")
-        .map(|(id, _)| id)
+        .map(|(seq, _)| seq)
         .collect();
     if messages.is_empty() {
         return Ok(Vec::new());
@@ -236,7 +238,7 @@ impl GroupStatements for SqliteConnection {
 
     async fn insert_inbox(&mut self, entries: &[InboxEntry]) -> sqlx::Result<()> {
         let mut insert =
-            QueryBuilder::new("INSERT INTO inbox (user_id, seq, kind, message_id, created_at) ");
+            QueryBuilder::new("INSERT INTO inbox (user_id, seq, kind, message_seq, created_at) ");
         insert.push_values(entries, |mut row, entry| {
             row.push_bind(entry.user)
                 .push_bind(entry.seq)
@@ -251,7 +253,7 @@ impl GroupStatements for SqliteConnection {
         &mut self,
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<(MessageId, String)>> {
+    ) -> sqlx::Result<Vec<(i64, String)>> {
         // Joined, not `(user_id, seq) IN (VALUES ...)`: SQLite plans that as a scan of every
         // undelivered event (all of every offline user's), this as key lookups.
         let mut mark = QueryBuilder::new("WITH reported (user_id, seq) AS (VALUES ");
@@ -268,22 +270,22 @@ impl GroupStatements for SqliteConnection {
         mark.push(
             " FROM reported WHERE inbox.user_id = reported.user_id \
              AND inbox.seq = reported.seq AND inbox.delivered_at IS NULL \
-             RETURNING inbox.message_id, inbox.kind",
+             RETURNING inbox.message_seq, inbox.kind",
         );
         mark.build_query_as().fetch_all(self).await
     }
 
     async fn mark_messages(
         &mut self,
-        ids: &[MessageId],
+        seqs: &[i64],
         at: DateTime<Utc>,
     ) -> sqlx::Result<Vec<FirstDelivery>> {
         let mut mark = QueryBuilder::new("UPDATE messages SET delivered_at = ");
         mark.push_bind(at);
-        mark.push(" WHERE delivered_at IS NULL AND id IN (");
+        mark.push(" WHERE delivered_at IS NULL AND seq IN (");
         let mut list = mark.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
+        for seq in seqs {
+            list.push_bind(*seq);
         }
         mark.push(") RETURNING id, conversation_id, sender_id, recipient_id, delivered_at");
         mark.build_query_as().fetch_all(self).await
@@ -302,8 +304,10 @@ impl GroupStatements for PgConnection {
         latest: DateTime<Utc>,
     ) -> sqlx::Result<()> {
         // Groups commit at once (several writers per node, several nodes): each locks the
-        // rows it needs in id order, so that no two ever wait for each other in a cycle.
-        sqlx::query("SELECT 1 FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        // rows it needs in id order, so that no two ever wait for each other in a cycle. The
+        // lock is the one an UPDATE takes (NO KEY UPDATE): FOR UPDATE would also wait for the
+        // KEY SHARE locks that other groups' foreign-key checks hold, and deadlock with them.
+        sqlx::query("SELECT 1 FROM conversations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
             .bind(uuids(ids, |c| c.0))
             .execute(&mut *self)
             .await?;
@@ -353,7 +357,7 @@ impl GroupStatements for PgConnection {
     ) -> sqlx::Result<Vec<(UserId, i64)>> {
         // In id order, as for conversations.
         let users: Vec<Uuid> = counts.keys().map(|u| u.0).collect();
-        sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
             .bind(&users)
             .execute(&mut *self)
             .await?;
@@ -370,14 +374,14 @@ impl GroupStatements for PgConnection {
 
     async fn insert_inbox(&mut self, entries: &[InboxEntry]) -> sqlx::Result<()> {
         sqlx::query(
-            "INSERT INTO inbox (user_id, seq, kind, message_id, created_at)
-             SELECT user_id, seq, 'message', message_id, created_at
-             FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::timestamptz[])
-                  AS e (user_id, seq, message_id, created_at)",
+            "INSERT INTO inbox (user_id, seq, kind, message_seq, created_at)
+             SELECT user_id, seq, 'message', message_seq, created_at
+             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::timestamptz[])
+                  AS e (user_id, seq, message_seq, created_at)",
         )
         .bind(uuids(entries, |e| e.user.0))
         .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
-        .bind(uuids(entries, |e| e.message.0))
+        .bind(entries.iter().map(|e| e.message).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.at).collect::<Vec<_>>())
         .execute(self)
         .await
@@ -388,13 +392,13 @@ impl GroupStatements for PgConnection {
         &mut self,
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<(MessageId, String)>> {
+    ) -> sqlx::Result<Vec<(i64, String)>> {
         sqlx::query_as(
             "UPDATE inbox SET delivered_at = $3
              FROM unnest($1::uuid[], $2::bigint[]) AS reported (user_id, seq)
              WHERE inbox.user_id = reported.user_id AND inbox.seq = reported.seq
                AND inbox.delivered_at IS NULL
-             RETURNING inbox.message_id, inbox.kind",
+             RETURNING inbox.message_seq, inbox.kind",
         )
         .bind(uuids(events, |(user, _)| user.0))
         .bind(events.iter().map(|(_, seq)| *seq).collect::<Vec<_>>())
@@ -405,15 +409,15 @@ impl GroupStatements for PgConnection {
 
     async fn mark_messages(
         &mut self,
-        ids: &[MessageId],
+        seqs: &[i64],
         at: DateTime<Utc>,
     ) -> sqlx::Result<Vec<FirstDelivery>> {
         sqlx::query_as(
-            "UPDATE messages SET delivered_at = $1 WHERE delivered_at IS NULL AND id = ANY($2)
+            "UPDATE messages SET delivered_at = $1 WHERE delivered_at IS NULL AND seq = ANY($2)
              RETURNING id, conversation_id, sender_id, recipient_id, delivered_at",
         )
         .bind(at)
-        .bind(uuids(ids, |m| m.0))
+        .bind(seqs)
         .fetch_all(self)
         .await
     }

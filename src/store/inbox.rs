@@ -9,7 +9,8 @@ use crate::{
     model::{ConversationId, Message, MessageId, UserId},
 };
 
-/// Appends an event for `$user` inside the open transaction `$tx`, evaluating to its number.
+/// Appends an event for `$user` about the message numbered `$message` (its `seq`) inside the
+/// open transaction `$tx`, evaluating to the event's number.
 /// Bumping `users.inbox_seq` locks the user's row until commit, so numbers are handed out and
 /// committed in order: once number n is visible, every number below it is too.
 macro_rules! append {
@@ -21,7 +22,7 @@ macro_rules! append {
         .fetch_one(&mut *$tx)
         .await?;
         sqlx::query(
-            "INSERT INTO inbox (user_id, seq, kind, message_id, created_at)
+            "INSERT INTO inbox (user_id, seq, kind, message_seq, created_at)
              VALUES ($1, $2, $3, $4, $5)",
         )
         .bind($user)
@@ -112,7 +113,7 @@ impl Store {
             sqlx::query_as::<_, InboxRow>(concat!(
                 "SELECT i.seq AS inbox_seq, i.kind, ",
                 message_cols!(m),
-                " FROM inbox i JOIN messages m ON m.id = i.message_id
+                " FROM inbox i JOIN messages m ON m.seq = i.message_seq
                   WHERE i.user_id = $1 AND i.seq > $2 AND i.seq <= $3
                     AND ($4 = FALSE OR i.delivered_at IS NULL)
                   ORDER BY i.seq LIMIT $5"

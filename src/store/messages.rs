@@ -186,7 +186,8 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            let cursor = super::inbox::append!(tx, message.sender_id, "read_receipt", id, at);
+            let cursor =
+                super::inbox::append!(tx, message.sender_id, "read_receipt", message.seq, at);
             tx.commit().await?;
             Ok(Some((message, cursor)))
         })
