@@ -49,15 +49,13 @@ impl Batcher {
     /// Writers commit in parallel without waiting for each other's locks: a conversation's
     /// messages all go to the same writer, which locks that conversation's row.
     pub(super) fn spawn(store: Store, writers: usize) -> Self {
-        let (deliveries, mut delivery_queue) = mpsc::channel(DELIVERY_QUEUE);
+        let (deliveries, delivery_queue) = mpsc::channel(DELIVERY_QUEUE);
+        let mut delivery_queue = Some(delivery_queue);
         let writers = (0..writers.max(1))
-            .map(|writer| {
+            .map(|_| {
                 let (messages, message_queue) = mpsc::channel(QUEUE);
-                let reports = if writer == 0 {
-                    std::mem::replace(&mut delivery_queue, mpsc::channel(1).1)
-                } else {
-                    mpsc::channel(1).1 // closed: this writer takes no delivery reports
-                };
+                // The first writer takes the reports; the others get a closed queue.
+                let reports = delivery_queue.take().unwrap_or_else(|| mpsc::channel(1).1);
                 tokio::spawn(run(store.clone(), message_queue, reports));
                 messages
             })

@@ -21,7 +21,7 @@ use crate::{
 pub(super) type Inserted = Option<(Message, i64)>;
 
 /// A new inbox entry for a received message.
-struct InboxEntry {
+struct NewInboxEntry {
     user: UserId,
     seq: i64,
     /// The message's `seq`.
@@ -54,7 +54,7 @@ trait GroupStatements: Send {
 
     fn insert_inbox(
         &mut self,
-        entries: &[InboxEntry],
+        entries: &[NewInboxEntry],
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
 
     /// Marks undelivered inbox events delivered; returns the message (`seq`) and kind of each
@@ -145,7 +145,7 @@ async fn insert<C: GroupStatements>(conn: &mut C, batch: &[NewMessage]) -> Resul
                 "recipient vanished mid-batch"
             )));
         };
-        entries.push(InboxEntry {
+        entries.push(NewInboxEntry {
             user: message.recipient_id,
             seq: *seq,
             message: message.seq,
@@ -236,7 +236,7 @@ impl GroupStatements for SqliteConnection {
         bump.build_query_as().fetch_all(self).await
     }
 
-    async fn insert_inbox(&mut self, entries: &[InboxEntry]) -> sqlx::Result<()> {
+    async fn insert_inbox(&mut self, entries: &[NewInboxEntry]) -> sqlx::Result<()> {
         let mut insert =
             QueryBuilder::new("INSERT INTO inbox (user_id, seq, kind, message_seq, created_at) ");
         insert.push_values(entries, |mut row, entry| {
@@ -307,13 +307,14 @@ impl GroupStatements for PgConnection {
         // rows it needs in id order, so that no two ever wait for each other in a cycle. The
         // lock is the one an UPDATE takes (NO KEY UPDATE): FOR UPDATE would also wait for the
         // KEY SHARE locks that other groups' foreign-key checks hold, and deadlock with them.
+        let ids = uuids(ids, |c| c.0);
         sqlx::query("SELECT 1 FROM conversations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-            .bind(uuids(ids, |c| c.0))
+            .bind(&ids)
             .execute(&mut *self)
             .await?;
         sqlx::query("UPDATE conversations SET last_message_at = $1 WHERE id = ANY($2)")
             .bind(latest)
-            .bind(uuids(ids, |c| c.0))
+            .bind(&ids)
             .execute(self)
             .await
             .map(drop)
@@ -372,7 +373,7 @@ impl GroupStatements for PgConnection {
         .await
     }
 
-    async fn insert_inbox(&mut self, entries: &[InboxEntry]) -> sqlx::Result<()> {
+    async fn insert_inbox(&mut self, entries: &[NewInboxEntry]) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO inbox (user_id, seq, kind, message_seq, created_at)
              SELECT user_id, seq, 'message', message_seq, created_at
