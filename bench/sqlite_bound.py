@@ -100,13 +100,15 @@ def main():
     parser.add_argument("--group", type=int, default=3200, help="messages per group commit")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--preload", type=int, default=200_000, help="messages stored first")
+    parser.add_argument("--page-size", type=int, default=4096, help="bytes per database page")
     args = parser.parse_args()
 
     directory = tempfile.mkdtemp(prefix="kisse-bound-")
     path = os.path.join(directory, "bound.db")
     db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA page_size=%d" % args.page_size)
     for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON",
-                   "cache_size=-65536", "wal_autocheckpoint=0"):
+                   "cache_size=-65536", "wal_autocheckpoint=0", "temp_store=MEMORY"):
         db.execute("PRAGMA " + pragma)
     for migration in sorted(glob.glob(MIGRATIONS)):
         db.executescript(open(migration).read())

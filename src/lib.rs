@@ -23,6 +23,7 @@ use std::{
 };
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -127,6 +128,13 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
     tokio::spawn(metrics::upkeep(state.clone()));
     broker::spawn(&state);
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // Frames are small and each should leave at once: without TCP_NODELAY, a frame written
+    // while the previous one is unacknowledged waits for the peer's delayed ACK (up to 40 ms).
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())
         .into_future();

@@ -19,6 +19,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Frames written per flush (at most `WRITE_BATCH` = 64).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+/// Messages and delivery marks per group commit (at most 4,096 messages).
+const GROUP_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
 
 /// The process's recorder handle, installing the recorder on first call.
 pub fn handle() -> PrometheusHandle {
@@ -30,6 +34,12 @@ pub fn handle() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full("kisse_ws_write_batch_frames".into()),
                         BATCH_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("kisse_store_group_rows".into()),
+                        GROUP_BUCKETS,
                     )
                 })
                 // Only fails on empty bucket lists: fall back to summaries.
@@ -76,6 +86,16 @@ fn describe() {
         "kisse_ws_write_batch_frames",
         Unit::Count,
         "Frames written per socket flush"
+    );
+    describe_histogram!(
+        "kisse_store_group_rows",
+        Unit::Count,
+        "Rows per group commit, by kind (messages, delivery marks)"
+    );
+    describe_histogram!(
+        "kisse_store_group_commit_seconds",
+        Unit::Seconds,
+        "Duration of a group commit (its transaction, fsync included)"
     );
     describe_counter!("kisse_errors_total", "Errors answered to clients, by code");
     describe_counter!(
@@ -140,6 +160,13 @@ pub fn frame_received(kind: &'static str) {
 
 pub fn write_batch(frames: usize) {
     histogram!("kisse_ws_write_batch_frames").record(frames as f64);
+}
+
+/// A group commit of `messages` new messages and `marks` delivery marks took `elapsed`.
+pub fn group_commit(messages: usize, marks: usize, elapsed: Duration) {
+    histogram!("kisse_store_group_rows", "kind" => "messages").record(messages as f64);
+    histogram!("kisse_store_group_rows", "kind" => "delivery_marks").record(marks as f64);
+    histogram!("kisse_store_group_commit_seconds").record(elapsed.as_secs_f64());
 }
 
 /// Counts a closed socket; returns the reason's name (for the log line).

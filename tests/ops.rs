@@ -118,6 +118,8 @@ async fn metrics_move_after_a_message(engine: Engine) {
     );
     grew("kisse_errors_total", &[("code", "unknown_type")]);
     grew("kisse_ws_write_batch_frames_count", &[]);
+    grew("kisse_store_group_commit_seconds_count", &[]);
+    grew("kisse_store_group_rows_sum", &[("kind", "messages")]);
     grew(
         "kisse_http_requests_total",
         &[("route", "/metrics"), ("status", "200"), ("method", "GET")],

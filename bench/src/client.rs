@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::{net::TcpSocket, sync::Semaphore};
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream, client_async, connect_async, tungstenite::Message,
+    MaybeTlsStream, WebSocketStream, client_async, connect_async_with_config, tungstenite::Message,
 };
 
 use crate::{
@@ -79,7 +79,11 @@ async fn connect(server: &Running, user: &User) -> anyhow::Result<Socket> {
     } else {
         format!("{}/ws?token={}", server.ws_base(), user.token)
     };
-    Ok(connect_async(url).await.context("websocket connect")?.0)
+    // TCP_NODELAY, as the app's sockets (dart:io) have it.
+    Ok(connect_async_with_config(url, None, true)
+        .await
+        .context("websocket connect")?
+        .0)
 }
 
 /// The value of `"key":"..."` in a frame, without parsing all of it.

@@ -21,6 +21,7 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
     let peers: Peers = Arc::default();
     loop {
         let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
         let peers = peers.clone();
         tokio::spawn(async move {
             let mut user = 0;

@@ -119,12 +119,15 @@ impl Store {
         if messages.is_empty() && events.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        with_pool!(self, write, |pool| {
+        let started = std::time::Instant::now();
+        let written = with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
             let written = group::write(&mut *tx, messages, events, at).await?;
             tx.commit().await?;
             Ok(written)
-        })
+        });
+        crate::metrics::group_commit(messages.len(), events.len(), started.elapsed());
+        written
     }
 }
 

@@ -197,15 +197,22 @@ impl Store {
             .row_buffer_size(ROW_BUFFER);
         // The writer checkpoints only as a backstop: `checkpoint_wal` runs beside it, so
         // copying the log into the database does not stall commits.
+        // No ping before handing out a connection: it is a file in this process, and the ping
+        // is a round trip to the connection's thread, paid by every group commit.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(
                 options
                     .clone()
                     .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string())
                     // A group commit dirties pages all over the message and inbox indexes; with
                     // SQLite's default 2 MiB cache it spills and rereads them mid-transaction.
-                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+                    // A group's statements each keep a journal of the pages they change (to undo
+                    // that statement alone); past 64 KiB SQLite spills it to a temporary file,
+                    // a write syscall per page. Kept in memory instead.
+                    .pragma("temp_store", "MEMORY"),
             )
             .await
             .context("opening the SQLite database")?;
@@ -216,6 +223,7 @@ impl Store {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(max_connections)
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await
                 .context("opening the SQLite database")?
