@@ -79,7 +79,8 @@ async fn connect(server: &Running, user: &User) -> anyhow::Result<Socket> {
     } else {
         format!("{}/ws?token={}", server.ws_base(), user.token)
     };
-    // TCP_NODELAY, as the app's sockets (dart:io) have it.
+    // TCP_NODELAY: with Nagle's algorithm the load generator would hold its own frames back
+    // and understate the server.
     Ok(connect_async_with_config(url, None, true)
         .await
         .context("websocket connect")?

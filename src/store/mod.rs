@@ -195,10 +195,10 @@ impl Store {
             // is full the thread waits for the reader task, which costs a thread hand-off per
             // few rows of a batch's RETURNING or a catch-up page.
             .row_buffer_size(ROW_BUFFER);
+        // No ping before a pool hands out a connection: it is a file in this process, and the
+        // ping is a round trip to the connection's thread, paid by every group commit.
         // The writer checkpoints only as a backstop: `checkpoint_wal` runs beside it, so
         // copying the log into the database does not stall commits.
-        // No ping before handing out a connection: it is a file in this process, and the ping
-        // is a round trip to the connection's thread, paid by every group commit.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
