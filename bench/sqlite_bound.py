@@ -40,12 +40,6 @@ def group(db, pairs, size, marks):
         conversation, sender, recipient = random.choice(pairs)
         messages.append((uuid.uuid4().bytes, conversation, sender, recipient, "text", "s", at))
     db.execute("BEGIN")
-    conversations = sorted({m[1] for m in messages})
-    db.execute(
-        "UPDATE conversations SET last_message_at = ? WHERE id IN (%s)"
-        % ",".join("?" * len(conversations)),
-        [at] + conversations,
-    )
     stored = dict(
         db.execute(
             "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type, "
@@ -53,6 +47,20 @@ def group(db, pairs, size, marks):
             % placeholders(size, 7),
             [value for m in messages for value in m],
         ).fetchall()
+    )
+    received = {}
+    for m in messages:
+        received[(m[1], m[3])] = received.get((m[1], m[3]), 0) + 1
+    db.execute(
+        "WITH received (conversation_id, recipient_id, count) AS (VALUES %s) "
+        "UPDATE conversations SET last_message_at = ?, "
+        "unread_a = unread_a + coalesce((SELECT sum(r.count) FROM received r "
+        "WHERE r.conversation_id = conversations.id AND r.recipient_id = user_a), 0), "
+        "unread_b = unread_b + coalesce((SELECT sum(r.count) FROM received r "
+        "WHERE r.conversation_id = conversations.id AND r.recipient_id <> user_a), 0) "
+        "WHERE id IN (SELECT conversation_id FROM received)"
+        % placeholders(len(received), 3),
+        [value for (c, r), n in received.items() for value in (c, r, n)] + [at],
     )
     counts = {}
     for m in messages:

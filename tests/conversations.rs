@@ -103,16 +103,27 @@ async fn list_shows_participant_name_unread_count_and_status(engine: Engine) {
 
     let mut bob_socket = app.ws(&bob).await;
     let mut alice_socket = app.ws(&alice).await;
+    let mut ids = Vec::new();
     for _ in 0..2 {
+        let id = uuid::Uuid::new_v4();
+        ids.push(id);
         alice_socket
             .send(
                 "message",
-                json!({"recipientId": bob.id, "messageType": "text", "sessionId": "s"}),
+                json!({"id": id, "recipientId": bob.id, "messageType": "text", "sessionId": "s"}),
             )
             .await;
         alice_socket.expect("message_ack").await;
         bob_socket.expect("message").await;
     }
+    // A retry of a stored message is not a second unread message.
+    alice_socket
+        .send(
+            "message",
+            json!({"id": ids[0], "recipientId": bob.id, "messageType": "text", "sessionId": "s"}),
+        )
+        .await;
+    alice_socket.expect("message_ack").await;
     let (_, list) = app.get("/api/conversations", &bob.token).await;
     let entry = &list[0];
     assert_eq!(entry["participant_id"], alice.id);
@@ -128,6 +139,29 @@ async fn list_shows_participant_name_unread_count_and_status(engine: Engine) {
         alice_list[0]["unread_count"], 0,
         "own messages are not unread"
     );
+
+    // Reading counts down, once per message; a reply counts for its own recipient only.
+    for _ in 0..2 {
+        let (status, _) = app
+            .post(
+                &format!("/api/messages/{}/read", ids[0]),
+                &bob.token,
+                json!({}),
+            )
+            .await;
+        assert!(status.is_success());
+    }
+    bob_socket
+        .send(
+            "message",
+            json!({"recipientId": alice.id, "messageType": "text", "sessionId": "s"}),
+        )
+        .await;
+    bob_socket.expect("message_ack").await;
+    let (_, list) = app.get("/api/conversations", &bob.token).await;
+    assert_eq!(list[0]["unread_count"], 1);
+    let (_, alice_list) = app.get("/api/conversations", &alice.token).await;
+    assert_eq!(alice_list[0]["unread_count"], 1);
 }
 
 async fn a_third_user_cannot_read_a_conversation(engine: Engine) {

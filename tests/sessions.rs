@@ -491,10 +491,17 @@ async fn retention_sweeps_old_metadata_and_expired_stories(engine: Engine) {
     )
     .await;
     b.expect_quiet().await;
+    let (_, list) = app.get("/api/conversations", &bob.token).await;
+    assert_eq!(list[0]["unread_count"], 1);
     let swept = kisse_backend::domain::retention::sweep(state, now + chrono::Duration::days(4))
         .await
         .expect("sweep");
     assert_eq!((swept.messages, swept.calls), (1, 1), "{swept:?}");
+    let (_, list) = app.get("/api/conversations", &bob.token).await;
+    assert_eq!(
+        list[0]["unread_count"], 0,
+        "a swept message is no longer unread"
+    );
     assert_eq!(
         app.get(&history, &bob.token)
             .await

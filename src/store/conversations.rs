@@ -50,9 +50,7 @@ macro_rules! summary_sql {
         concat!(
             "SELECT c.id, c.created_at, c.last_message_at,
                     u.id AS participant_id, u.username, u.name, u.avatar_url, u.presence,
-                    (SELECT COUNT(*) FROM messages m
-                     WHERE m.conversation_id = c.id AND m.recipient_id = $1 AND m.is_read = FALSE)
-                        AS unread_count
+                    CASE WHEN c.user_a = $1 THEN c.unread_a ELSE c.unread_b END AS unread_count
              FROM conversations c
              JOIN users u ON u.id = CASE WHEN c.user_a = $1 THEN c.user_b ELSE c.user_a END
              WHERE (c.user_a = $1 OR c.user_b = $1) ",

@@ -29,13 +29,23 @@ struct NewInboxEntry {
     at: DateTime<Utc>,
 }
 
+/// New messages stored per conversation and recipient (unread until the recipient reads them).
+type Received = BTreeMap<(ConversationId, UserId), i64>;
+
 /// One engine's statements, each run inside the group's open transaction.
 trait GroupStatements: Send {
-    /// Sets the conversations' latest message time. It locks their rows first (in id order), so
-    /// that within a conversation the order of `seq` is the order of commits.
-    fn touch_conversations(
+    /// Locks the conversations' rows (in id order) before their messages are numbered, so that
+    /// within a conversation the order of `seq` is the order of commits.
+    fn lock_conversations(
         &mut self,
         ids: &[ConversationId],
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+
+    /// Sets the conversations' latest message time and adds what each member received to
+    /// their unread count.
+    fn touch_conversations(
+        &mut self,
+        received: &Received,
         latest: DateTime<Utc>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
 
@@ -110,7 +120,7 @@ async fn insert<C: GroupStatements>(conn: &mut C, batch: &[NewMessage]) -> Resul
         .map(|m| m.created_at)
         .max()
         .unwrap_or_else(crate::model::now);
-    conn.touch_conversations(&conversations, latest).await?;
+    conn.lock_conversations(&conversations).await?;
 
     // Only the numbers come back: the rest of each row is what was just written.
     let mut stored: HashMap<MessageId, i64> =
@@ -120,6 +130,18 @@ async fn insert<C: GroupStatements>(conn: &mut C, batch: &[NewMessage]) -> Resul
         .iter()
         .map(|m| stored.remove(&m.id).map(|seq| m.stored_as(seq)))
         .collect();
+
+    // Every conversation of the batch is touched; only stored messages count as unread.
+    let mut received: Received = batch
+        .iter()
+        .map(|m| ((m.conversation_id, m.recipient_id), 0))
+        .collect();
+    for message in inserted.iter().flatten() {
+        *received
+            .entry((message.conversation_id, message.recipient_id))
+            .or_default() += 1;
+    }
+    conn.touch_conversations(&received, latest).await?;
 
     let mut per_recipient: BTreeMap<UserId, i64> = BTreeMap::new();
     for message in inserted.iter().flatten() {
@@ -179,18 +201,36 @@ async fn mark_delivered<C: GroupStatements>(
 }
 
 impl GroupStatements for SqliteConnection {
+    async fn lock_conversations(&mut self, _: &[ConversationId]) -> sqlx::Result<()> {
+        Ok(()) // one writer: commits are already in order
+    }
+
     async fn touch_conversations(
         &mut self,
-        ids: &[ConversationId],
+        received: &Received,
         latest: DateTime<Utc>,
     ) -> sqlx::Result<()> {
-        let mut touch = QueryBuilder::new("UPDATE conversations SET last_message_at = ");
-        touch.push_bind(latest).push(" WHERE id IN (");
-        let mut list = touch.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
+        let mut touch =
+            QueryBuilder::new("WITH received (conversation_id, recipient_id, count) AS (VALUES ");
+        let mut rows = touch.separated(", ");
+        for ((conversation, recipient), count) in received {
+            rows.push("(");
+            rows.push_bind_unseparated(*conversation);
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(*recipient);
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(*count);
+            rows.push_unseparated(")");
         }
-        touch.push(")");
+        touch.push(") UPDATE conversations SET last_message_at = ");
+        touch.push_bind(latest);
+        touch.push(
+            ", unread_a = unread_a + coalesce((SELECT sum(r.count) FROM received r \
+                 WHERE r.conversation_id = conversations.id AND r.recipient_id = user_a), 0), \
+             unread_b = unread_b + coalesce((SELECT sum(r.count) FROM received r \
+                 WHERE r.conversation_id = conversations.id AND r.recipient_id <> user_a), 0) \
+             WHERE id IN (SELECT conversation_id FROM received)",
+        );
         touch.build().execute(self).await.map(drop)
     }
 
@@ -298,26 +338,42 @@ fn uuids<T>(items: &[T], id: impl Fn(&T) -> Uuid) -> Vec<Uuid> {
 }
 
 impl GroupStatements for PgConnection {
-    async fn touch_conversations(
-        &mut self,
-        ids: &[ConversationId],
-        latest: DateTime<Utc>,
-    ) -> sqlx::Result<()> {
+    async fn lock_conversations(&mut self, ids: &[ConversationId]) -> sqlx::Result<()> {
         // Groups commit at once (several writers per node, several nodes): each locks the
         // rows it needs in id order, so that no two ever wait for each other in a cycle. The
         // lock is the one an UPDATE takes (NO KEY UPDATE): FOR UPDATE would also wait for the
         // KEY SHARE locks that other groups' foreign-key checks hold, and deadlock with them.
-        let ids = uuids(ids, |c| c.0);
         sqlx::query("SELECT 1 FROM conversations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-            .bind(&ids)
-            .execute(&mut *self)
-            .await?;
-        sqlx::query("UPDATE conversations SET last_message_at = $1 WHERE id = ANY($2)")
-            .bind(latest)
-            .bind(&ids)
+            .bind(uuids(ids, |c| c.0))
             .execute(self)
             .await
             .map(drop)
+    }
+
+    async fn touch_conversations(
+        &mut self,
+        received: &Received,
+        latest: DateTime<Utc>,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE conversations c SET last_message_at = $1,
+                    unread_a = c.unread_a + n.to_a, unread_b = c.unread_b + n.to_b
+             FROM (SELECT r.conversation_id,
+                          sum(CASE WHEN r.recipient_id = cc.user_a THEN r.count ELSE 0 END) AS to_a,
+                          sum(CASE WHEN r.recipient_id = cc.user_a THEN 0 ELSE r.count END) AS to_b
+                   FROM unnest($2::uuid[], $3::uuid[], $4::bigint[])
+                        AS r (conversation_id, recipient_id, count)
+                   JOIN conversations cc ON cc.id = r.conversation_id
+                   GROUP BY r.conversation_id) AS n
+             WHERE c.id = n.conversation_id",
+        )
+        .bind(latest)
+        .bind(received.keys().map(|(c, _)| c.0).collect::<Vec<_>>())
+        .bind(received.keys().map(|(_, r)| r.0).collect::<Vec<_>>())
+        .bind(received.values().copied().collect::<Vec<_>>())
+        .execute(self)
+        .await
+        .map(drop)
     }
 
     async fn insert_messages(

@@ -182,6 +182,16 @@ impl Store {
             let Some(message) = updated else {
                 return Ok(None);
             };
+            sqlx::query(
+                "UPDATE conversations
+                 SET unread_a = CASE WHEN user_a = $2 THEN unread_a - 1 ELSE unread_a END,
+                     unread_b = CASE WHEN user_a = $2 THEN unread_b ELSE unread_b - 1 END
+                 WHERE id = $1",
+            )
+            .bind(message.conversation_id)
+            .bind(reader)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("DELETE FROM message_contents WHERE message_id = $1")
                 .bind(id)
                 .execute(&mut *tx)

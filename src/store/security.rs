@@ -269,11 +269,28 @@ impl Store {
         let mut swept = Swept::default();
         with_pool!(self, write, |pool| {
             if let Some(before) = cut.messages_before {
+                let mut tx = pool.begin().await?;
+                // Unread messages that go stop counting as unread.
+                sqlx::query(
+                    "UPDATE conversations SET
+                        unread_a = unread_a - (SELECT count(*) FROM messages m
+                            WHERE m.conversation_id = conversations.id AND m.created_at < $1
+                              AND m.is_read = FALSE AND m.recipient_id = conversations.user_a),
+                        unread_b = unread_b - (SELECT count(*) FROM messages m
+                            WHERE m.conversation_id = conversations.id AND m.created_at < $1
+                              AND m.is_read = FALSE AND m.recipient_id <> conversations.user_a)
+                     WHERE id IN (SELECT conversation_id FROM messages
+                                  WHERE created_at < $1 AND is_read = FALSE)",
+                )
+                .bind(before)
+                .execute(&mut *tx)
+                .await?;
                 swept.messages = sqlx::query("DELETE FROM messages WHERE created_at < $1")
                     .bind(before)
-                    .execute(pool)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                tx.commit().await?;
             }
             if let Some(before) = cut.calls_before {
                 swept.calls = sqlx::query(
