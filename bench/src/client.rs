@@ -35,6 +35,8 @@ pub struct Load {
     pub window: usize,
     pub duration: Duration,
     pub login_storm: u64,
+    /// Recipients send a read receipt for every message, as the app does once it is shown.
+    pub read_receipts: bool,
 }
 
 pub struct Report {
@@ -46,6 +48,8 @@ pub struct Report {
     latencies: Latencies,
     mode: String,
     logins: u64,
+    /// Read receipts that reached the senders (when recipients send them).
+    receipts: Option<u64>,
 }
 
 impl Report {
@@ -55,7 +59,7 @@ impl Report {
 
     pub fn print(&self, what: &str) {
         println!(
-            "{what}: {} | sent {} acked {} delivered {} ({:.0}/s) lost {} duplicates {}{} | {}",
+            "{what}: {} | sent {} acked {} delivered {} ({:.0}/s) lost {} duplicates {}{}{} | {}",
             self.mode,
             self.sent,
             self.acked,
@@ -67,6 +71,10 @@ impl Report {
                 format!(" | logins {}", self.logins)
             } else {
                 String::new()
+            },
+            match self.receipts {
+                Some(n) => format!(" | read receipts {n}"),
+                None => String::new(),
             },
             self.latencies.summary(),
         );
@@ -109,6 +117,8 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     let clock = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, acked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let receipts = Arc::new(AtomicU64::new(0));
+    let read = load.read_receipts && !server.relay;
 
     let mut receivers = Vec::new();
     for recipient in &users[load.pairs..2 * load.pairs] {
@@ -146,6 +156,16 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                 let sent_at: u64 = sent_at.parse().unwrap_or(0);
                 let now = clock.elapsed().as_micros() as u64;
                 latencies.push(now.saturating_sub(sent_at));
+                if read {
+                    let receipt = json!({"type": "read_receipt", "payload": {"messageId": id}});
+                    if socket
+                        .send(Message::text(receipt.to_string()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
                 last = clock.elapsed();
             }
             (latencies, duplicates, last)
@@ -166,13 +186,17 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         let sent = sent.clone();
         let ack_window = window.clone();
         let ack_count = acked.clone();
+        let receipt_count = receipts.clone();
         let acks = tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
-                if let Message::Text(text) = message
-                    && text.as_str().contains("message_ack")
-                {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                if text.as_str().contains("message_ack") {
                     ack_count.fetch_add(1, Ordering::Relaxed);
                     ack_window.add_permits(1);
+                } else if text.as_str().contains("\"type\":\"read_receipt\"") {
+                    receipt_count.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
@@ -255,10 +279,14 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         Some(storm) => storm.await?,
         None => 0,
     };
+    let delivered = latencies.len() as u64;
+    let deadline = Instant::now() + DRAIN;
+    while read && receipts.load(Ordering::Relaxed) < delivered && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for (_, acks) in open {
         acks.abort();
     }
-    let delivered = latencies.len() as u64;
     Ok(Report {
         sent: expected,
         acked: if server.relay {
@@ -278,6 +306,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
             ),
         },
         logins,
+        receipts: read.then(|| receipts.load(Ordering::Relaxed)),
     })
 }
 

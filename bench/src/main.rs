@@ -68,6 +68,9 @@ struct RoutingArgs {
     /// Logins per second during the run (password hashing storm).
     #[arg(long, default_value_t = 0)]
     login_storm: u64,
+    /// Recipients send a read receipt for every message (the app's flow; not to the relay).
+    #[arg(long)]
+    read_receipts: bool,
     /// Skip the relay run.
     #[arg(long)]
     no_relay: bool,
@@ -104,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
                 window: args.window,
                 duration: Duration::from_secs(args.seconds),
                 login_storm: args.login_storm,
+                read_receipts: args.read_receipts,
             };
             let server = server::Running::start(&args.target).await?;
             let report = client::routing(&server, &load).await?;
