@@ -19,7 +19,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Frames written per flush (at most `WRITE_BATCH` = 64).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
-/// Messages and delivery marks per group commit (at most 4,096 messages).
+/// Rows of each kind per group commit (at most 4,096 messages and receipts).
 const GROUP_BUCKETS: &[f64] = &[
     1.0, 4.0, 16.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
 ];
@@ -90,7 +90,7 @@ fn describe() {
     describe_histogram!(
         "kisse_store_group_rows",
         Unit::Count,
-        "Rows per group commit, by kind (messages, delivery marks)"
+        "Rows per group commit, by kind (messages, read receipts, delivery marks)"
     );
     describe_histogram!(
         "kisse_store_group_commit_seconds",
@@ -162,9 +162,11 @@ pub fn write_batch(frames: usize) {
     histogram!("kisse_ws_write_batch_frames").record(frames as f64);
 }
 
-/// A group commit of `messages` new messages and `marks` delivery marks took `elapsed`.
-pub fn group_commit(messages: usize, marks: usize, elapsed: Duration) {
+/// A group commit of `[messages, read receipts, delivery marks]` rows took `elapsed`.
+pub fn group_commit(rows: [usize; 3], elapsed: Duration) {
+    let [messages, reads, marks] = rows;
     histogram!("kisse_store_group_rows", "kind" => "messages").record(messages as f64);
+    histogram!("kisse_store_group_rows", "kind" => "read_receipts").record(reads as f64);
     histogram!("kisse_store_group_rows", "kind" => "delivery_marks").record(marks as f64);
     histogram!("kisse_store_group_commit_seconds").record(elapsed.as_secs_f64());
 }

@@ -10,6 +10,7 @@ scenarios!(
     concurrent_get_or_create_yields_one_conversation,
     opening_a_conversation_with_self_or_a_stranger_fails,
     list_shows_participant_name_unread_count_and_status,
+    concurrent_reads_each_send_one_receipt_and_clear_unread,
     a_third_user_cannot_read_a_conversation,
     history_is_newest_first_and_pages_with_before,
 );
@@ -162,6 +163,60 @@ async fn list_shows_participant_name_unread_count_and_status(engine: Engine) {
     assert_eq!(list[0]["unread_count"], 1);
     let (_, alice_list) = app.get("/api/conversations", &alice.token).await;
     assert_eq!(alice_list[0]["unread_count"], 1);
+}
+
+async fn concurrent_reads_each_send_one_receipt_and_clear_unread(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    app.conversation(&alice, &bob).await;
+    let mut alice_socket = app.ws(&alice).await;
+    let ids: Vec<uuid::Uuid> = (0..12).map(|_| uuid::Uuid::new_v4()).collect();
+    for id in &ids {
+        alice_socket
+            .send(
+                "message",
+                json!({"id": id, "recipientId": bob.id, "messageType": "text"}),
+            )
+            .await;
+        alice_socket.expect("message_ack").await;
+    }
+    // Every message read twice at once (two devices): the reads share group commits.
+    let paths: Vec<String> = ids
+        .iter()
+        .chain(&ids)
+        .map(|id| format!("/api/messages/{id}/read"))
+        .collect();
+    let reads = paths
+        .iter()
+        .map(|path| app.post(path, &bob.token, json!({})));
+    let answers = futures_util::future::join_all(reads).await;
+    for (status, message) in &answers {
+        assert!(status.is_success(), "{message}");
+        assert_eq!(message["is_read"], true, "{message}");
+    }
+    let mut receipts = std::collections::HashSet::new();
+    for _ in 0..ids.len() {
+        let receipt = alice_socket.expect("read_receipt").await;
+        let id = receipt["messageId"]
+            .as_str()
+            .expect("message id")
+            .to_owned();
+        assert!(receipts.insert(id), "one receipt per message: {receipt}");
+    }
+    alice_socket.expect_quiet().await;
+    let (_, list) = app.get("/api/conversations", &bob.token).await;
+    assert_eq!(list[0]["unread_count"], 0);
+    // A stranger's read changes nothing.
+    let carol = app.register("carol").await;
+    let (status, _) = app
+        .post(
+            &format!("/api/messages/{}/read", ids[0]),
+            &carol.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 async fn a_third_user_cannot_read_a_conversation(engine: Engine) {

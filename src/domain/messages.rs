@@ -110,7 +110,7 @@ pub async fn mark_read(state: &AppState, reader: UserId, id: MessageId) -> Resul
     if message.recipient_id != reader || message.is_read {
         return Ok(message);
     }
-    let Some((updated, cursor)) = state.store.mark_read(id, reader, now()).await? else {
+    let Some((updated, cursor)) = state.store.mark_read(&message, reader).await? else {
         // Another device of the reader marked it read in between.
         return Ok(state.store.message(id).await?.unwrap_or(message));
     };

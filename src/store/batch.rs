@@ -1,6 +1,6 @@
-//! Group commit: messages, and the delivery marks of what sockets wrote, that arrive while a
-//! commit is running wait for the next one and share it, so a burst costs one transaction (one
-//! fsync) instead of one per message and one per delivery report. Alone, a message is committed
+//! Group commit: messages, read receipts, and the delivery marks of what sockets wrote, that
+//! arrive while a commit is running wait for the next one and share it, so a burst costs one
+//! transaction (one fsync) instead of one per message, receipt and delivery report. Alone, a message is committed
 //! at once: batching adds no delay when there is nothing to group.
 
 use chrono::{DateTime, Utc};
@@ -8,12 +8,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     FirstDelivery, NewMessage, Store,
-    group::{self, Inserted},
+    group::{self, Inserted, Read, ReadMark, Written},
     with_pool,
 };
 use crate::{
     error::{Error, Result},
-    model::UserId,
+    model::{ConversationId, UserId},
 };
 
 /// Messages committed together at most.
@@ -23,9 +23,16 @@ const QUEUE: usize = 4096;
 /// Delivery reports waiting for a commit (their one sender waits for each).
 const DELIVERY_QUEUE: usize = 16;
 
-struct MessageJob {
-    message: NewMessage,
-    reply: oneshot::Sender<Result<Inserted>>,
+/// Work for a writer: a message to store or one to mark read.
+enum Job {
+    Message {
+        message: NewMessage,
+        reply: oneshot::Sender<Result<Inserted>>,
+    },
+    Read {
+        read: ReadMark,
+        reply: oneshot::Sender<Result<Read>>,
+    },
 }
 
 struct DeliveryJob {
@@ -40,7 +47,7 @@ struct DeliveryJob {
 /// message queue is (SQLite, which has one writer, uses it).
 #[derive(Clone, Debug)]
 pub(super) struct Batcher {
-    writers: Vec<mpsc::Sender<MessageJob>>,
+    writers: Vec<mpsc::Sender<Job>>,
     deliveries: mpsc::Sender<DeliveryJob>,
 }
 
@@ -69,14 +76,31 @@ impl Batcher {
     /// Queues `message` for the next group commit; the answer comes once it is committed.
     pub(super) async fn enqueue(&self, message: NewMessage) -> Result<Committed> {
         let (reply, answer) = oneshot::channel();
-        // The random half of the id spreads conversations evenly over the writers.
-        let (_, random) = message.conversation_id.0.as_u64_pair();
-        let writer = (random % self.writers.len() as u64) as usize;
-        self.writers[writer]
-            .send(MessageJob { message, reply })
+        let writer = self.writer(message.conversation_id);
+        writer
+            .send(Job::Message { message, reply })
             .await
             .map_err(|_| stopped())?;
         Ok(Committed(answer))
+    }
+
+    /// Marks a message read in the next group commit of its conversation's writer, and waits
+    /// for it.
+    pub(super) async fn read(&self, read: ReadMark) -> Result<Read> {
+        let (reply, answer) = oneshot::channel();
+        let writer = self.writer(read.conversation);
+        writer
+            .send(Job::Read { read, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The writer of `conversation`: always the same one, so that only it locks the row.
+    fn writer(&self, conversation: ConversationId) -> &mpsc::Sender<Job> {
+        // The random half of the id spreads conversations evenly over the writers.
+        let (_, random) = conversation.0.as_u64_pair();
+        &self.writers[(random % self.writers.len() as u64) as usize]
     }
 
     /// Records delivery marks in the next group commit and waits for it (see
@@ -109,31 +133,31 @@ fn stopped() -> Error {
 }
 
 impl Store {
-    /// Inserts `messages` and records the delivery marks `events` in one transaction.
+    /// Inserts `messages`, marks `reads` read and records the delivery marks `events` in one
+    /// transaction.
     pub(super) async fn write_group(
         &self,
         messages: &[NewMessage],
+        reads: &[ReadMark],
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
-    ) -> Result<(Vec<Inserted>, Vec<FirstDelivery>)> {
-        if messages.is_empty() && events.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
+    ) -> Result<Written> {
         let started = std::time::Instant::now();
         let written = with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
-            let written = group::write(&mut *tx, messages, events, at).await?;
+            let written = group::write(&mut *tx, messages, reads, events, at).await?;
             tx.commit().await?;
             Ok(written)
         });
-        crate::metrics::group_commit(messages.len(), events.len(), started.elapsed());
+        let rows = [messages.len(), reads.len(), events.len()];
+        crate::metrics::group_commit(rows, started.elapsed());
         written
     }
 }
 
 async fn run(
     store: Store,
-    mut messages: mpsc::Receiver<MessageJob>,
+    mut messages: mpsc::Receiver<Job>,
     mut deliveries: mpsc::Receiver<DeliveryJob>,
 ) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
@@ -156,26 +180,45 @@ async fn run(
             let Ok(job) = messages.try_recv() else { break };
             jobs.push(job);
         }
-        let (new, replies): (Vec<_>, Vec<_>) = jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
+        let (mut new, mut stored) = (Vec::new(), Vec::new());
+        let (mut reads, mut read) = (Vec::new(), Vec::new());
+        for job in jobs.drain(..) {
+            match job {
+                Job::Message { message, reply } => {
+                    new.push(message);
+                    stored.push(reply);
+                }
+                Job::Read { read: mark, reply } => {
+                    reads.push(mark);
+                    read.push(reply);
+                }
+            }
+        }
         let (events, at) = match &delivery {
             Some(job) => (&job.events[..], job.at),
             None => (&[][..], crate::model::now()),
         };
-        match store.write_group(&new, events, at).await {
-            Ok((inserted, delivered)) => {
-                for (reply, result) in replies.into_iter().zip(inserted) {
+        match store.write_group(&new, &reads, events, at).await {
+            Ok(written) => {
+                for (reply, result) in stored.into_iter().zip(written.inserted) {
+                    let _ = reply.send(Ok(result));
+                }
+                for (reply, result) in read.into_iter().zip(written.read) {
                     let _ = reply.send(Ok(result));
                 }
                 if let Some(job) = delivery {
-                    let _ = job.reply.send(Ok(delivered));
+                    let _ = job.reply.send(Ok(written.delivered));
                 }
             }
             Err(e) => {
                 // The whole group failed (the database is unreachable, say): nothing was
-                // committed, so no message is acknowledged.
+                // committed, so no message is acknowledged and no receipt is sent.
                 let reason = format!("{e:#}");
                 let failed = || Error::Internal(anyhow::anyhow!("{reason}"));
-                for reply in replies {
+                for reply in stored {
+                    let _ = reply.send(Err(failed()));
+                }
+                for reply in read {
                     let _ = reply.send(Err(failed()));
                 }
                 if let Some(job) = delivery {

@@ -1,5 +1,5 @@
-//! The statements of a group commit (`batch`): new messages, their inbox entries, and the
-//! delivery marks that sockets reported. The logic is written once (`write`); each engine
+//! The statements of a group commit (`batch`): new messages, read receipts, their inbox
+//! entries, and the delivery marks that sockets reported. The logic is written once (`write`); each engine
 //! supplies its statements. SQLite binds rows (`VALUES`); PostgreSQL binds one array per column
 //! (`unnest`), so that its statement texts are the same whatever the group's size: parsed and
 //! planned once per connection instead of once per group.
@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, QueryBuilder, SqliteConnection};
 use uuid::Uuid;
 
+use super::messages::message_cols;
 use super::{FirstDelivery, NewMessage};
 use crate::{
     error::{Error, Result},
@@ -20,10 +21,31 @@ use crate::{
 /// already taken.
 pub(super) type Inserted = Option<(Message, i64)>;
 
-/// A new inbox entry for a received message.
+/// A recipient reading one of their messages.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ReadMark {
+    pub message: MessageId,
+    pub reader: UserId,
+    /// The message's conversation (its row is locked, and its unread count goes down).
+    pub conversation: ConversationId,
+}
+
+/// A message a group marked read, with the inbox number of the receipt for its sender; `None`
+/// when it was not unread (read already, or not the reader's).
+pub(super) type Read = Option<(Message, i64)>;
+
+/// What a group wrote, in the order of its inputs.
+pub(super) struct Written {
+    pub inserted: Vec<Inserted>,
+    pub read: Vec<Read>,
+    pub delivered: Vec<FirstDelivery>,
+}
+
+/// A new inbox entry: a received message or a read receipt.
 struct NewInboxEntry {
     user: UserId,
     seq: i64,
+    kind: &'static str,
     /// The message's `seq`.
     message: i64,
     at: DateTime<Utc>,
@@ -41,12 +63,25 @@ trait GroupStatements: Send {
         ids: &[ConversationId],
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
 
-    /// Sets the conversations' latest message time and adds what each member received to
-    /// their unread count.
+    /// Adds to each member's unread count (a negative count for messages read), and sets the
+    /// conversations' latest message time when `latest` is given.
     fn touch_conversations(
         &mut self,
         received: &Received,
-        latest: DateTime<Utc>,
+        latest: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+
+    /// Marks the messages read that are still unread by their reader; returns those it marked.
+    fn mark_read(
+        &mut self,
+        reads: &[ReadMark],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = sqlx::Result<Vec<Message>>> + Send;
+
+    /// Deletes the stored contents of `messages` (kept only until the message is read).
+    fn delete_contents(
+        &mut self,
+        messages: &[MessageId],
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
 
     /// Inserts the messages whose id is free; returns the `(id, seq)` of those inserted.
@@ -84,10 +119,11 @@ trait GroupStatements: Send {
 }
 
 /// Inside the open transaction `conn`: inserts `messages` (their conversations' latest time,
-/// an inbox entry for each recipient) and records that the inbox events `events` reached a
-/// socket of their user at `at`. Returns, for each message, what was stored (`Inserted`), and
-/// the messages that the marks delivered for the first time, for their senders to be told.
-/// A handful of statements whatever the group's size.
+/// an inbox entry for each recipient), marks `reads` read at `at` (a receipt in each sender's
+/// inbox) and records that the inbox events `events` reached a socket of their user at `at`.
+/// Returns what was stored and read (`Written`), and the messages that the marks delivered for
+/// the first time, for their senders to be told. A handful of statements whatever the group's
+/// size.
 #[expect(
     private_bounds,
     reason = "implemented here for both engines' connections"
@@ -95,32 +131,69 @@ trait GroupStatements: Send {
 pub(super) async fn write<C: GroupStatements>(
     conn: &mut C,
     messages: &[NewMessage],
+    reads: &[ReadMark],
     events: &[(UserId, i64)],
     at: DateTime<Utc>,
-) -> Result<(Vec<Inserted>, Vec<FirstDelivery>)> {
+) -> Result<Written> {
+    let mut conversations: Vec<ConversationId> = messages
+        .iter()
+        .map(|m| m.conversation_id)
+        .chain(reads.iter().map(|r| r.conversation))
+        .collect();
+    conversations.sort_unstable();
+    conversations.dedup();
+    if !conversations.is_empty() {
+        conn.lock_conversations(&conversations).await?;
+    }
     let inserted = if messages.is_empty() {
         Vec::new()
     } else {
         insert(conn, messages).await?
     };
+    let read = if reads.is_empty() {
+        Vec::new()
+    } else {
+        mark_read(conn, reads, at).await?
+    };
+
+    // One inbox entry per stored message (its recipient's) and per read (its sender's receipt).
+    let wanted: Vec<(UserId, &'static str, &Message, DateTime<Utc>)> = inserted
+        .iter()
+        .flatten()
+        .map(|m| (m.recipient_id, "message", m, m.created_at))
+        .chain(read.iter().map(|m| (m.sender_id, "read_receipt", m, at)))
+        .collect();
+    let mut cursors = append_inbox(conn, &wanted).await?.into_iter();
+    let inserted = inserted
+        .into_iter()
+        .map(|m| m.zip(cursors.next()))
+        .collect();
+    let mut read: HashMap<MessageId, (Message, i64)> = read
+        .into_iter()
+        .zip(cursors)
+        .map(|(m, cursor)| (m.id, (m, cursor)))
+        .collect();
+    // In the order asked; a message read twice in one group is read by the first.
+    let read = reads.iter().map(|r| read.remove(&r.message)).collect();
+
     let delivered = if events.is_empty() {
         Vec::new()
     } else {
         mark_delivered(conn, events, at).await?
     };
-    Ok((inserted, delivered))
+    Ok(Written {
+        inserted,
+        read,
+        delivered,
+    })
 }
 
-async fn insert<C: GroupStatements>(conn: &mut C, batch: &[NewMessage]) -> Result<Vec<Inserted>> {
-    let mut conversations: Vec<ConversationId> = batch.iter().map(|m| m.conversation_id).collect();
-    conversations.sort_unstable();
-    conversations.dedup();
-    let latest = batch
-        .iter()
-        .map(|m| m.created_at)
-        .max()
-        .unwrap_or_else(crate::model::now);
-    conn.lock_conversations(&conversations).await?;
+/// Inserts the messages whose id is free, counting them unread; `None` for the others.
+async fn insert<C: GroupStatements>(
+    conn: &mut C,
+    batch: &[NewMessage],
+) -> Result<Vec<Option<Message>>> {
+    let latest = batch.iter().map(|m| m.created_at).max();
 
     // Only the numbers come back: the rest of each row is what was just written.
     let mut stored: HashMap<MessageId, i64> =
@@ -142,44 +215,65 @@ async fn insert<C: GroupStatements>(conn: &mut C, batch: &[NewMessage]) -> Resul
             .or_default() += 1;
     }
     conn.touch_conversations(&received, latest).await?;
+    Ok(inserted)
+}
 
-    let mut per_recipient: BTreeMap<UserId, i64> = BTreeMap::new();
-    for message in inserted.iter().flatten() {
-        *per_recipient.entry(message.recipient_id).or_default() += 1;
-    }
-    // Each recipient gets a range of numbers, in the batch's order.
-    let mut next_seq: HashMap<UserId, i64> = HashMap::new();
-    if !per_recipient.is_empty() {
-        for (user, end) in conn.bump_inboxes(&per_recipient).await? {
-            let count = per_recipient.get(&user).copied().unwrap_or(0);
-            next_seq.insert(user, end - count + 1);
+/// Marks `reads` read (those still unread by their reader): their unread counts go down and
+/// their contents go. Returns the messages marked.
+async fn mark_read<C: GroupStatements>(
+    conn: &mut C,
+    reads: &[ReadMark],
+    at: DateTime<Utc>,
+) -> Result<Vec<Message>> {
+    let read = conn.mark_read(reads, at).await?;
+    if !read.is_empty() {
+        let mut unread: Received = BTreeMap::new();
+        for message in &read {
+            *unread
+                .entry((message.conversation_id, message.recipient_id))
+                .or_default() -= 1;
         }
+        conn.touch_conversations(&unread, None).await?;
+        let ids: Vec<MessageId> = read.iter().map(|m| m.id).collect();
+        conn.delete_contents(&ids).await?;
     }
-    let mut results = Vec::with_capacity(batch.len());
-    let mut entries = Vec::new();
-    for message in inserted {
-        let Some(message) = message else {
-            results.push(None);
-            continue;
-        };
-        let Some(seq) = next_seq.get_mut(&message.recipient_id) else {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "recipient vanished mid-batch"
-            )));
+    Ok(read)
+}
+
+/// Appends `wanted` (user, kind, message, time) to their users' inboxes; returns each one's
+/// number, in order. Each user gets a range of numbers, in the order of `wanted`.
+async fn append_inbox<C: GroupStatements>(
+    conn: &mut C,
+    wanted: &[(UserId, &'static str, &Message, DateTime<Utc>)],
+) -> Result<Vec<i64>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut per_user: BTreeMap<UserId, i64> = BTreeMap::new();
+    for (user, ..) in wanted {
+        *per_user.entry(*user).or_default() += 1;
+    }
+    let mut next_seq: HashMap<UserId, i64> = HashMap::new();
+    for (user, end) in conn.bump_inboxes(&per_user).await? {
+        let count = per_user.get(&user).copied().unwrap_or(0);
+        next_seq.insert(user, end - count + 1);
+    }
+    let mut entries = Vec::with_capacity(wanted.len());
+    for &(user, kind, message, at) in wanted {
+        let Some(seq) = next_seq.get_mut(&user) else {
+            return Err(Error::Internal(anyhow::anyhow!("user vanished mid-batch")));
         };
         entries.push(NewInboxEntry {
-            user: message.recipient_id,
+            user,
             seq: *seq,
+            kind,
             message: message.seq,
-            at: message.created_at,
+            at,
         });
-        results.push(Some((message, *seq)));
         *seq += 1;
     }
-    if !entries.is_empty() {
-        conn.insert_inbox(&entries).await?;
-    }
-    Ok(results)
+    conn.insert_inbox(&entries).await?;
+    Ok(entries.iter().map(|e| e.seq).collect())
 }
 
 async fn mark_delivered<C: GroupStatements>(
@@ -208,7 +302,7 @@ impl GroupStatements for SqliteConnection {
     async fn touch_conversations(
         &mut self,
         received: &Received,
-        latest: DateTime<Utc>,
+        latest: Option<DateTime<Utc>>,
     ) -> sqlx::Result<()> {
         let mut touch =
             QueryBuilder::new("WITH received (conversation_id, recipient_id, count) AS (VALUES ");
@@ -222,10 +316,10 @@ impl GroupStatements for SqliteConnection {
             rows.push_bind_unseparated(*count);
             rows.push_unseparated(")");
         }
-        touch.push(") UPDATE conversations SET last_message_at = ");
+        touch.push(") UPDATE conversations SET last_message_at = coalesce(");
         touch.push_bind(latest);
         touch.push(
-            ", unread_a = unread_a + coalesce((SELECT sum(r.count) FROM received r \
+            ", last_message_at), unread_a = unread_a + coalesce((SELECT sum(r.count) FROM received r \
                  WHERE r.conversation_id = conversations.id AND r.recipient_id = user_a), 0), \
              unread_b = unread_b + coalesce((SELECT sum(r.count) FROM received r \
                  WHERE r.conversation_id = conversations.id AND r.recipient_id <> user_a), 0) \
@@ -282,11 +376,47 @@ impl GroupStatements for SqliteConnection {
         insert.push_values(entries, |mut row, entry| {
             row.push_bind(entry.user)
                 .push_bind(entry.seq)
-                .push_bind("message")
+                .push_bind(entry.kind)
                 .push_bind(entry.message)
                 .push_bind(entry.at);
         });
         insert.build().execute(self).await.map(drop)
+    }
+
+    async fn mark_read(
+        &mut self,
+        reads: &[ReadMark],
+        at: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<Message>> {
+        // Joined, as for delivery marks: key lookups.
+        let mut mark = QueryBuilder::new("WITH marked (message_id, reader_id) AS (VALUES ");
+        let mut rows = mark.separated(", ");
+        for read in reads {
+            rows.push("(");
+            rows.push_bind_unseparated(read.message);
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(read.reader);
+            rows.push_unseparated(")");
+        }
+        mark.push(") UPDATE messages SET is_read = TRUE, read_at = ");
+        mark.push_bind(at);
+        mark.push(concat!(
+            " FROM marked WHERE messages.id = marked.message_id \
+              AND messages.recipient_id = marked.reader_id AND messages.is_read = FALSE \
+              RETURNING ",
+            message_cols!()
+        ));
+        mark.build_query_as().fetch_all(self).await
+    }
+
+    async fn delete_contents(&mut self, messages: &[MessageId]) -> sqlx::Result<()> {
+        let mut delete = QueryBuilder::new("DELETE FROM message_contents WHERE message_id IN (");
+        let mut list = delete.separated(", ");
+        for id in messages {
+            list.push_bind(*id);
+        }
+        delete.push(")");
+        delete.build().execute(self).await.map(drop)
     }
 
     async fn mark_events(
@@ -353,10 +483,10 @@ impl GroupStatements for PgConnection {
     async fn touch_conversations(
         &mut self,
         received: &Received,
-        latest: DateTime<Utc>,
+        latest: Option<DateTime<Utc>>,
     ) -> sqlx::Result<()> {
         sqlx::query(
-            "UPDATE conversations c SET last_message_at = $1,
+            "UPDATE conversations c SET last_message_at = coalesce($1, c.last_message_at),
                     unread_a = c.unread_a + n.to_a, unread_b = c.unread_b + n.to_b
              FROM (SELECT r.conversation_id,
                           sum(CASE WHEN r.recipient_id = cc.user_a THEN r.count ELSE 0 END) AS to_a,
@@ -432,17 +562,46 @@ impl GroupStatements for PgConnection {
     async fn insert_inbox(&mut self, entries: &[NewInboxEntry]) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO inbox (user_id, seq, kind, message_seq, created_at)
-             SELECT user_id, seq, 'message', message_seq, created_at
-             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::timestamptz[])
-                  AS e (user_id, seq, message_seq, created_at)",
+             SELECT user_id, seq, kind, message_seq, created_at
+             FROM unnest($1::uuid[], $2::bigint[], $5::text[], $3::bigint[], $4::timestamptz[])
+                  AS e (user_id, seq, kind, message_seq, created_at)",
         )
         .bind(uuids(entries, |e| e.user.0))
         .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.message).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.at).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.kind).collect::<Vec<_>>())
         .execute(self)
         .await
         .map(drop)
+    }
+
+    async fn mark_read(
+        &mut self,
+        reads: &[ReadMark],
+        at: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<Message>> {
+        sqlx::query_as(concat!(
+            "UPDATE messages SET is_read = TRUE, read_at = $3
+             FROM unnest($1::uuid[], $2::uuid[]) AS marked (message_id, reader_id)
+             WHERE messages.id = marked.message_id AND messages.recipient_id = marked.reader_id
+               AND messages.is_read = FALSE
+             RETURNING ",
+            message_cols!()
+        ))
+        .bind(uuids(reads, |r| r.message.0))
+        .bind(uuids(reads, |r| r.reader.0))
+        .bind(at)
+        .fetch_all(self)
+        .await
+    }
+
+    async fn delete_contents(&mut self, messages: &[MessageId]) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM message_contents WHERE message_id = ANY($1)")
+            .bind(uuids(messages, |m| m.0))
+            .execute(self)
+            .await
+            .map(drop)
     }
 
     async fn mark_events(

@@ -1,5 +1,7 @@
 //! Each user's inbox: the durable, gap-free, per-user numbered list of events addressed to them
 //! (messages they receive, read receipts for messages they sent). Sockets are fed from it.
+//! Group commits (`group.rs`) hand the numbers out by bumping `users.inbox_seq`, which locks the
+//! user's row until commit: once number n is visible, every number below it is too.
 
 use chrono::{DateTime, Utc};
 
@@ -8,34 +10,6 @@ use crate::{
     error::Result,
     model::{ConversationId, Message, MessageId, UserId},
 };
-
-/// Appends an event for `$user` about the message numbered `$message` (its `seq`) inside the
-/// open transaction `$tx`, evaluating to the event's number.
-/// Bumping `users.inbox_seq` locks the user's row until commit, so numbers are handed out and
-/// committed in order: once number n is visible, every number below it is too.
-macro_rules! append {
-    ($tx:expr, $user:expr, $kind:expr, $message:expr, $at:expr) => {{
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE id = $1 RETURNING inbox_seq",
-        )
-        .bind($user)
-        .fetch_one(&mut *$tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO inbox (user_id, seq, kind, message_seq, created_at)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind($user)
-        .bind(seq)
-        .bind($kind)
-        .bind($message)
-        .bind($at)
-        .execute(&mut *$tx)
-        .await?;
-        seq
-    }};
-}
-pub(crate) use append;
 
 /// What an inbox entry tells its user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,9 +120,9 @@ impl Store {
                 batcher.delivered(events.to_vec(), at).await
             }
             _ => self
-                .write_group(&[], events, at)
+                .write_group(&[], &[], events, at)
                 .await
-                .map(|(_, first)| first),
+                .map(|written| written.delivered),
         }
     }
 }

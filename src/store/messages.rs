@@ -116,9 +116,9 @@ impl Store {
         &self,
         batch: &[NewMessage],
     ) -> Result<Vec<Option<(Message, i64)>>> {
-        self.write_group(batch, &[], crate::model::now())
+        self.write_group(batch, &[], &[], crate::model::now())
             .await
-            .map(|(inserted, _)| inserted)
+            .map(|written| written.inserted)
     }
 
     pub async fn message(&self, id: MessageId) -> Result<Option<Message>> {
@@ -156,50 +156,28 @@ impl Store {
         })?)
     }
 
-    /// Marks a message read if `reader` is its recipient and it was unread, deletes its
+    /// Marks `message` read if `reader` is its recipient and it was unread, deletes its
     /// content (the mailbox keeps ciphertext only until it is read) and puts the receipt in the
-    /// sender's inbox. Returns the updated message and the receipt's inbox number for the
-    /// sender when this call changed it.
+    /// sender's inbox, in the next group commit. Returns the updated message and the receipt's
+    /// inbox number for the sender when this call changed it.
     pub async fn mark_read(
         &self,
-        id: MessageId,
+        message: &Message,
         reader: UserId,
-        at: DateTime<Utc>,
     ) -> Result<Option<(Message, i64)>> {
-        with_pool!(self, write, |pool| {
-            let mut tx = pool.begin().await?;
-            let updated = sqlx::query_as::<_, Message>(concat!(
-                "UPDATE messages SET is_read = TRUE, read_at = $3
-                 WHERE id = $1 AND recipient_id = $2 AND is_read = FALSE
-                 RETURNING ",
-                message_cols!()
-            ))
-            .bind(id)
-            .bind(reader)
-            .bind(at)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(message) = updated else {
-                return Ok(None);
-            };
-            sqlx::query(
-                "UPDATE conversations
-                 SET unread_a = CASE WHEN user_a = $2 THEN unread_a - 1 ELSE unread_a END,
-                     unread_b = CASE WHEN user_a = $2 THEN unread_b ELSE unread_b - 1 END
-                 WHERE id = $1",
-            )
-            .bind(message.conversation_id)
-            .bind(reader)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM message_contents WHERE message_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            let cursor =
-                super::inbox::append!(tx, message.sender_id, "read_receipt", message.seq, at);
-            tx.commit().await?;
-            Ok(Some((message, cursor)))
-        })
+        let read = super::group::ReadMark {
+            message: message.id,
+            reader,
+            conversation: message.conversation_id,
+        };
+        match &self.batcher {
+            Some(batcher) => batcher.read(read).await,
+            None => {
+                let written = self
+                    .write_group(&[], &[read], &[], crate::model::now())
+                    .await?;
+                Ok(written.read.into_iter().next().flatten())
+            }
+        }
     }
 }
