@@ -99,6 +99,25 @@ async fn a_retried_client_id_is_acked_again_and_stored_once(engine: Engine) {
     let (_, history) = app.get(&path, &bob.token).await;
     assert_eq!(history.as_array().expect("array").len(), 1);
 
+    // Retries among new messages sent at once (they share group commits): each new message
+    // reaches bob once, numbered in order right after the first.
+    let fresh: Vec<String> = (0..5).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for new_id in &fresh {
+        for message_id in [&id, new_id] {
+            let message = json!({"id": message_id, "recipientId": bob.id, "messageType": "text"});
+            alice_ws.send("message", message).await;
+        }
+    }
+    for _ in 0..2 * fresh.len() {
+        alice_ws.expect("message_ack").await;
+    }
+    for (n, new_id) in fresh.iter().enumerate() {
+        let pushed = bob_ws.expect("message").await;
+        assert_eq!(pushed["id"], new_id.as_str());
+        assert_eq!(pushed["cursor"], n + 2, "{pushed}");
+    }
+    bob_ws.expect_quiet().await;
+
     // Another sender cannot take over that id.
     let mut mallory_ws = app.ws(&mallory).await;
     mallory_ws

@@ -163,16 +163,21 @@ pub(super) async fn write<C: GroupStatements>(
         .map(|m| (m.recipient_id, "message", m, m.created_at))
         .chain(read.iter().map(|m| (m.sender_id, "read_receipt", m, at)))
         .collect();
+    // One number per entry, in the order of `wanted`: the stored messages', then the receipts'.
     let mut cursors = append_inbox(conn, &wanted).await?.into_iter();
+    let mut next_cursor = || {
+        cursors
+            .next()
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("an inbox entry went missing")))
+    };
     let inserted = inserted
         .into_iter()
-        .map(|m| m.zip(cursors.next()))
-        .collect();
-    let mut read: HashMap<MessageId, (Message, i64)> = read
+        .map(|m| m.map(|m| Ok((m, next_cursor()?))).transpose())
+        .collect::<Result<Vec<_>>>()?;
+    let mut read = read
         .into_iter()
-        .zip(cursors)
-        .map(|(m, cursor)| (m.id, (m, cursor)))
-        .collect();
+        .map(|m| Ok((m.id, (m, next_cursor()?))))
+        .collect::<Result<HashMap<MessageId, (Message, i64)>>>()?;
     // In the order asked; a message read twice in one group is read by the first.
     let read = reads.iter().map(|r| read.remove(&r.message)).collect();
 
@@ -636,5 +641,108 @@ impl GroupStatements for PgConnection {
         .bind(seqs)
         .fetch_all(self)
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::now, store::Store, store::users::NewUser};
+
+    async fn user(store: &Store, name: &str) -> UserId {
+        let new = NewUser {
+            id: UserId(Uuid::now_v7()),
+            email: format!("{name}@example.com"),
+            username: name.into(),
+            name: None,
+            password_hash: "x".into(),
+            created_at: now(),
+        };
+        store.create_user(&new).await.expect("user").id
+    }
+
+    fn message(conversation: ConversationId, from: UserId, to: UserId) -> NewMessage {
+        NewMessage {
+            id: MessageId(Uuid::new_v4()),
+            conversation_id: conversation,
+            sender_id: from,
+            recipient_id: to,
+            message_type: "text".into(),
+            session_id: None,
+            created_at: now(),
+        }
+    }
+
+    /// A retry and new messages in one group, then reads (one twice) in one group: every entry
+    /// gets the inbox number that was written for it.
+    #[tokio::test]
+    async fn retries_and_reads_in_one_group_keep_their_own_numbers() {
+        let store = Store::connect("sqlite::memory:", 1).await.expect("store");
+        store.migrate().await.expect("migrate");
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let (conversation, _) = store
+            .get_or_create_conversation(alice, bob, now())
+            .await
+            .expect("conversation");
+        let first = message(conversation.id, alice, bob);
+        store
+            .write_group(std::slice::from_ref(&first), &[], &[], now())
+            .await
+            .expect("first");
+
+        let retry = NewMessage {
+            id: first.id,
+            ..message(conversation.id, alice, bob)
+        };
+        let (second, third) = (
+            message(conversation.id, alice, bob),
+            message(conversation.id, bob, alice),
+        );
+        let group = [retry, second, third];
+        let written = store
+            .write_group(&group, &[], &[], now())
+            .await
+            .expect("group");
+        let numbers: Vec<Option<(MessageId, UserId, i64)>> = written
+            .inserted
+            .iter()
+            .map(|m| m.as_ref().map(|(m, n)| (m.id, m.recipient_id, *n)))
+            .collect();
+        assert_eq!(
+            numbers,
+            [
+                None,
+                Some((group[1].id, bob, 2)),
+                Some((group[2].id, alice, 1))
+            ]
+        );
+
+        let read = |message: &NewMessage, reader| ReadMark {
+            message: message.id,
+            reader,
+            conversation: conversation.id,
+        };
+        let reads = [
+            read(&first, bob),
+            read(&group[2], alice),
+            read(&first, bob),
+            read(&group[1], alice),
+        ];
+        let written = store
+            .write_group(&[], &reads, &[], now())
+            .await
+            .expect("reads");
+        let receipts: Vec<Option<(MessageId, i64)>> = written
+            .read
+            .iter()
+            .map(|r| r.as_ref().map(|(m, n)| (m.id, *n)))
+            .collect();
+        // Receipts go to the senders: alice's inbox holds bob's message (1), so her receipt is
+        // 2; bob's holds first and second, so his is 3. A second read of the same message, and
+        // a read by someone who is not the recipient, change nothing.
+        assert_eq!(
+            receipts,
+            [Some((first.id, 2)), Some((group[2].id, 3)), None, None]
+        );
     }
 }
