@@ -310,17 +310,12 @@ impl GroupStatements for SqliteConnection {
         latest: Option<DateTime<Utc>>,
     ) -> sqlx::Result<()> {
         let mut touch =
-            QueryBuilder::new("WITH received (conversation_id, recipient_id, count) AS (VALUES ");
-        let mut rows = touch.separated(", ");
-        for ((conversation, recipient), count) in received {
-            rows.push("(");
-            rows.push_bind_unseparated(*conversation);
-            rows.push_unseparated(", ");
-            rows.push_bind_unseparated(*recipient);
-            rows.push_unseparated(", ");
-            rows.push_bind_unseparated(*count);
-            rows.push_unseparated(")");
-        }
+            QueryBuilder::new("WITH received (conversation_id, recipient_id, count) AS (");
+        touch.push_values(received, |mut row, ((conversation, recipient), count)| {
+            row.push_bind(*conversation)
+                .push_bind(*recipient)
+                .push_bind(*count);
+        });
         touch.push(") UPDATE conversations SET last_message_at = coalesce(");
         touch.push_bind(latest);
         touch.push(
@@ -394,15 +389,10 @@ impl GroupStatements for SqliteConnection {
         at: DateTime<Utc>,
     ) -> sqlx::Result<Vec<Message>> {
         // Joined, as for delivery marks: key lookups.
-        let mut mark = QueryBuilder::new("WITH marked (message_id, reader_id) AS (VALUES ");
-        let mut rows = mark.separated(", ");
-        for read in reads {
-            rows.push("(");
-            rows.push_bind_unseparated(read.message);
-            rows.push_unseparated(", ");
-            rows.push_bind_unseparated(read.reader);
-            rows.push_unseparated(")");
-        }
+        let mut mark = QueryBuilder::new("WITH marked (message_id, reader_id) AS (");
+        mark.push_values(reads, |mut row, read| {
+            row.push_bind(read.message).push_bind(read.reader);
+        });
         mark.push(") UPDATE messages SET is_read = TRUE, read_at = ");
         mark.push_bind(at);
         mark.push(concat!(
@@ -431,15 +421,10 @@ impl GroupStatements for SqliteConnection {
     ) -> sqlx::Result<Vec<(i64, String)>> {
         // Joined, not `(user_id, seq) IN (VALUES ...)`: SQLite plans that as a scan of every
         // undelivered event (all of every offline user's), this as key lookups.
-        let mut mark = QueryBuilder::new("WITH reported (user_id, seq) AS (VALUES ");
-        let mut rows = mark.separated(", ");
-        for (user, seq) in events {
-            rows.push("(");
-            rows.push_bind_unseparated(*user);
-            rows.push_unseparated(", ");
-            rows.push_bind_unseparated(*seq);
-            rows.push_unseparated(")");
-        }
+        let mut mark = QueryBuilder::new("WITH reported (user_id, seq) AS (");
+        mark.push_values(events, |mut row, (user, seq)| {
+            row.push_bind(*user).push_bind(*seq);
+        });
         mark.push(") UPDATE inbox SET delivered_at = ");
         mark.push_bind(at);
         mark.push(
