@@ -1,8 +1,8 @@
 //! The statements of a group commit (`batch`): new messages, read receipts, their inbox
-//! entries, and the delivery marks that sockets reported. The logic is written once (`write`); each engine
-//! supplies its statements. SQLite binds rows (`VALUES`); PostgreSQL binds one array per column
-//! (`unnest`), so that its statement texts are the same whatever the group's size: parsed and
-//! planned once per connection instead of once per group.
+//! entries, and the delivery marks that sockets reported. The logic is written once (`write`);
+//! each engine supplies its statements. SQLite binds rows (`VALUES`); PostgreSQL binds one
+//! array per column (`unnest`), so that its statement texts are the same whatever the group's
+//! size: parsed and planned once per connection instead of once per group.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -51,7 +51,8 @@ struct NewInboxEntry {
     at: DateTime<Utc>,
 }
 
-/// New messages stored per conversation and recipient (unread until the recipient reads them).
+/// Change to each member's unread count, per conversation and member: + for messages stored
+/// for them, − for messages they read.
 type Received = BTreeMap<(ConversationId, UserId), i64>;
 
 /// One engine's statements, each run inside the group's open transaction.
@@ -157,11 +158,14 @@ pub(super) async fn write<C: GroupStatements>(
     };
 
     // One inbox entry per stored message (its recipient's) and per read (its sender's receipt).
-    let wanted: Vec<(UserId, &'static str, &Message, DateTime<Utc>)> = inserted
+    let wanted: Vec<(UserId, &'static str, i64, DateTime<Utc>)> = inserted
         .iter()
         .flatten()
-        .map(|m| (m.recipient_id, "message", m, m.created_at))
-        .chain(read.iter().map(|m| (m.sender_id, "read_receipt", m, at)))
+        .map(|m| (m.recipient_id, "message", m.seq, m.created_at))
+        .chain(
+            read.iter()
+                .map(|m| (m.sender_id, "read_receipt", m.seq, at)),
+        )
         .collect();
     // One number per entry, in the order of `wanted`: the stored messages', then the receipts'.
     let mut cursors = append_inbox(conn, &wanted).await?.into_iter();
@@ -245,11 +249,11 @@ async fn mark_read<C: GroupStatements>(
     Ok(read)
 }
 
-/// Appends `wanted` (user, kind, message, time) to their users' inboxes; returns each one's
-/// number, in order. Each user gets a range of numbers, in the order of `wanted`.
+/// Appends `wanted` (user, kind, message `seq`, time) to their users' inboxes; returns each
+/// one's number, in order. Each user gets a range of numbers, in the order of `wanted`.
 async fn append_inbox<C: GroupStatements>(
     conn: &mut C,
-    wanted: &[(UserId, &'static str, &Message, DateTime<Utc>)],
+    wanted: &[(UserId, &'static str, i64, DateTime<Utc>)],
 ) -> Result<Vec<i64>> {
     if wanted.is_empty() {
         return Ok(Vec::new());
@@ -272,7 +276,7 @@ async fn append_inbox<C: GroupStatements>(
             user,
             seq: *seq,
             kind,
-            message: message.seq,
+            message,
             at,
         });
         *seq += 1;
@@ -319,7 +323,8 @@ impl GroupStatements for SqliteConnection {
         touch.push(") UPDATE conversations SET last_message_at = coalesce(");
         touch.push_bind(latest);
         touch.push(
-            ", last_message_at), unread_a = unread_a + coalesce((SELECT sum(r.count) FROM received r \
+            ", last_message_at), \
+             unread_a = unread_a + coalesce((SELECT sum(r.count) FROM received r \
                  WHERE r.conversation_id = conversations.id AND r.recipient_id = user_a), 0), \
              unread_b = unread_b + coalesce((SELECT sum(r.count) FROM received r \
                  WHERE r.conversation_id = conversations.id AND r.recipient_id <> user_a), 0) \
