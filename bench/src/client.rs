@@ -37,6 +37,8 @@ pub struct Load {
     pub login_storm: u64,
     /// Recipients send a read receipt for every message, as the app does once it is shown.
     pub read_receipts: bool,
+    /// Senders name their messages (random UUIDv4) instead of letting the server do it.
+    pub client_ids: bool,
 }
 
 pub struct Report {
@@ -201,6 +203,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
             }
         });
         let (to, relay, duration) = (recipient.id.clone(), server.relay, load.duration);
+        let client_ids = load.client_ids;
         senders.push(tokio::spawn(async move {
             let mut tick = per_sender_interval.map(tokio::time::interval);
             while clock.elapsed() < duration {
@@ -211,7 +214,11 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                     None => window.acquire().await.map(|p| p.forget()).unwrap_or(()),
                 }
                 let at = clock.elapsed().as_micros();
-                let payload = json!({"recipientId": to, "messageType": "text", "sessionId": at.to_string(), "id": uuid::Uuid::new_v4().to_string()});
+                let mut payload = json!({"recipientId": to, "messageType": "text", "sessionId": at.to_string()});
+                // The relay has no store to name messages: the recipients count them by id.
+                if client_ids || relay {
+                    payload["id"] = uuid::Uuid::new_v4().to_string().into();
+                }
                 let frame = if relay {
                     json!({"to": to.parse::<u64>().unwrap_or(0), "type": "message", "payload": payload})
                 } else {

@@ -71,6 +71,10 @@ struct RoutingArgs {
     /// Recipients send a read receipt for every message (the app's flow; not to the relay).
     #[arg(long)]
     read_receipts: bool,
+    /// Senders give each message an id of their own (random UUIDv4), as a client retrying a
+    /// send does. By default they send none and the server assigns one, as the app does.
+    #[arg(long)]
+    client_ids: bool,
     /// Skip the relay run.
     #[arg(long)]
     no_relay: bool,
@@ -108,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(args.seconds),
                 login_storm: args.login_storm,
                 read_receipts: args.read_receipts,
+                client_ids: args.client_ids,
             };
             let server = server::Running::start(&args.target).await?;
             let report = client::routing(&server, &load).await?;
