@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    FirstDelivery, NewMessage, Store,
+    Db, FirstDelivery, NewMessage, Store,
     group::{self, Inserted, Read, ReadMark, Written},
-    with_pool,
+    group_sqlite,
 };
 use crate::{
     error::{Error, Result},
@@ -143,12 +143,17 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Written> {
         let started = std::time::Instant::now();
-        let written = with_pool!(self, write, |pool| {
-            let mut tx = pool.begin().await?;
-            let written = group::write(&mut *tx, messages, reads, events, at).await?;
-            tx.commit().await?;
-            Ok(written)
-        });
+        let written = match &self.db {
+            Db::Sqlite(pools) => {
+                group_sqlite::write(&pools.write, messages, reads, events, at).await
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let written = group::write(&mut *tx, messages, reads, events, at).await?;
+                tx.commit().await?;
+                Ok(written)
+            }
+        };
         let rows = [messages.len(), reads.len(), events.len()];
         crate::metrics::group_commit(rows, started.elapsed());
         written

@@ -1,13 +1,14 @@
 //! The statements of a group commit (`batch`): new messages, read receipts, their inbox
 //! entries, and the delivery marks that sockets reported. The logic is written once (`write`);
-//! each engine supplies its statements. SQLite binds rows (`VALUES`); PostgreSQL binds one
-//! array per column (`unnest`), so that its statement texts are the same whatever the group's
-//! size: parsed and planned once per connection instead of once per group.
+//! each engine supplies its statements. SQLite runs a cached single-row statement per row, on
+//! the calling thread (`group_sqlite`); PostgreSQL binds one array per column (`unnest`), so
+//! that its statement texts are the same whatever the group's size: parsed and planned once
+//! per connection instead of once per group.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, QueryBuilder, SqliteConnection};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::messages::message_cols;
@@ -42,27 +43,27 @@ pub(super) struct Written {
 }
 
 /// A new inbox entry: a received message or a read receipt.
-struct NewInboxEntry {
-    user: UserId,
-    seq: i64,
-    kind: &'static str,
+pub(super) struct NewInboxEntry {
+    pub user: UserId,
+    pub seq: i64,
+    pub kind: &'static str,
     /// The message's `seq`.
-    message: i64,
-    at: DateTime<Utc>,
+    pub message: i64,
+    pub at: DateTime<Utc>,
 }
 
 /// Change to each member's unread count, per conversation and member: + for messages stored
 /// for them, − for messages they read.
-type Received = BTreeMap<(ConversationId, UserId), i64>;
+pub(super) type Received = BTreeMap<(ConversationId, UserId), i64>;
 
 /// One engine's statements, each run inside the group's open transaction.
-trait GroupStatements: Send {
+pub(super) trait GroupStatements: Send {
     /// Locks the conversations' rows (in id order) before their messages are numbered, so that
     /// within a conversation the order of `seq` is the order of commits.
     fn lock_conversations(
         &mut self,
         ids: &[ConversationId],
-    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Adds to each member's unread count (a negative count for messages read), and sets the
     /// conversations' latest message time when `latest` is given.
@@ -70,38 +71,38 @@ trait GroupStatements: Send {
         &mut self,
         received: &Received,
         latest: Option<DateTime<Utc>>,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Marks the messages read that are still unread by their reader; returns those it marked.
     fn mark_read(
         &mut self,
         reads: &[ReadMark],
         at: DateTime<Utc>,
-    ) -> impl Future<Output = sqlx::Result<Vec<Message>>> + Send;
+    ) -> impl Future<Output = Result<Vec<Message>>> + Send;
 
     /// Deletes the stored contents of `messages` (kept only until the message is read).
     fn delete_contents(
         &mut self,
         messages: &[MessageId],
-    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Inserts the messages whose id is free; returns the `(id, seq)` of those inserted.
     fn insert_messages(
         &mut self,
         batch: &[NewMessage],
-    ) -> impl Future<Output = sqlx::Result<Vec<(MessageId, i64)>>> + Send;
+    ) -> impl Future<Output = Result<Vec<(MessageId, i64)>>> + Send;
 
     /// Adds `count` to each user's inbox number (locking their rows in id order); returns each
     /// user's new number.
     fn bump_inboxes(
         &mut self,
         counts: &BTreeMap<UserId, i64>,
-    ) -> impl Future<Output = sqlx::Result<Vec<(UserId, i64)>>> + Send;
+    ) -> impl Future<Output = Result<Vec<(UserId, i64)>>> + Send;
 
     fn insert_inbox(
         &mut self,
         entries: &[NewInboxEntry],
-    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Marks undelivered inbox events delivered; returns the message (`seq`) and kind of each
     /// marked.
@@ -109,14 +110,14 @@ trait GroupStatements: Send {
         &mut self,
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
-    ) -> impl Future<Output = sqlx::Result<Vec<(i64, String)>>> + Send;
+    ) -> impl Future<Output = Result<Vec<(i64, String)>>> + Send;
 
     /// Marks the undelivered messages among `seqs` delivered; returns those it marked.
     fn mark_messages(
         &mut self,
         seqs: &[i64],
         at: DateTime<Utc>,
-    ) -> impl Future<Output = sqlx::Result<Vec<FirstDelivery>>> + Send;
+    ) -> impl Future<Output = Result<Vec<FirstDelivery>>> + Send;
 }
 
 /// Inside the open transaction `conn`: inserts `messages` (their conversations' latest time,
@@ -125,10 +126,6 @@ trait GroupStatements: Send {
 /// Returns what was stored and read (`Written`), and the messages that the marks delivered for
 /// the first time, for their senders to be told. A handful of statements whatever the group's
 /// size.
-#[expect(
-    private_bounds,
-    reason = "implemented here for both engines' connections"
-)]
 pub(super) async fn write<C: GroupStatements>(
     conn: &mut C,
     messages: &[NewMessage],
@@ -300,161 +297,7 @@ async fn mark_delivered<C: GroupStatements>(
     if messages.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(conn.mark_messages(&messages, at).await?)
-}
-
-impl GroupStatements for SqliteConnection {
-    async fn lock_conversations(&mut self, _: &[ConversationId]) -> sqlx::Result<()> {
-        Ok(()) // one writer: commits are already in order
-    }
-
-    async fn touch_conversations(
-        &mut self,
-        received: &Received,
-        latest: Option<DateTime<Utc>>,
-    ) -> sqlx::Result<()> {
-        let mut touch =
-            QueryBuilder::new("WITH received (conversation_id, recipient_id, count) AS (");
-        touch.push_values(received, |mut row, ((conversation, recipient), count)| {
-            row.push_bind(*conversation)
-                .push_bind(*recipient)
-                .push_bind(*count);
-        });
-        touch.push(") UPDATE conversations SET last_message_at = coalesce(");
-        touch.push_bind(latest);
-        touch.push(
-            ", last_message_at), \
-             unread_a = unread_a + coalesce((SELECT sum(r.count) FROM received r \
-                 WHERE r.conversation_id = conversations.id AND r.recipient_id = user_a), 0), \
-             unread_b = unread_b + coalesce((SELECT sum(r.count) FROM received r \
-                 WHERE r.conversation_id = conversations.id AND r.recipient_id <> user_a), 0) \
-             WHERE id IN (SELECT conversation_id FROM received)",
-        );
-        touch.build().execute(self).await.map(drop)
-    }
-
-    async fn insert_messages(
-        &mut self,
-        batch: &[NewMessage],
-    ) -> sqlx::Result<Vec<(MessageId, i64)>> {
-        let mut insert = QueryBuilder::new(
-            "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type, \
-             session_id, created_at) ",
-        );
-        insert.push_values(batch, |mut row, m| {
-            row.push_bind(m.id)
-                .push_bind(m.conversation_id)
-                .push_bind(m.sender_id)
-                .push_bind(m.recipient_id)
-                .push_bind(m.message_type.clone())
-                .push_bind(m.session_id.clone())
-                .push_bind(m.created_at);
-        });
-        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
-        insert.build_query_as().fetch_all(self).await
-    }
-
-    async fn bump_inboxes(
-        &mut self,
-        counts: &BTreeMap<UserId, i64>,
-    ) -> sqlx::Result<Vec<(UserId, i64)>> {
-        // SQLite has one writer: there is no lock order to keep.
-        let mut bump = QueryBuilder::new("UPDATE users SET inbox_seq = inbox_seq + CASE id");
-        for (user, count) in counts {
-            bump.push(" WHEN ")
-                .push_bind(*user)
-                .push(" THEN ")
-                .push_bind(*count);
-        }
-        bump.push(" END WHERE id IN (");
-        let mut list = bump.separated(", ");
-        for user in counts.keys() {
-            list.push_bind(*user);
-        }
-        bump.push(") RETURNING id, inbox_seq");
-        bump.build_query_as().fetch_all(self).await
-    }
-
-    async fn insert_inbox(&mut self, entries: &[NewInboxEntry]) -> sqlx::Result<()> {
-        let mut insert =
-            QueryBuilder::new("INSERT INTO inbox (user_id, seq, kind, message_seq, created_at) ");
-        insert.push_values(entries, |mut row, entry| {
-            row.push_bind(entry.user)
-                .push_bind(entry.seq)
-                .push_bind(entry.kind)
-                .push_bind(entry.message)
-                .push_bind(entry.at);
-        });
-        insert.build().execute(self).await.map(drop)
-    }
-
-    async fn mark_read(
-        &mut self,
-        reads: &[ReadMark],
-        at: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<Message>> {
-        // Joined, as for delivery marks: key lookups.
-        let mut mark = QueryBuilder::new("WITH marked (message_id, reader_id) AS (");
-        mark.push_values(reads, |mut row, read| {
-            row.push_bind(read.message).push_bind(read.reader);
-        });
-        mark.push(") UPDATE messages SET is_read = TRUE, read_at = ");
-        mark.push_bind(at);
-        mark.push(concat!(
-            " FROM marked WHERE messages.id = marked.message_id \
-              AND messages.recipient_id = marked.reader_id AND messages.is_read = FALSE \
-              RETURNING ",
-            message_cols!()
-        ));
-        mark.build_query_as().fetch_all(self).await
-    }
-
-    async fn delete_contents(&mut self, messages: &[MessageId]) -> sqlx::Result<()> {
-        let mut delete = QueryBuilder::new("DELETE FROM message_contents WHERE message_id IN (");
-        let mut list = delete.separated(", ");
-        for id in messages {
-            list.push_bind(*id);
-        }
-        delete.push(")");
-        delete.build().execute(self).await.map(drop)
-    }
-
-    async fn mark_events(
-        &mut self,
-        events: &[(UserId, i64)],
-        at: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<(i64, String)>> {
-        // Joined, not `(user_id, seq) IN (VALUES ...)`: SQLite plans that as a scan of every
-        // undelivered event (all of every offline user's), this as key lookups.
-        let mut mark = QueryBuilder::new("WITH reported (user_id, seq) AS (");
-        mark.push_values(events, |mut row, (user, seq)| {
-            row.push_bind(*user).push_bind(*seq);
-        });
-        mark.push(") UPDATE inbox SET delivered_at = ");
-        mark.push_bind(at);
-        mark.push(
-            " FROM reported WHERE inbox.user_id = reported.user_id \
-             AND inbox.seq = reported.seq AND inbox.delivered_at IS NULL \
-             RETURNING inbox.message_seq, inbox.kind",
-        );
-        mark.build_query_as().fetch_all(self).await
-    }
-
-    async fn mark_messages(
-        &mut self,
-        seqs: &[i64],
-        at: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<FirstDelivery>> {
-        let mut mark = QueryBuilder::new("UPDATE messages SET delivered_at = ");
-        mark.push_bind(at);
-        mark.push(" WHERE delivered_at IS NULL AND seq IN (");
-        let mut list = mark.separated(", ");
-        for seq in seqs {
-            list.push_bind(*seq);
-        }
-        mark.push(") RETURNING id, conversation_id, sender_id, recipient_id, delivered_at");
-        mark.build_query_as().fetch_all(self).await
-    }
+    conn.mark_messages(&messages, at).await
 }
 
 /// The raw ids of `items`, for an array parameter.
@@ -463,7 +306,7 @@ fn uuids<T>(items: &[T], id: impl Fn(&T) -> Uuid) -> Vec<Uuid> {
 }
 
 impl GroupStatements for PgConnection {
-    async fn lock_conversations(&mut self, ids: &[ConversationId]) -> sqlx::Result<()> {
+    async fn lock_conversations(&mut self, ids: &[ConversationId]) -> Result<()> {
         // Groups commit at once (several writers per node, several nodes): each locks the
         // rows it needs in id order, so that no two ever wait for each other in a cycle. The
         // lock is the one an UPDATE takes (NO KEY UPDATE): FOR UPDATE would also wait for the
@@ -473,13 +316,14 @@ impl GroupStatements for PgConnection {
             .execute(self)
             .await
             .map(drop)
+            .map_err(Error::from)
     }
 
     async fn touch_conversations(
         &mut self,
         received: &Received,
         latest: Option<DateTime<Utc>>,
-    ) -> sqlx::Result<()> {
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE conversations c SET last_message_at = coalesce($1, c.last_message_at),
                     unread_a = c.unread_a + n.to_a, unread_b = c.unread_b + n.to_b
@@ -499,12 +343,10 @@ impl GroupStatements for PgConnection {
         .execute(self)
         .await
         .map(drop)
+        .map_err(Error::from)
     }
 
-    async fn insert_messages(
-        &mut self,
-        batch: &[NewMessage],
-    ) -> sqlx::Result<Vec<(MessageId, i64)>> {
+    async fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(MessageId, i64)>> {
         sqlx::query_as(
             "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type,
                                    session_id, created_at)
@@ -531,12 +373,10 @@ impl GroupStatements for PgConnection {
         .bind(batch.iter().map(|m| m.created_at).collect::<Vec<_>>())
         .fetch_all(self)
         .await
+        .map_err(Error::from)
     }
 
-    async fn bump_inboxes(
-        &mut self,
-        counts: &BTreeMap<UserId, i64>,
-    ) -> sqlx::Result<Vec<(UserId, i64)>> {
+    async fn bump_inboxes(&mut self, counts: &BTreeMap<UserId, i64>) -> Result<Vec<(UserId, i64)>> {
         // In id order, as for conversations.
         let users: Vec<Uuid> = counts.keys().map(|u| u.0).collect();
         sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
@@ -552,9 +392,10 @@ impl GroupStatements for PgConnection {
         .bind(counts.values().copied().collect::<Vec<i64>>())
         .fetch_all(self)
         .await
+        .map_err(Error::from)
     }
 
-    async fn insert_inbox(&mut self, entries: &[NewInboxEntry]) -> sqlx::Result<()> {
+    async fn insert_inbox(&mut self, entries: &[NewInboxEntry]) -> Result<()> {
         sqlx::query(
             "INSERT INTO inbox (user_id, seq, kind, message_seq, created_at)
              SELECT user_id, seq, kind, message_seq, created_at
@@ -569,13 +410,10 @@ impl GroupStatements for PgConnection {
         .execute(self)
         .await
         .map(drop)
+        .map_err(Error::from)
     }
 
-    async fn mark_read(
-        &mut self,
-        reads: &[ReadMark],
-        at: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<Message>> {
+    async fn mark_read(&mut self, reads: &[ReadMark], at: DateTime<Utc>) -> Result<Vec<Message>> {
         sqlx::query_as(concat!(
             "UPDATE messages SET is_read = TRUE, read_at = $3
              FROM unnest($1::uuid[], $2::uuid[]) AS marked (message_id, reader_id)
@@ -589,21 +427,23 @@ impl GroupStatements for PgConnection {
         .bind(at)
         .fetch_all(self)
         .await
+        .map_err(Error::from)
     }
 
-    async fn delete_contents(&mut self, messages: &[MessageId]) -> sqlx::Result<()> {
+    async fn delete_contents(&mut self, messages: &[MessageId]) -> Result<()> {
         sqlx::query("DELETE FROM message_contents WHERE message_id = ANY($1)")
             .bind(uuids(messages, |m| m.0))
             .execute(self)
             .await
             .map(drop)
+            .map_err(Error::from)
     }
 
     async fn mark_events(
         &mut self,
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<(i64, String)>> {
+    ) -> Result<Vec<(i64, String)>> {
         sqlx::query_as(
             "UPDATE inbox SET delivered_at = $3
              FROM unnest($1::uuid[], $2::bigint[]) AS reported (user_id, seq)
@@ -616,13 +456,14 @@ impl GroupStatements for PgConnection {
         .bind(at)
         .fetch_all(self)
         .await
+        .map_err(Error::from)
     }
 
     async fn mark_messages(
         &mut self,
         seqs: &[i64],
         at: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<FirstDelivery>> {
+    ) -> Result<Vec<FirstDelivery>> {
         sqlx::query_as(
             "UPDATE messages SET delivered_at = $1 WHERE delivered_at IS NULL AND seq = ANY($2)
              RETURNING id, conversation_id, sender_id, recipient_id, delivered_at",
@@ -631,6 +472,7 @@ impl GroupStatements for PgConnection {
         .bind(seqs)
         .fetch_all(self)
         .await
+        .map_err(Error::from)
     }
 }
 
@@ -661,6 +503,34 @@ mod tests {
             session_id: None,
             created_at: now(),
         }
+    }
+
+    /// A group that fails stores none of its messages, and the writer's next group commits.
+    #[tokio::test]
+    async fn a_failed_group_stores_nothing_and_the_next_one_commits() {
+        let store = Store::connect("sqlite::memory:", 1).await.expect("store");
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let (conversation, _) = store
+            .get_or_create_conversation(alice, bob, now())
+            .await
+            .expect("conversation");
+        let good = message(conversation.id, alice, bob);
+        let nowhere = message(ConversationId(Uuid::now_v7()), alice, bob);
+        let id = good.id;
+        let failed = store.write_group(&[good, nowhere], &[], &[], now()).await;
+        assert!(failed.is_err(), "a message of no conversation");
+        assert!(store.message(id).await.expect("read").is_none());
+
+        let again = NewMessage {
+            id,
+            ..message(conversation.id, alice, bob)
+        };
+        let written = store
+            .write_group(&[again], &[], &[], now())
+            .await
+            .expect("the next group");
+        assert!(matches!(written.inserted[..], [Some((_, 1))]));
+        assert!(store.message(id).await.expect("read").is_some());
     }
 
     /// A retry and new messages in one group, then reads (one twice) in one group: every entry
