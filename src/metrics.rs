@@ -90,7 +90,7 @@ fn describe() {
     describe_histogram!(
         "kisse_store_group_rows",
         Unit::Count,
-        "Rows per group commit, by kind (messages, read receipts, delivery marks)"
+        "Rows per group commit, by kind (messages, read receipts, delivery marks, content uploads)"
     );
     describe_histogram!(
         "kisse_store_group_commit_seconds",
@@ -162,12 +162,14 @@ pub fn write_batch(frames: usize) {
     histogram!("kisse_ws_write_batch_frames").record(frames as f64);
 }
 
-/// A group commit of `[messages, read receipts, delivery marks]` rows took `elapsed`.
-pub fn group_commit(rows: [usize; 3], elapsed: Duration) {
-    let [messages, reads, marks] = rows;
+/// A group commit of `[messages, read receipts, delivery marks, content uploads]` rows took
+/// `elapsed`.
+pub fn group_commit(rows: [usize; 4], elapsed: Duration) {
+    let [messages, reads, marks, uploads] = rows;
     histogram!("kisse_store_group_rows", "kind" => "messages").record(messages as f64);
     histogram!("kisse_store_group_rows", "kind" => "read_receipts").record(reads as f64);
     histogram!("kisse_store_group_rows", "kind" => "delivery_marks").record(marks as f64);
+    histogram!("kisse_store_group_rows", "kind" => "content_uploads").record(uploads as f64);
     histogram!("kisse_store_group_commit_seconds").record(elapsed.as_secs_f64());
 }
 

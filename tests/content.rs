@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 scenarios!(
     content_round_trips_between_the_two_participants_only,
     content_under_an_app_id_goes_to_the_oldest_message_awaiting_content,
+    concurrent_uploads_under_app_ids_each_take_their_own_message,
     a_fetch_before_the_upload_waits_for_it,
     a_fetch_for_content_that_never_comes_gives_up_with_404,
     bad_content_is_refused_and_stores_nothing,
@@ -153,6 +154,45 @@ async fn content_under_an_app_id_goes_to_the_oldest_message_awaiting_content(eng
         .await;
     // The same answer as for someone else's message: ids tell nothing.
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+async fn concurrent_uploads_under_app_ids_each_take_their_own_message(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
+    let mut sent = Vec::new();
+    for _ in 0..8 {
+        sent.push(send(&mut a, &mut b, &bob, None).await);
+    }
+    // The app's uploads of a burst arrive together (on SQLite, they share a group commit).
+    let app = &app;
+    let uploads = (0..8).map(|i| {
+        let path = format!("/api/messages/{}/content", uuid::Uuid::new_v4());
+        let body = upload(&base64_of(&format!("body {i}")));
+        let token = alice.token.clone();
+        async move { app.post(&path, &token, body).await }
+    });
+    let answers = futures_util::future::join_all(uploads).await;
+    let mut stored_for: Vec<String> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, StatusCode::CREATED, "{body}");
+            body["stored_for"].as_str().expect("stored_for").to_owned()
+        })
+        .collect();
+    stored_for.sort();
+    sent.sort();
+    assert_eq!(stored_for, sent, "every message got exactly one upload");
+    // A ninth has nothing left to claim.
+    let path = format!("/api/messages/{}/content", uuid::Uuid::new_v4());
+    let (status, _) = app.post(&path, &alice.token, upload(BLOB)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 async fn a_fetch_before_the_upload_waits_for_it(engine: Engine) {

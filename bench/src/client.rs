@@ -39,6 +39,26 @@ pub struct Load {
     pub read_receipts: bool,
     /// Senders name their messages (random UUIDv4) instead of letting the server do it.
     pub client_ids: bool,
+    /// Senders upload each acknowledged message's ciphertext, as the app does (under an id of
+    /// their own, which the server matches to their oldest message without content).
+    pub content: bool,
+}
+
+/// The app's ciphertext stand-in: 256 bytes, base64.
+const CONTENT: &str = concat!(
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==",
+);
+
+/// Content uploads: how many the server took, refused, and how long each took from its ack.
+#[derive(Default)]
+struct Uploads {
+    stored: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicU64,
+    latencies: std::sync::Mutex<Vec<u64>>,
 }
 
 pub struct Report {
@@ -52,6 +72,8 @@ pub struct Report {
     logins: u64,
     /// Read receipts that reached the senders (when recipients send them).
     receipts: Option<u64>,
+    /// Content uploads stored and refused, and their latencies (with `--content`).
+    uploads: Option<(u64, u64, Latencies)>,
 }
 
 impl Report {
@@ -80,6 +102,12 @@ impl Report {
             },
             self.latencies.summary(),
         );
+        if let Some((stored, failed, latencies)) = &self.uploads {
+            println!(
+                "  content uploads: {stored} stored, {failed} refused or failed | from ack: {}",
+                latencies.summary()
+            );
+        }
     }
 }
 
@@ -121,6 +149,9 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     let (sent, acked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let receipts = Arc::new(AtomicU64::new(0));
     let read = load.read_receipts && !server.relay;
+    let upload = load.content && !server.relay;
+    let uploads = Arc::new(Uploads::default());
+    let http = reqwest::Client::new();
 
     let mut receivers = Vec::new();
     for recipient in &users[load.pairs..2 * load.pairs] {
@@ -189,6 +220,9 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         let ack_window = window.clone();
         let ack_count = acked.clone();
         let receipt_count = receipts.clone();
+        let (uploads, http) = (uploads.clone(), http.clone());
+        let content_url = format!("{}/api/messages", server.base);
+        let token = sender.token.clone();
         let acks = tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
                 let Message::Text(text) = message else {
@@ -197,6 +231,28 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                 if text.as_str().contains("message_ack") {
                     ack_count.fetch_add(1, Ordering::Relaxed);
                     ack_window.add_permits(1);
+                    if upload {
+                        let acked_at = clock.elapsed();
+                        let own_id = uuid::Uuid::new_v4();
+                        let request = http
+                            .post(format!("{content_url}/{own_id}/content"))
+                            .bearer_auth(&token)
+                            .json(&json!({"message_id": own_id.to_string(), "content_data": CONTENT, "content_hash": null, "expires_at": null}));
+                        let uploads = uploads.clone();
+                        uploads.in_flight.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(async move {
+                            let stored =
+                                matches!(request.send().await, Ok(r) if r.status().as_u16() == 201);
+                            let took = (clock.elapsed() - acked_at).as_micros() as u64;
+                            if stored {
+                                uploads.stored.fetch_add(1, Ordering::Relaxed);
+                                uploads.latencies.lock().map(|mut l| l.push(took)).ok();
+                            } else {
+                                uploads.failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            uploads.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    }
                 } else if text.as_str().contains("\"type\":\"read_receipt\"") {
                     receipt_count.fetch_add(1, Ordering::Relaxed);
                 }
@@ -291,6 +347,10 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     while read && receipts.load(Ordering::Relaxed) < delivered && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let deadline = Instant::now() + DRAIN;
+    while uploads.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for (_, acks) in open {
         acks.abort();
     }
@@ -314,6 +374,17 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         },
         logins,
         receipts: read.then(|| receipts.load(Ordering::Relaxed)),
+        uploads: upload.then(|| {
+            let latencies = uploads
+                .latencies
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l));
+            (
+                uploads.stored.load(Ordering::Relaxed),
+                uploads.failed.load(Ordering::Relaxed),
+                Latencies::new(latencies.unwrap_or_default()),
+            )
+        }),
     })
 }
 

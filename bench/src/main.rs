@@ -75,6 +75,10 @@ struct RoutingArgs {
     /// send does. By default they send none and the server assigns one, as the app does.
     #[arg(long)]
     client_ids: bool,
+    /// Senders upload a 256-byte ciphertext for each acknowledged message, under an id of
+    /// their own, as the app does (not to the relay).
+    #[arg(long)]
+    content: bool,
     /// Skip the relay run.
     #[arg(long)]
     no_relay: bool,
@@ -113,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
                 login_storm: args.login_storm,
                 read_receipts: args.read_receipts,
                 client_ids: args.client_ids,
+                content: args.content,
             };
             let server = server::Running::start(&args.target).await?;
             let report = client::routing(&server, &load).await?;

@@ -107,7 +107,7 @@ pub async fn store(
         created_at,
         expires_at,
     };
-    let message = state.store.attach_content(sender, id, &content).await?;
+    let message = state.store.attach_content(sender, id, content).await?;
     state.content_waiters.ring(message);
     Ok(message)
 }

@@ -9,11 +9,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Db, FirstDelivery, NewMessage, Store,
     group::{self, Inserted, Read, ReadMark, Written},
-    group_sqlite,
+    group_sqlite::{self, ContentUpload},
 };
 use crate::{
     error::{Error, Result},
-    model::{ConversationId, UserId},
+    model::{ConversationId, MessageId, UserId},
 };
 
 /// Messages committed together at most.
@@ -23,7 +23,7 @@ const QUEUE: usize = 4096;
 /// Delivery reports waiting for a commit (their one sender waits for each).
 const DELIVERY_QUEUE: usize = 16;
 
-/// Work for a writer: a message to store or one to mark read.
+/// Work for a writer: a message to store, one to mark read, or (SQLite) a content upload.
 enum Job {
     Message {
         message: NewMessage,
@@ -32,6 +32,10 @@ enum Job {
     Read {
         read: ReadMark,
         reply: oneshot::Sender<Result<Read>>,
+    },
+    Content {
+        upload: ContentUpload,
+        reply: oneshot::Sender<Result<MessageId>>,
     },
 }
 
@@ -96,6 +100,17 @@ impl Batcher {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Stores a content upload in the next group commit (SQLite only: see `group_sqlite`) and
+    /// waits for it.
+    pub(super) async fn attach_content(&self, upload: ContentUpload) -> Result<MessageId> {
+        let (reply, answer) = oneshot::channel();
+        self.writers[0]
+            .send(Job::Content { upload, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     /// The writer of `conversation`: always the same one, so that only it locks the row.
     fn writer(&self, conversation: ConversationId) -> &mpsc::Sender<Job> {
         // The random half of the id spreads conversations evenly over the writers.
@@ -142,19 +157,40 @@ impl Store {
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
     ) -> Result<Written> {
+        let (written, _) = self
+            .write_group_with_uploads(messages, reads, events, at, &[])
+            .await?;
+        Ok(written)
+    }
+
+    /// `write_group`, with content `uploads` in the same transaction on SQLite; returns each
+    /// upload's answer, in order. (PostgreSQL stores an upload in a transaction of its own:
+    /// `Store::attach_content` queues none here.)
+    async fn write_group_with_uploads(
+        &self,
+        messages: &[NewMessage],
+        reads: &[ReadMark],
+        events: &[(UserId, i64)],
+        at: DateTime<Utc>,
+        uploads: &[ContentUpload],
+    ) -> Result<(Written, Vec<Result<MessageId>>)> {
         let started = std::time::Instant::now();
         let written = match &self.db {
             Db::Sqlite(pools) => {
-                group_sqlite::write(&pools.write, messages, reads, events, at).await
+                group_sqlite::write(&pools.write, messages, reads, events, at, uploads).await
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let written = group::write(&mut *tx, messages, reads, events, at).await?;
                 tx.commit().await?;
-                Ok(written)
+                let ungrouped = || {
+                    let why = "content uploads are not grouped on PostgreSQL";
+                    Err(Error::Internal(anyhow::anyhow!(why)))
+                };
+                Ok((written, uploads.iter().map(|_| ungrouped()).collect()))
             }
         };
-        let rows = [messages.len(), reads.len(), events.len()];
+        let rows = [messages.len(), reads.len(), events.len(), uploads.len()];
         crate::metrics::group_commit(rows, started.elapsed());
         written
     }
@@ -187,6 +223,7 @@ async fn run(
         }
         let (mut new, mut stored) = (Vec::new(), Vec::new());
         let (mut reads, mut read) = (Vec::new(), Vec::new());
+        let (mut uploads, mut attached) = (Vec::new(), Vec::new());
         for job in jobs.drain(..) {
             match job {
                 Job::Message { message, reply } => {
@@ -197,14 +234,24 @@ async fn run(
                     reads.push(mark);
                     read.push(reply);
                 }
+                Job::Content { upload, reply } => {
+                    uploads.push(upload);
+                    attached.push(reply);
+                }
             }
         }
         let (events, at) = match &delivery {
             Some(job) => (&job.events[..], job.at),
             None => (&[][..], crate::model::now()),
         };
-        match store.write_group(&new, &reads, events, at).await {
-            Ok(written) => {
+        match store
+            .write_group_with_uploads(&new, &reads, events, at, &uploads)
+            .await
+        {
+            Ok((written, answers)) => {
+                for (reply, answer) in attached.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
+                }
                 for (reply, result) in stored.into_iter().zip(written.inserted) {
                     let _ = reply.send(Ok(result));
                 }
@@ -224,6 +271,9 @@ async fn run(
                     let _ = reply.send(Err(failed()));
                 }
                 for reply in read {
+                    let _ = reply.send(Err(failed()));
+                }
+                for reply in attached {
                     let _ = reply.send(Err(failed()));
                 }
                 if let Some(job) = delivery {

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, with_pool};
+use super::{Store, group_sqlite::ContentUpload, with_pool};
 use crate::{
     error::{Error, Result},
     model::{MessageId, UserId},
@@ -26,12 +26,31 @@ pub struct StoredContent {
 
 /// One answer for "someone else's message" and "no message of yours awaits content": a caller
 /// learns nothing about ids that are not theirs.
-const NOT_YOURS: &str = "no message of yours awaits this content";
+pub(super) const NOT_YOURS: &str = "no message of yours awaits this content";
 
 /// How far back an app-generated id may claim a content-less message.
-const ALIAS_WINDOW_SECONDS: i64 = 60;
+pub(super) const ALIAS_WINDOW_SECONDS: i64 = 60;
 /// Claim attempts when concurrent uploads race for the same oldest message.
 const CLAIM_ATTEMPTS: usize = 3;
+
+/// Claims the sender's ($1) oldest message still awaiting content, sent since $2, as received
+/// at $3, taking `$lock` on the candidate; returns its id. Re-checking the condition outside
+/// the subquery makes a lost race claim nothing (and try the next message) instead of stealing.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE messages SET content_received_at = $3
+             WHERE id = (SELECT id FROM messages
+                         WHERE sender_id = $1 AND content_received_at IS NULL
+                           AND created_at >= $2
+                         ORDER BY seq LIMIT 1",
+            $lock,
+            ")
+               AND content_received_at IS NULL
+             RETURNING id"
+        )
+    };
+}
 
 impl Store {
     /// Stores `content` for the message `requested` names, on behalf of `sender`: a message id,
@@ -41,9 +60,26 @@ impl Store {
         &self,
         sender: UserId,
         requested: MessageId,
-        content: &NewContent,
+        content: NewContent,
     ) -> Result<MessageId> {
+        // SQLite has one writer: the upload joins the next group commit instead of taking the
+        // writer for a transaction of its own (see `group_sqlite`).
+        if let (Some(batcher), super::Engine::Sqlite) = (&self.batcher, self.engine()) {
+            let upload = ContentUpload {
+                sender,
+                requested,
+                content,
+            };
+            return batcher.attach_content(upload).await;
+        }
         let since = content.created_at - chrono::Duration::seconds(ALIAS_WINDOW_SECONDS);
+        // Concurrent uploads (a burst of the app's messages) each skip the messages that the
+        // others are claiming, instead of all picking the oldest and all but one losing.
+        // (SQLite, one writer, has no row locks: its uploads reach here only without a batcher.)
+        let claim = match self.engine() {
+            super::Engine::Postgres => claim_sql!(" FOR UPDATE SKIP LOCKED"),
+            super::Engine::Sqlite => claim_sql!(""),
+        };
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
             let known: Option<(MessageId, UserId)> = sqlx::query_as(
@@ -73,22 +109,12 @@ impl Store {
                 None => {
                     let mut claimed = None;
                     for _ in 0..CLAIM_ATTEMPTS {
-                        // Re-checking the condition outside the subquery makes a lost race
-                        // claim nothing (and try the next message) instead of stealing.
-                        claimed = sqlx::query_scalar::<_, MessageId>(
-                            "UPDATE messages SET content_received_at = $3
-                             WHERE id = (SELECT id FROM messages
-                                         WHERE sender_id = $1 AND content_received_at IS NULL
-                                           AND created_at >= $2
-                                         ORDER BY seq LIMIT 1)
-                               AND content_received_at IS NULL
-                             RETURNING id",
-                        )
-                        .bind(sender)
-                        .bind(since)
-                        .bind(content.created_at)
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                        claimed = sqlx::query_scalar::<_, MessageId>(claim)
+                            .bind(sender)
+                            .bind(since)
+                            .bind(content.created_at)
+                            .fetch_optional(&mut *tx)
+                            .await?;
                         if claimed.is_some() {
                             break;
                         }

@@ -6,7 +6,8 @@
 //! about 40 % of its time at 10,000 msg/s. A group instead locks the handle out of that thread
 //! (sqlx's `lock_handle`, made for direct calls) and runs its transaction here through
 //! rusqlite, a cached single-row statement per kind of row: no round trip, and no statement
-//! text that changes with the group's size.
+//! text that changes with the group's size. Content uploads join the group here too (SQLite
+//! only: PostgreSQL's writers run in parallel, and an upload keeps its own transaction there).
 
 use std::task::{Context, Poll, Waker};
 
@@ -15,22 +16,34 @@ use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
+use super::contents::{ALIAS_WINDOW_SECONDS, NOT_YOURS};
 use super::group::{self, GroupStatements, NewInboxEntry, ReadMark, Received, Written};
 use super::messages::message_cols;
-use super::{FirstDelivery, NewMessage};
+use super::{FirstDelivery, NewContent, NewMessage};
 use crate::{
     error::{Error, Result},
     model::{ConversationId, Message, MessageId, UserId},
 };
 
-/// `group::write` on the pool's writer, in one transaction (see the module's doc).
+/// A sender's upload of a message's content, waiting for the next group (see
+/// `Store::attach_content`).
+pub(super) struct ContentUpload {
+    pub sender: UserId,
+    /// The message id, an alias made earlier, or the app's own id for a new alias.
+    pub requested: MessageId,
+    pub content: NewContent,
+}
+
+/// `group::write` on the pool's writer, then `uploads`, in one transaction (see the module's
+/// doc). Each upload's answer: the message its content went to, or `Forbidden`.
 pub(super) async fn write(
     pool: &SqlitePool,
     messages: &[NewMessage],
     reads: &[ReadMark],
     events: &[(UserId, i64)],
     at: DateTime<Utc>,
-) -> Result<Written> {
+    uploads: &[ContentUpload],
+) -> Result<(Written, Vec<Result<MessageId>>)> {
     let mut conn = pool.acquire().await?;
     let mut handle = conn.lock_handle().await?;
     let raw = handle.as_raw_handle();
@@ -40,13 +53,21 @@ pub(super) async fn write(
         #[allow(unsafe_code)]
         let mut db = unsafe { Connection::from_handle(raw.as_ptr()) }?;
         in_transaction(&mut db, |db| {
-            finished(group::write(
+            let written = finished(group::write(
                 &mut Statements(db),
                 messages,
                 reads,
                 events,
                 at,
-            ))
+            ))?;
+            let attached = uploads
+                .iter()
+                .map(|upload| {
+                    let target = attach(db, upload)?;
+                    Ok(target.ok_or(Error::Forbidden(NOT_YOURS)))
+                })
+                .collect::<Result<_>>()?;
+            Ok((written, attached))
         })
     })
 }
@@ -90,6 +111,77 @@ fn finished<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
             "a group commit's SQLite statement waited"
         ))),
     }
+}
+
+/// Stores `upload`'s content for the message it names: a message id, an alias made earlier,
+/// or else a new alias for the sender's oldest content-less message of the last minute (the
+/// app's content-id quirk). `None` when no message of the sender's fits.
+fn attach(db: &Connection, upload: &ContentUpload) -> Result<Option<MessageId>> {
+    let (sender, requested, content) = (upload.sender.0, upload.requested.0, &upload.content);
+    let known = db
+        .prepare_cached(
+            "SELECT m.id, m.sender_id FROM messages m WHERE m.id = ?1
+             UNION ALL
+             SELECT m.id, m.sender_id FROM message_aliases a JOIN messages m ON m.id = a.message_id
+             WHERE a.alias_id = ?1",
+        )?
+        .query_row(params![requested.as_bytes()], |row| {
+            Ok((uuid_at(row, 0)?, uuid_at(row, 1)?))
+        })
+        .optional()?;
+    let received_at = timestamp(content.created_at);
+    let target = match known {
+        Some((_, owner)) if owner != sender => return Ok(None),
+        Some((id, _)) => {
+            db.prepare_cached(
+                "UPDATE messages SET content_received_at = coalesce(content_received_at, ?2)
+                 WHERE id = ?1",
+            )?
+            .execute(params![id.as_bytes(), received_at])?;
+            id
+        }
+        None => {
+            // One writer: nothing can claim the same message in between.
+            let since = content.created_at - chrono::Duration::seconds(ALIAS_WINDOW_SECONDS);
+            let claimed = db
+                .prepare_cached(
+                    "UPDATE messages SET content_received_at = ?3
+                     WHERE id = (SELECT id FROM messages
+                                 WHERE sender_id = ?1 AND content_received_at IS NULL
+                                   AND created_at >= ?2
+                                 ORDER BY seq LIMIT 1)
+                     RETURNING id",
+                )?
+                .query_row(
+                    params![sender.as_bytes(), timestamp(since), received_at],
+                    |row| uuid_at(row, 0),
+                )
+                .optional()?;
+            let Some(id) = claimed else {
+                return Ok(None);
+            };
+            db.prepare_cached(
+                "INSERT INTO message_aliases (alias_id, message_id) VALUES (?1, ?2)",
+            )?
+            .execute(params![requested.as_bytes(), id.as_bytes()])?;
+            id
+        }
+    };
+    db.prepare_cached(
+        "INSERT INTO message_contents (message_id, content, content_hash, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (message_id) DO UPDATE SET content = excluded.content,
+             content_hash = excluded.content_hash, created_at = excluded.created_at,
+             expires_at = excluded.expires_at",
+    )?
+    .execute(params![
+        target.as_bytes(),
+        content.bytes,
+        content.hash,
+        received_at,
+        timestamp(content.expires_at)
+    ])?;
+    Ok(Some(MessageId(target)))
 }
 
 /// The group's open transaction.
