@@ -33,23 +33,10 @@ pub(super) const ALIAS_WINDOW_SECONDS: i64 = 60;
 /// Claim attempts when concurrent uploads race for the same oldest message.
 const CLAIM_ATTEMPTS: usize = 3;
 
-/// Claims the sender's ($1) oldest message still awaiting content, sent since $2, as received
-/// at $3, taking `$lock` on the candidate; returns its id. Re-checking the condition outside
-/// the subquery makes a lost race claim nothing (and try the next message) instead of stealing.
-macro_rules! claim_sql {
-    ($lock:literal) => {
-        concat!(
-            "UPDATE messages SET content_received_at = $3
-             WHERE id = (SELECT id FROM messages
-                         WHERE sender_id = $1 AND content_received_at IS NULL
-                           AND created_at >= $2
-                         ORDER BY seq LIMIT 1",
-            $lock,
-            ")
-               AND content_received_at IS NULL
-             RETURNING id"
-        )
-    };
+/// The advisory lock that serializes `sender`'s content claims (PostgreSQL): their id's first
+/// half. Two senders that share it only wait for each other.
+fn claim_lock_key(sender: UserId) -> i64 {
+    sender.0.as_u64_pair().0 as i64
 }
 
 impl Store {
@@ -73,13 +60,7 @@ impl Store {
             return batcher.attach_content(upload).await;
         }
         let since = content.created_at - chrono::Duration::seconds(ALIAS_WINDOW_SECONDS);
-        // Concurrent uploads (a burst of the app's messages) each skip the messages that the
-        // others are claiming, instead of all picking the oldest and all but one losing.
-        // (SQLite, one writer, has no row locks: its uploads reach here only without a batcher.)
-        let claim = match self.engine() {
-            super::Engine::Postgres => claim_sql!(" FOR UPDATE SKIP LOCKED"),
-            super::Engine::Sqlite => claim_sql!(""),
-        };
+        let postgres = self.engine() == super::Engine::Postgres;
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
             let known: Option<(MessageId, UserId)> = sqlx::query_as(
@@ -107,14 +88,35 @@ impl Store {
                     id
                 }
                 None => {
+                    if postgres {
+                        // A sender's uploads claim one at a time, each after the previous one
+                        // committed: concurrent ones (a burst of the app's messages) would all
+                        // pick the same oldest message, and all but one lose. (A row lock taken
+                        // with SKIP LOCKED would also skip a message that a group commit is
+                        // marking delivered, and give its content to the next message.)
+                        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                            .bind(claim_lock_key(sender))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     let mut claimed = None;
                     for _ in 0..CLAIM_ATTEMPTS {
-                        claimed = sqlx::query_scalar::<_, MessageId>(claim)
-                            .bind(sender)
-                            .bind(since)
-                            .bind(content.created_at)
-                            .fetch_optional(&mut *tx)
-                            .await?;
+                        // Re-checking the condition outside the subquery makes a lost race
+                        // claim nothing (and try the next message) instead of stealing.
+                        claimed = sqlx::query_scalar::<_, MessageId>(
+                            "UPDATE messages SET content_received_at = $3
+                             WHERE id = (SELECT id FROM messages
+                                         WHERE sender_id = $1 AND content_received_at IS NULL
+                                           AND created_at >= $2
+                                         ORDER BY seq LIMIT 1)
+                               AND content_received_at IS NULL
+                             RETURNING id",
+                        )
+                        .bind(sender)
+                        .bind(since)
+                        .bind(content.created_at)
+                        .fetch_optional(&mut *tx)
+                        .await?;
                         if claimed.is_some() {
                             break;
                         }
