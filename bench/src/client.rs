@@ -52,13 +52,58 @@ const CONTENT: &str = concat!(
     "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==",
 );
 
-/// Content uploads: how many the server took, refused, and how long each took from its ack.
+/// HTTP requests of one kind (content uploads, content fetches): how many succeeded, how many
+/// failed, and how long each successful one took from the moment it was due.
 #[derive(Default)]
-struct Uploads {
-    stored: AtomicU64,
+struct Requests {
+    succeeded: AtomicU64,
     failed: AtomicU64,
     in_flight: AtomicU64,
     latencies: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Requests {
+    /// Sends `request` in a task of its own; success is answering `expected`. `due` is a time
+    /// on `clock`; `then` runs after a success.
+    fn spawn(
+        self: &Arc<Self>,
+        request: reqwest::RequestBuilder,
+        expected: u16,
+        (clock, due): (Instant, Duration),
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        let this = self.clone();
+        this.in_flight.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let ok = matches!(request.send().await, Ok(r) if r.status().as_u16() == expected);
+            if ok {
+                let took = clock.elapsed().saturating_sub(due).as_micros() as u64;
+                this.succeeded.fetch_add(1, Ordering::Relaxed);
+                this.latencies.lock().map(|mut l| l.push(took)).ok();
+                then();
+            } else {
+                this.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            this.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Waits until none is in flight, for at most `DRAIN`.
+    async fn drain(&self) {
+        let deadline = Instant::now() + DRAIN;
+        while self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn tally(&self) -> (u64, u64, Latencies) {
+        let latencies = self.latencies.lock().map(|mut l| std::mem::take(&mut *l));
+        (
+            self.succeeded.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            Latencies::new(latencies.unwrap_or_default()),
+        )
+    }
 }
 
 pub struct Report {
@@ -72,8 +117,9 @@ pub struct Report {
     logins: u64,
     /// Read receipts that reached the senders (when recipients send them).
     receipts: Option<u64>,
-    /// Content uploads stored and refused, and their latencies (with `--content`).
-    uploads: Option<(u64, u64, Latencies)>,
+    /// Content uploads (stored, refused, latency from the ack) and recipients' fetches (got,
+    /// failed, latency from the send), with `--content`.
+    content: Option<[(u64, u64, Latencies); 2]>,
 }
 
 impl Report {
@@ -102,10 +148,14 @@ impl Report {
             },
             self.latencies.summary(),
         );
-        if let Some((stored, failed, latencies)) = &self.uploads {
+        if let Some([(stored, refused, uploads), (got, failed, fetches)]) = &self.content {
             println!(
-                "  content uploads: {stored} stored, {failed} refused or failed | from ack: {}",
-                latencies.summary()
+                "  content uploads: {stored} stored, {refused} refused or failed | from ack: {}",
+                uploads.summary()
+            );
+            println!(
+                "  content fetches: {got} got, {failed} failed | from send: {}",
+                fetches.summary()
             );
         }
     }
@@ -149,26 +199,41 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     let (sent, acked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let receipts = Arc::new(AtomicU64::new(0));
     let read = load.read_receipts && !server.relay;
-    let upload = load.content && !server.relay;
-    let uploads = Arc::new(Uploads::default());
+    let content = load.content && !server.relay;
+    let (uploads, fetches) = (Arc::new(Requests::default()), Arc::new(Requests::default()));
     let http = reqwest::Client::new();
+    let content_url = format!("{}/api/messages", server.base);
 
     let mut receivers = Vec::new();
     for recipient in &users[load.pairs..2 * load.pairs] {
         let mut socket = connect(server, recipient).await?;
         let stop = stop.clone();
+        let (fetches, http, content_url) = (fetches.clone(), http.clone(), content_url.clone());
+        let token = recipient.token.clone();
         receivers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut seen = HashSet::new();
             let mut duplicates = 0u64;
             let mut last = Duration::ZERO;
+            // With content, a message is read once its body is fetched, as in the app.
+            let (shown, mut to_mark) = tokio::sync::mpsc::unbounded_channel::<String>();
             loop {
                 let wait = if stop.load(Ordering::Relaxed) {
                     DRAIN
                 } else {
                     Duration::from_secs(60)
                 };
-                let Ok(Some(Ok(message))) = tokio::time::timeout(wait, socket.next()).await else {
+                let next = tokio::select! {
+                    next = tokio::time::timeout(wait, socket.next()) => next,
+                    Some(id) = to_mark.recv() => {
+                        let receipt = json!({"type": "read_receipt", "payload": {"messageId": id}});
+                        if socket.send(Message::text(receipt.to_string())).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let Ok(Some(Ok(message))) = next else {
                     break;
                 };
                 let Message::Text(text) = message else {
@@ -189,7 +254,20 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                 let sent_at: u64 = sent_at.parse().unwrap_or(0);
                 let now = clock.elapsed().as_micros() as u64;
                 latencies.push(now.saturating_sub(sent_at));
-                if read {
+                if content {
+                    // The app asks for the body at once; the server waits for the upload.
+                    let request = http
+                        .get(format!("{content_url}/{id}/content"))
+                        .bearer_auth(&token);
+                    let (id, shown) = (id.to_owned(), shown.clone());
+                    let mark = move || {
+                        if read {
+                            let _ = shown.send(id);
+                        }
+                    };
+                    let due = Duration::from_micros(sent_at);
+                    fetches.spawn(request, 200, (clock, due), mark);
+                } else if read {
                     let receipt = json!({"type": "read_receipt", "payload": {"messageId": id}});
                     if socket
                         .send(Message::text(receipt.to_string()))
@@ -220,8 +298,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         let ack_window = window.clone();
         let ack_count = acked.clone();
         let receipt_count = receipts.clone();
-        let (uploads, http) = (uploads.clone(), http.clone());
-        let content_url = format!("{}/api/messages", server.base);
+        let (uploads, http, content_url) = (uploads.clone(), http.clone(), content_url.clone());
         let token = sender.token.clone();
         let acks = tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
@@ -231,27 +308,14 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                 if text.as_str().contains("message_ack") {
                     ack_count.fetch_add(1, Ordering::Relaxed);
                     ack_window.add_permits(1);
-                    if upload {
-                        let acked_at = clock.elapsed();
+                    if content {
+                        // Under an id of the app's own, which the server resolves (FIFO).
                         let own_id = uuid::Uuid::new_v4();
                         let request = http
                             .post(format!("{content_url}/{own_id}/content"))
                             .bearer_auth(&token)
                             .json(&json!({"message_id": own_id.to_string(), "content_data": CONTENT, "content_hash": null, "expires_at": null}));
-                        let uploads = uploads.clone();
-                        uploads.in_flight.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(async move {
-                            let stored =
-                                matches!(request.send().await, Ok(r) if r.status().as_u16() == 201);
-                            let took = (clock.elapsed() - acked_at).as_micros() as u64;
-                            if stored {
-                                uploads.stored.fetch_add(1, Ordering::Relaxed);
-                                uploads.latencies.lock().map(|mut l| l.push(took)).ok();
-                            } else {
-                                uploads.failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            uploads.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        });
+                        uploads.spawn(request, 201, (clock, clock.elapsed()), || {});
                     }
                 } else if text.as_str().contains("\"type\":\"read_receipt\"") {
                     receipt_count.fetch_add(1, Ordering::Relaxed);
@@ -347,10 +411,8 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     while read && receipts.load(Ordering::Relaxed) < delivered && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let deadline = Instant::now() + DRAIN;
-    while uploads.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    uploads.drain().await;
+    fetches.drain().await;
     for (_, acks) in open {
         acks.abort();
     }
@@ -374,17 +436,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         },
         logins,
         receipts: read.then(|| receipts.load(Ordering::Relaxed)),
-        uploads: upload.then(|| {
-            let latencies = uploads
-                .latencies
-                .lock()
-                .map(|mut l| std::mem::take(&mut *l));
-            (
-                uploads.stored.load(Ordering::Relaxed),
-                uploads.failed.load(Ordering::Relaxed),
-                Latencies::new(latencies.unwrap_or_default()),
-            )
-        }),
+        content: content.then(|| [uploads.tally(), fetches.tally()]),
     })
 }
 
