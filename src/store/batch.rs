@@ -1,6 +1,7 @@
-//! Group commit: messages, read receipts, and the delivery marks of what sockets wrote, that
-//! arrive while a commit is running wait for the next one and share it, so a burst costs one
-//! transaction (one fsync) instead of one per message, receipt and delivery report. Alone, a
+//! Group commit: messages, read receipts, the delivery marks of what sockets wrote and (on
+//! SQLite) content uploads, that arrive while a commit is running wait for the next one and
+//! share it, so a burst costs one transaction (one fsync) instead of one per message, receipt,
+//! upload and delivery report. Alone, a
 //! message is committed at once: batching adds no delay when there is nothing to group.
 
 use chrono::{DateTime, Utc};

@@ -493,6 +493,17 @@ mod tests {
         store.create_user(&new).await.expect("user").id
     }
 
+    /// An in-memory store with two users and their conversation.
+    async fn alice_and_bob() -> (Store, UserId, UserId, ConversationId) {
+        let store = Store::connect("sqlite::memory:", 1).await.expect("store");
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let (conversation, _) = store
+            .get_or_create_conversation(alice, bob, now())
+            .await
+            .expect("conversation");
+        (store, alice, bob, conversation.id)
+    }
+
     fn message(conversation: ConversationId, from: UserId, to: UserId) -> NewMessage {
         NewMessage {
             id: MessageId(Uuid::new_v4()),
@@ -508,13 +519,8 @@ mod tests {
     /// A group that fails stores none of its messages, and the writer's next group commits.
     #[tokio::test]
     async fn a_failed_group_stores_nothing_and_the_next_one_commits() {
-        let store = Store::connect("sqlite::memory:", 1).await.expect("store");
-        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
-        let (conversation, _) = store
-            .get_or_create_conversation(alice, bob, now())
-            .await
-            .expect("conversation");
-        let good = message(conversation.id, alice, bob);
+        let (store, alice, bob, conversation) = alice_and_bob().await;
+        let good = message(conversation, alice, bob);
         let nowhere = message(ConversationId(Uuid::now_v7()), alice, bob);
         let id = good.id;
         let failed = store.write_group(&[good, nowhere], &[], &[], now()).await;
@@ -523,7 +529,7 @@ mod tests {
 
         let again = NewMessage {
             id,
-            ..message(conversation.id, alice, bob)
+            ..message(conversation, alice, bob)
         };
         let written = store
             .write_group(&[again], &[], &[], now())
@@ -537,14 +543,8 @@ mod tests {
     /// gets the inbox number that was written for it.
     #[tokio::test]
     async fn retries_and_reads_in_one_group_keep_their_own_numbers() {
-        let store = Store::connect("sqlite::memory:", 1).await.expect("store");
-        store.migrate().await.expect("migrate");
-        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
-        let (conversation, _) = store
-            .get_or_create_conversation(alice, bob, now())
-            .await
-            .expect("conversation");
-        let first = message(conversation.id, alice, bob);
+        let (store, alice, bob, conversation) = alice_and_bob().await;
+        let first = message(conversation, alice, bob);
         store
             .write_group(std::slice::from_ref(&first), &[], &[], now())
             .await
@@ -552,11 +552,11 @@ mod tests {
 
         let retry = NewMessage {
             id: first.id,
-            ..message(conversation.id, alice, bob)
+            ..message(conversation, alice, bob)
         };
         let (second, third) = (
-            message(conversation.id, alice, bob),
-            message(conversation.id, bob, alice),
+            message(conversation, alice, bob),
+            message(conversation, bob, alice),
         );
         let group = [retry, second, third];
         let written = store
@@ -580,7 +580,7 @@ mod tests {
         let read = |message: &NewMessage, reader| ReadMark {
             message: message.id,
             reader,
-            conversation: conversation.id,
+            conversation,
         };
         let reads = [
             read(&first, bob),
