@@ -118,19 +118,11 @@ pub async fn store(
 /// answer tells nothing about other people's messages.
 pub async fn fetch(state: &AppState, user: UserId, id: MessageId) -> Result<ContentBody> {
     let not_yours = || Error::Forbidden("not a participant of this message");
-    let message_id = state
-        .store
-        .resolve_message_id(id)
-        .await?
-        .ok_or_else(not_yours)?;
-    let message = state
-        .store
-        .message(message_id)
-        .await?
-        .ok_or_else(not_yours)?;
+    let message = state.store.message_named(id).await?.ok_or_else(not_yours)?;
     if message.sender_id != user && message.recipient_id != user {
         return Err(not_yours());
     }
+    let message_id = message.id;
     let deadline = Instant::now() + state.config.content_wait;
     let bell = state.content_waiters.bell(message_id);
     let result = loop {

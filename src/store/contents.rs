@@ -2,10 +2,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, group_sqlite::ContentUpload, with_pool};
+use super::{Store, group_sqlite::ContentUpload, messages::message_cols, with_pool};
 use crate::{
     error::{Error, Result},
-    model::{MessageId, UserId},
+    model::{Message, MessageId, UserId},
 };
 
 /// Ciphertext to keep for a message.
@@ -151,14 +151,21 @@ impl Store {
         })
     }
 
-    /// The message `id` names, directly or through an alias.
-    pub async fn resolve_message_id(&self, id: MessageId) -> Result<Option<MessageId>> {
+    /// The message `id` names, directly or through an alias (the app's own id for it): one
+    /// read for what a content fetch needs to know first.
+    pub async fn message_named(&self, id: MessageId) -> Result<Option<Message>> {
         Ok(with_pool!(self, read, |pool| {
-            sqlx::query_scalar::<_, MessageId>(
-                "SELECT id FROM messages WHERE id = $1
-                 UNION ALL
-                 SELECT message_id FROM message_aliases WHERE alias_id = $1",
-            )
+            sqlx::query_as::<_, Message>(concat!(
+                "SELECT ",
+                message_cols!(m),
+                " FROM messages m WHERE m.id = $1
+                  UNION ALL
+                  SELECT ",
+                message_cols!(m),
+                " FROM message_aliases a JOIN messages m ON m.id = a.message_id
+                  WHERE a.alias_id = $1
+                  LIMIT 1"
+            ))
             .bind(id)
             .fetch_optional(pool)
             .await
