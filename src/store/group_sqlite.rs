@@ -47,7 +47,8 @@ pub(super) async fn write(
     let mut conn = pool.acquire().await?;
     let mut handle = conn.lock_handle().await?;
     let raw = handle.as_raw_handle();
-    blocking(|| {
+    let rows = messages.len() + reads.len() + events.len() + uploads.len();
+    blocking(rows, || {
         // SAFETY: sqlx's worker thread makes no call on the handle while `handle` lives; `db`
         // (and its cached statements) is dropped before it, and leaves the handle open.
         #[allow(unsafe_code)]
@@ -89,12 +90,16 @@ fn in_transaction<T>(
     result
 }
 
-/// Runs `work`, which blocks its thread for the group's transaction, without holding up the
-/// other tasks of a multi-threaded runtime's worker.
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
+/// Rows up to which a group runs right on its runtime worker (about 2 ms at most); larger
+/// groups first hand the worker's other tasks to another thread (`block_in_place`), which costs
+/// a thread wake-up (about 0.6 ms of median latency at 10,000 msg/s).
+const INLINE_ROWS: usize = 256;
+
+/// Runs `work`, which blocks its thread for the transaction of a group of `rows` rows.
+fn blocking<T>(rows: usize, work: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        Ok(RuntimeFlavor::MultiThread) if rows > INLINE_ROWS => tokio::task::block_in_place(work),
         _ => work(),
     }
 }
