@@ -92,24 +92,14 @@ impl Batcher {
     /// Marks a message read in the next group commit of its conversation's writer, and waits
     /// for it.
     pub(super) async fn read(&self, read: ReadMark) -> Result<Read> {
-        let (reply, answer) = oneshot::channel();
         let writer = self.writer(read.conversation);
-        writer
-            .send(Job::Read { read, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        ask(writer, |reply| Job::Read { read, reply }).await
     }
 
     /// Stores a content upload in the next group commit (SQLite only: see `group_sqlite`) and
     /// waits for it.
     pub(super) async fn attach_content(&self, upload: ContentUpload) -> Result<MessageId> {
-        let (reply, answer) = oneshot::channel();
-        self.writers[0]
-            .send(Job::Content { upload, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        ask(&self.writers[0], |reply| Job::Content { upload, reply }).await
     }
 
     /// The writer of `conversation`: always the same one, so that only it locks the row.
@@ -142,6 +132,16 @@ impl Committed {
     pub(super) async fn wait(self) -> Result<Inserted> {
         self.0.await.map_err(|_| stopped())?
     }
+}
+
+/// Queues the job `job` makes around its reply channel on `writer`, and waits for the answer.
+async fn ask<T>(
+    writer: &mpsc::Sender<Job>,
+    job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job,
+) -> Result<T> {
+    let (reply, answer) = oneshot::channel();
+    writer.send(job(reply)).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
 }
 
 fn stopped() -> Error {
