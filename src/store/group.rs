@@ -59,7 +59,8 @@ pub(super) type Received = BTreeMap<(ConversationId, UserId), i64>;
 /// One engine's statements, each run inside the group's open transaction.
 pub(super) trait GroupStatements: Send {
     /// Locks the conversations' rows (in id order) before their messages are numbered, so that
-    /// within a conversation the order of `seq` is the order of commits.
+    /// within a conversation the order of `seq` is the order of commits (a group without new
+    /// messages; `insert_messages` takes the locks of the others).
     fn lock_conversations(
         &mut self,
         ids: &[ConversationId],
@@ -86,9 +87,12 @@ pub(super) trait GroupStatements: Send {
         messages: &[MessageId],
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Inserts the messages whose id is free; returns the `(id, seq)` of those inserted.
+    /// Locks `lock` as `lock_conversations` does, inserts the messages whose id is free and
+    /// touches their conversations (latest message time, one more unread for each recipient);
+    /// returns the `(id, seq)` of those inserted.
     fn insert_messages(
         &mut self,
+        lock: &[ConversationId],
         batch: &[NewMessage],
     ) -> impl Future<Output = Result<Vec<(MessageId, i64)>>> + Send;
 
@@ -140,13 +144,13 @@ pub(super) async fn write<C: GroupStatements>(
         .collect();
     conversations.sort_unstable();
     conversations.dedup();
-    if !conversations.is_empty() {
-        conn.lock_conversations(&conversations).await?;
-    }
     let inserted = if messages.is_empty() {
+        if !conversations.is_empty() {
+            conn.lock_conversations(&conversations).await?;
+        }
         Vec::new()
     } else {
-        insert(conn, messages).await?
+        insert(conn, &conversations, messages).await?
     };
     let read = if reads.is_empty() {
         Vec::new()
@@ -194,34 +198,24 @@ pub(super) async fn write<C: GroupStatements>(
     })
 }
 
-/// Inserts the messages whose id is free, counting them unread; `None` for the others.
+/// Locks `conversations` and inserts the messages whose id is free, counting them unread;
+/// `None` for the others.
 async fn insert<C: GroupStatements>(
     conn: &mut C,
+    conversations: &[ConversationId],
     batch: &[NewMessage],
 ) -> Result<Vec<Option<Message>>> {
-    let latest = batch.iter().map(|m| m.created_at).max();
-
     // Only the numbers come back: the rest of each row is what was just written.
-    let mut stored: HashMap<MessageId, i64> =
-        conn.insert_messages(batch).await?.into_iter().collect();
+    let mut stored: HashMap<MessageId, i64> = conn
+        .insert_messages(conversations, batch)
+        .await?
+        .into_iter()
+        .collect();
     // In batch order; a repeated id (a retry in the same batch) is stored once.
-    let inserted: Vec<Option<Message>> = batch
+    Ok(batch
         .iter()
         .map(|m| stored.remove(&m.id).map(|seq| m.stored_as(seq)))
-        .collect();
-
-    // Every conversation of the batch is touched; only stored messages count as unread.
-    let mut received: Received = batch
-        .iter()
-        .map(|m| ((m.conversation_id, m.recipient_id), 0))
-        .collect();
-    for message in inserted.iter().flatten() {
-        *received
-            .entry((message.conversation_id, message.recipient_id))
-            .or_default() += 1;
-    }
-    conn.touch_conversations(&received, latest).await?;
-    Ok(inserted)
+        .collect())
 }
 
 /// Marks `reads` read (those still unread by their reader): their unread counts go down and
@@ -346,13 +340,35 @@ impl GroupStatements for PgConnection {
         .map_err(Error::from)
     }
 
-    async fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(MessageId, i64)>> {
+    async fn insert_messages(
+        &mut self,
+        lock: &[ConversationId],
+        batch: &[NewMessage],
+    ) -> Result<Vec<(MessageId, i64)>> {
+        // One statement instead of three (lock, insert, touch), each a round trip and an
+        // executor start. The insert reads a count of the locked rows before its first row:
+        // that data dependency is what makes the locks come first.
         sqlx::query_as(
-            "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type,
-                                   session_id, created_at)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                                  $6::text[], $7::timestamptz[])
-             ON CONFLICT (id) DO NOTHING RETURNING id, seq",
+            "WITH locked AS MATERIALIZED (
+                 SELECT id FROM conversations WHERE id = ANY($8) ORDER BY id FOR NO KEY UPDATE),
+             stored AS (
+                 INSERT INTO messages (id, conversation_id, sender_id, recipient_id,
+                                       message_type, session_id, created_at)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],
+                                      $5::text[], $6::text[], $7::timestamptz[])
+                 WHERE (SELECT count(*) FROM locked) >= 0
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id, seq, conversation_id, recipient_id, created_at),
+             touched AS (
+                 UPDATE conversations c SET last_message_at = n.latest,
+                        unread_a = c.unread_a + n.to_a, unread_b = c.unread_b + n.to_b
+                 FROM (SELECT s.conversation_id, max(s.created_at) AS latest,
+                              count(*) FILTER (WHERE s.recipient_id = cc.user_a) AS to_a,
+                              count(*) FILTER (WHERE s.recipient_id <> cc.user_a) AS to_b
+                       FROM stored s JOIN conversations cc ON cc.id = s.conversation_id
+                       GROUP BY s.conversation_id) AS n
+                 WHERE c.id = n.conversation_id)
+             SELECT id, seq FROM stored",
         )
         .bind(uuids(batch, |m| m.id.0))
         .bind(uuids(batch, |m| m.conversation_id.0))
@@ -371,24 +387,24 @@ impl GroupStatements for PgConnection {
                 .collect::<Vec<_>>(),
         )
         .bind(batch.iter().map(|m| m.created_at).collect::<Vec<_>>())
+        .bind(uuids(lock, |c| c.0))
         .fetch_all(self)
         .await
         .map_err(Error::from)
     }
 
     async fn bump_inboxes(&mut self, counts: &BTreeMap<UserId, i64>) -> Result<Vec<(UserId, i64)>> {
-        // In id order, as for conversations.
-        let users: Vec<Uuid> = counts.keys().map(|u| u.0).collect();
-        sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-            .bind(&users)
-            .execute(&mut *self)
-            .await?;
+        // Locked in id order, as conversations are, before the update (which reads a count of
+        // the locked rows first).
         sqlx::query_as(
-            "UPDATE users SET inbox_seq = users.inbox_seq + n.count
+            "WITH locked AS MATERIALIZED (
+                 SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE)
+             UPDATE users SET inbox_seq = users.inbox_seq + n.count
              FROM unnest($1::uuid[], $2::bigint[]) AS n (id, count)
-             WHERE users.id = n.id RETURNING users.id, users.inbox_seq",
+             WHERE users.id = n.id AND (SELECT count(*) FROM locked) >= 0
+             RETURNING users.id, users.inbox_seq",
         )
-        .bind(&users)
+        .bind(counts.keys().map(|u| u.0).collect::<Vec<Uuid>>())
         .bind(counts.values().copied().collect::<Vec<i64>>())
         .fetch_all(self)
         .await

@@ -267,28 +267,40 @@ impl GroupStatements for Statements<'_> {
         Ok(())
     }
 
-    async fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(MessageId, i64)>> {
-        let mut insert = self.0.prepare_cached(
-            "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type,
-                                   session_id, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-        )?;
+    async fn insert_messages(
+        &mut self,
+        _: &[ConversationId], // one writer: nothing to lock
+        batch: &[NewMessage],
+    ) -> Result<Vec<(MessageId, i64)>> {
         let mut stored = Vec::with_capacity(batch.len());
-        for m in batch {
-            let inserted = insert.execute(params![
-                m.id.0.as_bytes(),
-                m.conversation_id.0.as_bytes(),
-                m.sender_id.0.as_bytes(),
-                m.recipient_id.0.as_bytes(),
-                m.message_type,
-                m.session_id,
-                timestamp(m.created_at)
-            ])?;
-            if inserted == 1 {
-                // `seq` is the table's row id.
-                stored.push((m.id, self.0.last_insert_rowid()));
+        let (mut received, mut latest) = (Received::new(), None);
+        {
+            let mut insert = self.0.prepare_cached(
+                "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type,
+                                       session_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+            )?;
+            for m in batch {
+                let inserted = insert.execute(params![
+                    m.id.0.as_bytes(),
+                    m.conversation_id.0.as_bytes(),
+                    m.sender_id.0.as_bytes(),
+                    m.recipient_id.0.as_bytes(),
+                    m.message_type,
+                    m.session_id,
+                    timestamp(m.created_at)
+                ])?;
+                if inserted == 1 {
+                    // `seq` is the table's row id.
+                    stored.push((m.id, self.0.last_insert_rowid()));
+                    *received
+                        .entry((m.conversation_id, m.recipient_id))
+                        .or_default() += 1;
+                    latest = latest.max(Some(m.created_at));
+                }
             }
-        }
+        } // the statement is not `Send`: it must go before the await below
+        self.touch_conversations(&received, latest).await?;
         Ok(stored)
     }
 
