@@ -180,6 +180,13 @@ impl Store {
             Db::Sqlite(pools) => {
                 group_sqlite::write(&pools.write, messages, reads, events, at, uploads).await
             }
+            Db::Postgres(pool) if messages.is_empty() && reads.is_empty() && uploads.is_empty() => {
+                // Delivery marks alone are one statement: atomic without BEGIN and COMMIT,
+                // two round trips fewer.
+                let mut conn = pool.acquire().await?;
+                let written = group::write(&mut *conn, messages, reads, events, at).await?;
+                Ok((written, Vec::new()))
+            }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let written = group::write(&mut *tx, messages, reads, events, at).await?;

@@ -108,18 +108,11 @@ pub(super) trait GroupStatements: Send {
         entries: &[NewInboxEntry],
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Marks undelivered inbox events delivered; returns the message (`seq`) and kind of each
-    /// marked.
-    fn mark_events(
+    /// Marks undelivered inbox events delivered, and the messages of those that are messages
+    /// (not receipts); returns the messages it marked (their first delivery).
+    fn mark_delivered(
         &mut self,
         events: &[(UserId, i64)],
-        at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<(i64, String)>>> + Send;
-
-    /// Marks the undelivered messages among `seqs` delivered; returns those it marked.
-    fn mark_messages(
-        &mut self,
-        seqs: &[i64],
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<FirstDelivery>>> + Send;
 }
@@ -189,7 +182,7 @@ pub(super) async fn write<C: GroupStatements>(
     let delivered = if events.is_empty() {
         Vec::new()
     } else {
-        mark_delivered(conn, events, at).await?
+        conn.mark_delivered(events, at).await?
     };
     Ok(Written {
         inserted,
@@ -274,24 +267,6 @@ async fn append_inbox<C: GroupStatements>(
     }
     conn.insert_inbox(&entries).await?;
     Ok(entries.iter().map(|e| e.seq).collect())
-}
-
-async fn mark_delivered<C: GroupStatements>(
-    conn: &mut C,
-    events: &[(UserId, i64)],
-    at: DateTime<Utc>,
-) -> Result<Vec<FirstDelivery>> {
-    let messages: Vec<i64> = conn
-        .mark_events(events, at)
-        .await?
-        .into_iter()
-        .filter(|(_, kind)| kind == "message")
-        .map(|(seq, _)| seq)
-        .collect();
-    if messages.is_empty() {
-        return Ok(Vec::new());
-    }
-    conn.mark_messages(&messages, at).await
 }
 
 /// The raw ids of `items`, for an array parameter.
@@ -455,37 +430,31 @@ impl GroupStatements for PgConnection {
             .map_err(Error::from)
     }
 
-    async fn mark_events(
+    async fn mark_delivered(
         &mut self,
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
-    ) -> Result<Vec<(i64, String)>> {
+    ) -> Result<Vec<FirstDelivery>> {
+        // One statement: a group of delivery marks alone then needs no transaction around it.
+        // Senders hear of their messages' delivery in the order they were sent.
         sqlx::query_as(
-            "UPDATE inbox SET delivered_at = $3
-             FROM unnest($1::uuid[], $2::bigint[]) AS reported (user_id, seq)
-             WHERE inbox.user_id = reported.user_id AND inbox.seq = reported.seq
-               AND inbox.delivered_at IS NULL
-             RETURNING inbox.message_seq, inbox.kind",
+            "WITH marked AS (
+                 UPDATE inbox SET delivered_at = $3
+                 FROM unnest($1::uuid[], $2::bigint[]) AS reported (user_id, seq)
+                 WHERE inbox.user_id = reported.user_id AND inbox.seq = reported.seq
+                   AND inbox.delivered_at IS NULL
+                 RETURNING inbox.message_seq, inbox.kind),
+             delivered AS (
+                 UPDATE messages SET delivered_at = $3
+                 WHERE delivered_at IS NULL
+                   AND seq IN (SELECT message_seq FROM marked WHERE kind = 'message')
+                 RETURNING seq, id, conversation_id, sender_id, recipient_id, delivered_at)
+             SELECT id, conversation_id, sender_id, recipient_id, delivered_at
+             FROM delivered ORDER BY seq",
         )
         .bind(uuids(events, |(user, _)| user.0))
         .bind(events.iter().map(|(_, seq)| *seq).collect::<Vec<_>>())
         .bind(at)
-        .fetch_all(self)
-        .await
-        .map_err(Error::from)
-    }
-
-    async fn mark_messages(
-        &mut self,
-        seqs: &[i64],
-        at: DateTime<Utc>,
-    ) -> Result<Vec<FirstDelivery>> {
-        sqlx::query_as(
-            "UPDATE messages SET delivered_at = $1 WHERE delivered_at IS NULL AND seq = ANY($2)
-             RETURNING id, conversation_id, sender_id, recipient_id, delivered_at",
-        )
-        .bind(at)
-        .bind(seqs)
         .fetch_all(self)
         .await
         .map_err(Error::from)

@@ -364,39 +364,35 @@ impl GroupStatements for Statements<'_> {
         Ok(())
     }
 
-    async fn mark_events(
+    async fn mark_delivered(
         &mut self,
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
-    ) -> Result<Vec<(i64, String)>> {
-        let mut mark = self.0.prepare_cached(
+    ) -> Result<Vec<FirstDelivery>> {
+        let mut mark_event = self.0.prepare_cached(
             "UPDATE inbox SET delivered_at = ?3
              WHERE user_id = ?1 AND seq = ?2 AND delivered_at IS NULL
              RETURNING message_seq, kind",
         )?;
-        let at = timestamp(at);
-        let mut marked = Vec::with_capacity(events.len());
-        for (user, seq) in events {
-            let params = params![user.0.as_bytes(), seq, at];
-            let event = mark.query_row(params, |row| Ok((row.get(0)?, row.get(1)?)));
-            marked.extend(event.optional()?);
-        }
-        Ok(marked)
-    }
-
-    async fn mark_messages(
-        &mut self,
-        seqs: &[i64],
-        at: DateTime<Utc>,
-    ) -> Result<Vec<FirstDelivery>> {
-        let mut mark = self.0.prepare_cached(
+        let mut mark_message = self.0.prepare_cached(
             "UPDATE messages SET delivered_at = ?1 WHERE seq = ?2 AND delivered_at IS NULL
              RETURNING id, conversation_id, sender_id, recipient_id, delivered_at",
         )?;
         let at = timestamp(at);
-        let mut delivered = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            let first = mark.query_row(params![at, seq], |row| {
+        let mut delivered = Vec::new();
+        for (user, seq) in events {
+            let event = mark_event
+                .query_row(params![user.0.as_bytes(), seq, at], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+                .optional()?;
+            let Some((message, kind)) = event else {
+                continue; // delivered already
+            };
+            if kind != "message" {
+                continue; // a read receipt: no message to mark
+            }
+            let first = mark_message.query_row(params![at, message], |row| {
                 Ok(FirstDelivery {
                     id: MessageId(uuid_at(row, 0)?),
                     conversation_id: ConversationId(uuid_at(row, 1)?),
