@@ -56,7 +56,8 @@ pub(super) struct NewInboxEntry {
 /// for them, − for messages they read.
 pub(super) type Received = BTreeMap<(ConversationId, UserId), i64>;
 
-/// One engine's statements, each run inside the group's open transaction.
+/// One engine's statements, each run inside the group's open transaction (on PostgreSQL, a
+/// group of delivery marks alone is one statement, which runs as its own transaction).
 pub(super) trait GroupStatements: Send {
     /// Locks the conversations' rows (in id order) before their messages are numbered, so that
     /// within a conversation the order of `seq` is the order of commits (a group without new
