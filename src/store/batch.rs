@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Db, FirstDelivery, NewMessage, Store,
-    group::{self, Inserted, Read, ReadMark, Written},
+    group::{self, Group, Inserted, Read, ReadMark, Written},
     group_sqlite::{self, ContentUpload},
 };
 use crate::{
@@ -158,9 +158,13 @@ impl Store {
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
     ) -> Result<Written> {
-        let (written, _) = self
-            .write_group_with_uploads(messages, reads, events, at, &[])
-            .await?;
+        let group = Group {
+            messages,
+            reads,
+            events,
+            at,
+        };
+        let (written, _) = self.write_group_with_uploads(group, &[]).await?;
         Ok(written)
     }
 
@@ -169,28 +173,23 @@ impl Store {
     /// `Store::attach_content` queues none here.)
     async fn write_group_with_uploads(
         &self,
-        messages: &[NewMessage],
-        reads: &[ReadMark],
-        events: &[(UserId, i64)],
-        at: DateTime<Utc>,
+        group: Group<'_>,
         uploads: &[ContentUpload],
     ) -> Result<(Written, Vec<Result<MessageId>>)> {
         let started = std::time::Instant::now();
         let written = match &self.db {
-            Db::Sqlite(pools) => {
-                group_sqlite::write(&pools.write, messages, reads, events, at, uploads).await
-            }
-            Db::Postgres(pool) if messages.is_empty() && reads.is_empty() && uploads.is_empty() => {
-                // Delivery marks alone are one statement: atomic without BEGIN and COMMIT,
-                // two round trips fewer.
-                let mut conn = pool.acquire().await?;
-                let written = group::write(&mut *conn, messages, reads, events, at).await?;
-                Ok((written, Vec::new()))
-            }
+            Db::Sqlite(pools) => group_sqlite::write(&pools.write, group, uploads).await,
             Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let written = group::write(&mut *tx, messages, reads, events, at).await?;
-                tx.commit().await?;
+                let written = if group.messages.is_empty() && group.reads.is_empty() {
+                    // Delivery marks alone are one statement: atomic without BEGIN and
+                    // COMMIT, two round trips fewer.
+                    group::write(&mut *pool.acquire().await?, group).await?
+                } else {
+                    let mut tx = pool.begin().await?;
+                    let written = group::write(&mut *tx, group).await?;
+                    tx.commit().await?;
+                    written
+                };
                 let ungrouped = || {
                     let why = "content uploads are not grouped on PostgreSQL";
                     Err(Error::Internal(anyhow::anyhow!(why)))
@@ -198,7 +197,12 @@ impl Store {
                 Ok((written, uploads.iter().map(|_| ungrouped()).collect()))
             }
         };
-        let rows = [messages.len(), reads.len(), events.len(), uploads.len()];
+        let rows = [
+            group.messages.len(),
+            group.reads.len(),
+            group.events.len(),
+            uploads.len(),
+        ];
         crate::metrics::group_commit(rows, started.elapsed());
         written
     }
@@ -252,10 +256,13 @@ async fn run(
             Some(job) => (&job.events[..], job.at),
             None => (&[][..], crate::model::now()),
         };
-        match store
-            .write_group_with_uploads(&new, &reads, events, at, &uploads)
-            .await
-        {
+        let group = Group {
+            messages: &new,
+            reads: &reads,
+            events,
+            at,
+        };
+        match store.write_group_with_uploads(group, &uploads).await {
             Ok((written, answers)) => {
                 for (reply, answer) in attached.into_iter().zip(answers) {
                     let _ = reply.send(answer);

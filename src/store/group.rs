@@ -118,19 +118,28 @@ pub(super) trait GroupStatements: Send {
     ) -> impl Future<Output = Result<Vec<FirstDelivery>>> + Send;
 }
 
-/// Inside the open transaction `conn`: inserts `messages` (their conversations' latest time,
-/// an inbox entry for each recipient), marks `reads` read at `at` (a receipt in each sender's
-/// inbox) and records that the inbox events `events` reached a socket of their user at `at`.
-/// Returns what was stored and read (`Written`), and the messages that the marks delivered for
-/// the first time, for their senders to be told. A handful of statements whatever the group's
-/// size.
-pub(super) async fn write<C: GroupStatements>(
-    conn: &mut C,
-    messages: &[NewMessage],
-    reads: &[ReadMark],
-    events: &[(UserId, i64)],
-    at: DateTime<Utc>,
-) -> Result<Written> {
+/// The rows of one group commit.
+#[derive(Clone, Copy)]
+pub(super) struct Group<'a> {
+    pub messages: &'a [NewMessage],
+    pub reads: &'a [ReadMark],
+    /// Inbox events that reached a socket of their user at `at`.
+    pub events: &'a [(UserId, i64)],
+    pub at: DateTime<Utc>,
+}
+
+/// Inside the open transaction `conn`: inserts the group's messages (their conversations'
+/// latest time, an inbox entry for each recipient), marks its reads read at `at` (a receipt in
+/// each sender's inbox) and records its delivered events. Returns what was stored and read
+/// (`Written`), and the messages that the marks delivered for the first time, for their
+/// senders to be told. A handful of statements whatever the group's size.
+pub(super) async fn write<C: GroupStatements>(conn: &mut C, group: Group<'_>) -> Result<Written> {
+    let Group {
+        messages,
+        reads,
+        events,
+        at,
+    } = group;
     let mut conversations: Vec<ConversationId> = messages
         .iter()
         .map(|m| m.conversation_id)

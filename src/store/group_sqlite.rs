@@ -17,7 +17,7 @@ use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use super::contents::{ALIAS_WINDOW_SECONDS, NOT_YOURS};
-use super::group::{self, GroupStatements, NewInboxEntry, ReadMark, Received, Written};
+use super::group::{self, Group, GroupStatements, NewInboxEntry, ReadMark, Received, Written};
 use super::messages::message_cols;
 use super::{FirstDelivery, NewContent, NewMessage};
 use crate::{
@@ -38,29 +38,20 @@ pub(super) struct ContentUpload {
 /// doc). Each upload's answer: the message its content went to, or `Forbidden`.
 pub(super) async fn write(
     pool: &SqlitePool,
-    messages: &[NewMessage],
-    reads: &[ReadMark],
-    events: &[(UserId, i64)],
-    at: DateTime<Utc>,
+    group: Group<'_>,
     uploads: &[ContentUpload],
 ) -> Result<(Written, Vec<Result<MessageId>>)> {
     let mut conn = pool.acquire().await?;
     let mut handle = conn.lock_handle().await?;
     let raw = handle.as_raw_handle();
-    let rows = messages.len() + reads.len() + events.len() + uploads.len();
+    let rows = group.messages.len() + group.reads.len() + group.events.len() + uploads.len();
     blocking(rows, || {
         // SAFETY: sqlx's worker thread makes no call on the handle while `handle` lives; `db`
         // (and its cached statements) is dropped before it, and leaves the handle open.
         #[allow(unsafe_code)]
         let mut db = unsafe { Connection::from_handle(raw.as_ptr()) }?;
         in_transaction(&mut db, |db| {
-            let written = finished(group::write(
-                &mut Statements(db),
-                messages,
-                reads,
-                events,
-                at,
-            ))?;
+            let written = finished(group::write(&mut Statements(db), group))?;
             let attached = uploads
                 .iter()
                 .map(|upload| {
