@@ -299,14 +299,17 @@ async fn content_expires_at_the_requested_time(engine: Engine) {
     let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
     let id = uuid::Uuid::new_v4().to_string();
     send(&mut a, &mut b, &bob, Some(id.clone())).await;
-    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(800)).to_rfc3339();
+    // Wide enough that the upload and first fetch land before it on a loaded CI machine.
+    let lifetime = Duration::from_secs(3);
+    let expiry = chrono::Utc::now() + lifetime;
     let path = format!("/api/messages/{id}/content");
-    let body = json!({"content_data": BLOB, "expires_at": soon});
+    let body = json!({"content_data": BLOB, "expires_at": expiry.to_rfc3339()});
     assert_eq!(
         app.post(&path, &alice.token, body).await.0,
         StatusCode::CREATED
     );
     assert_eq!(app.get(&path, &bob.token).await.0, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(1200)).await; // let the expiry pass
+    let until_expired = (expiry - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(until_expired + Duration::from_millis(200)).await;
     assert_eq!(app.get(&path, &bob.token).await.0, StatusCode::NOT_FOUND);
 }
