@@ -4,7 +4,10 @@
 //! upload and delivery report. Alone, a
 //! message is committed at once: batching adds no delay when there is nothing to group.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -176,7 +179,7 @@ impl Store {
         group: Group<'_>,
         uploads: &[ContentUpload],
     ) -> Result<(Written, Vec<Result<MessageId>>)> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let written = match &self.db {
             Db::Sqlite(pools) => group_sqlite::write(&pools.write, group, uploads).await,
             Db::Postgres(pool) => {
@@ -197,83 +200,182 @@ impl Store {
                 Ok((written, uploads.iter().map(|_| ungrouped()).collect()))
             }
         };
-        let rows = [
-            group.messages.len(),
-            group.reads.len(),
-            group.events.len(),
-            uploads.len(),
-        ];
-        crate::metrics::group_commit(rows, started.elapsed());
+        record(group, uploads, started);
         written
     }
 }
 
-async fn run(
-    store: Store,
-    mut messages: mpsc::Receiver<Job>,
-    mut deliveries: mpsc::Receiver<DeliveryJob>,
-) {
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
+/// The metrics of a group commit that started at `started`.
+fn record(group: Group<'_>, uploads: &[ContentUpload], started: Instant) {
+    let rows = [
+        group.messages.len(),
+        group.reads.len(),
+        group.events.len(),
+        uploads.len(),
+    ];
+    crate::metrics::group_commit(rows, started.elapsed());
+}
+
+async fn run(store: Store, messages: mpsc::Receiver<Job>, deliveries: mpsc::Receiver<DeliveryJob>) {
+    let mut queues = Queues {
+        messages,
+        deliveries,
+        jobs: Vec::with_capacity(MAX_BATCH),
+    };
+    while let Some(pending) = queues.wait().await {
+        match &store.db {
+            Db::Sqlite(pools) => write_back_to_back(&pools.write, pending, &mut queues).await,
+            Db::Postgres(_) => {
+                let result = store
+                    .write_group_with_uploads(pending.group(), &pending.uploads)
+                    .await;
+                pending.answer(result);
+            }
+        }
+    }
+}
+
+/// How long the SQLite group loop keeps the writer connection while groups keep coming: other
+/// writes through the pool (a registration, say) wait at most about this long plus a group.
+const HOLD_WRITER: Duration = Duration::from_millis(10);
+
+/// SQLite: commits `first`, then the groups that queue meanwhile, on the same locked writer
+/// connection (see `group_sqlite::Writer`), until none is waiting or `HOLD_WRITER` has passed.
+async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queues) {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => return first.answer(Err(e.into())),
+    };
+    let mut writer = match group_sqlite::Writer::lock(&mut conn).await {
+        Ok(writer) => writer,
+        Err(e) => return first.answer(Err(e)),
+    };
+    let held = Instant::now();
+    let mut pending = first;
     loop {
-        // Wait for either kind of work, then take whatever else is ready without waiting.
-        let mut delivery = tokio::select! {
+        let started = Instant::now();
+        let result = writer.write(pending.group(), &pending.uploads);
+        record(pending.group(), &pending.uploads, started);
+        pending.answer(result);
+        if held.elapsed() >= HOLD_WRITER {
+            return;
+        }
+        // The tasks the answers woke run first (on this worker too), and queue what comes next.
+        tokio::task::yield_now().await;
+        match queues.ready() {
+            Some(next) => pending = next,
+            None => return,
+        }
+    }
+}
+
+/// The queues of one writer.
+struct Queues {
+    messages: mpsc::Receiver<Job>,
+    deliveries: mpsc::Receiver<DeliveryJob>,
+    /// Reused between groups.
+    jobs: Vec<Job>,
+}
+
+impl Queues {
+    /// Waits for either kind of work, then takes whatever else is ready; `None` once the store
+    /// is gone (nobody can queue anything any more).
+    async fn wait(&mut self) -> Option<Pending> {
+        let delivery = tokio::select! {
             biased;
-            Some(job) = deliveries.recv() => Some(job),
-            received = messages.recv_many(&mut jobs, MAX_BATCH) => {
+            Some(job) = self.deliveries.recv() => Some(job),
+            received = self.messages.recv_many(&mut self.jobs, MAX_BATCH) => {
                 if received == 0 {
-                    return; // the store is gone: nobody can queue anything any more
+                    return None;
                 }
                 None
             }
         };
-        if delivery.is_none() {
-            delivery = deliveries.try_recv().ok();
+        Some(self.take(delivery))
+    }
+
+    /// The work ready now, if any.
+    fn ready(&mut self) -> Option<Pending> {
+        let pending = self.take(None);
+        let idle = pending.messages.is_empty()
+            && pending.reads.is_empty()
+            && pending.uploads.is_empty()
+            && pending.delivery.is_none();
+        (!idle).then_some(pending)
+    }
+
+    /// `delivery` (or the next delivery report ready) and the jobs ready, up to `MAX_BATCH`.
+    fn take(&mut self, delivery: Option<DeliveryJob>) -> Pending {
+        let mut pending = Pending {
+            delivery: delivery.or_else(|| self.deliveries.try_recv().ok()),
+            ..Pending::default()
+        };
+        while self.jobs.len() < MAX_BATCH {
+            let Ok(job) = self.messages.try_recv() else {
+                break;
+            };
+            self.jobs.push(job);
         }
-        while jobs.len() < MAX_BATCH {
-            let Ok(job) = messages.try_recv() else { break };
-            jobs.push(job);
-        }
-        let (mut new, mut stored) = (Vec::new(), Vec::new());
-        let (mut reads, mut read) = (Vec::new(), Vec::new());
-        let (mut uploads, mut attached) = (Vec::new(), Vec::new());
-        for job in jobs.drain(..) {
+        for job in self.jobs.drain(..) {
             match job {
                 Job::Message { message, reply } => {
-                    new.push(message);
-                    stored.push(reply);
+                    pending.messages.push(message);
+                    pending.stored.push(reply);
                 }
-                Job::Read { read: mark, reply } => {
-                    reads.push(mark);
-                    read.push(reply);
+                Job::Read { read, reply } => {
+                    pending.reads.push(read);
+                    pending.read.push(reply);
                 }
                 Job::Content { upload, reply } => {
-                    uploads.push(upload);
-                    attached.push(reply);
+                    pending.uploads.push(upload);
+                    pending.attached.push(reply);
                 }
             }
         }
-        let (events, at) = match &delivery {
+        pending
+    }
+}
+
+/// The jobs of one group, and where their answers go.
+#[derive(Default)]
+struct Pending {
+    messages: Vec<NewMessage>,
+    stored: Vec<oneshot::Sender<Result<Inserted>>>,
+    reads: Vec<ReadMark>,
+    read: Vec<oneshot::Sender<Result<Read>>>,
+    uploads: Vec<ContentUpload>,
+    attached: Vec<oneshot::Sender<Result<MessageId>>>,
+    delivery: Option<DeliveryJob>,
+}
+
+impl Pending {
+    fn group(&self) -> Group<'_> {
+        let (events, at) = match &self.delivery {
             Some(job) => (&job.events[..], job.at),
             None => (&[][..], crate::model::now()),
         };
-        let group = Group {
-            messages: &new,
-            reads: &reads,
+        Group {
+            messages: &self.messages,
+            reads: &self.reads,
             events,
             at,
-        };
-        match store.write_group_with_uploads(group, &uploads).await {
+        }
+    }
+
+    /// Sends each job its part of `result`.
+    fn answer(self, result: Result<(Written, Vec<Result<MessageId>>)>) {
+        match result {
             Ok((written, answers)) => {
-                for (reply, answer) in attached.into_iter().zip(answers) {
+                for (reply, answer) in self.attached.into_iter().zip(answers) {
                     let _ = reply.send(answer);
                 }
-                for (reply, result) in stored.into_iter().zip(written.inserted) {
+                for (reply, result) in self.stored.into_iter().zip(written.inserted) {
                     let _ = reply.send(Ok(result));
                 }
-                for (reply, result) in read.into_iter().zip(written.read) {
+                for (reply, result) in self.read.into_iter().zip(written.read) {
                     let _ = reply.send(Ok(result));
                 }
-                if let Some(job) = delivery {
+                if let Some(job) = self.delivery {
                     let _ = job.reply.send(Ok(written.delivered));
                 }
             }
@@ -282,16 +384,16 @@ async fn run(
                 // committed, so no message is acknowledged and no receipt is sent.
                 let reason = format!("{e:#}");
                 let failed = || Error::Internal(anyhow::anyhow!("{reason}"));
-                for reply in stored {
+                for reply in self.stored {
                     let _ = reply.send(Err(failed()));
                 }
-                for reply in read {
+                for reply in self.read {
                     let _ = reply.send(Err(failed()));
                 }
-                for reply in attached {
+                for reply in self.attached {
                     let _ = reply.send(Err(failed()));
                 }
-                if let Some(job) = delivery {
+                if let Some(job) = self.delivery {
                     let _ = job.reply.send(Err(failed()));
                 }
             }
