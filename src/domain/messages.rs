@@ -8,7 +8,7 @@ use crate::{
     error::{Error, Result},
     events::Event,
     model::{ConversationId, Message, MessageId, UserId, now},
-    store::{InboxKind, NewMessage, PendingMessage},
+    store::{Engine, InboxKind, NewMessage, PendingMessage},
 };
 
 const MAX_MESSAGE_TYPE_LEN: usize = 32;
@@ -103,16 +103,29 @@ pub async fn submit(state: &AppState, sender: UserId, request: SendMessage) -> R
 /// Marks a message read on behalf of its recipient and tells the sender. Idempotent; a call by
 /// the sender changes nothing; a stranger gets "not found".
 pub async fn mark_read(state: &AppState, reader: UserId, id: MessageId) -> Result<Message> {
-    let message = match state.store.message(id).await? {
-        Some(m) if m.sender_id == reader || m.recipient_id == reader => m,
-        _ => return Err(Error::NotFound("message")),
+    // SQLite's single writer needs no conversation to lock: the mark goes first, and the usual
+    // call (the recipient's first read) costs no read. Otherwise the message is read first.
+    let marked = match state.store.engine() {
+        Engine::Sqlite => state.store.mark_read(id, reader, None).await?,
+        Engine::Postgres => None,
     };
-    if message.recipient_id != reader || message.is_read {
-        return Ok(message);
-    }
-    let Some((updated, cursor)) = state.store.mark_read(&message, reader).await? else {
-        // Another device of the reader marked it read in between.
-        return Ok(state.store.message(id).await?.unwrap_or(message));
+    let (updated, cursor) = match marked {
+        Some(marked) => marked,
+        None => {
+            let message = match state.store.message(id).await? {
+                Some(m) if m.sender_id == reader || m.recipient_id == reader => m,
+                _ => return Err(Error::NotFound("message")),
+            };
+            if message.recipient_id != reader || message.is_read {
+                return Ok(message);
+            }
+            let conversation = Some(message.conversation_id);
+            let Some(marked) = state.store.mark_read(id, reader, conversation).await? else {
+                // Another device of the reader marked it read in between.
+                return Ok(state.store.message(id).await?.unwrap_or(message));
+            };
+            marked
+        }
     };
     let receipt = Event::inbox(&updated, cursor, InboxKind::ReadReceipt);
     state

@@ -95,7 +95,10 @@ impl Batcher {
     /// Marks a message read in the next group commit of its conversation's writer, and waits
     /// for it.
     pub(super) async fn read(&self, read: ReadMark) -> Result<Read> {
-        let writer = self.writer(read.conversation);
+        let writer = match read.conversation {
+            Some(conversation) => self.writer(conversation),
+            None => &self.writers[0], // SQLite: the only one
+        };
         ask(writer, |reply| Job::Read { read, reply }).await
     }
 

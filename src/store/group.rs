@@ -27,8 +27,10 @@ pub(super) type Inserted = Option<(Message, i64)>;
 pub(super) struct ReadMark {
     pub message: MessageId,
     pub reader: UserId,
-    /// The message's conversation (its row is locked, and its unread count goes down).
-    pub conversation: ConversationId,
+    /// The message's conversation, whose row PostgreSQL locks (in id order, with the group's
+    /// others) before the mark; required there. SQLite's single writer locks nothing, so a mark
+    /// can be queued without reading the message first.
+    pub conversation: Option<ConversationId>,
 }
 
 /// A message a group marked read, with the inbox number of the receipt for its sender; `None`
@@ -143,7 +145,7 @@ pub(super) async fn write<C: GroupStatements>(conn: &mut C, group: Group<'_>) ->
     let mut conversations: Vec<ConversationId> = messages
         .iter()
         .map(|m| m.conversation_id)
-        .chain(reads.iter().map(|r| r.conversation))
+        .chain(reads.iter().filter_map(|r| r.conversation))
         .collect();
     conversations.sort_unstable();
     conversations.dedup();
@@ -575,7 +577,7 @@ mod tests {
         let read = |message: &NewMessage, reader| ReadMark {
             message: message.id,
             reader,
-            conversation,
+            conversation: Some(conversation),
         };
         let reads = [
             read(&first, bob),

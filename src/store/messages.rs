@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, with_pool};
+use super::{Engine, Store, with_pool};
 use crate::{
     error::{Error, Result},
     model::{ConversationId, Message, MessageId, UserId},
@@ -156,19 +156,25 @@ impl Store {
         })?)
     }
 
-    /// Marks `message` read if `reader` is its recipient and it was unread, deletes its
+    /// Marks message `id` read if `reader` is its recipient and it was unread, deletes its
     /// content (the mailbox keeps ciphertext only until it is read) and puts the receipt in the
     /// sender's inbox, in the next group commit. Returns the updated message and the receipt's
-    /// inbox number for the sender when this call changed it.
+    /// inbox number for the sender when this call changed it. `conversation`, the message's,
+    /// is required on PostgreSQL (its row is locked first); SQLite does without.
     pub async fn mark_read(
         &self,
-        message: &Message,
+        id: MessageId,
         reader: UserId,
+        conversation: Option<ConversationId>,
     ) -> Result<Option<(Message, i64)>> {
+        if conversation.is_none() && self.engine() == Engine::Postgres {
+            let why = "a PostgreSQL read mark needs its conversation";
+            return Err(Error::Internal(anyhow::anyhow!(why)));
+        }
         let read = super::group::ReadMark {
-            message: message.id,
+            message: id,
             reader,
-            conversation: message.conversation_id,
+            conversation,
         };
         match &self.batcher {
             Some(batcher) => batcher.read(read).await,
