@@ -240,7 +240,8 @@ async fn run(store: Store, messages: mpsc::Receiver<Job>, deliveries: mpsc::Rece
 
 /// How long the SQLite group loop keeps the writer connection while groups keep coming: other
 /// writes through the pool (a registration, say) wait at most about this long plus a group.
-const HOLD_WRITER: Duration = Duration::from_millis(10);
+/// At 10,000 msg/s, 10 ms raised p999 (21–34 ms against 14–20 without holding); 2 ms did not.
+const HOLD_WRITER: Duration = Duration::from_millis(2);
 
 /// SQLite: commits `first`, then the groups that queue meanwhile, on the same locked writer
 /// connection (see `group_sqlite::Writer`), until none is waiting or `HOLD_WRITER` has passed.
