@@ -257,9 +257,9 @@ async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queu
     let held = Instant::now();
     let mut pending = first;
     loop {
-        let started = Instant::now();
-        let result = writer.write(pending.group(), &pending.uploads);
-        record(pending.group(), &pending.uploads, started);
+        let (group, started) = (pending.group(), Instant::now());
+        let result = writer.write(group, &pending.uploads);
+        record(group, &pending.uploads, started);
         pending.answer(result);
         if held.elapsed() >= HOLD_WRITER {
             return;
