@@ -50,9 +50,13 @@ struct DeliveryJob {
 }
 
 /// One committing task per writer, each with its own share of the conversations, and a
-/// queue of delivery reports that the first writer puts in every group, ahead of the queued
-/// messages, so that recording deliveries keeps pace with the messages however long the
-/// message queue is (SQLite, which has one writer, uses it).
+/// queue of delivery reports. On SQLite its one writer puts a report in every group, ahead of
+/// the queued messages, so that recording deliveries keeps pace with the messages however long
+/// the message queue is. On PostgreSQL a task of its own records them, each report one
+/// statement (its own transaction), and both it and the read marks lock messages in `seq`
+/// order. A report inside a group kept its messages locked while the group went on to lock
+/// user rows, and the read marks of another group, locking the same messages in another order,
+/// deadlocked with it (PostgreSQL fails one of the two after a second).
 #[derive(Clone, Debug)]
 pub(super) struct Batcher {
     writers: Vec<mpsc::Sender<Job>>,
@@ -66,10 +70,15 @@ impl Batcher {
     pub(super) fn spawn(store: Store, writers: usize) -> Self {
         let (deliveries, delivery_queue) = mpsc::channel(DELIVERY_QUEUE);
         let mut delivery_queue = Some(delivery_queue);
+        if let Db::Postgres(_) = store.db
+            && let Some(reports) = delivery_queue.take()
+        {
+            tokio::spawn(record_deliveries(store.clone(), reports));
+        }
         let writers = (0..writers.max(1))
             .map(|_| {
                 let (messages, message_queue) = mpsc::channel(QUEUE);
-                // The first writer takes the reports; the others get a closed queue.
+                // The first writer takes the reports (SQLite); the others get a closed queue.
                 let reports = delivery_queue.take().unwrap_or_else(|| mpsc::channel(1).1);
                 tokio::spawn(run(store.clone(), message_queue, reports));
                 messages
@@ -235,6 +244,18 @@ async fn run(store: Store, messages: mpsc::Receiver<Job>, deliveries: mpsc::Rece
                 pending.answer(result);
             }
         }
+    }
+}
+
+/// PostgreSQL: records each delivery report as a statement of its own (see `Batcher`).
+async fn record_deliveries(store: Store, mut reports: mpsc::Receiver<DeliveryJob>) {
+    while let Some(report) = reports.recv().await {
+        let pending = Pending {
+            delivery: Some(report),
+            ..Pending::default()
+        };
+        let result = store.write_group_with_uploads(pending.group(), &[]).await;
+        pending.answer(result);
     }
 }
 

@@ -417,13 +417,22 @@ impl GroupStatements for PgConnection {
     }
 
     async fn mark_read(&mut self, reads: &[ReadMark], at: DateTime<Utc>) -> Result<Vec<Message>> {
+        // The rows are locked in `seq` order, as the delivery marks lock theirs (which run
+        // beside the groups): two statements that lock the same messages in different orders
+        // deadlock, and PostgreSQL then fails one of them after a second.
         sqlx::query_as(concat!(
-            "UPDATE messages SET is_read = TRUE, read_at = $3
-             FROM unnest($1::uuid[], $2::uuid[]) AS marked (message_id, reader_id)
-             WHERE messages.id = marked.message_id AND messages.recipient_id = marked.reader_id
-               AND messages.is_read = FALSE
+            "WITH target AS MATERIALIZED (
+                 SELECT m.seq AS target_seq
+                 FROM messages m
+                 JOIN unnest($1::uuid[], $2::uuid[]) AS marked (message_id, reader_id)
+                   ON m.id = marked.message_id AND m.recipient_id = marked.reader_id
+                 WHERE m.is_read = FALSE
+                 ORDER BY m.seq
+                 FOR NO KEY UPDATE OF m)
+             UPDATE messages m SET is_read = TRUE, read_at = $3
+             FROM target WHERE m.seq = target.target_seq AND m.is_read = FALSE
              RETURNING ",
-            message_cols!()
+            message_cols!(m)
         ))
         .bind(uuids(reads, |r| r.message.0))
         .bind(uuids(reads, |r| r.reader.0))
@@ -447,8 +456,9 @@ impl GroupStatements for PgConnection {
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
     ) -> Result<Vec<FirstDelivery>> {
-        // One statement: a group of delivery marks alone then needs no transaction around it.
-        // Senders hear of their messages' delivery in the order they were sent.
+        // One statement, which runs as its own transaction (see `Batcher::spawn`). Senders hear
+        // of their messages' delivery in the order they were sent. The messages are locked in
+        // `seq` order, as read marks lock theirs.
         sqlx::query_as(
             "WITH marked AS (
                  UPDATE inbox SET delivered_at = $3
@@ -456,10 +466,15 @@ impl GroupStatements for PgConnection {
                  WHERE inbox.user_id = reported.user_id AND inbox.seq = reported.seq
                    AND inbox.delivered_at IS NULL
                  RETURNING inbox.message_seq, inbox.kind),
-             delivered AS (
-                 UPDATE messages SET delivered_at = $3
+             locked AS MATERIALIZED (
+                 SELECT seq AS locked_seq FROM messages
                  WHERE delivered_at IS NULL
                    AND seq IN (SELECT message_seq FROM marked WHERE kind = 'message')
+                 ORDER BY seq
+                 FOR NO KEY UPDATE),
+             delivered AS (
+                 UPDATE messages SET delivered_at = $3
+                 FROM locked WHERE seq = locked.locked_seq AND delivered_at IS NULL
                  RETURNING seq, id, conversation_id, sender_id, recipient_id, delivered_at)
              SELECT id, conversation_id, sender_id, recipient_id, delivered_at
              FROM delivered ORDER BY seq",
