@@ -106,7 +106,7 @@ fn run_hashing_thread(queue: &Mutex<mpsc::Receiver<(Job, OwnedSemaphorePermit)>>
 /// Puts the calling thread (on Linux the policy and nice value are the thread's) below routing.
 /// SCHED_IDLE runs it only on a core nothing else wants, and a waking socket task takes the
 /// core back at once; at nice 19 a hash still took turns with routing. In a storm of 50 logins
-/// a second at 2,000 msg/s, routing's p99 rose 1.3–1.8× instead of 1.9–2.2× (alternated runs).
+/// a second at 2,000 msg/s, routing's p99 rose 1.3–1.8× instead of 1.8–2.2× (alternated runs).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
