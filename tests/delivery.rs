@@ -24,6 +24,7 @@ scenarios!(
     concurrent_senders_share_commits_and_the_inbox_has_no_gaps,
     a_retry_in_the_same_commit_is_stored_and_pushed_once,
     catch_up_cursors_are_inbox_numbers_not_message_seqs,
+    messages_and_read_receipts_in_the_same_commits_keep_counts_and_numbers,
 );
 
 /// Regression: the catch-up read the message's own `seq` in place of the inbox number (both
@@ -471,5 +472,78 @@ async fn a_retry_in_the_same_commit_is_stored_and_pushed_once(engine: Engine) {
         (Some(id.as_str()), Some(id.as_str()))
     );
     assert_eq!(b.expect("message").await["id"], id.as_str());
+    b.expect_quiet().await;
+}
+
+/// New messages and the reads of earlier ones, in flight together, share group commits (on
+/// PostgreSQL one statement writes both): every receipt and message arrives once, numbered
+/// without gaps in its owner's inbox, and the unread count is what is left unread.
+async fn messages_and_read_receipts_in_the_same_commits_keep_counts_and_numbers(engine: Engine) {
+    const BURST: usize = 30;
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
+    let first = send_acked(&mut a, &bob, BURST).await;
+    let (received, _) = receive(&mut b, BURST).await;
+    assert_eq!(received, first);
+
+    // Both sides fire without waiting for each other.
+    let send_more = async {
+        for _ in 0..BURST {
+            a.send(
+                "message",
+                json!({"recipientId": bob.id, "messageType": "text"}),
+            )
+            .await;
+        }
+        let mut acks = 0;
+        let mut receipts = Vec::new();
+        while acks < BURST || receipts.len() < BURST {
+            let frame = a.recv().await;
+            match frame["type"].as_str() {
+                Some("message_ack") => acks += 1,
+                Some("read_receipt") => receipts.push((
+                    frame["payload"]["messageId"]
+                        .as_str()
+                        .expect("id")
+                        .to_owned(),
+                    frame["payload"]["cursor"].as_i64().expect("cursor"),
+                )),
+                _ => assert!(
+                    frame["type"] == "presence_update" || frame["type"] == "delivery_receipt",
+                    "unexpected {frame}"
+                ),
+            }
+        }
+        receipts
+    };
+    let read_first = async {
+        for id in &first {
+            b.send("read_receipt", json!({"messageId": id})).await;
+        }
+        receive(&mut b, BURST).await
+    };
+    let (receipts, (_, cursors)) = tokio::join!(send_more, read_first);
+
+    let mut read: Vec<&String> = receipts.iter().map(|(id, _)| id).collect();
+    read.sort();
+    let mut expected: Vec<&String> = first.iter().collect();
+    expected.sort();
+    assert_eq!(read, expected, "one receipt per message read");
+    let numbers: Vec<i64> = receipts.iter().map(|(_, cursor)| *cursor).collect();
+    assert_eq!(
+        numbers,
+        (1..=BURST as i64).collect::<Vec<_>>(),
+        "alice's inbox"
+    );
+    assert_eq!(
+        cursors,
+        (BURST as i64 + 1..=2 * BURST as i64).collect::<Vec<_>>(),
+        "bob's inbox"
+    );
+    let (_, list) = app.get("/api/conversations", &bob.token).await;
+    assert_eq!(list[0]["unread_count"], BURST);
+    a.expect_quiet().await;
     b.expect_quiet().await;
 }

@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Db, FirstDelivery, NewMessage, Store,
-    group::{self, Group, Inserted, Read, ReadMark, Written},
+    group::{Group, Inserted, Read, ReadMark, Written},
+    group_pg,
     group_sqlite::{self, ContentUpload},
 };
 use crate::{
@@ -195,16 +196,7 @@ impl Store {
         let written = match &self.db {
             Db::Sqlite(pools) => group_sqlite::write(&pools.write, group, uploads).await,
             Db::Postgres(pool) => {
-                let written = if group.messages.is_empty() && group.reads.is_empty() {
-                    // Delivery marks alone are one statement: atomic without BEGIN and
-                    // COMMIT, two round trips fewer.
-                    group::write(&mut *pool.acquire().await?, group).await?
-                } else {
-                    let mut tx = pool.begin().await?;
-                    let written = group::write(&mut *tx, group).await?;
-                    tx.commit().await?;
-                    written
-                };
+                let written = group_pg::write(&mut *pool.acquire().await?, group).await?;
                 let ungrouped = || {
                     let why = "content uploads are not grouped on PostgreSQL";
                     Err(Error::Internal(anyhow::anyhow!(why)))

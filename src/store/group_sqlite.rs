@@ -9,8 +9,6 @@
 //! text that changes with the group's size. Content uploads join the group here too (SQLite
 //! only: PostgreSQL's writers run in parallel, and an upload keeps its own transaction there).
 
-use std::task::{Context, Poll, Waker};
-
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
 use sqlx::{SqliteConnection, SqlitePool, sqlite::LockedSqliteHandle};
@@ -70,7 +68,7 @@ impl<'c> Writer<'c> {
             #[allow(unsafe_code)]
             let mut db = unsafe { Connection::from_handle(raw.as_ptr()) }?;
             in_transaction(&mut db, |db| {
-                let written = finished(group::write(&mut Statements(db), group))?;
+                let written = group::write(&mut Statements(db), group)?;
                 let attached = uploads
                     .iter()
                     .map(|upload| {
@@ -114,20 +112,6 @@ fn blocking<T>(rows: usize, work: impl FnOnce() -> T) -> T {
     match Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) if rows > INLINE_ROWS => tokio::task::block_in_place(work),
         _ => work(),
-    }
-}
-
-/// The output of `future`, whose statements run synchronously: it is ready at its first poll.
-fn finished<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
-    let mut future = std::pin::pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => Err(Error::Internal(anyhow::anyhow!(
-            "a group commit's SQLite statement waited"
-        ))),
     }
 }
 
@@ -251,11 +235,7 @@ fn message(row: &Row) -> rusqlite::Result<Message> {
 }
 
 impl GroupStatements for Statements<'_> {
-    async fn lock_conversations(&mut self, _: &[ConversationId]) -> Result<()> {
-        Ok(()) // one writer: commits are already in order
-    }
-
-    async fn touch_conversations(
+    fn touch_conversations(
         &mut self,
         received: &Received,
         latest: Option<DateTime<Utc>>,
@@ -278,11 +258,7 @@ impl GroupStatements for Statements<'_> {
         Ok(())
     }
 
-    async fn insert_messages(
-        &mut self,
-        _: &[ConversationId], // one writer: nothing to lock
-        batch: &[NewMessage],
-    ) -> Result<Vec<(MessageId, i64)>> {
+    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(MessageId, i64)>> {
         let mut stored = Vec::with_capacity(batch.len());
         let (mut received, mut latest) = (Received::new(), None);
         {
@@ -310,12 +286,12 @@ impl GroupStatements for Statements<'_> {
                     latest = latest.max(Some(m.created_at));
                 }
             }
-        } // the statement is not `Send`: it must go before the await below
-        self.touch_conversations(&received, latest).await?;
+        }
+        self.touch_conversations(&received, latest)?;
         Ok(stored)
     }
 
-    async fn bump_inboxes(
+    fn bump_inboxes(
         &mut self,
         counts: &std::collections::BTreeMap<UserId, i64>,
     ) -> Result<Vec<(UserId, i64)>> {
@@ -332,7 +308,7 @@ impl GroupStatements for Statements<'_> {
         Ok(ends)
     }
 
-    async fn insert_inbox(&mut self, entries: &[NewInboxEntry]) -> Result<()> {
+    fn insert_inbox(&mut self, entries: &[NewInboxEntry]) -> Result<()> {
         let mut insert = self.0.prepare_cached(
             "INSERT INTO inbox (user_id, seq, kind, message_seq, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -349,7 +325,7 @@ impl GroupStatements for Statements<'_> {
         Ok(())
     }
 
-    async fn mark_read(&mut self, reads: &[ReadMark], at: DateTime<Utc>) -> Result<Vec<Message>> {
+    fn mark_read(&mut self, reads: &[ReadMark], at: DateTime<Utc>) -> Result<Vec<Message>> {
         let mut mark = self.0.prepare_cached(concat!(
             "UPDATE messages SET is_read = TRUE, read_at = ?3
              WHERE id = ?1 AND recipient_id = ?2 AND is_read = FALSE
@@ -365,7 +341,7 @@ impl GroupStatements for Statements<'_> {
         Ok(marked)
     }
 
-    async fn delete_contents(&mut self, messages: &[MessageId]) -> Result<()> {
+    fn delete_contents(&mut self, messages: &[MessageId]) -> Result<()> {
         let mut delete = self
             .0
             .prepare_cached("DELETE FROM message_contents WHERE message_id = ?1")?;
@@ -375,7 +351,7 @@ impl GroupStatements for Statements<'_> {
         Ok(())
     }
 
-    async fn mark_delivered(
+    fn mark_delivered(
         &mut self,
         events: &[(UserId, i64)],
         at: DateTime<Utc>,

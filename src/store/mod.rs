@@ -9,6 +9,7 @@ mod channels;
 mod contents;
 mod conversations;
 mod group;
+mod group_pg;
 mod group_sqlite;
 mod inbox;
 mod keys;
