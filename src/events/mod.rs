@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
+
+mod both_keys;
 
 use crate::{
     hub::Frame,
@@ -156,38 +157,10 @@ impl MessagePayload {
 impl Event {
     /// The frame's text, encoded once however many sockets receive it.
     pub fn encode(&self) -> Frame {
-        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Some(Value::Object(payload)) = value.get_mut("payload") {
-            add_camel_case_keys(payload);
-        }
-        Frame::from(value.to_string())
+        let json = both_keys::to_json(self);
+        // serde_json writes UTF-8 only.
+        Frame::from(String::from_utf8(json).unwrap_or_default())
     }
-}
-
-/// Adds `fooBar` beside every `foo_bar` key.
-fn add_camel_case_keys(payload: &mut Map<String, Value>) {
-    let extra: Vec<(String, Value)> = payload
-        .iter()
-        .filter(|(key, _)| key.contains('_'))
-        .map(|(key, value)| (snake_to_camel(key), value.clone()))
-        .collect();
-    payload.extend(extra);
-}
-
-fn snake_to_camel(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    let mut upper = false;
-    for c in key.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.push(c.to_ascii_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Rewrites `fooBar` keys as `foo_bar` (for frames the app sends in camelCase).
@@ -207,6 +180,7 @@ pub fn camel_to_snake(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use uuid::Uuid;
 
     #[test]
@@ -227,8 +201,157 @@ mod tests {
     }
 
     #[test]
-    fn key_styles_convert_both_ways() {
-        assert_eq!(snake_to_camel("recipient_id"), "recipientId");
+    fn message_frames_carry_both_styles_and_nulls() {
+        let at = crate::model::now();
+        let id = MessageId(Uuid::now_v7());
+        let payload = MessagePayload {
+            id,
+            message_id: id,
+            conversation_id: ConversationId(Uuid::new_v4()),
+            sender_id: UserId(Uuid::new_v4()),
+            recipient_id: UserId(Uuid::new_v4()),
+            message_type: "text".into(),
+            session_id: None,
+            timestamp: at,
+            is_read: false,
+            seq: 7,
+            cursor: 3,
+        };
+        let frame = Event::Message(payload).encode();
+        let value: Value = serde_json::from_str(frame.as_str()).expect("json");
+        assert_eq!(value["type"], "message");
+        let payload = value["payload"].as_object().expect("payload");
+        assert_eq!(payload["messageId"], id.to_string());
+        assert_eq!(payload["message_id"], id.to_string());
+        assert_eq!(payload["isRead"], false);
+        assert!(payload["session_id"].is_null() && payload["sessionId"].is_null());
+        assert_eq!(payload["cursor"], 3);
+        // Each field under each name once; `seq`, `cursor`, `id` and `timestamp` have one name.
+        assert_eq!(payload.len(), 18);
+
+        let ack = Event::MessageAck {
+            id,
+            client_id: None,
+            conversation_id: ConversationId(Uuid::new_v4()),
+            timestamp: at,
+            seq: 7,
+        }
+        .encode();
+        let value: Value = serde_json::from_str(ack.as_str()).expect("json");
+        assert_eq!(value["type"], "message_ack");
+        assert!(value["payload"].get("clientId").is_none());
+        assert_eq!(
+            value["payload"]["conversationId"],
+            value["payload"]["conversation_id"]
+        );
+    }
+
+    /// Every kind of frame: the derive's payload (through `serde_json::Value`), and beside each
+    /// snake_case key the same value under its camelCase name, nothing else.
+    #[test]
+    fn every_frame_is_the_derive_plus_camel_case_copies() {
+        let at = crate::model::now();
+        let user = UserId(Uuid::new_v4());
+        let message = MessageId(Uuid::now_v7());
+        let conversation = ConversationId(Uuid::new_v4());
+        let events = [
+            Event::MessageAck {
+                id: message,
+                client_id: Some(message),
+                conversation_id: conversation,
+                timestamp: at,
+                seq: 1,
+            },
+            Event::TypingIndicator {
+                user_id: user,
+                conversation_id: conversation,
+                is_typing: true,
+                timestamp: at,
+            },
+            Event::ReadReceipt {
+                message_id: message,
+                conversation_id: conversation,
+                reader_id: user,
+                read_at: at,
+                cursor: 2,
+            },
+            Event::DeliveryReceipt {
+                message_id: message,
+                conversation_id: conversation,
+                recipient_id: user,
+                delivered_at: at,
+            },
+            Event::CallRequestFull {
+                call_id: "c1".into(),
+                caller_id: user,
+                caller_name: None,
+                recipient_id: user,
+                call_type: "video".into(),
+                timestamp: at,
+            },
+            Event::CallResponseFull {
+                call_id: "c1".into(),
+                response: "accept",
+                status: CallStatus::Active,
+                timestamp: at,
+            },
+            Event::HeartbeatResponse { timestamp: at },
+            Event::IdentityChanged {
+                user_id: user,
+                device_id: 2,
+                timestamp: at,
+            },
+            Event::PrekeysLow {
+                device_id: 1,
+                count: 3,
+                threshold: 10,
+            },
+            Event::ChannelMessage(ChannelMessage {
+                id: ChannelMessageId(Uuid::new_v4()),
+                channel_id: ChannelId(Uuid::new_v4()),
+                sender_id: user,
+                sender_name: "Ada \"Lovelace\"".into(),
+                message_type: "text".into(),
+                created_at: at,
+                timestamp: at,
+                seq: 4,
+            }),
+            Event::Error {
+                code: "invalid_frame",
+                message: "bad \n input".into(),
+            },
+        ];
+        for event in &events {
+            let derived = serde_json::to_value(event).expect("value");
+            let frame: Value = serde_json::from_str(event.encode().as_str()).expect("json");
+            assert_eq!(frame["type"], derived["type"]);
+            let (Some(derived), Some(payload)) =
+                (derived["payload"].as_object(), frame["payload"].as_object())
+            else {
+                panic!("no payload in {frame}");
+            };
+            let mut expected = derived.clone();
+            for (key, value) in derived.iter().filter(|(key, _)| key.contains('_')) {
+                let camel = key
+                    .split('_')
+                    .enumerate()
+                    .fold(String::new(), |acc, (i, part)| {
+                        let mut chars = part.chars();
+                        match (i, chars.next()) {
+                            (0, _) | (_, None) => acc + part,
+                            (_, Some(first)) => {
+                                acc + &first.to_uppercase().to_string() + chars.as_str()
+                            }
+                        }
+                    });
+                expected.insert(camel, value.clone());
+            }
+            assert_eq!(payload, &expected, "{frame}");
+        }
+    }
+
+    #[test]
+    fn camel_case_keys_become_snake_case() {
         assert_eq!(camel_to_snake("recipientId"), "recipient_id");
         assert_eq!(camel_to_snake("recipient_id"), "recipient_id");
     }
