@@ -120,6 +120,10 @@ pub struct Report {
     /// Content uploads (stored, refused, latency from the ack) and recipients' fetches (got,
     /// failed, latency from the send), with `--content`.
     content: Option<[(u64, u64, Latencies); 2]>,
+    /// The server's CPU time from the first message sent to the last one delivered (and the
+    /// receipts and uploads drained): steadier than throughput when the load generator shares
+    /// the machine.
+    server_cpu: Option<Duration>,
 }
 
 impl Report {
@@ -148,6 +152,13 @@ impl Report {
             },
             self.latencies.summary(),
         );
+        if let Some(cpu) = self.server_cpu {
+            println!(
+                "  server CPU: {:.1} s, {:.1} us per delivered message",
+                cpu.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64
+            );
+        }
         if let Some([(stored, refused, uploads), (got, failed, fetches)]) = &self.content {
             println!(
                 "  content uploads: {stored} stored, {refused} refused or failed | from ack: {}",
@@ -195,6 +206,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         server.register(2 * load.pairs + 1).await?
     };
     let clock = Instant::now();
+    let cpu_at_start = server.pid().and_then(crate::server::cpu_time);
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, acked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let receipts = Arc::new(AtomicU64::new(0));
@@ -413,6 +425,11 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     }
     uploads.drain().await;
     fetches.drain().await;
+    let server_cpu = server
+        .pid()
+        .and_then(crate::server::cpu_time)
+        .zip(cpu_at_start)
+        .map(|(end, start)| end.saturating_sub(start));
     for (_, acks) in open {
         acks.abort();
     }
@@ -437,6 +454,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         logins,
         receipts: read.then(|| receipts.load(Ordering::Relaxed)),
         content: content.then(|| [uploads.tally(), fetches.tally()]),
+        server_cpu,
     })
 }
 
