@@ -25,21 +25,38 @@ pub struct DeliveryLog {
 
 impl Default for DeliveryLog {
     fn default() -> Self {
-        let (reports, pending) = mpsc::channel(QUEUE);
+        Self::with_capacity(QUEUE)
+    }
+}
+
+impl DeliveryLog {
+    fn with_capacity(reports_queued: usize) -> Self {
+        let (reports, pending) = mpsc::channel(reports_queued);
         Self {
             reports,
             pending: Mutex::new(Some(pending)),
         }
     }
-}
 
-impl DeliveryLog {
-    /// Reports that inbox events `seqs` of `user` were written to one of their sockets.
+    /// Reports that inbox events `seqs` of `user` were written to one of their sockets,
+    /// waiting for room in the queue.
     pub async fn delivered(&self, user: UserId, seqs: impl IntoIterator<Item = i64>) {
         for seq in seqs {
             // Closed only at shutdown; the events then stay undelivered and are sent again.
             let _ = self.reports.send((user, seq)).await;
         }
+    }
+
+    /// Reports what the queue has room for now, in order, and leaves the rest in `written`
+    /// for a later report. A socket's writer must not stop writing while the store is slow to
+    /// record deliveries: its queue would fill and the socket be closed as too slow (seen on
+    /// PostgreSQL at saturation, every recipient's socket closed).
+    pub fn report_without_waiting(&self, user: UserId, written: &mut Vec<i64>) {
+        let queued = written
+            .iter()
+            .take_while(|&&seq| self.reports.try_send((user, seq)).is_ok())
+            .count();
+        written.drain(..queued);
     }
 }
 
@@ -79,5 +96,28 @@ pub async fn run(state: AppState) {
             Err(e) => e.log_if_internal(),
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_without_room_wait_in_order_for_the_next_report() {
+        let log = DeliveryLog::with_capacity(2);
+        let mut queue = log.pending.lock().ok().and_then(|mut p| p.take());
+        let user = UserId(uuid::Uuid::new_v4());
+        let mut written = vec![1, 2, 3];
+        log.report_without_waiting(user, &mut written);
+        assert_eq!(written, [3]);
+
+        let queue = queue.as_mut().expect("queue");
+        assert_eq!(queue.try_recv().ok(), Some((user, 1)));
+        written.push(4);
+        log.report_without_waiting(user, &mut written);
+        assert_eq!(written, [4]);
+        assert_eq!(queue.try_recv().ok(), Some((user, 2)));
+        assert_eq!(queue.try_recv().ok(), Some((user, 3)));
     }
 }

@@ -25,6 +25,8 @@ const WRITE_BATCH: usize = 64;
 const CATCH_UP_PAGE: i64 = 256;
 /// How long a close frame may take to leave before the connection is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Delivered events a socket keeps while the delivery queue is full, before it waits for room.
+const UNREPORTED_MAX: usize = 4096;
 /// How long a socket may take, at shutdown, to write what is already queued for it.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
@@ -59,6 +61,8 @@ struct Progress {
     last_sent: i64,
     /// Inbox events written since the last flush, reported as delivered after it.
     written: Vec<i64>,
+    /// Inbox events flushed that the delivery queue had no room for yet.
+    unreported: Vec<i64>,
 }
 
 impl Writer {
@@ -66,6 +70,7 @@ impl Writer {
         let mut progress = Progress {
             last_sent: 0,
             written: Vec::new(),
+            unreported: Vec::new(),
         };
         let mut reason = match Box::pin(self.catch_up(&mut progress, start)).await {
             Ok(()) => None,
@@ -103,6 +108,13 @@ impl Writer {
             let _ = timeout(CLOSE_GRACE, self.sink.send(frame)).await;
         }
         let _ = timeout(CLOSE_GRACE, self.sink.close()).await;
+        // Flushed but not yet reported: unreported, they would be sent again on a later connect.
+        let unreported = progress.unreported.drain(..);
+        let _ = timeout(
+            CLOSE_GRACE,
+            self.state.delivery.delivered(self.user, unreported),
+        )
+        .await;
     }
 
     /// Writes whatever is queued, without waiting for more.
@@ -232,10 +244,15 @@ impl Writer {
             _ = close.closed() => return Err(Stop::Peer),
         }
         if !progress.written.is_empty() {
-            self.state
-                .delivery
-                .delivered(self.user, progress.written.drain(..))
-                .await;
+            progress.unreported.append(&mut progress.written);
+            let delivery = &self.state.delivery;
+            delivery.report_without_waiting(self.user, &mut progress.unreported);
+            // Far behind: wait for the recorder rather than keep an ever longer list.
+            if progress.unreported.len() > UNREPORTED_MAX {
+                delivery
+                    .delivered(self.user, progress.unreported.drain(..))
+                    .await;
+            }
         }
         Ok(())
     }
