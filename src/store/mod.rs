@@ -134,6 +134,22 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
+/// Without autovacuum, PostgreSQL never refreshes its statistics on the message and inbox tables:
+/// once they hold a few million rows, the planner takes a batch of delivery marks for a scan of
+/// the whole inbox (measured: 1 s for 2,000 marks instead of 17 ms), delivery reports back up,
+/// and the server closes recipients' sockets as too slow.
+async fn warn_if_autovacuum_is_off(pool: &PgPool) {
+    let setting: Result<String, _> = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(pool)
+        .await;
+    if matches!(setting.as_deref(), Ok("off")) {
+        tracing::warn!(
+            "PostgreSQL's autovacuum is off: table statistics will go stale and message \
+             routing slow down as tables grow; turn it on, or run ANALYZE regularly"
+        );
+    }
+}
+
 impl Store {
     /// Connects to `url` (creating an SQLite file if needed) and applies pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
@@ -147,6 +163,7 @@ impl Store {
                     .connect_with(options)
                     .await
                     .context("connecting to PostgreSQL")?;
+                warn_if_autovacuum_is_off(&pool).await;
                 Self::new(Db::Postgres(pool))
             }
         };
