@@ -333,6 +333,9 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                     receipt_count.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            // The server closed this socket (as too slow, say): no ack will free the window,
+            // and the sender must stop instead of waiting for one.
+            ack_window.close();
         });
         let (to, relay, duration) = (recipient.id.clone(), server.relay, load.duration);
         let client_ids = load.client_ids;
@@ -343,7 +346,10 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                     Some(tick) => {
                         tick.tick().await;
                     }
-                    None => window.acquire().await.map(|p| p.forget()).unwrap_or(()),
+                    None => match window.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => break,
+                    },
                 }
                 let at = clock.elapsed().as_micros();
                 let mut payload = json!({"recipientId": to, "messageType": "text", "sessionId": at.to_string()});
