@@ -117,7 +117,7 @@ impl App {
 /// and waits for them at most `DRAIN_TIMEOUT` (requests in flight: `HTTP_DRAIN_TIMEOUT`).
 pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
     tokio::spawn(domain::sweeper::run(state.clone()));
-    tokio::spawn(domain::delivery::run(state.clone()));
+    let delivery_recorder = tokio::spawn(domain::delivery::run(state.clone()));
     tokio::spawn(
         state
             .store
@@ -156,6 +156,14 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
     let left = state.hub.socket_count();
     if left > 0 {
         tracing::warn!(sockets = left, "drain timeout: sockets still open");
+    }
+    // What the closed sockets delivered is recorded before the store closes.
+    state.delivery.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, delivery_recorder)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout: deliveries left unrecorded will be sent again");
     }
     state.store.close().await;
     tracing::info!("shutdown complete");

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     AppState,
@@ -21,6 +22,9 @@ pub struct DeliveryLog {
     reports: mpsc::Sender<(UserId, i64)>,
     /// Taken by the recording task when the server starts.
     pending: Mutex<Option<mpsc::Receiver<(UserId, i64)>>>,
+    /// Cancelled at shutdown once every socket is closed: the task records what is queued, then
+    /// ends.
+    closing: CancellationToken,
 }
 
 impl Default for DeliveryLog {
@@ -35,7 +39,13 @@ impl DeliveryLog {
         Self {
             reports,
             pending: Mutex::new(Some(pending)),
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// Tells the recording task that no socket reports any more (see `run`).
+    pub fn close(&self) {
+        self.closing.cancel();
     }
 
     /// Reports that inbox events `seqs` of `user` were written to one of their sockets,
@@ -60,7 +70,8 @@ impl DeliveryLog {
     }
 }
 
-/// Records reports until shutdown.
+/// Records reports until `DeliveryLog::close`, and what is queued by then: a shutdown that
+/// dropped them would have every socket's last deliveries sent again on the next connect.
 pub async fn run(state: AppState) {
     let Some(mut pending) = state
         .delivery
@@ -74,8 +85,9 @@ pub async fn run(state: AppState) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let received = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            biased;
             n = pending.recv_many(&mut batch, BATCH) => n,
+            _ = state.delivery.closing.cancelled() => return,
         };
         if received == 0 {
             return;
