@@ -136,8 +136,8 @@ pub(crate) use with_pool;
 
 /// Without autovacuum, PostgreSQL never refreshes its statistics on the message and inbox tables:
 /// once they hold a few million rows, the planner takes a batch of delivery marks for a scan of
-/// the whole inbox (measured: 1 s for 2,000 marks instead of 17 ms), delivery reports back up,
-/// and the server closes recipients' sockets as too slow.
+/// the whole inbox (measured: 1 s for 2,000 marks instead of 17 ms), and delivery reports and
+/// receipts fall behind the messages.
 async fn warn_if_autovacuum_is_off(pool: &PgPool) {
     let setting: Result<String, _> = sqlx::query_scalar("SELECT current_setting('autovacuum')")
         .fetch_one(pool)
