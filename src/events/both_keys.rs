@@ -6,14 +6,15 @@
 use serde::ser::{Serialize, SerializeMap, SerializeStruct, Serializer};
 
 /// Writes `event` (an adjacently tagged `{"type", "payload"}` value) as JSON text.
-pub(super) fn to_json(event: &impl Serialize) -> Vec<u8> {
+pub(super) fn to_json(event: &impl Serialize) -> String {
     let mut out = Vec::with_capacity(256);
     let mut json = serde_json::Serializer::new(&mut out);
-    // Serializing plain data into a Vec cannot fail; an empty frame would show it if it did.
+    // Serializing plain data into a Vec cannot fail, and serde_json writes UTF-8 only; an
+    // empty frame would show it if either did.
     if event.serialize(BothKeys::envelope(&mut json)).is_err() {
         out.clear();
     }
-    out
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Forwards to `inner`, except that the payload's struct fields go out under both names.
@@ -85,7 +86,7 @@ where
 
 /// `key` in camelCase, written into `buffer` (field names are short ASCII identifiers; a longer
 /// one stays as it is).
-fn camel_case<'b>(key: &'b str, buffer: &'b mut [u8; 64]) -> &'b str {
+pub(super) fn camel_case<'b>(key: &'b str, buffer: &'b mut [u8; 64]) -> &'b str {
     if key.len() > buffer.len() || !key.is_ascii() {
         return key;
     }

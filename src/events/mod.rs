@@ -157,9 +157,7 @@ impl MessagePayload {
 impl Event {
     /// The frame's text, encoded once however many sockets receive it.
     pub fn encode(&self) -> Frame {
-        let json = both_keys::to_json(self);
-        // serde_json writes UTF-8 only.
-        Frame::from(String::from_utf8(json).unwrap_or_default())
+        Frame::from(both_keys::to_json(self))
     }
 }
 
@@ -332,19 +330,9 @@ mod tests {
             };
             let mut expected = derived.clone();
             for (key, value) in derived.iter().filter(|(key, _)| key.contains('_')) {
-                let camel = key
-                    .split('_')
-                    .enumerate()
-                    .fold(String::new(), |acc, (i, part)| {
-                        let mut chars = part.chars();
-                        match (i, chars.next()) {
-                            (0, _) | (_, None) => acc + part,
-                            (_, Some(first)) => {
-                                acc + &first.to_uppercase().to_string() + chars.as_str()
-                            }
-                        }
-                    });
-                expected.insert(camel, value.clone());
+                let mut buffer = [0; 64];
+                let camel = both_keys::camel_case(key, &mut buffer);
+                expected.insert(camel.to_owned(), value.clone());
             }
             assert_eq!(payload, &expected, "{frame}");
         }
