@@ -6,7 +6,8 @@
 //!   it receives on their sockets, skipping its own publications. Pub/sub is only a doorbell:
 //!   inbox events (messages, read receipts) are written from the durable copy in PostgreSQL, so
 //!   one lost on the way is fetched by the socket's writer at the next event, at the next
-//!   subscription, when Redis comes back (every socket refills), or at reconnect.
+//!   subscription, when Redis comes back (every socket refills), or at reconnect. Ephemeral
+//!   frames carry their key (`e <key>`), so the receiving node coalesces them as the hub does.
 //! - **Presence.** `{prefix}:online:{user}:{node}` exists while `user` has a socket on `node`;
 //!   each node refreshes its keys (TTL `PRESENCE_TTL`), its liveness key `{prefix}:node:{node}`,
 //!   its membership in `{prefix}:nodes` and the set of its users `{prefix}:node:{node}:users`.
@@ -39,7 +40,11 @@ use tokio::{
 };
 use uuid::Uuid;
 
-use crate::{AppState, hub::Frame, model::UserId};
+use crate::{
+    AppState,
+    hub::{EphemeralKey, Frame},
+    model::UserId,
+};
 
 /// Publications waiting for the publisher task; beyond it they are dropped (and counted).
 const OUTBOX: usize = 16 * 1024;
@@ -162,6 +167,19 @@ impl Broker {
             Some(seq) => format!("{} i {seq} {}", self.node, frame.as_str()),
             None => format!("{} f 0 {}", self.node, frame.as_str()),
         };
+        if self.outbox.try_send((user, payload)).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues an ephemeral frame (the latest state of `key`) for publication on `user`'s
+    /// channel; the key travels in the number's place.
+    pub fn publish_ephemeral(&self, user: UserId, key: EphemeralKey, frame: &Frame) {
+        if !self.is_up() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let payload = format!("{} e {} {}", self.node, key.encode(), frame.as_str());
         if self.outbox.try_send((user, payload)).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -391,6 +409,12 @@ impl Broker {
         }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let frame = Frame::from(frame.to_owned());
+        if kind == "e" {
+            if let Some(key) = EphemeralKey::decode(seq) {
+                state.hub.send_ephemeral_local(user, key, &frame);
+            }
+            return;
+        }
         match (kind, seq.parse::<i64>()) {
             ("i", Ok(seq)) => state.hub.send_inbox_local(user, seq, &frame),
             _ => state.hub.send_local(user, &frame),

@@ -162,6 +162,21 @@ pub const SETTINGS: &[Setting] = &[
         "message, channel_message and call_request frames per socket and second",
     ),
     setting(
+        "WS_EPHEMERAL_PER_SECOND",
+        "20",
+        "typing, presence and call answer frames a socket may send per second (twice that as a burst)",
+    ),
+    setting(
+        "WS_EPHEMERAL_DELIVERED_PER_SECOND",
+        "100",
+        "ephemeral frames written to a socket per second (twice that as a burst); more wait, coalesced",
+    ),
+    setting(
+        "WS_CATCH_UP_MAX",
+        "5000",
+        "inbox events a connect or sync frame sends at most (the latest ones)",
+    ),
+    setting(
         "RETENTION_MESSAGES_DAYS",
         "0",
         "days message metadata is kept (0: forever)",
@@ -279,6 +294,14 @@ pub struct Config {
     /// `message`, `channel_message` and `call_request` frames per socket and second (twice that
     /// as a burst).
     pub ws_messages_per_second: u32,
+    /// Typing, presence and call answer frames per socket and second (twice that as a burst).
+    pub ws_ephemeral_per_second: u32,
+    /// Ephemeral frames written to one socket per second (twice that as a burst); the rest
+    /// wait, coalesced per key, so many senders together cannot flood a recipient.
+    pub ws_ephemeral_delivered_per_second: u32,
+    /// Inbox events a connect or `sync` sends at most: the latest ones (bounded work per
+    /// request; older ones stay readable over REST).
+    pub ws_catch_up_max: i64,
     /// Message metadata older than this is deleted; `None` keeps it.
     pub retention_messages: Option<Duration>,
     /// Finished calls older than this are deleted from the history; `None` keeps them.
@@ -393,6 +416,14 @@ impl Config {
             max_sockets_per_user: positive(&get, "MAX_SOCKETS_PER_USER", 32)? as usize,
             ws_frames_per_second: small(&get, "WS_FRAMES_PER_SECOND", 200)?,
             ws_messages_per_second: small(&get, "WS_MESSAGES_PER_SECOND", 100)?,
+            ws_ephemeral_per_second: small(&get, "WS_EPHEMERAL_PER_SECOND", 20)?,
+            ws_ephemeral_delivered_per_second: small(
+                &get,
+                "WS_EPHEMERAL_DELIVERED_PER_SECOND",
+                100,
+            )?,
+            ws_catch_up_max: i64::try_from(positive(&get, "WS_CATCH_UP_MAX", 5000)?)
+                .context("WS_CATCH_UP_MAX is too large")?,
             retention_messages: days(&get, "RETENTION_MESSAGES_DAYS", 0)?,
             retention_calls: days(&get, "RETENTION_CALLS_DAYS", 90)?,
             retention_stories: Duration::from_secs(
@@ -507,6 +538,15 @@ impl Config {
                 "WS_MESSAGES_PER_SECOND",
                 self.ws_messages_per_second.to_string(),
             ),
+            (
+                "WS_EPHEMERAL_PER_SECOND",
+                self.ws_ephemeral_per_second.to_string(),
+            ),
+            (
+                "WS_EPHEMERAL_DELIVERED_PER_SECOND",
+                self.ws_ephemeral_delivered_per_second.to_string(),
+            ),
+            ("WS_CATCH_UP_MAX", self.ws_catch_up_max.to_string()),
             (
                 "RETENTION_MESSAGES_DAYS",
                 days_text(self.retention_messages),

@@ -1,24 +1,33 @@
 //! Who is connected: user → open sockets on this node, and delivery of encoded frames to them.
-//! Each socket has a bounded queue; a socket that lets it fill up is told to close (it
-//! catches up on reconnect) rather than slowing down everyone else.
+//! Each socket has a bounded queue of durable frames (inbox events, replies); a socket that
+//! lets it fill up is told to close (it catches up on reconnect) rather than slowing down
+//! everyone else. Ephemeral frames (typing, presence, unanswered calls, channel posts) never
+//! enter that queue: each socket keeps only the latest one per [`EphemeralKey`], in a small
+//! bounded set of slots, so another user cannot get a socket closed by flooding it with them.
 //!
 //! In cluster mode (`REDIS_URL`) the hub also hands every frame to the [`Broker`], which
 //! publishes it for the nodes where the user may be connected, and delivers here what other
 //! nodes publish for this node's users. Callers do not see the difference.
 
-use std::sync::{
-    Arc, OnceLock,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{
+    Notify,
+    mpsc::{self, error::TrySendError},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::Broker,
-    model::{SessionId, UserId},
+    model::{CallId, ChannelMessageId, ConversationId, SessionId, UserId},
 };
 
 /// An encoded text frame; cloning it shares the bytes, so one encoding serves all recipients.
@@ -26,6 +35,114 @@ pub type Frame = Utf8Bytes;
 
 /// Identifies one socket among a user's sockets on this node.
 pub type SocketId = u64;
+
+/// Ephemeral frames waiting per socket; past this many distinct keys, the oldest is dropped.
+const EPHEMERAL_SLOTS: usize = 128;
+
+/// The state an ephemeral frame describes: a newer frame with the same key replaces one that
+/// was not written yet (the recipient only needs the latest state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EphemeralKey {
+    /// `sender` is (or stopped) typing in `conversation`.
+    Typing {
+        conversation: ConversationId,
+        sender: UserId,
+    },
+    /// A user's presence.
+    Presence(UserId),
+    /// A call that was not answered yet (ringing, then cancelled, rejected, busy or missed).
+    Call(CallId),
+    /// A channel post: one slot each (nothing to coalesce), dropped first when the slots are
+    /// full. Channel history is kept and served over REST.
+    ChannelPost(ChannelMessageId),
+}
+
+impl EphemeralKey {
+    /// A compact text form without spaces, for the cluster broker.
+    pub fn encode(self) -> String {
+        match self {
+            Self::Typing {
+                conversation,
+                sender,
+            } => format!("t:{}:{}", conversation.0, sender.0),
+            Self::Presence(user) => format!("p:{}", user.0),
+            Self::Call(call) => format!("c:{}", call.0),
+            Self::ChannelPost(post) => format!("m:{}", post.0),
+        }
+    }
+
+    /// The key `encode` wrote, or `None` for anything else.
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(':');
+        let kind = parts.next()?;
+        let mut id = || parts.next()?.parse::<uuid::Uuid>().ok();
+        let key = match kind {
+            "t" => Self::Typing {
+                conversation: ConversationId(id()?),
+                sender: UserId(id()?),
+            },
+            "p" => Self::Presence(UserId(id()?)),
+            "c" => Self::Call(CallId(id()?)),
+            "m" => Self::ChannelPost(ChannelMessageId(id()?)),
+            _ => return None,
+        };
+        parts.next().is_none().then_some(key)
+    }
+}
+
+/// A socket's ephemeral frames not written yet, at most one per key: its writer takes them
+/// when it has room (and within its per-recipient rate), so they never hold up or close it.
+#[derive(Debug, Default)]
+pub struct EphemeralSlots {
+    pending: Mutex<VecDeque<(EphemeralKey, Frame)>>,
+    ready: Notify,
+}
+
+impl EphemeralSlots {
+    /// Keeps `frame` as the latest state of `key`, replacing an older one not yet written.
+    fn put(&self, key: EphemeralKey, frame: Frame) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        if let Some(slot) = pending.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = frame;
+        } else {
+            if pending.len() >= EPHEMERAL_SLOTS {
+                // Channel posts go first: their history is a REST call away, while a lost
+                // state (a ring, "stopped typing") would stay wrong on the screen.
+                let oldest_post = pending
+                    .iter()
+                    .position(|(k, _)| matches!(k, EphemeralKey::ChannelPost(_)));
+                match oldest_post {
+                    Some(at) => drop(pending.remove(at)),
+                    None => drop(pending.pop_front()),
+                }
+                crate::metrics::ephemeral_dropped();
+            }
+            pending.push_back((key, frame));
+        }
+        drop(pending);
+        self.ready.notify_one();
+    }
+
+    /// Takes up to `max` frames, oldest key first.
+    pub fn take(&self, max: usize) -> Vec<Frame> {
+        let Ok(mut pending) = self.pending.lock() else {
+            return Vec::new();
+        };
+        let n = max.min(pending.len());
+        pending.drain(..n).map(|(_, frame)| frame).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.lock().map_or(true, |p| p.is_empty())
+    }
+
+    /// Resolves when a frame was put since the last call (at once if one was meanwhile).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+}
 
 /// What a socket's writer is asked to do, in order.
 #[derive(Debug)]
@@ -58,6 +175,8 @@ pub enum CloseReason {
     Revoked,
     /// It kept sending frames above its rate limit.
     RateLimited,
+    /// It sent a text frame that is not UTF-8 (RFC 6455 §8.1).
+    InvalidData,
     ShuttingDown,
     /// The client closed it or the connection broke: nothing left to say.
     PeerGone,
@@ -74,6 +193,7 @@ impl CloseReason {
             Self::ServerError => Some((1011, "server error: reconnect to catch up")),
             Self::Revoked => Some((4001, "session revoked")),
             Self::RateLimited => Some((1008, "rate limit exceeded")),
+            Self::InvalidData => Some((1007, "text frame is not valid UTF-8")),
             Self::ShuttingDown => Some((1001, "server shutting down")),
             Self::PeerGone => None,
         }
@@ -112,7 +232,28 @@ impl CloseSignal {
 struct SocketHandle {
     id: SocketId,
     queue: mpsc::Sender<Outgoing>,
+    ephemeral: Arc<EphemeralSlots>,
     close: Arc<CloseSignal>,
+}
+
+/// Sockets reserved per user: taken before the upgrade, so parallel upgrades cannot exceed
+/// the cap between the check and the attach.
+type Reservations = DashMap<UserId, usize>;
+
+/// A socket slot of a user, held from before the upgrade until the socket closes; dropping
+/// it (the upgrade failed, or the socket closed) gives the slot back.
+pub struct SocketSlot {
+    reservations: Arc<Reservations>,
+    user: UserId,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.reservations.remove_if_mut(&self.user, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
 }
 
 #[derive(Default)]
@@ -123,6 +264,7 @@ pub struct Hub {
     broker: Option<Broker>,
     /// The sockets opened with each session's tokens, to close them when it is revoked.
     sessions: DashMap<SessionId, Vec<(SocketId, Arc<CloseSignal>)>>,
+    reservations: Arc<Reservations>,
 }
 
 /// Keeps a socket listed under its session until dropped (see `Hub::track_session`).
@@ -161,11 +303,17 @@ impl Hub {
         &self,
         user: UserId,
         queue: mpsc::Sender<Outgoing>,
+        ephemeral: Arc<EphemeralSlots>,
         close: Arc<CloseSignal>,
     ) -> (SocketId, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut sockets = self.users.entry(user).or_default();
-        sockets.push(SocketHandle { id, queue, close });
+        sockets.push(SocketHandle {
+            id,
+            queue,
+            ephemeral,
+            close,
+        });
         let first = sockets.len() == 1;
         drop(sockets);
         if first && let Some(broker) = &self.broker {
@@ -221,6 +369,25 @@ impl Hub {
             broker.publish(user, Some(seq), frame);
         }
         self.send_inbox_local(user, seq, frame)
+    }
+
+    /// Offers `frame`, the latest state of `key`, to every socket of `user` (here and
+    /// elsewhere): it replaces an older frame of the same key not yet written, and never
+    /// counts toward closing a socket that is behind.
+    pub fn send_ephemeral(&self, user: UserId, key: EphemeralKey, frame: &Frame) {
+        if let Some(broker) = &self.broker {
+            broker.publish_ephemeral(user, key, frame);
+        }
+        self.send_ephemeral_local(user, key, frame);
+    }
+
+    /// `send_ephemeral`, to this node's sockets only (what another node published).
+    pub fn send_ephemeral_local(&self, user: UserId, key: EphemeralKey, frame: &Frame) {
+        if let Some(sockets) = self.users.get(&user) {
+            for socket in sockets.iter() {
+                socket.ephemeral.put(key, frame.clone());
+            }
+        }
     }
 
     /// `send`, to this node's sockets only (what another node published).
@@ -280,6 +447,21 @@ impl Hub {
             .iter()
             .filter(|socket| push(&socket.queue, &socket.close, item()))
             .count()
+    }
+
+    /// Takes one of `user`'s `max` socket slots, or `None` when all are taken. Checked and
+    /// taken in one step (under the map's shard lock), so parallel upgrades cannot overshoot.
+    pub fn reserve_socket(&self, user: UserId, max: usize) -> Option<SocketSlot> {
+        let mut taken = self.reservations.entry(user).or_insert(0);
+        if *taken >= max {
+            return None;
+        }
+        *taken += 1;
+        drop(taken);
+        Some(SocketSlot {
+            reservations: self.reservations.clone(),
+            user,
+        })
     }
 
     /// How many sockets `user` has open on this node.
@@ -352,8 +534,8 @@ mod tests {
         let hub = Hub::default();
         let user = UserId(Uuid::new_v4());
         let (tx, _rx) = mpsc::channel(4);
-        let (a, first) = hub.attach(user, tx.clone(), Arc::default());
-        let (b, second_is_first) = hub.attach(user, tx, Arc::default());
+        let (a, first) = hub.attach(user, tx.clone(), Arc::default(), Arc::default());
+        let (b, second_is_first) = hub.attach(user, tx, Arc::default(), Arc::default());
         assert!(first && !second_is_first);
         assert!(!hub.detach(user, a));
         assert!(hub.is_online(user));
@@ -367,10 +549,77 @@ mod tests {
         let user = UserId(Uuid::new_v4());
         let (tx, _rx) = mpsc::channel(1);
         let close = Arc::new(CloseSignal::default());
-        hub.attach(user, tx, close.clone());
+        hub.attach(user, tx, Arc::default(), close.clone());
         let frame = Frame::from("{}");
         assert_eq!(hub.send(user, &frame), 1);
         assert_eq!(hub.send(user, &frame), 0);
         assert!(close.is_closed());
+    }
+
+    #[test]
+    fn ephemeral_frames_keep_the_latest_state_and_never_close_a_socket() {
+        let hub = Hub::default();
+        let user = UserId(Uuid::new_v4());
+        let (tx, _rx) = mpsc::channel(1);
+        let close = Arc::new(CloseSignal::default());
+        let slots = Arc::new(EphemeralSlots::default());
+        hub.attach(user, tx, slots.clone(), close.clone());
+        let typing = EphemeralKey::Typing {
+            conversation: ConversationId(Uuid::new_v4()),
+            sender: UserId(Uuid::new_v4()),
+        };
+        for n in 0..1000 {
+            hub.send_ephemeral(user, typing, &Frame::from(n.to_string()));
+        }
+        for n in 0..2 * EPHEMERAL_SLOTS {
+            let key = EphemeralKey::Presence(UserId(Uuid::from_u128(n as u128)));
+            hub.send_ephemeral(user, key, &Frame::from(format!("p{n}")));
+        }
+        assert!(!close.is_closed());
+        let pending = slots.take(usize::MAX);
+        assert_eq!(pending.len(), EPHEMERAL_SLOTS, "bounded");
+        // The oldest keys (the typing state among them) made room for the newest.
+        assert_eq!(pending[0].as_str(), format!("p{}", EPHEMERAL_SLOTS));
+        assert!(slots.is_empty());
+        hub.send_ephemeral(user, typing, &Frame::from("a"));
+        hub.send_ephemeral(user, typing, &Frame::from("b"));
+        let latest: Vec<_> = slots.take(10).iter().map(|f| f.to_string()).collect();
+        assert_eq!(latest, ["b"]);
+    }
+
+    #[test]
+    fn parallel_reservations_never_exceed_the_cap() {
+        let hub = Arc::new(Hub::default());
+        let user = UserId(Uuid::new_v4());
+        let slots: Vec<_> = std::thread::scope(|scope| {
+            let tries: Vec<_> = (0..16)
+                .map(|_| scope.spawn(|| hub.reserve_socket(user, 3)))
+                .collect();
+            tries
+                .into_iter()
+                .filter_map(|t| t.join().ok().flatten())
+                .collect()
+        });
+        assert_eq!(slots.len(), 3);
+        drop(slots);
+        assert!(hub.reserve_socket(user, 3).is_some(), "given back on drop");
+    }
+
+    #[test]
+    fn ephemeral_keys_survive_the_broker_encoding() {
+        let keys = [
+            EphemeralKey::Typing {
+                conversation: ConversationId(Uuid::new_v4()),
+                sender: UserId(Uuid::new_v4()),
+            },
+            EphemeralKey::Presence(UserId(Uuid::new_v4())),
+            EphemeralKey::Call(CallId(Uuid::new_v4())),
+            EphemeralKey::ChannelPost(ChannelMessageId(Uuid::new_v4())),
+        ];
+        for key in keys {
+            assert_eq!(EphemeralKey::decode(&key.encode()), Some(key));
+        }
+        assert_eq!(EphemeralKey::decode("p:nope"), None);
+        assert_eq!(EphemeralKey::decode("x:1"), None);
     }
 }

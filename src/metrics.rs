@@ -82,6 +82,10 @@ fn describe() {
         "kisse_ws_frames_total",
         "WebSocket frames received, by type"
     );
+    describe_counter!(
+        "kisse_ws_ephemeral_dropped_total",
+        "Ephemeral frames (typing, presence, unanswered calls, channel posts) dropped because a socket had too many waiting"
+    );
     describe_histogram!(
         "kisse_ws_write_batch_frames",
         Unit::Count,
@@ -158,6 +162,11 @@ pub fn frame_received(kind: &'static str) {
     counter!("kisse_ws_frames_total", "direction" => "in", "type" => kind).increment(1);
 }
 
+/// A socket that was behind had no slot left for an ephemeral frame: the oldest was dropped.
+pub fn ephemeral_dropped() {
+    counter!("kisse_ws_ephemeral_dropped_total").increment(1);
+}
+
 pub fn write_batch(frames: usize) {
     histogram!("kisse_ws_write_batch_frames").record(frames as f64);
 }
@@ -185,6 +194,7 @@ pub fn socket_closed(reason: CloseReason) -> &'static str {
         CloseReason::ServerError => "server_error",
         CloseReason::Revoked => "revoked",
         CloseReason::RateLimited => "rate_limited",
+        CloseReason::InvalidData => "invalid_data",
     };
     counter!("kisse_ws_connections_total", "reason" => name).increment(1);
     name

@@ -10,6 +10,7 @@ use crate::{
     AppState,
     error::{Error, Result},
     events::Event,
+    hub::EphemeralKey,
     model::{Call, CallId, CallStatus, CallType, UserId, now},
     store::{CallRecord, CallRefused, NewCall},
 };
@@ -248,11 +249,19 @@ async fn ring(state: &AppState, call: &Call) -> Result<()> {
         call_type: call.call_type.clone(),
         timestamp: call.created_at,
     };
-    super::deliver(state, [call.recipient_id], &event);
+    super::deliver_ephemeral(
+        state,
+        [call.recipient_id],
+        EphemeralKey::Call(call.id),
+        &event,
+    );
     Ok(())
 }
 
-/// Sends `to` a `call_response_full` naming the call by the id their app knows.
+/// Sends `to` a `call_response_full` naming the call by the id their app knows. Until the
+/// call is answered this is ephemeral (the latest of ring, cancel, reject, busy or missed is
+/// what counts, and a flood of them must not close anyone's socket); the answer and the end
+/// of an answered call are durable.
 fn tell(state: &AppState, call: &Call, to: UserId, response: &'static str) {
     let event = Event::CallResponseFull {
         call_id: call.id_for(to).to_owned(),
@@ -260,5 +269,9 @@ fn tell(state: &AppState, call: &Call, to: UserId, response: &'static str) {
         status: call.status,
         timestamp: now(),
     };
-    super::deliver(state, [to], &event);
+    if call.status == CallStatus::Active || call.status == CallStatus::Ended {
+        super::deliver(state, [to], &event);
+    } else {
+        super::deliver_ephemeral(state, [to], EphemeralKey::Call(call.id), &event);
+    }
 }

@@ -12,6 +12,7 @@ use crate::{
     AppState,
     error::{Error, Result},
     events::Event,
+    hub::EphemeralKey,
     model::{Channel, ChannelId, ChannelMessage, ChannelMessageId, UserId, now},
     store::{ChannelAccess, NewChannel, NewChannelMessage},
 };
@@ -192,11 +193,14 @@ pub async fn post(
     };
     if created {
         let members = state.store.channel_member_ids(id).await?;
-        super::deliver(
+        // Ephemeral: channel posts are not in the inbox (no catch-up would follow a close);
+        // a member who is behind reads them from the history.
+        super::deliver_ephemeral(
             state,
             members
                 .into_iter()
                 .filter(|m| *m != sender && state.hub.is_online(*m)),
+            EphemeralKey::ChannelPost(message.id),
             &Event::ChannelMessage(message.clone()),
         );
         crate::metrics::message_routed("channel", message.created_at);

@@ -4,6 +4,7 @@ use crate::{
     AppState,
     error::{Error, Result},
     events::Event,
+    hub::EphemeralKey,
     model::{Conversation, ConversationId, ConversationSummary, Message, MessageId, UserId, now},
 };
 
@@ -98,6 +99,10 @@ pub async fn typing(
         is_typing,
         timestamp: now(),
     };
-    super::deliver(state, [conversation.other(user)], &event);
+    let key = EphemeralKey::Typing {
+        conversation: conversation.id,
+        sender: user,
+    };
+    super::deliver_ephemeral(state, [conversation.other(user)], key, &event);
     Ok(())
 }

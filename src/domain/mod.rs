@@ -17,12 +17,26 @@ pub mod stories;
 pub mod sweeper;
 pub mod users;
 
-use crate::{AppState, events::Event, model::UserId};
+use crate::{AppState, events::Event, hub::EphemeralKey, model::UserId};
 
 /// Encodes `event` once and queues it on every socket of each user.
 pub(crate) fn deliver(state: &AppState, users: impl IntoIterator<Item = UserId>, event: &Event) {
     let frame = event.encode();
     for user in users {
         state.hub.send(user, &frame);
+    }
+}
+
+/// Encodes `event` once and offers it to every socket of each user as the latest state of
+/// `key`: a socket that is behind keeps only the newest, and is never closed for these.
+pub(crate) fn deliver_ephemeral(
+    state: &AppState,
+    users: impl IntoIterator<Item = UserId>,
+    key: EphemeralKey,
+    event: &Event,
+) {
+    let frame = event.encode();
+    for user in users {
+        state.hub.send_ephemeral(user, key, &frame);
     }
 }

@@ -4,6 +4,7 @@ use crate::{
     AppState,
     error::{Error, Result},
     events::Event,
+    hub::EphemeralKey,
     model::{Presence, PresenceState, UserId, now},
 };
 
@@ -20,9 +21,10 @@ pub async fn set(state: &AppState, user: UserId, status: Presence) -> Result<Pre
         status,
         last_seen: presence.last_seen,
     };
-    super::deliver(
+    super::deliver_ephemeral(
         state,
         contacts.into_iter().filter(|c| state.hub.is_online(*c)),
+        EphemeralKey::Presence(user),
         &event,
     );
     Ok(presence)

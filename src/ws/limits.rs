@@ -1,7 +1,8 @@
 //! Per-socket limits on what a client may send: JSON shape (depth, string length), frames per
-//! second, messages per second, and coalescing of typing and presence frames (repeats of the
-//! same state are dropped instead of relayed). A socket that keeps exceeding its frame rate is
-//! closed with 1008.
+//! second (every frame, counted before it is decoded: binary and undecodable ones too),
+//! messages per second, ephemeral frames (typing, presence, call answers) per second, and
+//! coalescing of typing and presence frames (repeats of the same state are dropped instead of
+//! relayed). A socket that keeps exceeding a rate is closed with 1008.
 
 use std::{
     collections::HashMap,
@@ -72,14 +73,14 @@ pub fn check_shape(text: &str) -> Result<()> {
 
 /// A token bucket of `rate` per second holding up to `2 × rate`.
 #[derive(Debug)]
-struct Bucket {
+pub(super) struct Bucket {
     rate: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn new(rate: u32, now: Instant) -> Self {
+    pub(super) fn new(rate: u32, now: Instant) -> Self {
         let rate = f64::from(rate.max(1));
         Self {
             rate,
@@ -88,11 +89,33 @@ impl Bucket {
         }
     }
 
-    /// Takes a token, or says how long until one is back.
-    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(2.0 * self.rate);
         self.at = now;
+    }
+
+    /// Takes up to `wanted` whole tokens; returns how many it took.
+    pub(super) fn take_up_to(&mut self, wanted: usize, now: Instant) -> usize {
+        self.refill(now);
+        let taken = (self.tokens.floor() as usize).min(wanted);
+        self.tokens -= taken as f64;
+        taken
+    }
+
+    /// Returns tokens taken but not used.
+    pub(super) fn give_back(&mut self, tokens: usize) {
+        self.tokens = (self.tokens + tokens as f64).min(2.0 * self.rate);
+    }
+
+    /// How long until a whole token is back.
+    pub(super) fn wait_for_one(&self) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    }
+
+    /// Takes a token, or says how long until one is back.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
@@ -106,6 +129,7 @@ impl Bucket {
 struct State {
     frames: Bucket,
     messages: Bucket,
+    ephemeral: Bucket,
     refusals: u32,
     typing: HashMap<ConversationId, (bool, Instant)>,
     presence: Option<(String, Instant)>,
@@ -124,6 +148,7 @@ impl FrameLimits {
             state: Mutex::new(State {
                 frames: Bucket::new(config.ws_frames_per_second, now),
                 messages: Bucket::new(config.ws_messages_per_second, now),
+                ephemeral: Bucket::new(config.ws_ephemeral_per_second, now),
                 refusals: 0,
                 typing: HashMap::new(),
                 presence: None,
@@ -131,8 +156,26 @@ impl FrameLimits {
         }
     }
 
-    /// Whether `frame` should be handled (`Ok(false)`: dropped silently, a coalesced repeat).
-    /// Over a rate it is refused with `rate_limited`; too many refusals close the socket.
+    /// Counts any frame that arrived (text or binary, before it is decoded) against the
+    /// frame rate: over it, the frame is refused with `rate_limited`, and too many refusals
+    /// in a row close the socket.
+    pub fn admit_frame(&self, close: &CloseSignal) -> Result<()> {
+        self.admit_frame_at(close, Instant::now())
+    }
+
+    fn admit_frame_at(&self, close: &CloseSignal, now: Instant) -> Result<()> {
+        let Ok(mut state) = self.state.lock() else {
+            return Ok(());
+        };
+        match state.frames.take(now) {
+            Ok(()) => Ok(()),
+            Err(wait) => refused(&mut state, close, wait),
+        }
+    }
+
+    /// Whether a decoded frame (already counted by `admit_frame`) should be handled
+    /// (`Ok(false)`: dropped silently, a coalesced repeat). Over the rate of its kind it is
+    /// refused with `rate_limited`; too many refusals in a row close the socket.
     pub fn admit(&self, frame: &Inbound, close: &CloseSignal) -> Result<bool> {
         self.admit_at(frame, close, Instant::now())
     }
@@ -141,24 +184,21 @@ impl FrameLimits {
         let Ok(mut state) = self.state.lock() else {
             return Ok(true);
         };
-        let refused = |state: &mut State, wait: Duration| {
-            state.refusals += 1;
-            if state.refusals > MAX_REFUSALS {
-                close.close(CloseReason::RateLimited);
+        let bucket = match frame {
+            Inbound::Message(_) | Inbound::ChannelMessage(_) | Inbound::CallRequest(_) => {
+                Some(&mut state.messages)
             }
-            Err(Error::TooManyRequests {
-                retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
-            })
+            // What others are sent without being stored: limited per sender here, and per
+            // recipient socket by its writer.
+            Inbound::TypingIndicator(_) | Inbound::PresenceUpdate(_) | Inbound::CallResponse(_) => {
+                Some(&mut state.ephemeral)
+            }
+            _ => None,
         };
-        if let Err(wait) = state.frames.take(now) {
-            return refused(&mut state, wait);
+        if let Some(Err(wait)) = bucket.map(|b| b.take(now)) {
+            return refused(&mut state, close, wait).map(|()| false);
         }
         match frame {
-            Inbound::Message(_) | Inbound::ChannelMessage(_) | Inbound::CallRequest(_) => {
-                if let Err(wait) = state.messages.take(now) {
-                    return refused(&mut state, wait);
-                }
-            }
             Inbound::TypingIndicator(t) => {
                 let repeat = state
                     .typing
@@ -190,6 +230,17 @@ impl FrameLimits {
         state.refusals = 0;
         Ok(true)
     }
+}
+
+/// Counts a refusal (closing the socket after too many in a row) and says when to retry.
+fn refused(state: &mut State, close: &CloseSignal, wait: Duration) -> Result<()> {
+    state.refusals += 1;
+    if state.refusals > MAX_REFUSALS {
+        close.close(CloseReason::RateLimited);
+    }
+    Err(Error::TooManyRequests {
+        retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+    })
 }
 
 #[cfg(test)]
@@ -263,13 +314,39 @@ mod tests {
         let limits = FrameLimits::new(&config("1", "1"));
         let close = CloseSignal::default();
         let now = Instant::now();
-        let heartbeat = decode(r#"{"type":"heartbeat"}"#).expect("frame");
         for _ in 0..2 {
-            assert!(limits.admit_at(&heartbeat, &close, now).expect("burst"));
+            limits.admit_frame_at(&close, now).expect("burst");
         }
         for _ in 0..=MAX_REFUSALS {
-            assert!(limits.admit_at(&heartbeat, &close, now).is_err());
+            assert!(limits.admit_frame_at(&close, now).is_err());
         }
         assert!(close.is_closed());
+    }
+
+    #[test]
+    fn alternating_typing_is_limited_per_sender() {
+        let limits = FrameLimits::new(
+            &Config::from_lookup(|k| (k == "WS_EPHEMERAL_PER_SECOND").then(|| "5".into()))
+                .expect("config"),
+        );
+        let close = CloseSignal::default();
+        let now = Instant::now();
+        let typing = |on: bool| {
+            decode(&format!(
+                r#"{{"type":"typing_indicator","payload":{{"conversationId":"{}","isTyping":{on}}}}}"#,
+                uuid::Uuid::nil()
+            ))
+            .expect("frame")
+        };
+        // Changes of state are not repeats, but still only a burst of twice the rate passes.
+        let passed = (0..20)
+            .filter(|n| limits.admit_at(&typing(n % 2 == 0), &close, now).is_ok())
+            .count();
+        assert_eq!(passed, 10);
+        assert!(
+            limits
+                .admit_at(&typing(true), &close, now + Duration::from_secs(1))
+                .is_ok()
+        );
     }
 }

@@ -41,9 +41,10 @@ pub async fn upgrade(
         .or_else(|| query.as_deref().and_then(token_param))
         .ok_or(Error::Unauthorized)?;
     let claims = auth::authenticate(&state, token).await?;
-    if state.hub.user_socket_count(claims.user_id) >= state.config.max_sockets_per_user {
-        return Err(Error::TooManyRequests { retry_after: 10 });
-    }
+    // Taken now and held by the session; dropped (given back) if the upgrade fails.
+    let slot = (state.hub)
+        .reserve_socket(claims.user_id, state.config.max_sockets_per_user)
+        .ok_or(Error::TooManyRequests { retry_after: 10 })?;
     let device = query
         .as_deref()
         .and_then(|q| param(q, "device_id").or_else(|| param(q, "deviceId")))
@@ -72,7 +73,7 @@ pub async fn upgrade(
         // tungstenite's 128 KiB defaults would dominate the memory of an idle socket.
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| session::run(state, socket, claims, device, start)))
+        .on_upgrade(move |socket| session::run(state, socket, claims, device, start, slot)))
 }
 
 /// The entry after `bearer` in the `Sec-WebSocket-Protocol` list(s).

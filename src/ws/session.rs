@@ -25,7 +25,7 @@ use crate::{
     domain::{self, messages::Submitted},
     error::{Error, Result},
     events::Event,
-    hub::{self, CloseReason, CloseSignal, Outgoing},
+    hub::{self, CloseReason, CloseSignal, EphemeralSlots, Outgoing, SocketSlot},
     model::{MessageId, Presence, UserId, now},
 };
 
@@ -76,17 +76,22 @@ impl Socket {
     }
 }
 
+/// Runs a socket until it closes; `_slot` (one of the user's socket slots, taken before the
+/// upgrade) is given back when it returns.
 pub async fn run(
     state: AppState,
     socket: WebSocket,
     claims: TokenClaims,
     device: i64,
     start: StartFrom,
+    _slot: SocketSlot,
 ) {
     let user = claims.user_id;
     let (queue, queue_rx) = mpsc::channel(state.config.ws_queue_len);
     let close = Arc::new(CloseSignal::default());
-    let (socket_id, first) = state.hub.attach(user, queue.clone(), close.clone());
+    let ephemeral = Arc::new(EphemeralSlots::default());
+    let (socket_id, first) =
+        (state.hub).attach(user, queue.clone(), ephemeral.clone(), close.clone());
     // Security: revoking the session (logout, refresh token reuse) closes this socket.
     let _session = (state.hub).track_session(claims.session_id, socket_id, close.clone());
     let (sink, stream) = socket.split();
@@ -97,6 +102,7 @@ pub async fn run(
     let writer = Writer {
         sink,
         queue: queue_rx,
+        ephemeral,
         close: close.clone(),
         state: state.clone(),
         user,
@@ -154,13 +160,23 @@ async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<We
             Err(_) => return socket.close.close(CloseReason::Idle),
             Ok(None) => return,
             Ok(Some(Err(e))) => {
-                if is_too_big(e) {
-                    socket.close.close(CloseReason::TooBig);
+                if let Some(reason) = close_reason(e) {
+                    socket.close.close(reason);
                 }
                 return;
             }
             Ok(Some(Ok(message))) => message,
         };
+        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+            // Counted before decoding: binary and undecodable frames are frames too.
+            if let Err(e) = socket.limits.admit_frame(&socket.close) {
+                socket.reply(&Event::Error {
+                    code: e.code(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        }
         match message {
             Message::Text(text) => {
                 // Boxed: a future holds the state of its largest branch for as long as it
@@ -272,10 +288,12 @@ async fn ack_in_order(
     }
 }
 
-/// Whether a read failed because the client sent a frame above the configured maximum.
-fn is_too_big(error: axum::Error) -> bool {
-    error
-        .into_inner()
-        .downcast_ref::<tungstenite::Error>()
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+/// The close code a failed read calls for: a frame above the configured maximum (1009), a
+/// text frame that is not UTF-8 (1007); `None` when the connection itself broke.
+fn close_reason(error: axum::Error) -> Option<CloseReason> {
+    match error.into_inner().downcast_ref::<tungstenite::Error>()? {
+        tungstenite::Error::Capacity(_) => Some(CloseReason::TooBig),
+        tungstenite::Error::Utf8(_) => Some(CloseReason::InvalidData),
+        _ => None,
+    }
 }

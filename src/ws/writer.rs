@@ -1,6 +1,7 @@
 //! A socket's writer: catches the socket up from the user's inbox, then drains its bounded
 //! queue in order, writing inbox events exactly once and in number order (fetching any it
-//! missed), pinging, and closing with the right code.
+//! missed), writes the latest ephemeral frames (typing, presence...) at a bounded rate when
+//! the queue leaves it time, pings, and closes with the right code.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,11 +12,12 @@ use tokio::{
     time::{Instant, sleep_until, timeout},
 };
 
+use super::limits::Bucket;
 use crate::{
     AppState,
     error::Result,
     events::Event,
-    hub::{CloseReason, CloseSignal, Frame, Outgoing},
+    hub::{CloseReason, CloseSignal, EphemeralSlots, Frame, Outgoing},
     model::UserId,
 };
 
@@ -44,6 +46,7 @@ pub enum StartFrom {
 pub struct Writer {
     pub sink: SplitSink<WebSocket, Message>,
     pub queue: mpsc::Receiver<Outgoing>,
+    pub ephemeral: Arc<EphemeralSlots>,
     pub close: Arc<CloseSignal>,
     pub state: AppState,
     pub user: UserId,
@@ -63,6 +66,9 @@ struct Progress {
     written: Vec<i64>,
     /// Inbox events flushed that the delivery queue had no room for yet.
     unreported: Vec<i64>,
+    /// Inbox events up to this number were already reported by this socket: written again (a
+    /// `sync`), they are not reported again.
+    reported_upto: i64,
 }
 
 impl Writer {
@@ -71,6 +77,7 @@ impl Writer {
             last_sent: 0,
             written: Vec::new(),
             unreported: Vec::new(),
+            reported_upto: 0,
         };
         let mut reason = match Box::pin(self.catch_up(&mut progress, start)).await {
             Ok(()) => None,
@@ -78,6 +85,12 @@ impl Writer {
         };
         let mut ping = tokio::time::interval(self.state.config.ws_ping_interval);
         ping.reset();
+        // Per recipient: ephemeral frames are written at this rate at most; the rest wait in
+        // their slots, where newer states replace older ones.
+        let rate = self.state.config.ws_ephemeral_delivered_per_second;
+        let mut budget = Bucket::new(rate, std::time::Instant::now());
+        // Set while ephemeral frames wait for the budget to refill.
+        let mut ephemeral_at: Option<Instant> = None;
         while reason.is_none() {
             let step = tokio::select! {
                 biased;
@@ -90,6 +103,13 @@ impl Writer {
                     Some(item) => Box::pin(self.write_batch(&mut progress, item)).await.map_err(|s| self.stop_reason(s)),
                     None => Err(CloseReason::PeerGone),
                 },
+                // Durable frames first (above); ephemeral ones when the queue is empty.
+                () = self.ephemeral.ready(), if ephemeral_at.is_none() => {
+                    Box::pin(self.write_ephemeral(&mut budget)).await.map(|at| ephemeral_at = at).map_err(|s| self.stop_reason(s))
+                }
+                () = sleep_until(ephemeral_at.unwrap_or_else(Instant::now)), if ephemeral_at.is_some() => {
+                    Box::pin(self.write_ephemeral(&mut budget)).await.map(|at| ephemeral_at = at).map_err(|s| self.stop_reason(s))
+                }
                 _ = ping.tick() => Box::pin(self.send(Message::Ping(Default::default()))).await.map_err(|s| self.stop_reason(s)),
             };
             reason = step.err();
@@ -117,6 +137,26 @@ impl Writer {
         .await;
     }
 
+    /// Writes the ephemeral frames waiting, as many as the budget allows; returns when to come
+    /// back for the rest, if some are left.
+    async fn write_ephemeral(&mut self, budget: &mut Bucket) -> Result<Option<Instant>, Stop> {
+        let allowed = budget.take_up_to(WRITE_BATCH, std::time::Instant::now());
+        let frames = self.ephemeral.take(allowed);
+        // Tokens not used go back: the budget counts frames written, not wake-ups.
+        budget.give_back(allowed - frames.len());
+        if !frames.is_empty() {
+            for frame in frames {
+                self.feed(frame).await?;
+            }
+            let close = self.close.clone();
+            tokio::select! {
+                result = self.sink.flush() => result.map_err(|_| Stop::Peer)?,
+                _ = close.closed() => return Err(Stop::Peer),
+            }
+        }
+        Ok((!self.ephemeral.is_empty()).then(|| Instant::now() + budget.wait_for_one()))
+    }
+
     /// Writes whatever is queued, without waiting for more.
     async fn drain(&mut self, progress: &mut Progress) {
         while let Ok(item) = self.queue.try_recv() {
@@ -134,22 +174,28 @@ impl Writer {
         }
     }
 
-    /// Writes the inbox events `start` calls for, up to the inbox's current end.
+    /// Writes the inbox events `start` calls for, up to the inbox's current end, but only
+    /// among the latest `WS_CATCH_UP_MAX`: a connect or `sync` reads a bounded part of the
+    /// inbox however far behind (or at 0) it starts. Older events stay in the history (REST).
     async fn catch_up(&mut self, progress: &mut Progress, start: StartFrom) -> Result<(), Stop> {
         let head = self.store(self.state.store.inbox_head(self.user)).await?;
+        let window_start = (head - self.state.config.ws_catch_up_max).max(0);
         match start {
             StartFrom::Cursor(since) => {
-                self.write_inbox(progress, since.max(0), head, false)
+                self.write_inbox(progress, since.max(window_start), head, false)
                     .await?
             }
             StartFrom::Undelivered { live_after } => {
                 let old = live_after.clamp(0, head);
-                self.write_inbox(progress, 0, old, true).await?;
-                self.write_inbox(progress, old, head, false).await?;
+                self.write_inbox(progress, window_start.min(old), old, true)
+                    .await?;
+                self.write_inbox(progress, old.max(window_start), head, false)
+                    .await?;
             }
         }
         // Later events arrive through the queue (or are fetched when one is missing).
         progress.last_sent = head;
+        progress.reported_upto = progress.reported_upto.max(head);
         Ok(())
     }
 
@@ -176,7 +222,11 @@ impl Writer {
             for entry in &entries {
                 let frame = Event::inbox(&entry.message, entry.seq, entry.kind).encode();
                 self.feed(frame).await?;
-                progress.written.push(entry.seq);
+                // Written again by a `sync`: already reported, and marking it delivered again
+                // would only cost the store a lookup per event.
+                if entry.seq > progress.reported_upto {
+                    progress.written.push(entry.seq);
+                }
             }
             self.flush(progress).await?;
             after = last;
@@ -208,6 +258,7 @@ impl Writer {
                         progress.written.push(seq);
                     }
                     progress.last_sent = seq;
+                    progress.reported_upto = progress.reported_upto.max(seq);
                 }
                 Outgoing::Resync { since } => {
                     self.flush(progress).await?;
@@ -220,6 +271,7 @@ impl Writer {
                         let after = progress.last_sent;
                         Box::pin(self.write_inbox(progress, after, head, false)).await?;
                         progress.last_sent = head;
+                        progress.reported_upto = progress.reported_upto.max(head);
                     }
                 }
             }
