@@ -6,7 +6,7 @@ use common::{Engine, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{
-    client::IntoClientRequest, protocol::frame::coding::CloseCode,
+    Message, client::IntoClientRequest, protocol::frame::coding::CloseCode,
 };
 
 scenarios!(
@@ -20,6 +20,7 @@ scenarios!(
     a_bad_token_is_refused_before_the_upgrade,
     token_in_authorization_header_is_accepted,
     an_oversized_frame_closes_the_socket_with_1009,
+    a_text_frame_that_is_not_utf8_closes_the_socket_with_1007,
     a_socket_is_closed_when_its_token_expires,
 );
 
@@ -369,6 +370,24 @@ async fn an_oversized_frame_closes_the_socket_with_1009(engine: Engine) {
     // Other sockets of the same user are unaffected.
     let mut other = app.ws(&alice).await;
     other.expect_quiet().await;
+}
+
+async fn a_text_frame_that_is_not_utf8_closes_the_socket_with_1007(engine: Engine) {
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let mut ws = app.ws(&alice).await;
+    // RFC 6455 §8.1: a text frame must be UTF-8; 0xC3 0x28 is not.
+    let invalid = Frame::message(vec![b'{', 0xC3, 0x28, b'}'], OpCode::Data(Data::Text), true);
+    ws.send_message(Message::Frame(invalid))
+        .await
+        .expect("sent");
+    assert_eq!(ws.closed().await, Some(CloseCode::Invalid));
+    // Other sockets of the same user are unaffected.
+    app.ws(&alice).await.expect_quiet().await;
 }
 
 async fn a_socket_is_closed_when_its_token_expires(engine: Engine) {

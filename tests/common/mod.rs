@@ -368,6 +368,15 @@ impl WsClient {
             .expect("send frame");
     }
 
+    /// Sends any WebSocket message as is (binary, or a raw frame the client would refuse to
+    /// build, such as a text frame that is not UTF-8).
+    pub async fn send_message(
+        &mut self,
+        message: Message,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.stream.send(message).await
+    }
+
     /// The next frame `{type, payload}` from the server, within `WAIT`.
     pub async fn recv(&mut self) -> Value {
         loop {
@@ -412,6 +421,8 @@ impl WsClient {
     /// Proves that nothing but presence changes and delivery receipts was queued for this
     /// socket so far: a heartbeat
     /// goes through the same queue, so its answer comes after anything queued before it.
+    /// Ephemeral frames (typing, presence, unanswered calls, channel posts) do not use that
+    /// queue and may come after the answer.
     pub async fn expect_quiet(&mut self) {
         self.send(
             "heartbeat",
