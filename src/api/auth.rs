@@ -77,7 +77,7 @@ pub async fn register(
     tag = "auth",
     summary = "Log in",
     request_body(content = Value, description = "{email, password}", example = json!({"email": "ada@example.com", "password": "correct horse"})),
-    responses((status = 200, description = "{token, user}", body = Value), (status = 401, description = "unknown email or wrong password (empty body)"))
+    responses((status = 200, description = "{token, user}", body = Value), (status = 401, description = "unknown email or wrong password (empty body)"), (status = 429, description = "too many failed logins for this account from this address, or too many requests from it", body = Value))
 )]
 pub async fn login(
     State(state): State<AppState>,
@@ -91,12 +91,13 @@ pub async fn login(
 }
 
 /// `{refresh_token}` → new tokens; the presented refresh token is used up. A second use of
-/// the same refresh token revokes the session (401).
+/// the same refresh token revokes the session (401), unless it is a retry within
+/// `REFRESH_REUSE_GRACE` while the new pair is unused: that pair is answered again.
 #[utoipa::path(
     post,
     path = "/auth/refresh",
     tag = "auth",
-    summary = "Trade a refresh token for new tokens (rotation; reuse revokes the session)",
+    summary = "Trade a refresh token for new tokens (rotation; reuse revokes the session, but a retry within a few seconds gets the same pair)",
     request_body(content = Value, description = "{refresh_token}"),
     responses((status = 200, description = "{token, refresh_token, token_type, expires_in, user}", body = Value), (status = 401, description = "unknown, expired or reused refresh token (empty body)"), (status = 429, description = "too many attempts from this address", body = Value))
 )]
