@@ -143,8 +143,43 @@ pub const SETTINGS: &[Setting] = &[
     ),
     setting(
         "LOGIN_RATE_PER_ACCOUNT_PER_MINUTE",
-        "30",
-        "login attempts per account and minute",
+        "200",
+        "failed logins per account and minute, from all addresses together (also the burst)",
+    ),
+    setting(
+        "LOGIN_FAILURES_PER_ADDRESS",
+        "20",
+        "failed logins in a row for one account from one client address before 429 (then one a minute; a success resets)",
+    ),
+    setting(
+        "TRUSTED_PROXIES",
+        "(none)",
+        "comma-separated addresses or CIDRs of reverse proxies trusted to name the client (per-address limits use that address)",
+    ),
+    setting(
+        "TRUSTED_PROXY_HEADER",
+        "x-forwarded-for",
+        "the header trusted proxies append the client address to: x-forwarded-for or forwarded (RFC 7239)",
+    ),
+    setting(
+        "WRITE_RATE_PER_USER_PER_MINUTE",
+        "600",
+        "REST writes (POST, PUT, DELETE) per signed-in user and minute (also the burst)",
+    ),
+    setting(
+        "LOOKUP_RATE_PER_USER_PER_MINUTE",
+        "300",
+        "user searches and find-by-email lookups per signed-in user and minute (also the burst)",
+    ),
+    setting(
+        "REFRESH_REUSE_GRACE",
+        "10",
+        "seconds a used refresh token still returns the pair it was traded for (a retry after a lost response); 0: never",
+    ),
+    setting(
+        "CALL_MAX_SILENCE",
+        "60",
+        "seconds an active call lasts with neither party connected",
     ),
     setting(
         "MAX_SOCKETS_PER_USER",
@@ -233,6 +268,15 @@ pub fn settings_help() -> String {
     out
 }
 
+/// The header trusted reverse proxies append the client address to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, ...`
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`
+    Forwarded,
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -285,8 +329,22 @@ pub struct Config {
     pub refresh_token_ttl: Duration,
     /// Register, login and refresh requests per client IP and minute (also the burst).
     pub login_rate_per_minute: u32,
-    /// Login attempts per account (email) and minute (also the burst).
+    /// Failed logins per account (email) and minute, from all addresses (also the burst).
     pub login_rate_per_account_per_minute: u32,
+    /// Failed logins in a row for one account from one client address before 429.
+    pub login_failures_per_address: u32,
+    /// Peers whose forwarded header names the client (none: the peer is the client).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which header those proxies write; the other one is client-controlled and ignored.
+    pub trusted_proxy_header: ForwardedHeader,
+    /// REST writes per signed-in user and minute (also the burst).
+    pub write_rate_per_user_per_minute: u32,
+    /// User searches and find-by-email lookups per signed-in user and minute (also the burst).
+    pub lookup_rate_per_user_per_minute: u32,
+    /// How long a used refresh token still answers the pair it was traded for.
+    pub refresh_reuse_grace: Duration,
+    /// An active call with neither party connected for this long ends.
+    pub call_max_silence: Duration,
     /// Sockets one user may have open at once on this node.
     pub max_sockets_per_user: usize,
     /// Frames of any type a socket may send per second (twice that as a burst).
@@ -411,8 +469,26 @@ impl Config {
             login_rate_per_account_per_minute: small(
                 &get,
                 "LOGIN_RATE_PER_ACCOUNT_PER_MINUTE",
-                30,
+                200,
             )?,
+            login_failures_per_address: small(&get, "LOGIN_FAILURES_PER_ADDRESS", 20)?,
+            trusted_proxies: trusted_proxies(get("TRUSTED_PROXIES").as_deref())?,
+            trusted_proxy_header: match get("TRUSTED_PROXY_HEADER")
+                .map(|h| h.trim().to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("x-forwarded-for") => ForwardedHeader::XForwardedFor,
+                Some("forwarded") => ForwardedHeader::Forwarded,
+                Some(other) => {
+                    bail!(
+                        "TRUSTED_PROXY_HEADER must be x-forwarded-for or forwarded, not {other:?}"
+                    )
+                }
+            },
+            write_rate_per_user_per_minute: small(&get, "WRITE_RATE_PER_USER_PER_MINUTE", 600)?,
+            lookup_rate_per_user_per_minute: small(&get, "LOOKUP_RATE_PER_USER_PER_MINUTE", 300)?,
+            refresh_reuse_grace: Duration::from_secs(parse(&get, "REFRESH_REUSE_GRACE", "10")?),
+            call_max_silence: Duration::from_secs(positive(&get, "CALL_MAX_SILENCE", 60)?),
             max_sockets_per_user: positive(&get, "MAX_SOCKETS_PER_USER", 32)? as usize,
             ws_frames_per_second: small(&get, "WS_FRAMES_PER_SECOND", 200)?,
             ws_messages_per_second: small(&get, "WS_MESSAGES_PER_SECOND", 100)?,
@@ -527,6 +603,47 @@ impl Config {
                 self.login_rate_per_account_per_minute.to_string(),
             ),
             (
+                "LOGIN_FAILURES_PER_ADDRESS",
+                self.login_failures_per_address.to_string(),
+            ),
+            (
+                "TRUSTED_PROXIES",
+                if self.trusted_proxies.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    let nets: Vec<String> = self
+                        .trusted_proxies
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    nets.join(",")
+                },
+            ),
+            (
+                "TRUSTED_PROXY_HEADER",
+                match self.trusted_proxy_header {
+                    ForwardedHeader::XForwardedFor => "x-forwarded-for",
+                    ForwardedHeader::Forwarded => "forwarded",
+                }
+                .to_owned(),
+            ),
+            (
+                "WRITE_RATE_PER_USER_PER_MINUTE",
+                self.write_rate_per_user_per_minute.to_string(),
+            ),
+            (
+                "LOOKUP_RATE_PER_USER_PER_MINUTE",
+                self.lookup_rate_per_user_per_minute.to_string(),
+            ),
+            (
+                "REFRESH_REUSE_GRACE",
+                self.refresh_reuse_grace.as_secs().to_string(),
+            ),
+            (
+                "CALL_MAX_SILENCE",
+                self.call_max_silence.as_secs().to_string(),
+            ),
+            (
                 "MAX_SOCKETS_PER_USER",
                 self.max_sockets_per_user.to_string(),
             ),
@@ -602,6 +719,20 @@ fn origins(raw: Option<&str>, env: AppEnv) -> anyhow::Result<Vec<String>> {
         out.push(origin.to_owned());
     }
     Ok(out)
+}
+
+/// `TRUSTED_PROXIES`: comma-separated CIDRs (`10.0.0.0/8`) or single addresses (`10.0.0.2`).
+fn trusted_proxies(raw: Option<&str>) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    raw.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| anyhow::anyhow!("TRUSTED_PROXIES: {p:?} is not an address or a CIDR"))
+        })
+        .collect()
 }
 
 /// Hides the password of `scheme://user:password@host/...`.
@@ -792,5 +923,19 @@ mod tests {
         assert_eq!(c.retention_messages, None);
         assert_eq!(c.retention_calls, Some(Duration::from_secs(2 * 86_400)));
         assert!(config(&[("LOGIN_RATE_PER_MINUTE", "0")]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let c =
+            config(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1 ,::1,fd00::/8")]).expect("valid");
+        let nets: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "::1/128", "fd00::/8"]);
+        assert!(config(&[]).expect("valid").trusted_proxies.is_empty());
+        assert!(config(&[("TRUSTED_PROXIES", "10.0.0.0/33")]).is_err());
+        assert!(config(&[("TRUSTED_PROXIES", "nginx")]).is_err());
+        assert!(config(&[("TRUSTED_PROXY_HEADER", "x-real-ip")]).is_err());
+        let c = config(&[("TRUSTED_PROXY_HEADER", "Forwarded")]).expect("valid");
+        assert_eq!(c.trusted_proxy_header, ForwardedHeader::Forwarded);
     }
 }

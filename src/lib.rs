@@ -55,8 +55,16 @@ pub struct App {
     pub key_fetches: RateLimiter,
     /// Register, login and refresh requests per client IP.
     pub auth_by_ip: RateLimiter<IpAddr>,
-    /// Login attempts per account (normalized email, or user id for re-authentication).
+    /// Failed logins per account (normalized email, or user id for re-authentication), from
+    /// every address together: a ceiling far above `login_failures`, so that the owner, on
+    /// another address, is locked out only by a flood from many addresses.
     pub auth_by_account: RateLimiter<String>,
+    /// Failed logins in a row per (account, client address); a success resets the pair.
+    pub login_failures: RateLimiter<(String, Option<IpAddr>)>,
+    /// REST writes per signed-in user.
+    pub writes: RateLimiter,
+    /// User searches and find-by-email lookups per signed-in user.
+    pub lookups: RateLimiter,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
     /// Checked by `/ready` when `REDIS_URL` is set.
@@ -105,6 +113,10 @@ impl App {
             key_fetches: RateLimiter::new(config.key_fetch_per_minute),
             auth_by_ip: RateLimiter::new(config.login_rate_per_minute),
             auth_by_account: RateLimiter::new(config.login_rate_per_account_per_minute),
+            // After the burst, one more guess a minute per pair.
+            login_failures: RateLimiter::with_burst(config.login_failures_per_address, 1),
+            writes: RateLimiter::new(config.write_rate_per_user_per_minute),
+            lookups: RateLimiter::new(config.lookup_rate_per_user_per_minute),
             shutdown: CancellationToken::new(),
             store,
             config,

@@ -204,15 +204,28 @@ pub fn error(code: &'static str) {
     counter!("kisse_errors_total", "code" => code).increment(1);
 }
 
+/// `method` is the request's, as sent: any token is a valid method, so anything but the
+/// standard ones is counted as `other` (a client must not create series at will).
 pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
-    let (method, route) = (method.to_owned(), route.to_owned());
+    let method = http_method_label(method);
+    let route = route.to_owned();
     counter!(
         "kisse_http_requests_total",
-        "method" => method.clone(),
+        "method" => method,
         "route" => route.clone(),
         "status" => status.to_string()
     )
     .increment(1);
     histogram!("kisse_http_request_duration_seconds", "method" => method, "route" => route)
         .record(elapsed.as_secs_f64());
+}
+
+fn http_method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
 }

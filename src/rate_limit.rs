@@ -1,6 +1,6 @@
 //! A small in-memory token bucket per key (a user, an IP address, an email). Enough for a
 //! single node; it slows down a caller who harvests prekey bundles (each fetch uses up one of
-//! the target's one-time prekeys) or guesses passwords.
+//! the target's one-time prekeys), guesses passwords, or floods the API with writes.
 
 use std::{
     hash::Hash,
@@ -23,19 +23,40 @@ struct Bucket {
 
 #[derive(Debug)]
 pub struct RateLimiter<K: Eq + Hash = UserId> {
-    /// Burst size, and tokens regained per minute.
+    /// Tokens a full bucket holds (the burst).
+    burst: f64,
+    /// Tokens regained per minute.
     per_minute: f64,
     buckets: DashMap<K, Bucket>,
     checks: AtomicU64,
 }
 
 impl<K: Eq + Hash> RateLimiter<K> {
+    /// `per_minute` tokens a minute, and as many at once.
     pub fn new(per_minute: u32) -> Self {
+        Self::with_burst(per_minute, per_minute)
+    }
+
+    /// Up to `burst` tokens at once, regained at `per_minute`.
+    pub fn with_burst(burst: u32, per_minute: u32) -> Self {
         Self {
+            burst: f64::from(burst.max(1)),
             per_minute: f64::from(per_minute.max(1)),
             buckets: DashMap::new(),
             checks: AtomicU64::new(0),
         }
+    }
+
+    /// Gives back a token taken for `key` (the attempt turned out not to count).
+    pub fn refund(&self, key: &K) {
+        if let Some(mut bucket) = self.buckets.get_mut(key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
+        }
+    }
+
+    /// Fills `key`'s bucket again (e.g. failed logins stop counting after a success).
+    pub fn forget(&self, key: &K) {
+        self.buckets.remove(key);
     }
 
     /// Takes one token for `user`, or says how long to wait for the next one.
@@ -54,10 +75,10 @@ impl<K: Eq + Hash> RateLimiter<K> {
     fn check_at(&self, user: K, now: Instant) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
             self.buckets
-                .retain(|_, bucket| self.refilled(*bucket, now) < self.per_minute);
+                .retain(|_, bucket| self.refilled(*bucket, now) < self.burst);
         }
         let mut bucket = self.buckets.entry(user).or_insert(Bucket {
-            tokens: self.per_minute,
+            tokens: self.burst,
             at: now,
         });
         let tokens = self.refilled(*bucket, now);
@@ -76,7 +97,7 @@ impl<K: Eq + Hash> RateLimiter<K> {
 
     fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        (bucket.tokens + elapsed * self.per_minute / 60.0).min(self.per_minute)
+        (bucket.tokens + elapsed * self.per_minute / 60.0).min(self.burst)
     }
 }
 
@@ -107,6 +128,25 @@ mod tests {
                 .check_at(alice, start + Duration::from_secs(1))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_burst_can_exceed_the_rate_and_refunds_and_resets_give_tokens_back() {
+        let limiter = RateLimiter::with_burst(3, 1);
+        let alice = UserId(Uuid::new_v4());
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.check_at(alice, start).is_ok());
+        }
+        let wait = limiter.check_at(alice, start).expect_err("burst used up");
+        assert!(wait > Duration::from_secs(59) && wait <= Duration::from_secs(60));
+        limiter.refund(&alice);
+        assert!(limiter.check_at(alice, start).is_ok());
+        assert!(limiter.check_at(alice, start).is_err());
+        limiter.forget(&alice);
+        for _ in 0..3 {
+            assert!(limiter.check_at(alice, start).is_ok());
+        }
     }
 
     #[test]

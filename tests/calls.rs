@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Engine, TestApp, TestUser, WsClient};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -15,6 +17,8 @@ scenarios!(
     an_unanswered_call_becomes_missed_after_the_timeout,
     a_socket_only_call_rings_with_the_app_id,
     a_third_user_cannot_touch_or_see_a_call,
+    an_active_call_whose_parties_both_left_ends_after_the_silence,
+    another_pair_reusing_a_call_id_cannot_touch_the_call,
 );
 
 /// `POST /api/calls` from `caller`, then the app's WebSocket `call_request` with its own id.
@@ -309,4 +313,122 @@ async fn a_third_user_cannot_touch_or_see_a_call(engine: Engine) {
     ] {
         assert_eq!(app.post("/api/calls", &alice.token, body).await.0, expected);
     }
+}
+
+/// Both apps vanished (killed, out of coverage) during a call: nobody will say `end`. After
+/// `CALL_MAX_SILENCE` without a socket of either, the call ends, and they can call again.
+async fn an_active_call_whose_parties_both_left_ends_after_the_silence(engine: Engine) {
+    let app = TestApp::spawn_with(engine, &[("CALL_MAX_SILENCE", "1")]).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
+    a.send(
+        "call_request",
+        json!({"recipientId": bob.id, "callType": "audio", "callId": "700"}),
+    )
+    .await;
+    b.expect("call_request_full").await;
+    b.send(
+        "call_response",
+        json!({"callId": "700", "response": "accept"}),
+    )
+    .await;
+    assert_eq!(a.expect("call_response_full").await["response"], "accept");
+    // One party still connected: the call goes on past the silence.
+    a.close().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, active) = app.get("/api/calls/active", &alice.token).await;
+    assert_eq!(active["status"], "active", "bob is still there");
+    b.close().await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, active) = app.get("/api/calls/active", &alice.token).await;
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still live: {active}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, history) = app.get("/api/calls/history", &bob.token).await;
+    assert_eq!(history[0]["status"], "ended");
+    assert!(history[0]["ended_at"].is_string());
+    // Neither is busy any more.
+    let (status, call) = app
+        .post(
+            "/api/calls",
+            &bob.token,
+            json!({"recipient_id": alice.id, "call_type": "video"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{call}");
+}
+
+/// App call ids are the caller's clock in milliseconds: another pair may pick the same one.
+/// It must not shadow the call going on, nor let a third party answer it.
+async fn another_pair_reusing_a_call_id_cannot_touch_the_call(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let dave = app.register("dave").await;
+    let (mut a, mut b, mut c, mut d) = (
+        app.ws(&alice).await,
+        app.ws(&bob).await,
+        app.ws(&carol).await,
+        app.ws(&dave).await,
+    );
+    let id = "1732480000123";
+    a.send(
+        "call_request",
+        json!({"recipientId": bob.id, "callType": "audio", "callId": id}),
+    )
+    .await;
+    b.expect("call_request_full").await;
+
+    // Carol calls bob under the same id: refused, nothing recorded under it.
+    c.send(
+        "call_request",
+        json!({"recipientId": bob.id, "callType": "audio", "callId": id}),
+    )
+    .await;
+    assert_eq!(c.expect("error").await["code"], "call_id_taken");
+    assert_eq!(
+        app.get("/api/calls/history", &carol.token).await.1,
+        json!([])
+    );
+    // Nor can she end it by that id.
+    c.send("call_response", json!({"callId": id, "response": "end"}))
+        .await;
+    assert_eq!(c.expect("error").await["code"], "not_found");
+
+    // Bob answers the call he was rung for, by its id: it is alice's.
+    b.send("call_response", json!({"callId": id, "response": "accept"}))
+        .await;
+    let answer = a.expect("call_response_full").await;
+    assert_eq!(
+        (answer["callId"].as_str(), answer["response"].as_str()),
+        (Some(id), Some("accept"))
+    );
+    let (_, active) = app.get("/api/calls/active", &bob.token).await;
+    assert_eq!(
+        (active["caller_id"].as_str(), active["status"].as_str()),
+        (Some(alice.id.as_str()), Some("active"))
+    );
+
+    // The same id between two other people is their own call.
+    c.send(
+        "call_request",
+        json!({"recipientId": dave.id, "callType": "video", "callId": id}),
+    )
+    .await;
+    assert_eq!(d.expect("call_request_full").await["callId"], id);
+    d.send("call_response", json!({"callId": id, "response": "reject"}))
+        .await;
+    assert_eq!(c.expect("call_response_full").await["response"], "reject");
+    let (_, active) = app.get("/api/calls/active", &alice.token).await;
+    assert_eq!(active["status"], "active", "untouched by carol and dave");
 }

@@ -37,21 +37,24 @@ struct Cluster {
 
 /// Starts two nodes on `redis` (the shared one by default), or `None` without PostgreSQL.
 async fn cluster_on(redis: Option<&str>) -> Option<Cluster> {
+    cluster_with(redis, &[]).await
+}
+
+/// `cluster_on`, both nodes with `settings` too.
+async fn cluster_with(redis: Option<&str>, settings: &[(&str, &str)]) -> Option<Cluster> {
     if !Engine::Postgres.available() {
         eprintln!("TEST_DATABASE_URL is not set: cluster tests (PostgreSQL only) not run");
         return None;
     }
     let url = redis.map_or_else(redis_url, str::to_owned);
     let prefix = format!("kt-{}", Uuid::new_v4().simple());
-    let a = TestApp::spawn_with(
-        Engine::Postgres,
-        &[
-            ("REDIS_URL", &url),
-            ("REDIS_PREFIX", &prefix),
-            ("PRESENCE_TTL", TTL),
-        ],
-    )
-    .await;
+    let mut all = vec![
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+        ("PRESENCE_TTL", TTL),
+    ];
+    all.extend_from_slice(settings);
+    let a = TestApp::spawn_with(Engine::Postgres, &all).await;
     let b = a.spawn_node(&[]).await;
     for node in [&a, &b] {
         eventually("the node reaches Redis", || async {
@@ -172,6 +175,45 @@ async fn a_message_crosses_nodes_with_ack_delivery_and_read_receipts() {
     // And back, from B to A.
     let back = send(&mut b, &alice, "text").await;
     assert_eq!(a.expect("message").await["id"], back.as_str());
+}
+
+/// A node sees only its own sockets: an active call whose parties sit on different nodes is
+/// not "abandoned" when one leaves. It ends once neither has a socket on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_call_ends_only_when_both_parties_left_every_node() {
+    let Some(c) = cluster_with(None, &[("CALL_MAX_SILENCE", "1")]).await else {
+        return;
+    };
+    let (alice, bob, _) = alice_and_bob(&c.a).await;
+    let mut a = connect(&c.a, &alice, "").await;
+    let mut b = connect(&c.b, &bob, "").await;
+    a.send(
+        "call_request",
+        json!({"recipientId": bob.id, "callType": "audio", "callId": "silent-1"}),
+    )
+    .await;
+    b.expect("call_request_full").await;
+    b.send(
+        "call_response",
+        json!({"callId": "silent-1", "response": "accept"}),
+    )
+    .await;
+    assert_eq!(a.expect("call_response_full").await["response"], "accept");
+    a.close().await;
+    // Node a has neither party now; bob is on node b.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, active) = c.a.get("/api/calls/active", &alice.token).await;
+    assert_eq!(
+        active["status"], "active",
+        "bob is still there, on the other node"
+    );
+    b.close().await;
+    eventually("the call ends", || async {
+        c.a.get("/api/calls/active", &alice.token).await.0 == StatusCode::NOT_FOUND
+    })
+    .await;
+    let (_, history) = c.b.get("/api/calls/history", &bob.token).await;
+    assert_eq!(history[0]["status"], "ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ scenarios!(
     ready_reports_an_unreachable_redis,
     metrics_move_after_a_message,
     metrics_can_require_a_token,
+    made_up_http_methods_are_counted_as_other,
     openapi_lists_every_route_and_each_one_is_served,
     docs_page_and_its_assets_are_served_locally,
     cors_allows_only_the_configured_origins,
@@ -143,6 +144,26 @@ async fn metrics_move_after_a_message(engine: Engine) {
     assert!(after.contains("kisse_message_delivery_seconds_bucket{"));
     // Labels never carry ids or tokens.
     assert!(!after.contains(&alice.id) && !after.contains(&alice.token));
+}
+
+/// Any token is a valid HTTP method: a client inventing them must not create metric series.
+async fn made_up_http_methods_are_counted_as_other(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let before = metrics_text(&app).await;
+    for method in ["FOO", "BREW-COFFEE"] {
+        let method = Method::from_bytes(method.as_bytes()).expect("a method token");
+        let response = app
+            .http
+            .request(method, app.url("/health"))
+            .send()
+            .await
+            .expect("request");
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
+    let after = metrics_text(&app).await;
+    let others = |text: &str| sample(text, "kisse_http_requests_total", &[("method", "other")]);
+    assert!(others(&after) >= others(&before) + 2.0, "{after}");
+    assert!(!after.contains("FOO") && !after.contains("BREW"), "{after}");
 }
 
 async fn metrics_can_require_a_token(engine: Engine) {

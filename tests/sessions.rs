@@ -13,6 +13,8 @@ use tokio_tungstenite::tungstenite::{
 scenarios!(
     login_answers_refresh_tokens_next_to_the_app_fields,
     refresh_rotates_and_a_reused_token_revokes_the_chain,
+    a_refresh_retried_within_the_grace_gets_the_same_pair,
+    a_refresh_token_reused_after_the_grace_revokes_the_session,
     logout_ends_this_session_and_logout_all_every_session,
     a_password_change_revokes_every_session,
     the_socket_token_may_come_in_a_header_or_the_subprotocol,
@@ -70,7 +72,8 @@ async fn login_answers_refresh_tokens_next_to_the_app_fields(engine: Engine) {
 }
 
 async fn refresh_rotates_and_a_reused_token_revokes_the_chain(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
+    // No grace: any second use is a reuse (the grace has scenarios of its own below).
+    let app = TestApp::spawn_with(engine, &[("REFRESH_REUSE_GRACE", "0")]).await;
     let alice = app.register("alice").await;
     let (_, first) = login(&app, &alice.email, &alice.password).await;
     let r1 = field(&first, "refresh_token");
@@ -108,6 +111,60 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_chain(engine: Engine) {
         .request(Method::POST, "/api/auth/refresh", None, Some(json!({})))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// A client whose refresh answer was lost retries with the same token: within the grace it
+/// gets the very pair it missed, and the session lives on. Once that pair's refresh token has
+/// been used, the old one is a reuse again.
+async fn a_refresh_retried_within_the_grace_gets_the_same_pair(engine: Engine) {
+    let app = TestApp::spawn(engine).await; // the default grace: 10 s
+    let alice = app.register("alice").await;
+    let (_, first) = login(&app, &alice.email, &alice.password).await;
+    let r1 = field(&first, "refresh_token");
+    let (status, lost) = refresh(&app, &r1).await;
+    assert_eq!(status, StatusCode::OK, "{lost}");
+    let (status, retried) = refresh(&app, &r1).await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(retried, lost, "the same answer, tokens included");
+    let (r2, t2) = (field(&retried, "refresh_token"), field(&retried, "token"));
+    assert_eq!(me_status(&app, &t2).await, StatusCode::OK);
+
+    // The session goes on with the pair.
+    let (status, next) = refresh(&app, &r2).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    let t3 = field(&next, "token");
+    assert_eq!(me_status(&app, &t3).await, StatusCode::OK);
+    // r1 again now that its pair was used: not a retry any more. The session is revoked.
+    assert_eq!(refresh(&app, &r1).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_status(&app, &t3).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refresh(&app, &field(&next, "refresh_token")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(me_status(&app, &alice.token).await, StatusCode::OK);
+}
+
+/// The grace is short: a retry inside it is answered, the same token later is a reuse.
+async fn a_refresh_token_reused_after_the_grace_revokes_the_session(engine: Engine) {
+    let app = TestApp::spawn_with(engine, &[("REFRESH_REUSE_GRACE", "3")]).await;
+    let alice = app.register("alice").await;
+    let (_, first) = login(&app, &alice.email, &alice.password).await;
+    let r1 = field(&first, "refresh_token");
+    let (status, second) = refresh(&app, &r1).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(refresh(&app, &r1).await, (StatusCode::OK, second.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let (status, body) = refresh(&app, &r1).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.is_null(), "401 stays empty");
+    assert_eq!(
+        me_status(&app, &field(&second, "token")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        refresh(&app, &field(&second, "refresh_token")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 async fn logout_ends_this_session_and_logout_all_every_session(engine: Engine) {

@@ -62,6 +62,9 @@ impl Running {
             ("WS_FRAMES_PER_SECOND", "1000000"),
             ("LOGIN_RATE_PER_MINUTE", "1000000"),
             ("LOGIN_RATE_PER_ACCOUNT_PER_MINUTE", "1000000"),
+            ("LOGIN_FAILURES_PER_ADDRESS", "1000000"),
+            ("WRITE_RATE_PER_USER_PER_MINUTE", "1000000"),
+            ("LOOKUP_RATE_PER_USER_PER_MINUTE", "1000000"),
             ("MAX_SOCKETS_PER_USER", "1000000"),
         ] {
             if std::env::var_os(key).is_none() {

@@ -1,14 +1,9 @@
 //! `/api/auth`: register, login, refresh, logout, password change, me (and its deletion).
 
-use std::net::{IpAddr, SocketAddr};
-
-use axum::{
-    extract::{ConnectInfo, FromRequestParts, State},
-    http::{StatusCode, request::Parts},
-};
+use axum::{extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::extract::Json;
+use super::extract::{ClientIp, Json};
 use crate::{
     AppState,
     auth::{AuthSession, AuthUser},
@@ -53,24 +48,8 @@ pub struct RefreshForm {
     refresh_token: String,
 }
 
-/// The peer address of the connection (none when served without connect info).
-pub struct ClientIp(Option<IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip()),
-        ))
-    }
-}
-
 /// Requests that can guess passwords or mint sessions are limited per client IP.
-fn limit_ip(state: &AppState, ip: ClientIp) -> Result<()> {
+fn limit_ip(state: &AppState, ip: &ClientIp) -> Result<()> {
     ip.0.map_or(Ok(()), |ip| state.auth_by_ip.take(ip))
 }
 
@@ -87,7 +66,7 @@ pub async fn register(
     ip: ClientIp,
     Json(form): Json<Registration>,
 ) -> Result<(StatusCode, axum::Json<SessionBody>)> {
-    limit_ip(&state, ip)?;
+    limit_ip(&state, &ip)?;
     let session = accounts::register(&state, form).await?;
     Ok((StatusCode::CREATED, axum::Json(session.into())))
 }
@@ -98,24 +77,27 @@ pub async fn register(
     tag = "auth",
     summary = "Log in",
     request_body(content = Value, description = "{email, password}", example = json!({"email": "ada@example.com", "password": "correct horse"})),
-    responses((status = 200, description = "{token, user}", body = Value), (status = 401, description = "unknown email or wrong password (empty body)"))
+    responses((status = 200, description = "{token, user}", body = Value), (status = 401, description = "unknown email or wrong password (empty body)"), (status = 429, description = "too many failed logins for this account from this address, or too many requests from it", body = Value))
 )]
 pub async fn login(
     State(state): State<AppState>,
     ip: ClientIp,
     Json(form): Json<Credentials>,
 ) -> Result<axum::Json<SessionBody>> {
-    limit_ip(&state, ip)?;
-    Ok(axum::Json(accounts::login(&state, form).await?.into()))
+    limit_ip(&state, &ip)?;
+    Ok(axum::Json(
+        accounts::login(&state, form, ip.0).await?.into(),
+    ))
 }
 
 /// `{refresh_token}` → new tokens; the presented refresh token is used up. A second use of
-/// the same refresh token revokes the session (401).
+/// the same refresh token revokes the session (401), unless it is a retry within
+/// `REFRESH_REUSE_GRACE` while the new pair is unused: that pair is answered again.
 #[utoipa::path(
     post,
     path = "/auth/refresh",
     tag = "auth",
-    summary = "Trade a refresh token for new tokens (rotation; reuse revokes the session)",
+    summary = "Trade a refresh token for new tokens (rotation; reuse revokes the session, but a retry within a few seconds gets the same pair)",
     request_body(content = Value, description = "{refresh_token}"),
     responses((status = 200, description = "{token, refresh_token, token_type, expires_in, user}", body = Value), (status = 401, description = "unknown, expired or reused refresh token (empty body)"), (status = 429, description = "too many attempts from this address", body = Value))
 )]
@@ -124,7 +106,7 @@ pub async fn refresh(
     ip: ClientIp,
     Json(form): Json<RefreshForm>,
 ) -> Result<axum::Json<SessionBody>> {
-    limit_ip(&state, ip)?;
+    limit_ip(&state, &ip)?;
     let (tokens, user) = sessions::refresh(&state, &form.refresh_token).await?;
     Ok(axum::Json(SessionBody::new(tokens, user)))
 }

@@ -1,13 +1,39 @@
-//! `Json` and `Query` extractors whose rejections are our JSON 400 errors, not axum's text.
+//! `Json` and `Query` extractors whose rejections are our JSON 400 errors, not axum's text;
+//! and the client's address.
+
+use std::net::{IpAddr, SocketAddr};
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Request},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Request},
     http::{StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
-use crate::error::Error;
+use crate::{AppState, error::Error};
+
+/// The client's address: the peer of the connection, or, when the peer is a trusted proxy,
+/// the client it forwards for (see `client_ip`). None when served without connect info.
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        Ok(Self(peer.map(|peer| {
+            super::client_ip::resolve(
+                peer,
+                &parts.headers,
+                &state.config.trusted_proxies,
+                state.config.trusted_proxy_header,
+            )
+        })))
+    }
+}
 
 /// A JSON object request body (`Content-Type: application/json`). Other JSON values are
 /// refused: serde would otherwise read an array as a struct, field by field.

@@ -3,11 +3,13 @@
 mod auth;
 mod calls;
 mod channels;
+mod client_ip;
 mod conversations;
 mod docs;
 mod extract;
 mod health;
 mod keys;
+mod limits;
 mod messages;
 mod paging;
 mod presence;
@@ -56,6 +58,10 @@ pub fn router(state: AppState) -> Router {
                 message: "method not allowed".into(),
             }
         })
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::per_user,
+        ))
         .layer(middleware::from_fn(log_request))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -35,6 +35,19 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<TokenClaims, 
     Ok(claims)
 }
 
+/// Claims already authenticated for this request (by the per-user limits, which run before
+/// the handler): the extractors below use them instead of asking the store again.
+#[derive(Clone, Copy, Debug)]
+pub struct Authenticated(pub TokenClaims);
+
+async fn claims(parts: &Parts, state: &AppState) -> Result<TokenClaims, Error> {
+    if let Some(Authenticated(claims)) = parts.extensions.get::<Authenticated>() {
+        return Ok(*claims);
+    }
+    let token = bearer_token(parts).ok_or(Error::Unauthorized)?;
+    authenticate(state, token).await
+}
+
 /// An authenticated caller with the session of their token; rejects with an empty 401.
 #[derive(Clone, Copy, Debug)]
 pub struct AuthSession(pub TokenClaims);
@@ -43,8 +56,7 @@ impl FromRequestParts<AppState> for AuthSession {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let token = bearer_token(parts).ok_or(Error::Unauthorized)?;
-        Ok(Self(authenticate(state, token).await?))
+        Ok(Self(claims(parts, state).await?))
     }
 }
 
@@ -56,7 +68,6 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let token = bearer_token(parts).ok_or(Error::Unauthorized)?;
-        Ok(Self(authenticate(state, token).await?.user_id))
+        Ok(Self(claims(parts, state).await?.user_id))
     }
 }

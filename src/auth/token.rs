@@ -59,12 +59,23 @@ impl TokenKeys {
     }
 
     pub fn issue(&self, user: UserId, session: SessionId) -> anyhow::Result<String> {
-        let now = Utc::now().timestamp();
+        self.issue_as(user, session, Utc::now().timestamp(), Uuid::new_v4())
+    }
+
+    /// A token issued at `iat` (seconds since the epoch) with the id `jti`: the same arguments
+    /// give the same token, which lets a refresh answered twice answer the same pair.
+    pub fn issue_as(
+        &self,
+        user: UserId,
+        session: SessionId,
+        iat: i64,
+        jti: Uuid,
+    ) -> anyhow::Result<String> {
         let claims = Claims {
             sub: user.0,
-            iat: now,
-            exp: now.saturating_add(i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX)),
-            jti: Uuid::new_v4(),
+            iat,
+            exp: iat.saturating_add(i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX)),
+            jti,
             sid: Some(session.0),
         };
         Ok(jsonwebtoken::encode(

@@ -1,5 +1,7 @@
 //! Registration, login, password change and account deletion.
 
+use std::net::IpAddr;
+
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -89,20 +91,51 @@ pub async fn register(state: &AppState, form: Registration) -> Result<Session> {
 
 /// Unknown email and wrong password get the same answer after the same amount of hashing.
 /// A legacy (bcrypt) hash that matches is replaced by an Argon2id hash.
-pub async fn login(state: &AppState, form: Credentials) -> Result<Session> {
+///
+/// Only failures count: per (account, client address), so that someone guessing from one
+/// address meets a 429 while the owner, elsewhere, still gets in; and per account, a much
+/// higher ceiling against guesses spread over many addresses. A success resets its pair.
+pub async fn login(state: &AppState, form: Credentials, client: Option<IpAddr>) -> Result<Session> {
     let email = normalize_email(&form.email);
-    // Per account, so that many addresses cannot guess one password faster.
-    state
-        .auth_by_account
-        .take(email.clone().unwrap_or_default())?;
+    let account = email.clone().unwrap_or_default();
+    let pair = (account.clone(), client);
+    // Taken up front (concurrent guesses cannot all slip through), given back unless it failed.
+    state.login_failures.take(pair.clone())?;
+    if let Err(e) = state.auth_by_account.take(account.clone()) {
+        state.login_failures.refund(&pair);
+        return Err(e);
+    }
+    let outcome = check_credentials(state, email, form.password).await;
+    match &outcome {
+        Ok(_) => {
+            state.login_failures.forget(&pair);
+            state.auth_by_account.refund(&account);
+        }
+        Err(Error::Unauthorized) => {}
+        Err(_) => {
+            state.login_failures.refund(&pair);
+            state.auth_by_account.refund(&account);
+        }
+    }
+    let user = outcome?;
+    let tokens = sessions::start(state, user.id).await?;
+    Ok(Session { tokens, user })
+}
+
+/// The user whose email and password these are; `Unauthorized` otherwise.
+async fn check_credentials(
+    state: &AppState,
+    email: Option<String>,
+    password: String,
+) -> Result<User> {
     let found = match email {
         Some(email) => state.store.credentials_by_email(&email).await?,
         None => None,
     };
-    let password = if form.password.len() > MAX_PASSWORD_LEN {
+    let password = if password.len() > MAX_PASSWORD_LEN {
         String::new()
     } else {
-        form.password
+        password
     };
     let (user, hash) = found.map_or((None, None), |(user, hash)| (Some(user), Some(hash)));
     let check = state.hasher.check(password.clone(), hash.clone()).await?;
@@ -118,13 +151,13 @@ pub async fn login(state: &AppState, form: Credentials) -> Result<Session> {
             .await?;
         tracing::info!(user = %user.id, "stored hash upgraded to Argon2id");
     }
-    let tokens = sessions::start(state, user.id).await?;
-    Ok(Session { tokens, user })
+    Ok(user)
 }
 
-/// Checks the caller's current password (rate-limited per account like a login).
+/// Checks the caller's current password (failures limited per account like logins).
 async fn reauthenticate(state: &AppState, user: UserId, password: String) -> Result<()> {
-    state.auth_by_account.take(user.to_string())?;
+    let account = user.to_string();
+    state.auth_by_account.take(account.clone())?;
     let password = if password.len() > MAX_PASSWORD_LEN {
         String::new()
     } else {
@@ -134,6 +167,7 @@ async fn reauthenticate(state: &AppState, user: UserId, password: String) -> Res
     if state.hasher.check(password, hash).await? == Check::Mismatch {
         return Err(Error::Forbidden("the current password is wrong"));
     }
+    state.auth_by_account.refund(&account);
     Ok(())
 }
 

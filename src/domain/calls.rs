@@ -1,7 +1,10 @@
 //! Calls: the ringing → active → ended state machine, with the app's two ids per call
 //! (the server's from `POST /api/calls`, the app's own from the WebSocket `call_request`).
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use serde::Deserialize;
 use uuid::Uuid;
@@ -79,8 +82,21 @@ pub async fn request(
     }
     check_recipient(state, caller, recipient).await?;
     let known = state.store.find_call(caller, &client_call_id).await?;
-    if known.is_some_and(|call| call.caller_id == caller) {
+    if known.is_some_and(|call| call.caller_id == caller && call.recipient_id == recipient) {
         return Ok(()); // a repeated request
+    }
+    // The id already names a live call of either party with someone else: answers under it
+    // would be ambiguous, so it is refused rather than made a second call.
+    for user in [caller, recipient] {
+        if let Some(live) = state.store.live_call(user).await?
+            && (live.call_id == client_call_id
+                || live.client_call_id.as_deref() == Some(client_call_id.as_str()))
+        {
+            return Err(Error::Conflict {
+                code: "call_id_taken",
+                message: "this callId already names another call: pick another",
+            });
+        }
     }
     let at = now();
     let since = at - ring_timeout(state)?;
@@ -177,12 +193,53 @@ pub async fn expire_unanswered(state: &AppState) -> Result<()> {
     Ok(())
 }
 
+/// Ends active calls that neither party has had a socket for in `CALL_MAX_SILENCE`: both apps
+/// are gone (killed, out of coverage) and nobody will say `end`, so the call would keep both
+/// "busy" forever. `silent` remembers since when each call was seen without either party,
+/// from one sweep to the next. Sockets are looked for on every node of a cluster, through
+/// the presence keys; while Redis cannot say, nothing is ended.
+pub async fn end_abandoned(state: &AppState, silent: &mut HashMap<CallId, Instant>) -> Result<()> {
+    if state.hub.broker().is_some_and(|broker| !broker.is_up()) {
+        return Ok(());
+    }
+    let calls = state.store.active_calls().await?;
+    let seen: HashSet<CallId> = calls.iter().map(|call| call.id).collect();
+    silent.retain(|id, _| seen.contains(id));
+    for call in calls {
+        if connected(state, call.caller_id).await || connected(state, call.recipient_id).await {
+            silent.remove(&call.id);
+            continue;
+        }
+        let since = *silent.entry(call.id).or_insert_with(Instant::now);
+        if since.elapsed() < state.config.call_max_silence {
+            continue;
+        }
+        silent.remove(&call.id);
+        let ended = state
+            .store
+            .transition_call(call.id, CallStatus::Active, CallStatus::Ended, now())
+            .await?;
+        if let Some(call) = ended {
+            tracing::info!(call = %call.id, "active call ended: neither party connected");
+            tell(state, &call, call.caller_id, "end");
+            tell(state, &call, call.recipient_id, "end");
+        }
+    }
+    Ok(())
+}
+
+/// Whether `user` has a socket open on any node.
+async fn connected(state: &AppState, user: UserId) -> bool {
+    state.hub.is_local(user) || state.hub.online_elsewhere(user).await
+}
+
 fn ring_timeout(state: &AppState) -> Result<chrono::Duration> {
     chrono::Duration::from_std(state.config.call_ring_timeout)
         .map_err(|e| Error::Internal(anyhow::anyhow!("ring timeout out of range: {e}")))
 }
 
-/// How often unanswered calls are looked for: a quarter of the timeout, within bounds.
+/// How often unanswered (and abandoned) calls are looked for: a quarter of the timeout,
+/// within bounds.
 pub fn expiry_interval(ring_timeout: Duration) -> Duration {
     (ring_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }

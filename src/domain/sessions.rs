@@ -1,10 +1,11 @@
 //! Sessions: a short-lived access token (a JWT naming its session) plus a refresh token that is
 //! rotated on every use. Presenting an already-used refresh token revokes the whole session
-//! (someone copied it). Logout revokes this session or all of them; a password change revokes
+//! (someone copied it), unless it is a retry within a short grace (see `refresh`). Logout revokes this session or all of them; a password change revokes
 //! all of them. Revoked sessions' access tokens are refused and their sockets closed.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -47,10 +48,22 @@ pub async fn start(state: &AppState, user: UserId) -> Result<Tokens> {
     tokens(state, user, session, refresh_token)
 }
 
-/// Exchanges a refresh token for new tokens; the presented token cannot be used again.
+/// Exchanges a refresh token for new tokens; the presented token cannot be used again, except
+/// by a retry within `REFRESH_REUSE_GRACE`, which gets the very same tokens.
+///
+/// The same tokens without keeping them: the successor of a refresh token is an HMAC of it
+/// under a server key, and the access token is signed over the same claims (issued at the
+/// rotation, its id derived like the successor). Only whoever holds the used token can ask,
+/// nothing secret is stored, and every node of a cluster answers alike. A thief without the
+/// server key cannot compute a successor from a stolen token.
 pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<(Tokens, User)> {
-    let next = new_refresh_token();
+    let next = derive(state, SUCCESSOR, refresh_token)?;
+    let next = URL_SAFE_NO_PAD.encode(next);
     let at = now();
+    let grace = chrono::Duration::from_std(state.config.refresh_reuse_grace)
+        .ok()
+        .filter(|grace| !grace.is_zero())
+        .map(|grace| at - grace);
     let rotation = state
         .store
         .rotate_refresh_token(
@@ -58,20 +71,55 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<(Tokens, U
             &hash_refresh_token(&next),
             at,
             refresh_expiry(state, at),
+            grace,
         )
         .await?;
-    match rotation {
-        Rotation::Rotated { session, user } => {
-            let profile = state.store.user(user).await?.ok_or(Error::Unauthorized)?;
-            Ok((tokens(state, user, session, next)?, profile))
+    let (session, user, issued_at) = match rotation {
+        Rotation::Rotated { session, user } => (session, user, at),
+        Rotation::Repeated {
+            session,
+            user,
+            rotated_at,
+        } => {
+            tracing::info!(%user, %session, "refresh repeated within the grace: same tokens");
+            (session, user, rotated_at)
         }
         Rotation::Reused { session, user } => {
             tracing::warn!(%user, %session, "a used refresh credential came back: session revoked");
             state.hub.close_session(session, CloseReason::Revoked);
-            Err(Error::Unauthorized)
+            return Err(Error::Unauthorized);
         }
-        Rotation::Invalid => Err(Error::Unauthorized),
-    }
+        Rotation::Invalid => return Err(Error::Unauthorized),
+    };
+    let profile = state.store.user(user).await?.ok_or(Error::Unauthorized)?;
+    let jti = uuid::Builder::from_random_bytes(
+        derive(state, ACCESS_ID, refresh_token)?[..16]
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("an HMAC-SHA-256 is 32 bytes"))?,
+    )
+    .into_uuid();
+    let tokens = Tokens {
+        token: state
+            .tokens
+            .issue_as(user, session, issued_at.timestamp(), jti)?,
+        refresh_token: next,
+        expires_in: state.tokens.lifetime().as_secs(),
+        session_id: session,
+    };
+    Ok((tokens, profile))
+}
+
+/// Labels of what is derived from a refresh token (each its own HMAC domain).
+const SUCCESSOR: &[u8] = b"kisse refresh successor\0";
+const ACCESS_ID: &[u8] = b"kisse refreshed access token id\0";
+
+/// HMAC-SHA-256 of `label || refresh_token` under the JWT secret.
+fn derive(state: &AppState, label: &[u8], refresh_token: &str) -> Result<[u8; 32]> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(state.config.jwt_secret.expose())
+        .map_err(|e| anyhow::anyhow!("HMAC key: {e}"))?;
+    mac.update(label);
+    mac.update(refresh_token.as_bytes());
+    Ok(mac.finalize().into_bytes().into())
 }
 
 /// Signs out the session of `claims` (this device).

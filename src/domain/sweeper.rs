@@ -1,12 +1,20 @@
-//! Background clean-up: unanswered calls become missed, expired content blobs go.
+//! Background clean-up: unanswered calls become missed, active calls nobody is connected to
+//! end, expired content blobs go.
+
+use std::collections::HashMap;
 
 use crate::{AppState, model::now};
 
-/// Runs until shutdown, every `calls::expiry_interval` of the ring timeout.
+/// Runs until shutdown, every `calls::expiry_interval` of the shorter of the ring timeout and
+/// the longest silence of an active call.
 pub async fn run(state: AppState) {
     let mut tick = tokio::time::interval(super::calls::expiry_interval(
-        state.config.call_ring_timeout,
+        state
+            .config
+            .call_ring_timeout
+            .min(state.config.call_max_silence),
     ));
+    let mut silent_calls = HashMap::new();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -14,6 +22,9 @@ pub async fn run(state: AppState) {
             _ = tick.tick() => {}
         }
         if let Err(e) = super::calls::expire_unanswered(&state).await {
+            e.log_if_internal();
+        }
+        if let Err(e) = super::calls::end_abandoned(&state, &mut silent_calls).await {
             e.log_if_internal();
         }
         match state.store.delete_expired_contents(now()).await {

@@ -95,7 +95,9 @@ impl Store {
         })
     }
 
-    /// The call `user` takes part in that is known by `id` (server or client id), newest first.
+    /// The call `user` takes part in that is known by `id` (server or client id): their live
+    /// call if it is the one, else the newest. (Client ids are chosen by apps and may repeat;
+    /// another call under the same id must never shadow the call going on.)
     pub async fn find_call(&self, user: UserId, id: &str) -> Result<Option<Call>> {
         Ok(with_pool!(self, read, |pool| {
             sqlx::query_as::<_, Call>(concat!(
@@ -104,7 +106,9 @@ impl Store {
                 " FROM calls c
                   WHERE (c.call_id = $1 OR c.client_call_id = $1)
                     AND (c.caller_id = $2 OR c.recipient_id = $2)
-                  ORDER BY c.created_at DESC LIMIT 1"
+                  ORDER BY CASE WHEN c.status IN ('ringing', 'active') THEN 0 ELSE 1 END,
+                           c.created_at DESC
+                  LIMIT 1"
             ))
             .bind(id)
             .bind(user)
@@ -223,6 +227,19 @@ impl Store {
             tx.commit().await?;
             Ok(calls)
         })
+    }
+
+    /// Every answered call still going on.
+    pub async fn active_calls(&self) -> Result<Vec<Call>> {
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_as::<_, Call>(concat!(
+                "SELECT ",
+                call_cols!(),
+                " FROM calls WHERE status = 'active'"
+            ))
+            .fetch_all(pool)
+            .await
+        })?)
     }
 
     /// `user`'s calls, newest first, older than the call `before` when paging.

@@ -14,6 +14,13 @@ use crate::{
 pub enum Rotation {
     /// The token was current: it is now used, and `new_hash` is the session's next one.
     Rotated { session: SessionId, user: UserId },
+    /// The token was used at `rotated_at`, within the grace, and the token it was traded for
+    /// is still unused: nothing changed (a client retrying after a lost answer).
+    Repeated {
+        session: SessionId,
+        user: UserId,
+        rotated_at: DateTime<Utc>,
+    },
     /// The token had already been used: the whole session is now revoked.
     Reused { session: SessionId, user: UserId },
     /// Unknown token, or its session is revoked or expired.
@@ -74,13 +81,15 @@ impl Store {
     }
 
     /// Uses the refresh token hashing to `old_hash` once: a current token is replaced by
-    /// `new_hash` (valid until `expires_at`); a used one revokes its whole session.
+    /// `new_hash` (valid until `expires_at`); a used one revokes its whole session, unless it
+    /// was used since `grace_since` and traded for `new_hash`, still unused (`Repeated`).
     pub async fn rotate_refresh_token(
         &self,
         old_hash: &str,
         new_hash: &str,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
+        grace_since: Option<DateTime<Utc>>,
     ) -> Result<Rotation> {
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
@@ -119,14 +128,38 @@ impl Store {
                     None => Rotation::Invalid,
                 }
             } else {
-                let known: Option<SessionId> = sqlx::query_scalar(
-                    "SELECT session_id FROM refresh_tokens WHERE token_hash = $1",
+                let known: Option<(SessionId, Option<DateTime<Utc>>)> = sqlx::query_as(
+                    "SELECT session_id, used_at FROM refresh_tokens WHERE token_hash = $1",
                 )
                 .bind(old_hash)
                 .fetch_optional(&mut *tx)
                 .await?;
-                match known {
-                    Some(session) => {
+                // Within the grace, the pair it was traded for is answered again, as long as
+                // that pair's refresh token is still unused and its session alive.
+                let repeat = match (known, grace_since) {
+                    (Some((session, Some(used_at))), Some(since)) if used_at >= since => {
+                        let user: Option<UserId> = sqlx::query_scalar(
+                            "SELECT s.user_id FROM refresh_tokens t
+                             JOIN sessions s ON s.id = t.session_id
+                             WHERE t.token_hash = $1 AND t.session_id = $2 AND t.used_at IS NULL
+                               AND s.revoked_at IS NULL AND s.expires_at > $3",
+                        )
+                        .bind(new_hash)
+                        .bind(session)
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        user.map(|user| Rotation::Repeated {
+                            session,
+                            user,
+                            rotated_at: used_at,
+                        })
+                    }
+                    _ => None,
+                };
+                match (repeat, known) {
+                    (Some(repeat), _) => repeat,
+                    (None, Some((session, _))) => {
                         let user: Option<UserId> = sqlx::query_scalar(
                             "UPDATE sessions SET revoked_at = coalesce(revoked_at, $2)
                              WHERE id = $1 RETURNING user_id",
@@ -137,7 +170,7 @@ impl Store {
                         .await?;
                         user.map_or(Rotation::Invalid, |user| Rotation::Reused { session, user })
                     }
-                    None => Rotation::Invalid,
+                    (None, None) => Rotation::Invalid,
                 }
             };
             tx.commit().await?;
