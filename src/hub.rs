@@ -4,7 +4,8 @@
 //!
 //! In cluster mode (`REDIS_URL`) the hub also hands every frame to the [`Broker`], which
 //! publishes it for the nodes where the user may be connected, and delivers here what other
-//! nodes publish for this node's users. Callers do not see the difference.
+//! nodes publish for this node's users. Callers do not see the difference. Revocations
+//! (closing a session's or a user's sockets) reach every node the same way.
 
 use std::sync::{
     Arc, OnceLock,
@@ -17,7 +18,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::Broker,
+    broker::{Broker, Control},
     model::{SessionId, UserId},
 };
 
@@ -123,6 +124,8 @@ pub struct Hub {
     broker: Option<Broker>,
     /// The sockets opened with each session's tokens, to close them when it is revoked.
     sessions: DashMap<SessionId, Vec<(SocketId, Arc<CloseSignal>)>>,
+    /// Revocations applied on this node so far (see `revocation_mark`).
+    revocations: AtomicU64,
 }
 
 /// Keeps a socket listed under its session until dropped (see `Hub::track_session`).
@@ -305,18 +308,59 @@ impl Hub {
         }
     }
 
-    /// Closes every socket opened with `session`'s tokens.
+    /// Closes every socket opened with `session`'s tokens, on every node.
     pub fn close_session(&self, session: SessionId, reason: CloseReason) {
+        self.close_session_here(session, reason);
+        if let Some(broker) = &self.broker {
+            broker.control(Control::RevokeSession(session));
+        }
+    }
+
+    /// Closes every socket of `user`, on every node.
+    pub fn close_user(&self, user: UserId, reason: CloseReason) {
+        self.close_user_here(user, reason);
+        if let Some(broker) = &self.broker {
+            broker.control(Control::RevokeUser(user));
+        }
+    }
+
+    /// `user`'s account was deleted: closes their sockets on every node, and has the other
+    /// nodes forget what they cached about it (the caller forgets this node's).
+    pub fn account_deleted(&self, user: UserId) {
+        self.close_user_here(user, CloseReason::Revoked);
+        if let Some(broker) = &self.broker {
+            broker.control(Control::AccountDeleted(user));
+        }
+    }
+
+    /// `close_session`, on this node only (what another node asked for).
+    pub fn close_session_here(&self, session: SessionId, reason: CloseReason) {
+        // Counted before the sockets are looked up: see `revocation_mark`.
+        self.revocations.fetch_add(1, Ordering::SeqCst);
         if let Some(sockets) = self.sessions.get(&session) {
             sockets.iter().for_each(|(_, close)| close.close(reason));
         }
     }
 
-    /// Closes every socket of `user`.
-    pub fn close_user(&self, user: UserId, reason: CloseReason) {
+    /// `close_user`, on this node only (what another node asked for).
+    pub fn close_user_here(&self, user: UserId, reason: CloseReason) {
+        self.revocations.fetch_add(1, Ordering::SeqCst);
         if let Some(sockets) = self.users.get(&user) {
             sockets.iter().for_each(|socket| socket.close.close(reason));
         }
+    }
+
+    /// A mark to take before a socket's token is checked. A revocation applied after the
+    /// check but before the socket is tracked (`track_session`, `attach`) finds no socket to
+    /// close; `revoked_since(mark)` after tracking tells whether one may have, so the session
+    /// is checked again only then (revocations are rare, sockets opening are not).
+    pub fn revocation_mark(&self) -> u64 {
+        self.revocations.load(Ordering::SeqCst)
+    }
+
+    /// Whether a revocation was applied on this node since `mark` was taken.
+    pub fn revoked_since(&self, mark: u64) -> bool {
+        self.revocations.load(Ordering::SeqCst) != mark
     }
 
     /// How many users have at least one socket open on this node.
