@@ -447,7 +447,11 @@ impl Broker {
             Control::RevokeSession(session) => {
                 state.hub.close_session_here(session, CloseReason::Revoked);
             }
-            Control::RevokeUser(user) => state.hub.close_user_here(user, CloseReason::Revoked),
+            // Not every socket of the user: a password change answers with a new session, whose
+            // socket may open here before this message arrives. The store tells which.
+            Control::RevokeUser(user) => {
+                tokio::spawn(close_revoked(state.clone(), Some(user)));
+            }
             Control::AccountDeleted(user) => {
                 state.store.forget_conversations_of(user);
                 state.hub.close_user_here(user, CloseReason::Revoked);
@@ -570,6 +574,8 @@ async fn subscriber(state: AppState, mut interest: mpsc::UnboundedReceiver<Inter
             continue;
         }
         subscribed.extend(users);
+        // Control messages published while this node was not subscribed were lost.
+        tokio::spawn(close_revoked(state.clone(), None));
         check_recovery(&state).await;
         let mut tick = tokio::time::interval(RETRY);
         loop {
@@ -596,6 +602,26 @@ async fn subscriber(state: AppState, mut interest: mpsc::UnboundedReceiver<Inter
         }
         if pause(&state).await {
             return;
+        }
+    }
+}
+
+/// Checks the sessions with a socket here (of `user` only, if given) against the store and
+/// closes the revoked ones. Checking them all (after a (re)subscription), it also forgets the
+/// cached conversations: an account may have been deleted unheard of.
+async fn close_revoked(state: AppState, user: Option<UserId>) {
+    if user.is_none() {
+        state.store.forget_all_conversations();
+    }
+    for (session, user) in state.hub.sessions_to_check(user) {
+        match state.store.session_active(session, user).await {
+            Ok(true) => {}
+            Ok(false) => state.hub.close_session_here(session, CloseReason::Revoked),
+            Err(e) => {
+                e.log_if_internal();
+                tracing::warn!("could not check this node's sessions after (re)subscribing");
+                return;
+            }
         }
     }
 }

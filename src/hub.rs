@@ -123,9 +123,15 @@ pub struct Hub {
     /// Fan-out to the other nodes of a cluster; `None` on a single node.
     broker: Option<Broker>,
     /// The sockets opened with each session's tokens, to close them when it is revoked.
-    sessions: DashMap<SessionId, Vec<(SocketId, Arc<CloseSignal>)>>,
+    sessions: DashMap<SessionId, TrackedSession>,
     /// Revocations applied on this node so far (see `revocation_mark`).
     revocations: AtomicU64,
+}
+
+/// A session's user and the sockets opened with its tokens on this node.
+struct TrackedSession {
+    user: UserId,
+    sockets: Vec<(SocketId, Arc<CloseSignal>)>,
 }
 
 /// Keeps a socket listed under its session until dropped (see `Hub::track_session`).
@@ -139,9 +145,9 @@ impl Drop for SessionSocket<'_> {
     fn drop(&mut self) {
         self.hub
             .sessions
-            .remove_if_mut(&self.session, |_, sockets| {
-                sockets.retain(|(id, _)| *id != self.socket);
-                sockets.is_empty()
+            .remove_if_mut(&self.session, |_, tracked| {
+                tracked.sockets.retain(|(id, _)| *id != self.socket);
+                tracked.sockets.is_empty()
             });
     }
 }
@@ -290,16 +296,21 @@ impl Hub {
         self.users.get(&user).map_or(0, |sockets| sockets.len())
     }
 
-    /// Lists `socket` under `session` until the returned guard is dropped.
+    /// Lists `socket` under `session` (of `user`) until the returned guard is dropped.
     pub fn track_session(
         &self,
         session: SessionId,
+        user: UserId,
         socket: SocketId,
         close: Arc<CloseSignal>,
     ) -> SessionSocket<'_> {
         self.sessions
             .entry(session)
-            .or_default()
+            .or_insert_with(|| TrackedSession {
+                user,
+                sockets: Vec::new(),
+            })
+            .sockets
             .push((socket, close));
         SessionSocket {
             hub: self,
@@ -337,8 +348,11 @@ impl Hub {
     pub fn close_session_here(&self, session: SessionId, reason: CloseReason) {
         // Counted before the sockets are looked up: see `revocation_mark`.
         self.revocations.fetch_add(1, Ordering::SeqCst);
-        if let Some(sockets) = self.sessions.get(&session) {
-            sockets.iter().for_each(|(_, close)| close.close(reason));
+        if let Some(tracked) = self.sessions.get(&session) {
+            tracked
+                .sockets
+                .iter()
+                .for_each(|(_, close)| close.close(reason));
         }
     }
 
@@ -348,6 +362,17 @@ impl Hub {
         if let Some(sockets) = self.users.get(&user) {
             sockets.iter().for_each(|socket| socket.close.close(reason));
         }
+    }
+
+    /// The sessions with a socket on this node, and their users (of `user` only, if given).
+    /// Counts as a revocation (see `revocation_mark`): the caller is about to check them.
+    pub fn sessions_to_check(&self, user: Option<UserId>) -> Vec<(SessionId, UserId)> {
+        self.revocations.fetch_add(1, Ordering::SeqCst);
+        self.sessions
+            .iter()
+            .filter(|entry| user.is_none_or(|user| entry.user == user))
+            .map(|entry| (*entry.key(), entry.user))
+            .collect()
     }
 
     /// A mark to take before a socket's token is checked. A revocation applied after the

@@ -684,3 +684,43 @@ fn dropped(node: &TestApp) -> u64 {
         .status()
         .dropped
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_published_while_a_node_was_unsubscribed_still_closes_its_sockets() {
+    if !Engine::Postgres.available() {
+        eprintln!("TEST_DATABASE_URL is not set: cluster tests (PostgreSQL only) not run");
+        return;
+    }
+    let redis = PrivateRedis::start(free_port()).await;
+    let Some(c) = cluster_on(Some(&redis.url())).await else {
+        return;
+    };
+    let alice = c.a.register("alice").await;
+    let mut on_b = connect(&c.b, &alice, "").await;
+
+    // Node B's subscription breaks (the one with alice's channel: control plus hers; node A
+    // listens to the control channel only), and the logout on node A goes out meanwhile.
+    let port = redis.port.to_string();
+    let redis_cli = |args: &[&str]| {
+        let output = Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let clients = redis_cli(&["CLIENT", "LIST", "TYPE", "pubsub"]);
+    let node_b = clients
+        .lines()
+        .find(|line| line.contains(" sub=2 "))
+        .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .unwrap_or_else(|| panic!("node B's subscription among {clients}"))
+        .to_owned();
+    assert_eq!(redis_cli(&["CLIENT", "KILL", "ID", &node_b]).trim(), "1");
+    let (status, _) = c.a.post("/api/auth/logout", &alice.token, json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Node B missed it, but checks its sessions when it subscribes again.
+    assert_eq!(on_b.closed().await, Some(CloseCode::Library(4001)));
+}

@@ -89,7 +89,7 @@ pub async fn run(
     let close = Arc::new(CloseSignal::default());
     let (socket_id, first) = state.hub.attach(user, queue.clone(), close.clone());
     // Security: revoking the session (logout, refresh token reuse) closes this socket.
-    let _session = (state.hub).track_session(claims.session_id, socket_id, close.clone());
+    let _session = (state.hub).track_session(claims.session_id, user, socket_id, close.clone());
     // A revocation since the token was checked found this socket untracked: check again.
     if state.hub.revoked_since(revocations) {
         match state.store.session_active(claims.session_id, user).await {
