@@ -430,9 +430,8 @@ impl Broker {
             _ => state.hub.send_local(user, &frame),
         };
     }
-}
 
-impl Broker {
+    /// Does what another node asked on the control channel.
     fn obey(&self, state: &AppState, message: &redis::Msg) {
         let Some((node, control)) = std::str::from_utf8(message.get_payload_bytes())
             .ok()
@@ -619,7 +618,7 @@ async fn close_revoked(state: AppState, user: Option<UserId>) {
             Ok(false) => state.hub.close_session_here(session, CloseReason::Revoked),
             Err(e) => {
                 e.log_if_internal();
-                tracing::warn!("could not check this node's sessions after (re)subscribing");
+                tracing::warn!("could not check this node's sessions against the store");
                 return;
             }
         }

@@ -327,7 +327,9 @@ impl Hub {
         }
     }
 
-    /// Closes every socket of `user`, on every node.
+    /// Closes every socket of `user` (all their sessions were revoked) here, and on the other
+    /// nodes those whose session the store says is revoked (a session started since, such as
+    /// the one a password change answers with, may already have a socket there).
     pub fn close_user(&self, user: UserId, reason: CloseReason) {
         self.close_user_here(user, reason);
         if let Some(broker) = &self.broker {

@@ -92,7 +92,8 @@ pub async fn run(
     let _session = (state.hub).track_session(claims.session_id, user, socket_id, close.clone());
     // A revocation since the token was checked found this socket untracked: check again.
     if state.hub.revoked_since(revocations) {
-        match state.store.session_active(claims.session_id, user).await {
+        // Boxed: the session's future would otherwise keep room for the query all its life.
+        match Box::pin(state.store.session_active(claims.session_id, user)).await {
             Ok(true) => {}
             Ok(false) => close.close(CloseReason::Revoked),
             Err(e) => {
