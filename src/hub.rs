@@ -433,6 +433,23 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_tracked_after_a_revocation_can_tell() {
+        let hub = Hub::default();
+        let (user, session) = (UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()));
+        let mark = hub.revocation_mark();
+        assert!(!hub.revoked_since(mark));
+        // Revoked while the socket was between its token check and its tracking.
+        hub.close_session(session, CloseReason::Revoked);
+        let close = Arc::new(CloseSignal::default());
+        let tracked = hub.track_session(session, user, 1, close.clone());
+        assert!(!close.is_closed() && hub.revoked_since(mark));
+        hub.close_session(session, CloseReason::Revoked);
+        assert!(close.is_closed());
+        drop(tracked);
+        assert!(hub.sessions_to_check(None).is_empty());
+    }
+
+    #[test]
     fn a_full_queue_closes_the_socket_without_blocking() {
         let hub = Hub::default();
         let user = UserId(Uuid::new_v4());

@@ -608,7 +608,9 @@ async fn a_session_revoked_while_its_socket_opens_gets_the_socket_closed() {
     let opening = tokio::spawn(WsClient::connect(request));
     eventually("node B's upgrade waits on the lock", || async {
         let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass",
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND l.relation = 'users'::regclass
+               AND a.query LIKE 'SELECT inbox_seq FROM users%'",
         )
         .fetch_one(&db)
         .await
