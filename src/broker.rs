@@ -13,6 +13,10 @@
 //!   its membership in `{prefix}:nodes` and the set of its users `{prefix}:node:{node}:users`.
 //!   A node that dies stops refreshing; a surviving node finds its liveness key gone, claims it
 //!   (one `SREM` wins) and takes offline those of its users no other node holds.
+//! - **Control.** Revocations (logout, password change, account deletion...) and refills are
+//!   published on `{prefix}:control`, which every node subscribes to (see `control.rs`). A
+//!   doorbell dropped because the publish queue was full asks for a refill of its user there,
+//!   so that a recipient on another node does not wait for their next event.
 //! - **Outage.** While Redis is unreachable the node serves its own users, drops publications
 //!   (counted), says so once in the log and on `/health`, and retries every second; when Redis
 //!   answers again it resubscribes, refreshes its presence keys and has every socket refill from
@@ -40,14 +44,17 @@ use tokio::{
 };
 use uuid::Uuid;
 
+mod control;
+
+pub use control::Control;
+
+use self::control::ControlQueue;
 use crate::{
     AppState,
-    hub::{EphemeralKey, Frame},
+    hub::{CloseReason, EphemeralKey, Frame},
     model::UserId,
 };
 
-/// Publications waiting for the publisher task; beyond it they are dropped (and counted).
-const OUTBOX: usize = 16 * 1024;
 /// Publications sent to Redis in one pipeline at most.
 const PUBLISH_BATCH: usize = 256;
 /// Longest a Redis operation may take before Redis counts as unreachable.
@@ -88,7 +95,10 @@ pub struct Broker {
     ttl: Duration,
     client: redis::Client,
     commands: ConnectionManager,
+    /// Publications waiting for the publisher task (`REDIS_PUBLISH_QUEUE` of them); beyond it
+    /// they are dropped (and counted), and their users' sockets refill.
     outbox: mpsc::Sender<(UserId, String)>,
+    control: ControlQueue,
     interest: mpsc::UnboundedSender<Interest>,
     /// Taken by the tasks when the server starts.
     receivers: Mutex<Option<Receivers>>,
@@ -107,7 +117,7 @@ type Interest = (UserId, Option<oneshot::Sender<()>>);
 
 impl Broker {
     /// Prepares the connection (lazily: a node starts even while Redis is down).
-    pub fn new(url: &str, prefix: &str, ttl: Duration) -> anyhow::Result<Self> {
+    pub fn new(url: &str, prefix: &str, ttl: Duration, queue: usize) -> anyhow::Result<Self> {
         let client = redis::Client::open(url).context("REDIS_URL is invalid")?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
@@ -116,7 +126,7 @@ impl Broker {
             .set_max_delay(RETRY);
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .context("preparing the Redis connection")?;
-        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let (outbox, outbox_rx) = mpsc::channel(queue.max(1));
         let (interest, interest_rx) = mpsc::unbounded_channel();
         Ok(Self {
             node: Uuid::new_v4().simple().to_string()[..16].to_owned(),
@@ -125,6 +135,7 @@ impl Broker {
             client,
             commands,
             outbox,
+            control: ControlQueue::default(),
             interest,
             receivers: Mutex::new(Some(Receivers {
                 outbox: outbox_rx,
@@ -169,6 +180,11 @@ impl Broker {
         };
         if self.outbox.try_send((user, payload)).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            // The event is in the store, but the user's sockets elsewhere would only look at
+            // their next event: have them look as soon as the queue has room again.
+            if seq.is_some() {
+                self.control.push(Control::Refill(user));
+            }
         }
     }
 
@@ -183,6 +199,12 @@ impl Broker {
         if self.outbox.try_send((user, payload)).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Has every other node do `control` (published ahead of queued frames; kept while Redis
+    /// is down, and published when it is back).
+    pub fn control(&self, control: Control) {
+        self.control.push(control);
     }
 
     /// `user`'s first socket opened or last socket closed here: (un)subscribe their channel.
@@ -204,6 +226,10 @@ impl Broker {
 
     fn channel(&self, user: UserId) -> String {
         format!("{}:u:{}", self.prefix, user.0)
+    }
+
+    fn control_channel(&self) -> String {
+        format!("{}:control", self.prefix)
     }
 
     fn online_key(&self, user: UserId, node: &str) -> String {
@@ -384,8 +410,12 @@ impl Broker {
         Some(orphans)
     }
 
-    /// Queues a frame another node published on this node's sockets.
+    /// Queues a frame another node published on this node's sockets, or does what another
+    /// node asked on the control channel.
     fn receive(&self, state: &AppState, message: &redis::Msg) {
+        if message.get_channel_name() == self.control_channel() {
+            return self.obey(state, message);
+        }
         let Some(user) = message
             .get_channel_name()
             .rsplit(':')
@@ -420,6 +450,35 @@ impl Broker {
             _ => state.hub.send_local(user, &frame),
         };
     }
+
+    /// Does what another node asked on the control channel.
+    fn obey(&self, state: &AppState, message: &redis::Msg) {
+        let Some((node, control)) = std::str::from_utf8(message.get_payload_bytes())
+            .ok()
+            .and_then(Control::decode)
+        else {
+            return;
+        };
+        if node == self.node {
+            return;
+        }
+        match control {
+            Control::RevokeSession(session) => {
+                state.hub.close_session_here(session, CloseReason::Revoked);
+            }
+            // Not every socket of the user: a password change answers with a new session, whose
+            // socket may open here before this message arrives. The store tells which.
+            Control::RevokeUser(user) => {
+                tokio::spawn(close_revoked(state.clone(), Some(user)));
+            }
+            Control::AccountDeleted(user) => {
+                state.store.forget_conversations_of(user);
+                state.hub.close_user_here(user, CloseReason::Revoked);
+            }
+            Control::Refill(user) => state.hub.refill(user),
+            Control::RefillAll => state.hub.refill_all(),
+        }
+    }
 }
 
 /// Starts the broker's tasks (publisher, subscriber, presence upkeep) when in cluster mode.
@@ -435,23 +494,32 @@ pub fn spawn(state: &AppState) {
     tokio::spawn(upkeep(state.clone()));
 }
 
-/// Sends queued publications in pipelines.
+/// Sends queued publications in pipelines, control messages first.
 async fn publisher(state: AppState, mut outbox: mpsc::Receiver<(UserId, String)>) {
     let Some(broker) = state.hub.broker() else {
         return;
     };
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     loop {
-        let received = tokio::select! {
+        tokio::select! {
             _ = state.shutdown.cancelled() => return,
-            n = outbox.recv_many(&mut batch, PUBLISH_BATCH) => n,
+            () = broker.control.ready.notified() => {}
+            n = outbox.recv_many(&mut batch, PUBLISH_BATCH) => if n == 0 {
+                return;
+            },
         };
-        if received == 0 {
-            return;
+        let controls = broker.control.take();
+        if batch.is_empty() && controls.is_empty() {
+            continue;
         }
         let count = batch.len() as u64;
         if broker.is_up() {
             let mut pipe = redis::pipe();
+            let channel = broker.control_channel();
+            for control in &controls {
+                pipe.publish(&channel, control.encode(&broker.node))
+                    .ignore();
+            }
             for (user, payload) in batch.drain(..) {
                 pipe.publish(broker.channel(user), payload).ignore();
             }
@@ -465,6 +533,8 @@ async fn publisher(state: AppState, mut outbox: mpsc::Receiver<(UserId, String)>
                 continue;
             }
         }
+        // Revocations wait for Redis (`check_recovery` wakes this task); frames are dropped.
+        broker.control.put_back(controls);
         batch.clear();
         broker.stats.dropped.fetch_add(count, Ordering::Relaxed);
     }
@@ -502,17 +572,19 @@ async fn subscriber(state: AppState, mut interest: mpsc::UnboundedReceiver<Inter
         let (mut sink, mut stream) = pubsub.split();
         subscribed.clear();
         let users = state.hub.local_users();
-        let mut ok = true;
+        let mut ok = broker
+            .run("subscribe", sink.subscribe(broker.control_channel()))
+            .await
+            .is_some();
         for chunk in users.chunks(SUBSCRIBE_CHUNK) {
-            let channels: Vec<String> = chunk.iter().map(|u| broker.channel(*u)).collect();
-            if broker
-                .run("subscribe", sink.subscribe(channels))
-                .await
-                .is_none()
-            {
-                ok = false;
+            if !ok {
                 break;
             }
+            let channels: Vec<String> = chunk.iter().map(|u| broker.channel(*u)).collect();
+            ok = broker
+                .run("subscribe", sink.subscribe(channels))
+                .await
+                .is_some();
         }
         if !ok {
             if pause(&state).await {
@@ -521,6 +593,8 @@ async fn subscriber(state: AppState, mut interest: mpsc::UnboundedReceiver<Inter
             continue;
         }
         subscribed.extend(users);
+        // Control messages published while this node was not subscribed were lost.
+        tokio::spawn(close_revoked(state.clone(), None));
         check_recovery(&state).await;
         let mut tick = tokio::time::interval(RETRY);
         loop {
@@ -547,6 +621,26 @@ async fn subscriber(state: AppState, mut interest: mpsc::UnboundedReceiver<Inter
         }
         if pause(&state).await {
             return;
+        }
+    }
+}
+
+/// Checks the sessions with a socket here (of `user` only, if given) against the store and
+/// closes the revoked ones. Checking them all (after a (re)subscription), it also forgets the
+/// cached conversations: an account may have been deleted unheard of.
+async fn close_revoked(state: AppState, user: Option<UserId>) {
+    if user.is_none() {
+        state.store.forget_all_conversations();
+    }
+    for (session, user) in state.hub.sessions_to_check(user) {
+        match state.store.session_active(session, user).await {
+            Ok(true) => {}
+            Ok(false) => state.hub.close_session_here(session, CloseReason::Revoked),
+            Err(e) => {
+                e.log_if_internal();
+                tracing::warn!("could not check this node's sessions against the store");
+                return;
+            }
         }
     }
 }
@@ -622,6 +716,8 @@ async fn check_recovery(state: &AppState) {
         return;
     }
     state.hub.refill_all();
+    // Revocations made while Redis was down go out now.
+    broker.control.ready.notify_one();
     // Another node may have taken these users offline while this one could not refresh.
     let state = state.clone();
     tokio::spawn(async move {

@@ -61,7 +61,7 @@ pub const SETTINGS: &[Setting] = &[
     setting(
         "REDIS_URL",
         "(none)",
-        "redis://host:port; when set, /ready also checks Redis",
+        "redis://host:port, or rediss:// (TLS); when set: cluster mode",
     ),
     setting(
         "JWT_SECRET",
@@ -242,6 +242,11 @@ pub const SETTINGS: &[Setting] = &[
         "seconds a node's presence keys live without a refresh",
     ),
     setting(
+        "REDIS_PUBLISH_QUEUE",
+        "16384",
+        "frames waiting to be published to Redis; beyond it they are dropped (recipients refill)",
+    ),
+    setting(
         "KEY_FETCH_PER_MINUTE",
         "120",
         "prekey bundle fetches per caller and minute",
@@ -378,6 +383,8 @@ pub struct Config {
     /// How long a node's presence keys live without a refresh: a node that dies takes its
     /// users offline within about this long.
     pub presence_ttl: Duration,
+    /// Frames waiting for the publisher task at most (cluster mode).
+    pub redis_publish_queue: usize,
 }
 
 impl Config {
@@ -419,8 +426,8 @@ impl Config {
         crate::store::Engine::of_url(&database_url)?;
         let redis_url = get("REDIS_URL");
         if let Some(url) = &redis_url {
-            if !url.starts_with("redis://") {
-                bail!("REDIS_URL must start with redis://");
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                bail!("REDIS_URL must start with redis:// (or rediss:// for TLS)");
             }
             redis::Client::open(url.as_str())
                 .map_err(|e| anyhow::anyhow!("REDIS_URL is invalid: {e}"))?;
@@ -515,6 +522,7 @@ impl Config {
             cors_allowed_origins: origins(get("CORS_ALLOWED_ORIGINS").as_deref(), app_env)?,
             redis_prefix: get("REDIS_PREFIX").unwrap_or_else(|| "kisse".to_owned()),
             presence_ttl: Duration::from_secs(positive(&get, "PRESENCE_TTL", 30)?),
+            redis_publish_queue: small(&get, "REDIS_PUBLISH_QUEUE", 16 * 1024)? as usize,
         })
     }
 
@@ -586,6 +594,7 @@ impl Config {
             ),
             ("REDIS_PREFIX", self.redis_prefix.clone()),
             ("PRESENCE_TTL", self.presence_ttl.as_secs().to_string()),
+            ("REDIS_PUBLISH_QUEUE", self.redis_publish_queue.to_string()),
             (
                 "ACCESS_TOKEN_TTL",
                 self.jwt_expiration.as_secs().to_string(),
@@ -900,6 +909,15 @@ mod tests {
         assert!(config(&[("LOG_FORMAT", "xml")]).is_err());
         assert!(config(&[("DATABASE_URL", "mysql://x")]).is_err());
         assert!(config(&[("REDIS_URL", "http://x")]).is_err());
+    }
+
+    #[test]
+    fn redis_may_be_reached_over_tls() {
+        let c = config(&[("REDIS_URL", "rediss://:redispass@cache.example.com:6380/0")])
+            .expect("rediss:// is valid");
+        let described = format!("{:?}", c.describe());
+        assert!(described.contains("rediss://:<redacted>@cache.example.com:6380/0"));
+        assert!(config(&[("REDIS_URL", "rediss://cache.example.com")]).is_ok());
     }
 
     #[test]

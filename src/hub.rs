@@ -7,7 +7,8 @@
 //!
 //! In cluster mode (`REDIS_URL`) the hub also hands every frame to the [`Broker`], which
 //! publishes it for the nodes where the user may be connected, and delivers here what other
-//! nodes publish for this node's users. Callers do not see the difference.
+//! nodes publish for this node's users. Callers do not see the difference. Revocations
+//! (closing a session's or a user's sockets) reach every node the same way.
 
 use std::{
     collections::VecDeque,
@@ -26,7 +27,7 @@ use tokio::sync::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::Broker,
+    broker::{Broker, Control},
     model::{CallId, ChannelMessageId, ConversationId, SessionId, UserId},
 };
 
@@ -263,8 +264,16 @@ pub struct Hub {
     /// Fan-out to the other nodes of a cluster; `None` on a single node.
     broker: Option<Broker>,
     /// The sockets opened with each session's tokens, to close them when it is revoked.
-    sessions: DashMap<SessionId, Vec<(SocketId, Arc<CloseSignal>)>>,
+    sessions: DashMap<SessionId, TrackedSession>,
     reservations: Arc<Reservations>,
+    /// Revocations applied on this node so far (see `revocation_mark`).
+    revocations: AtomicU64,
+}
+
+/// A session's user and the sockets opened with its tokens on this node.
+struct TrackedSession {
+    user: UserId,
+    sockets: Vec<(SocketId, Arc<CloseSignal>)>,
 }
 
 /// Keeps a socket listed under its session until dropped (see `Hub::track_session`).
@@ -278,9 +287,9 @@ impl Drop for SessionSocket<'_> {
     fn drop(&mut self) {
         self.hub
             .sessions
-            .remove_if_mut(&self.session, |_, sockets| {
-                sockets.retain(|(id, _)| *id != self.socket);
-                sockets.is_empty()
+            .remove_if_mut(&self.session, |_, tracked| {
+                tracked.sockets.retain(|(id, _)| *id != self.socket);
+                tracked.sockets.is_empty()
             });
     }
 }
@@ -469,16 +478,21 @@ impl Hub {
         self.users.get(&user).map_or(0, |sockets| sockets.len())
     }
 
-    /// Lists `socket` under `session` until the returned guard is dropped.
+    /// Lists `socket` under `session` (of `user`) until the returned guard is dropped.
     pub fn track_session(
         &self,
         session: SessionId,
+        user: UserId,
         socket: SocketId,
         close: Arc<CloseSignal>,
     ) -> SessionSocket<'_> {
         self.sessions
             .entry(session)
-            .or_default()
+            .or_insert_with(|| TrackedSession {
+                user,
+                sockets: Vec::new(),
+            })
+            .sockets
             .push((socket, close));
         SessionSocket {
             hub: self,
@@ -487,18 +501,75 @@ impl Hub {
         }
     }
 
-    /// Closes every socket opened with `session`'s tokens.
+    /// Closes every socket opened with `session`'s tokens, on every node.
     pub fn close_session(&self, session: SessionId, reason: CloseReason) {
-        if let Some(sockets) = self.sessions.get(&session) {
-            sockets.iter().for_each(|(_, close)| close.close(reason));
+        self.close_session_here(session, reason);
+        if let Some(broker) = &self.broker {
+            broker.control(Control::RevokeSession(session));
         }
     }
 
-    /// Closes every socket of `user`.
+    /// Closes every socket of `user` (all their sessions were revoked) here, and on the other
+    /// nodes those whose session the store says is revoked (a session started since, such as
+    /// the one a password change answers with, may already have a socket there).
     pub fn close_user(&self, user: UserId, reason: CloseReason) {
+        self.close_user_here(user, reason);
+        if let Some(broker) = &self.broker {
+            broker.control(Control::RevokeUser(user));
+        }
+    }
+
+    /// `user`'s account was deleted: closes their sockets on every node, and has the other
+    /// nodes forget what they cached about it (the caller forgets this node's).
+    pub fn account_deleted(&self, user: UserId) {
+        self.close_user_here(user, CloseReason::Revoked);
+        if let Some(broker) = &self.broker {
+            broker.control(Control::AccountDeleted(user));
+        }
+    }
+
+    /// `close_session`, on this node only (what another node asked for).
+    pub fn close_session_here(&self, session: SessionId, reason: CloseReason) {
+        // Counted before the sockets are looked up: see `revocation_mark`.
+        self.revocations.fetch_add(1, Ordering::SeqCst);
+        if let Some(tracked) = self.sessions.get(&session) {
+            tracked
+                .sockets
+                .iter()
+                .for_each(|(_, close)| close.close(reason));
+        }
+    }
+
+    /// `close_user`, on this node only (what another node asked for).
+    pub fn close_user_here(&self, user: UserId, reason: CloseReason) {
+        self.revocations.fetch_add(1, Ordering::SeqCst);
         if let Some(sockets) = self.users.get(&user) {
             sockets.iter().for_each(|socket| socket.close.close(reason));
         }
+    }
+
+    /// The sessions with a socket on this node, and their users (of `user` only, if given).
+    /// Counts as a revocation (see `revocation_mark`): the caller is about to check them.
+    pub fn sessions_to_check(&self, user: Option<UserId>) -> Vec<(SessionId, UserId)> {
+        self.revocations.fetch_add(1, Ordering::SeqCst);
+        self.sessions
+            .iter()
+            .filter(|entry| user.is_none_or(|user| entry.user == user))
+            .map(|entry| (*entry.key(), entry.user))
+            .collect()
+    }
+
+    /// A mark to take before a socket's token is checked. A revocation applied after the
+    /// check but before the socket is tracked (`track_session`, `attach`) finds no socket to
+    /// close; `revoked_since(mark)` after tracking tells whether one may have, so the session
+    /// is checked again only then (revocations are rare, sockets opening are not).
+    pub fn revocation_mark(&self) -> u64 {
+        self.revocations.load(Ordering::SeqCst)
+    }
+
+    /// Whether a revocation was applied on this node since `mark` was taken.
+    pub fn revoked_since(&self, mark: u64) -> bool {
+        self.revocations.load(Ordering::SeqCst) != mark
     }
 
     /// How many users have at least one socket open on this node.
@@ -541,6 +612,23 @@ mod tests {
         assert!(hub.is_online(user));
         assert!(hub.detach(user, b));
         assert!(!hub.is_online(user));
+    }
+
+    #[test]
+    fn a_socket_tracked_after_a_revocation_can_tell() {
+        let hub = Hub::default();
+        let (user, session) = (UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()));
+        let mark = hub.revocation_mark();
+        assert!(!hub.revoked_since(mark));
+        // Revoked while the socket was between its token check and its tracking.
+        hub.close_session(session, CloseReason::Revoked);
+        let close = Arc::new(CloseSignal::default());
+        let tracked = hub.track_session(session, user, 1, close.clone());
+        assert!(!close.is_closed() && hub.revoked_since(mark));
+        hub.close_session(session, CloseReason::Revoked);
+        assert!(close.is_closed());
+        drop(tracked);
+        assert!(hub.sessions_to_check(None).is_empty());
     }
 
     #[test]

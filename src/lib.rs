@@ -93,6 +93,7 @@ impl App {
                 std::str::from_utf8(url.expose()).context("REDIS_URL is not UTF-8")?,
                 &config.redis_prefix,
                 config.presence_ttl,
+                config.redis_publish_queue,
             )?),
             None => {
                 // A single node starts with no socket open: nobody is online yet. (In a

@@ -115,6 +115,26 @@ fn check_config_prints_the_settings_without_secrets() {
 }
 
 #[test]
+fn check_config_accepts_redis_over_tls() {
+    let scratch = Scratch::new();
+    let output = run(
+        &scratch,
+        &["check-config"],
+        &[(
+            "REDIS_URL",
+            "rediss://:redis-password-1@cache.example.com:6380/0",
+        )],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(
+        stdout.contains("REDIS_URL=rediss://:<redacted>@cache.example.com:6380/0"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("redis-password-1"), "{stdout}");
+}
+
+#[test]
 fn migrate_applies_the_migrations_and_exits() {
     let scratch = Scratch::new();
     let url = scratch.database_url();

@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::{Engine, TestApp, TestUser, WAIT, WsClient};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{
     client::IntoClientRequest, protocol::frame::coding::CloseCode,
@@ -481,4 +481,297 @@ async fn without_redis_local_delivery_goes_on_and_cross_node_delivery_resumes_af
     let after = send(&mut a, &bob, "text").await;
     assert_eq!(on_b.expect("message").await["id"], after.as_str());
     on_a.expect_quiet().await;
+}
+
+/// A socket of `user` (opened with `token`) on node B closes with 4001 once `revoke` (run
+/// against node A) revoked its session.
+async fn closes_on_b_when(
+    c: &Cluster,
+    user: &TestUser,
+    token: &str,
+    what: &str,
+    revoke: impl AsyncFnOnce(&TestApp),
+) {
+    let session = TestUser {
+        token: token.to_owned(),
+        id: user.id.clone(),
+        email: user.email.clone(),
+        password: user.password.clone(),
+    };
+    let mut on_b = connect_to(c.b.addr, &session, "").await;
+    revoke(&c.a).await;
+    assert_eq!(
+        on_b.closed().await,
+        Some(CloseCode::Library(4001)),
+        "{what} on node A closes the socket on node B"
+    );
+}
+
+/// Logs `user` in once more; returns the new session's access and refresh tokens.
+async fn login(node: &TestApp, user: &TestUser) -> (String, String) {
+    let (status, body) = node
+        .request(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            Some(json!({"email": user.email, "password": user.password})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = |key: &str| body[key].as_str().expect(key).to_owned();
+    (token("token"), token("refresh_token"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_revocation_on_one_node_closes_the_sockets_on_the_other() {
+    let Some(c) = cluster().await else { return };
+
+    let user = c.a.register("logout").await;
+    closes_on_b_when(&c, &user, &user.token, "logout", async |a| {
+        let (status, _) = a.post("/api/auth/logout", &user.token, json!({})).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    })
+    .await;
+
+    let user = c.a.register("logoutall").await;
+    let (other_session, _) = login(&c.a, &user).await;
+    closes_on_b_when(&c, &user, &other_session, "logout-all", async |a| {
+        let (status, _) = a.post("/api/auth/logout-all", &user.token, json!({})).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    })
+    .await;
+
+    let user = c.a.register("password").await;
+    closes_on_b_when(&c, &user, &user.token, "a password change", async |a| {
+        let body = json!({"current_password": user.password, "new_password": "a-new-password"});
+        let (status, _) = a.post("/api/auth/password", &user.token, body).await;
+        assert_eq!(status, StatusCode::OK);
+    })
+    .await;
+
+    let user = c.a.register("reuse").await;
+    let (token, refresh) = login(&c.a, &user).await;
+    closes_on_b_when(&c, &user, &token, "refresh-token reuse", async |a| {
+        let body = json!({"refresh_token": refresh});
+        let (status, _) = a
+            .request(Method::POST, "/api/auth/refresh", None, Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = a
+            .request(Method::POST, "/api/auth/refresh", None, Some(body))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "a copied refresh token came back"
+        );
+    })
+    .await;
+
+    let user = c.a.register("deleted").await;
+    closes_on_b_when(&c, &user, &user.token, "account deletion", async |a| {
+        let body = json!({"password": user.password});
+        let (status, _) = a
+            .request(
+                Method::DELETE,
+                "/api/auth/me",
+                Some(&user.token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_a_deleted_account_is_refused_on_every_node_and_others_flow() {
+    let Some(c) = cluster().await else { return };
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let carol = c.a.register("carol").await;
+    let dave = c.a.register("dave").await;
+    let mut on_a = connect(&c.a, &alice, "").await;
+    let mut on_b = connect(&c.b, &carol, "").await;
+    let mut bob_on_b = connect(&c.b, &bob, "").await;
+    // Both nodes know (and keep in memory) a conversation with bob.
+    send(&mut on_a, &bob, "text").await;
+    send(&mut on_b, &bob, "text").await;
+
+    let body = json!({"password": bob.password});
+    let (status, _) =
+        c.a.request(Method::DELETE, "/api/auth/me", Some(&bob.token), Some(body))
+            .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Node B heard of it: his socket there closes.
+    assert_eq!(bob_on_b.closed().await, Some(CloseCode::Library(4001)));
+
+    for ws in [&mut on_a, &mut on_b] {
+        ws.send(
+            "message",
+            json!({"recipientId": bob.id, "messageType": "text"}),
+        )
+        .await;
+        let refused = ws.expect("error").await;
+        assert_eq!(refused["code"], "not_found", "{refused}");
+        // Traffic to others still commits and is acknowledged.
+        send(ws, &dave, "text").await;
+    }
+    let (status, _) =
+        c.b.post(
+            "/api/conversations",
+            &carol.token,
+            json!({"participant_id": bob.id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_revoked_while_its_socket_opens_gets_the_socket_closed() {
+    let Some(c) = cluster().await else { return };
+    let alice = c.a.register("alice").await;
+    let database = c.a.settings()["DATABASE_URL"].clone();
+    let db = sqlx::PgPool::connect(&database).await.expect("connect");
+
+    // The upgrade checks the token (sessions), then reads the inbox's end (users): holding
+    // `users` stops it right between the check and the socket being attached.
+    let mut hold = db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .expect("lock users");
+    let request = format!("ws://{}/ws?token={}", c.b.addr, alice.token)
+        .into_client_request()
+        .expect("ws request");
+    let opening = tokio::spawn(WsClient::connect(request));
+    eventually("node B's upgrade waits on the lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND l.relation = 'users'::regclass
+               AND a.query LIKE 'SELECT inbox_seq FROM users%'",
+        )
+        .fetch_one(&db)
+        .await
+        .expect("pg_locks");
+        waiting > 0
+    })
+    .await;
+
+    // Signed out (on node A) after the check: no socket to close yet, anywhere.
+    let (status, _) = c.a.post("/api/auth/logout", &alice.token, json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hold.rollback().await.expect("release users");
+
+    let mut socket = opening
+        .await
+        .expect("task")
+        .expect("the upgrade had passed");
+    assert_eq!(socket.closed().await, Some(CloseCode::Library(4001)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doorbell_dropped_for_a_full_publish_queue_still_rings() {
+    if !Engine::Postgres.available() {
+        eprintln!("TEST_DATABASE_URL is not set: cluster tests (PostgreSQL only) not run");
+        return;
+    }
+    let redis = PrivateRedis::start(free_port()).await;
+    let Some(c) = cluster_with(Some(&redis.url()), &[("REDIS_PUBLISH_QUEUE", "1")]).await else {
+        return;
+    };
+    let (alice, bob, _) = alice_and_bob(&c.a).await;
+    let mut a = connect(&c.a, &alice, "").await;
+    let mut b = connect(&c.b, &bob, "").await;
+    let first = send(&mut a, &bob, "text").await;
+    assert_eq!(b.expect("message").await["id"], first.as_str());
+
+    // Redis stops answering for a second (within the broker's timeout: no outage): node A's
+    // publisher waits on one doorbell, one more fits in its queue, the rest are dropped.
+    let before = broker_status(&c.a);
+    let outages = broker_status(&c.b).outages;
+    let paused = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "CLIENT",
+            "PAUSE",
+            "1000",
+            "ALL",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(paused.status.success(), "{paused:?}");
+    // All at once: they commit together and ring within microseconds of each other.
+    for _ in 0..5 {
+        a.send(
+            "message",
+            json!({"recipientId": bob.id, "messageType": "text"}),
+        )
+        .await;
+    }
+    let mut sent = Vec::new();
+    for _ in 0..5 {
+        let ack = a.expect("message_ack").await;
+        sent.push(ack["id"].as_str().expect("id").to_owned());
+    }
+    assert!(
+        broker_status(&c.a).dropped > before.dropped,
+        "doorbells were dropped"
+    );
+
+    // Bob gets every one of them, without a next event to notice the gap.
+    for id in &sent {
+        let got = b.expect_within("message", WAIT * 2).await;
+        assert_eq!(got["id"], id.as_str());
+    }
+    // Not an outage's refill of every socket.
+    assert_eq!(broker_status(&c.a).outages, before.outages);
+    assert_eq!(broker_status(&c.b).outages, outages);
+}
+
+/// What the broker of `node` did so far.
+fn broker_status(node: &TestApp) -> kisse_backend::broker::Status {
+    node.state.hub.broker().expect("cluster mode").status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_published_while_a_node_was_unsubscribed_still_closes_its_sockets() {
+    if !Engine::Postgres.available() {
+        eprintln!("TEST_DATABASE_URL is not set: cluster tests (PostgreSQL only) not run");
+        return;
+    }
+    let redis = PrivateRedis::start(free_port()).await;
+    let Some(c) = cluster_on(Some(&redis.url())).await else {
+        return;
+    };
+    let alice = c.a.register("alice").await;
+    let mut on_b = connect(&c.b, &alice, "").await;
+
+    // Node B's subscription breaks (the one with alice's channel: control plus hers; node A
+    // listens to the control channel only), and the logout on node A goes out meanwhile.
+    let port = redis.port.to_string();
+    let redis_cli = |args: &[&str]| {
+        let output = Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let clients = redis_cli(&["CLIENT", "LIST", "TYPE", "pubsub"]);
+    let node_b = clients
+        .lines()
+        .find(|line| line.contains(" sub=2 "))
+        .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .unwrap_or_else(|| panic!("node B's subscription among {clients}"))
+        .to_owned();
+    assert_eq!(redis_cli(&["CLIENT", "KILL", "ID", &node_b]).trim(), "1");
+    let (status, _) = c.a.post("/api/auth/logout", &alice.token, json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Node B missed it, but checks its sessions when it subscribes again.
+    assert_eq!(on_b.closed().await, Some(CloseCode::Library(4001)));
 }

@@ -5,12 +5,14 @@ mod common;
 use common::{Engine, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 scenarios!(
     search_matches_username_name_and_email_in_any_case,
     search_limits_are_clamped_and_pages_follow_the_username,
     find_by_email_answers_404_unknown_and_400_self,
     presence_set_over_rest_reaches_contacts_and_is_readable_by_them_only,
+    messages_to_a_deleted_account_are_refused_and_others_still_flow,
 );
 
 fn usernames(list: &Value) -> Vec<&str> {
@@ -190,4 +192,41 @@ async fn presence_set_over_rest_reaches_contacts_and_is_readable_by_them_only(en
         .post("/api/presence", &alice.token, json!({"status": "sleeping"}))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+async fn messages_to_a_deleted_account_are_refused_and_others_still_flow(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let mut ws = app.ws(&alice).await;
+    let mut bobs = app.ws(&bob).await;
+    // The server now knows (and keeps in memory) their conversation.
+    ws.send(
+        "message",
+        json!({"recipientId": bob.id, "messageType": "text"}),
+    )
+    .await;
+    ws.expect("message_ack").await;
+
+    let body = json!({"password": bob.password});
+    let (status, _) = app
+        .request(Method::DELETE, "/api/auth/me", Some(&bob.token), Some(body))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(bobs.closed().await, Some(CloseCode::Library(4001)));
+
+    ws.send(
+        "message",
+        json!({"recipientId": bob.id, "messageType": "text"}),
+    )
+    .await;
+    let refused = ws.expect("error").await;
+    assert_eq!(refused["code"], "not_found", "{refused}");
+    ws.send(
+        "message",
+        json!({"recipientId": carol.id, "messageType": "text"}),
+    )
+    .await;
+    ws.expect("message_ack").await;
 }

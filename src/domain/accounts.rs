@@ -193,11 +193,13 @@ pub async fn change_password(
     })
 }
 
-/// Deletes the account and every row that names it; its sockets are closed.
+/// Deletes the account and every row that names it; its sockets are closed and its cached
+/// conversations forgotten, on every node (a message to it is then refused as not found).
 pub async fn delete(state: &AppState, user: UserId, form: Deletion) -> Result<()> {
     reauthenticate(state, user, form.password).await?;
     state.store.delete_user(user).await?;
-    state.hub.close_user(user, CloseReason::Revoked);
+    state.store.forget_conversations_of(user);
+    state.hub.account_deleted(user);
     tracing::info!(%user, "account deleted");
     Ok(())
 }

@@ -30,12 +30,16 @@ impl ConversationCache {
     fn remember(&self, conversation: &Conversation) {
         if self.by_id.len() >= CACHED_CONVERSATIONS {
             // Crude, but bounded and rare.
-            self.by_id.clear();
-            self.by_pair.clear();
+            self.forget_all();
         }
         self.by_pair
             .insert((conversation.user_a, conversation.user_b), conversation.id);
         self.by_id.insert(conversation.id, conversation.clone());
+    }
+
+    fn forget_all(&self) {
+        self.by_id.clear();
+        self.by_pair.clear();
     }
 
     fn forget_user(&self, user: UserId) {
@@ -170,6 +174,11 @@ impl Store {
     /// Forgets cached conversations of `user` (their account is going away).
     pub fn forget_conversations_of(&self, user: UserId) {
         self.conversations.forget_user(user);
+    }
+
+    /// Forgets every cached conversation (an account may have been deleted unheard of).
+    pub fn forget_all_conversations(&self) {
+        self.conversations.forget_all();
     }
 
     /// Every conversation of `user`, most recently active first.

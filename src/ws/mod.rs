@@ -40,6 +40,9 @@ pub async fn upgrade(
         .or_else(|| protocol_token(&parts.headers))
         .or_else(|| query.as_deref().and_then(token_param))
         .ok_or(Error::Unauthorized)?;
+    // Taken before the check: a revocation between the check and the socket's tracking is
+    // noticed (see `Hub::revocation_mark`).
+    let revocations = state.hub.revocation_mark();
     let claims = auth::authenticate(&state, token).await?;
     // Taken now and held by the session; dropped (given back) if the upgrade fails.
     let slot = (state.hub)
@@ -73,7 +76,9 @@ pub async fn upgrade(
         // tungstenite's 128 KiB defaults would dominate the memory of an idle socket.
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| session::run(state, socket, claims, device, start, slot)))
+        .on_upgrade(move |socket| {
+            session::run(state, socket, claims, revocations, device, start, slot)
+        }))
 }
 
 /// The entry after `bearer` in the `Sec-WebSocket-Protocol` list(s).

@@ -82,6 +82,7 @@ pub async fn run(
     state: AppState,
     socket: WebSocket,
     claims: TokenClaims,
+    revocations: u64,
     device: i64,
     start: StartFrom,
     _slot: SocketSlot,
@@ -93,7 +94,19 @@ pub async fn run(
     let (socket_id, first) =
         (state.hub).attach(user, queue.clone(), ephemeral.clone(), close.clone());
     // Security: revoking the session (logout, refresh token reuse) closes this socket.
-    let _session = (state.hub).track_session(claims.session_id, socket_id, close.clone());
+    let _session = (state.hub).track_session(claims.session_id, user, socket_id, close.clone());
+    // A revocation since the token was checked found this socket untracked: check again.
+    if state.hub.revoked_since(revocations) {
+        // Boxed: the session's future would otherwise keep room for the query all its life.
+        match Box::pin(state.store.session_active(claims.session_id, user)).await {
+            Ok(true) => {}
+            Ok(false) => close.close(CloseReason::Revoked),
+            Err(e) => {
+                e.log_if_internal();
+                close.close(CloseReason::ServerError);
+            }
+        }
+    }
     let (sink, stream) = socket.split();
 
     let expires_in = Duration::from_secs(

@@ -79,9 +79,14 @@ impl Writer {
             unreported: Vec::new(),
             reported_upto: 0,
         };
-        let mut reason = match Box::pin(self.catch_up(&mut progress, start)).await {
-            Ok(()) => None,
-            Err(stop) => Some(self.stop_reason(stop)),
+        let mut reason = if self.close.is_closed() {
+            // Closed before it started (its session was revoked meanwhile): nothing to write.
+            Some(self.close.reason_or(CloseReason::PeerGone))
+        } else {
+            match Box::pin(self.catch_up(&mut progress, start)).await {
+                Ok(()) => None,
+                Err(stop) => Some(self.stop_reason(stop)),
+            }
         };
         let mut ping = tokio::time::interval(self.state.config.ws_ping_interval);
         ping.reset();
