@@ -1,5 +1,6 @@
 //! A group commit that the database refuses because of some of its rows fails only the jobs at
 //! fault: everybody else's messages and read marks in the same group are committed as usual.
+//! A message that fails, in its commit or before, is named in its `error` frame.
 
 mod common;
 
@@ -10,7 +11,10 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use uuid::Uuid;
 
-scenarios!(a_message_whose_rows_are_gone_fails_alone_beside_other_users_traffic);
+scenarios!(
+    a_message_whose_rows_are_gone_fails_alone_beside_other_users_traffic,
+    a_message_refused_before_its_commit_is_named_in_its_error,
+);
 
 /// Innocent messages alice sends bob.
 const INNOCENT: usize = 200;
@@ -129,6 +133,29 @@ async fn a_message_whose_rows_are_gone_fails_alone_beside_other_users_traffic(en
     assert_eq!(server_ids.len(), faulty_without_id, "one server id each");
     assert!(server_ids.is_disjoint(&faulty_ids));
     carol_ws.expect_quiet().await;
+}
+
+/// A message refused before it is queued (a recipient that does not exist) is named by the id
+/// its client gave it; other frames' errors stay `{code, message}`.
+async fn a_message_refused_before_its_commit_is_named_in_its_error(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let mut socket = app.ws(&alice).await;
+    let id = Uuid::now_v7();
+    let nobody = json!({"recipientId": Uuid::now_v7(), "messageType": "text", "id": id});
+    socket.send("message", nobody).await;
+    let error = socket.expect("error").await;
+    assert_eq!(
+        error,
+        json!({"code": "not_found", "message": "user not found", "id": id, "client_id": id,
+               "clientId": id})
+    );
+    socket.send("read_receipt", json!({"messageId": id})).await;
+    let error = socket.expect("error").await;
+    assert_eq!(
+        error,
+        json!({"code": "not_found", "message": "message not found"})
+    );
 }
 
 /// Sends a `message` frame from `socket` to `to`, with the client id `id`; returns its text.
