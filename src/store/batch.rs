@@ -3,6 +3,8 @@
 //! share it, so a burst costs one transaction (one fsync) instead of one per message, receipt,
 //! upload and delivery report. Alone, a
 //! message is committed at once: batching adds no delay when there is nothing to group.
+//! A group the database refuses because of some of its rows is committed again in halves
+//! until only the jobs at fault fail (`Pending::settle`): one job never fails its neighbours.
 
 use std::time::{Duration, Instant};
 
