@@ -7,6 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
+use std::{fmt, sync::Arc};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -71,12 +72,73 @@ impl Error {
     }
 
     /// Logs server-side failures once, where they are turned into a client answer (HTTP
-    /// response or WebSocket `error` frame), and counts every error by code.
+    /// response or WebSocket `error` frame), and counts every error by code. The line is the
+    /// whole chain, what failed first and why last ("sending message …: group commit failed:
+    /// FOREIGN KEY constraint failed"): the client only ever sees "internal error".
     pub fn log_if_internal(&self) {
         crate::metrics::error(self.code());
         if let Self::Internal(e) = self {
-            tracing::error!(error = %format!("{e:#}"), "internal error");
+            tracing::error!("{e:#}");
         }
+    }
+
+    /// Says what failed, for the log, when this is a server-side failure; the client's answer
+    /// stays the same.
+    pub fn context(self, what: impl fmt::Display + Send + Sync + 'static) -> Self {
+        match self {
+            Self::Internal(e) => Self::Internal(e.context(what)),
+            other => other,
+        }
+    }
+
+    /// Makes copies of one failure for several callers (every job of a group commit that the
+    /// database refused). An internal error keeps its whole chain in every copy, the typed
+    /// errors along it included (`chain`, `downcast_ref`): copying its text lost them.
+    pub fn shared(self) -> impl Fn() -> Self {
+        let shared = match self {
+            Self::Internal(e) => Ok(Shared(Arc::new(e))),
+            answer => Err(answer),
+        };
+        move || match &shared {
+            Ok(e) => Self::Internal(anyhow::Error::new(e.clone())),
+            Err(answer) => answer.copy_answer(),
+        }
+    }
+
+    /// A copy of an error that is only an answer (every kind but `Internal`).
+    fn copy_answer(&self) -> Self {
+        match self {
+            Self::Invalid { code, message } => Self::Invalid {
+                code,
+                message: message.clone(),
+            },
+            Self::Unauthorized => Self::Unauthorized,
+            Self::Forbidden(why) => Self::Forbidden(why),
+            Self::NotFound(what) => Self::NotFound(what),
+            Self::Conflict { code, message } => Self::Conflict { code, message },
+            Self::PayloadTooLarge => Self::PayloadTooLarge,
+            Self::TooManyRequests { retry_after } => Self::TooManyRequests {
+                retry_after: *retry_after,
+            },
+            Self::Internal(e) => Self::Internal(anyhow::anyhow!("{e:#}")),
+        }
+    }
+}
+
+/// One internal error shared by several callers: it displays as the original's outermost
+/// message, and its sources are the original's.
+#[derive(Clone, Debug)]
+struct Shared(Arc<anyhow::Error>);
+
+impl fmt::Display for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self.0, f)
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -112,5 +174,32 @@ impl IntoResponse for Error {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every job of a group the database refused gets the whole cause, typed: the log says
+    /// why, and the store can still tell a refused row from an outage.
+    #[test]
+    fn shared_copies_keep_the_whole_chain() {
+        let failed = Error::from(sqlx::Error::PoolTimedOut).context("group commit failed");
+        let copy = failed.shared();
+        for copy in [copy(), copy()] {
+            let Error::Internal(e) = &copy else {
+                panic!("{copy:?} is not internal");
+            };
+            assert_eq!(
+                format!("{e:#}"),
+                "group commit failed: pool timed out while waiting for an open connection"
+            );
+            let cause = e.chain().find_map(|c| c.downcast_ref::<sqlx::Error>());
+            assert!(matches!(cause, Some(sqlx::Error::PoolTimedOut)));
+            assert_eq!(copy.to_string(), "internal error", "what the client sees");
+        }
+        let refused = Error::NotFound("user").shared();
+        assert_eq!(refused().to_string(), "user not found");
     }
 }

@@ -39,6 +39,8 @@ use utoipa_axum::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
+use tracing::Instrument as _;
+
 use crate::{AppState, error::Error, ws};
 
 /// Longest a REST request may take; WebSocket sessions live on after their upgrade response.
@@ -159,7 +161,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 }
 
 /// One line per request: method, route template (never the raw URI, which may carry
-/// `?token=`), status and latency.
+/// `?token=`), status and latency. What the handler logs (an internal error's cause) is logged
+/// inside a span that names the request the same way.
 async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -167,7 +170,8 @@ async fn log_request(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "<unmatched>".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
+    let span = tracing::error_span!("request", %method, route);
+    let response = next.run(request).instrument(span).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     crate::metrics::http_request(method.as_str(), &route, status, elapsed);

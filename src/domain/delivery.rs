@@ -105,7 +105,7 @@ pub async fn run(state: AppState) {
                 }
             }
             // Unrecorded deliveries only mean the events are sent again on a later connect.
-            Err(e) => e.log_if_internal(),
+            Err(e) => e.context("recording deliveries").log_if_internal(),
         }
         batch.clear();
     }

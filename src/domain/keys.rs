@@ -193,7 +193,7 @@ pub async fn low_prekeys(state: &AppState, user: UserId, device: i64) -> Option<
         }),
         Ok(_) => None,
         Err(e) => {
-            e.log_if_internal();
+            e.context("counting prekeys").log_if_internal();
             None
         }
     }

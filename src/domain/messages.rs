@@ -42,6 +42,11 @@ pub async fn send(
 pub struct Submitted(PendingMessage);
 
 impl Submitted {
+    /// The message's id: the client's, or the one the server made.
+    pub fn id(&self) -> MessageId {
+        self.0.id()
+    }
+
     /// Waits for the commit, then pushes the message to the recipient's sockets (once: a retry
     /// is not pushed again). Returns the message and whether it is new.
     pub async fn complete(self, state: &AppState) -> Result<(Message, bool)> {

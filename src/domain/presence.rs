@@ -77,7 +77,7 @@ pub async fn lost(state: &AppState, user: UserId) {
             log(set(state, user, Presence::Offline).await);
         }
         Ok(_) => {}
-        Err(e) => e.log_if_internal(),
+        Err(e) => e.context("reading presence").log_if_internal(),
     }
 }
 
@@ -92,12 +92,12 @@ pub async fn reassert(state: &AppState, user: UserId) {
             log(set(state, user, Presence::Online).await);
         }
         Ok(_) => {}
-        Err(e) => e.log_if_internal(),
+        Err(e) => e.context("reading presence").log_if_internal(),
     }
 }
 
 fn log<T>(result: Result<T>) {
     if let Err(e) = result {
-        e.log_if_internal();
+        e.context("setting presence").log_if_internal();
     }
 }

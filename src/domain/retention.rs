@@ -30,7 +30,7 @@ pub async fn run(state: AppState) {
                 "retention sweep"
             ),
             Ok(_) => {}
-            Err(e) => e.log_if_internal(),
+            Err(e) => e.context("retention sweep").log_if_internal(),
         }
     }
 }

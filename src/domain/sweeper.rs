@@ -22,7 +22,7 @@ pub async fn run(state: AppState) {
             _ = tick.tick() => {}
         }
         if let Err(e) = super::calls::expire_unanswered(&state).await {
-            e.log_if_internal();
+            e.context("expiring unanswered calls").log_if_internal();
         }
         if let Err(e) = super::calls::end_abandoned(&state, &mut silent_calls).await {
             e.log_if_internal();
@@ -30,7 +30,7 @@ pub async fn run(state: AppState) {
         match state.store.delete_expired_contents(now()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "expired contents deleted"),
-            Err(e) => e.log_if_internal(),
+            Err(e) => e.context("deleting expired contents").log_if_internal(),
         }
     }
 }

@@ -97,9 +97,17 @@ pub enum Event {
         timestamp: DateTime<Utc>,
         seq: i64,
     },
+    /// The socket's frame failed. An error about a `message` frame names the message: `id`,
+    /// its id (the client's when it chose one, else the server's once it made one), and
+    /// `client_id`, the id the client sent, as in `message_ack`; a client with many messages
+    /// in flight knows which one failed.
     Error {
         code: &'static str,
         message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<MessageId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<MessageId>,
     },
 }
 
@@ -132,6 +140,33 @@ impl Event {
                 read_at: message.read_at.unwrap_or(message.created_at),
                 cursor,
             },
+        }
+    }
+}
+
+impl Event {
+    /// The `error` frame that answers a frame failing with `error`.
+    pub fn error(error: &crate::error::Error) -> Self {
+        Self::Error {
+            code: error.code(),
+            message: error.to_string(),
+            id: None,
+            client_id: None,
+        }
+    }
+
+    /// The `error` frame for a `message` frame that failed with `error`: the message's `id`
+    /// (when known), and the id its client gave it (`client_id`, if any).
+    pub fn message_error(
+        error: &crate::error::Error,
+        id: Option<MessageId>,
+        client_id: Option<MessageId>,
+    ) -> Self {
+        Self::Error {
+            code: error.code(),
+            message: error.to_string(),
+            id: id.or(client_id),
+            client_id,
         }
     }
 }
@@ -317,6 +352,14 @@ mod tests {
             Event::Error {
                 code: "invalid_frame",
                 message: "bad \n input".into(),
+                id: None,
+                client_id: None,
+            },
+            Event::Error {
+                code: "internal",
+                message: "internal error".into(),
+                id: Some(message),
+                client_id: Some(message),
             },
         ];
         for event in &events {
@@ -336,6 +379,38 @@ mod tests {
             }
             assert_eq!(payload, &expected, "{frame}");
         }
+    }
+
+    /// An error about a message names it (both key styles, as everywhere); other errors stay
+    /// `{code, message}`, and the cause of an internal error stays in the server's log.
+    #[test]
+    fn error_frames_name_the_message_they_are_about() {
+        let payload = |event: Event| {
+            let frame: Value = serde_json::from_str(event.encode().as_str()).expect("json");
+            assert_eq!(frame["type"], "error");
+            frame["payload"].clone()
+        };
+        let id = MessageId(Uuid::now_v7());
+        let failed = crate::error::Error::Internal(anyhow::anyhow!("FOREIGN KEY constraint"));
+        assert_eq!(
+            payload(Event::message_error(&failed, Some(id), Some(id))),
+            serde_json::json!({"code": "internal", "message": "internal error", "id": id,
+                               "client_id": id, "clientId": id})
+        );
+        assert_eq!(
+            payload(Event::message_error(&failed, Some(id), None)),
+            serde_json::json!({"code": "internal", "message": "internal error", "id": id})
+        );
+        let refused = crate::error::Error::NotFound("user");
+        assert_eq!(
+            payload(Event::message_error(&refused, None, Some(id))),
+            serde_json::json!({"code": "not_found", "message": "user not found", "id": id,
+                               "client_id": id, "clientId": id})
+        );
+        assert_eq!(
+            payload(Event::error(&refused)),
+            serde_json::json!({"code": "not_found", "message": "user not found"})
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! share it, so a burst costs one transaction (one fsync) instead of one per message, receipt,
 //! upload and delivery report. Alone, a
 //! message is committed at once: batching adds no delay when there is nothing to group.
+//! A group the database refuses because of some of its rows is committed again in halves
+//! until only the jobs at fault fail (`Pending::settle`): one job never fails its neighbours.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Db, FirstDelivery, NewMessage, Store,
+    Db, FirstDelivery, NewMessage, Store, faults,
     group::{Group, Inserted, Read, ReadMark, Written},
     group_pg,
     group_sqlite::{self, ContentUpload},
@@ -230,10 +232,17 @@ async fn run(store: Store, messages: mpsc::Receiver<Job>, deliveries: mpsc::Rece
         match &store.db {
             Db::Sqlite(pools) => write_back_to_back(&pools.write, pending, &mut queues).await,
             Db::Postgres(_) => {
-                let result = store
-                    .write_group_with_uploads(pending.group(), &pending.uploads)
-                    .await;
-                pending.answer(result);
+                // The group, then the halves of a group refused for some of its rows, first
+                // half first (see `Pending::settle`).
+                let mut groups = vec![pending];
+                while let Some(pending) = groups.pop() {
+                    let result = store
+                        .write_group_with_uploads(pending.group(), &pending.uploads)
+                        .await;
+                    if let Some((first, second)) = pending.settle(result) {
+                        groups.extend([second, first]);
+                    }
+                }
             }
         }
     }
@@ -270,10 +279,7 @@ async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queu
     let held = Instant::now();
     let mut pending = first;
     loop {
-        let (group, started) = (pending.group(), Instant::now());
-        let result = writer.write(group, &pending.uploads);
-        record(group, &pending.uploads, started);
-        pending.answer(result);
+        commit(&mut writer, pending);
         if held.elapsed() >= HOLD_WRITER {
             return;
         }
@@ -282,6 +288,20 @@ async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queu
         match queues.ready() {
             Some(next) => pending = next,
             None => return,
+        }
+    }
+}
+
+/// SQLite: commits `pending` on `writer`, then, if the database refused some of its rows, its
+/// halves, first half first, on the same writer (see `Pending::settle`).
+fn commit(writer: &mut group_sqlite::Writer<'_>, pending: Pending) {
+    let mut groups = vec![pending];
+    while let Some(pending) = groups.pop() {
+        let (group, started) = (pending.group(), Instant::now());
+        let result = writer.write(group, &pending.uploads);
+        record(group, &pending.uploads, started);
+        if let Some((first, second)) = pending.settle(result) {
+            groups.extend([second, first]);
         }
     }
 }
@@ -379,8 +399,62 @@ impl Pending {
         }
     }
 
+    /// Answers every job from `result`; or, when the database refused some of the group's rows
+    /// (a message whose conversation was deleted, say), returns its two halves, to be committed
+    /// apart, first half first. Halving again each half that fails, down to a lone job, leaves
+    /// only the jobs at fault failing, each with its own error, and everybody else's answered
+    /// as usual: nothing of a failed group was committed. Costs nothing while groups commit;
+    /// a database that is down is not retried (see `faults`).
+    fn settle(self, result: GroupResult) -> Option<(Pending, Pending)> {
+        match result {
+            Err(e) if self.jobs() > 1 && faults::is_about_rows(&e) => {
+                let jobs = self.jobs();
+                tracing::debug!(
+                    jobs,
+                    "group commit refused, committing its halves apart: {e:#}"
+                );
+                Some(self.split())
+            }
+            result => {
+                self.answer(result);
+                None
+            }
+        }
+    }
+
+    /// How many answers the group owes: each message, read mark, upload, and the delivery report.
+    fn jobs(&self) -> usize {
+        self.messages.len()
+            + self.reads.len()
+            + self.uploads.len()
+            + usize::from(self.delivery.is_some())
+    }
+
+    /// The first half of the jobs, in the order a group writes them (messages, read marks, the
+    /// delivery report, uploads), and the rest. Both halves hold a job when there are two.
+    fn split(mut self) -> (Pending, Pending) {
+        let mut left = self.jobs() / 2;
+        let mut first = Pending::default();
+        let n = left.min(self.messages.len());
+        first.messages = self.messages.drain(..n).collect();
+        first.stored = self.stored.drain(..n).collect();
+        left -= n;
+        let n = left.min(self.reads.len());
+        first.reads = self.reads.drain(..n).collect();
+        first.read = self.read.drain(..n).collect();
+        left -= n;
+        if left > 0 && self.delivery.is_some() {
+            first.delivery = self.delivery.take();
+            left -= 1;
+        }
+        let n = left.min(self.uploads.len());
+        first.uploads = self.uploads.drain(..n).collect();
+        first.attached = self.attached.drain(..n).collect();
+        (first, self)
+    }
+
     /// Sends each job its part of `result`.
-    fn answer(self, result: Result<(Written, Vec<Result<MessageId>>)>) {
+    fn answer(self, result: GroupResult) {
         match result {
             Ok((written, answers)) => {
                 for (reply, answer) in self.attached.into_iter().zip(answers) {
@@ -397,10 +471,9 @@ impl Pending {
                 }
             }
             Err(e) => {
-                // The whole group failed (the database is unreachable, say): nothing was
-                // committed, so no message is acknowledged and no receipt is sent.
-                let reason = format!("{e:#}");
-                let failed = || Error::Internal(anyhow::anyhow!("{reason}"));
+                // Nothing was committed, so no message is acknowledged and no receipt is sent:
+                // the database is unreachable, say, or this lone job's rows were refused.
+                let failed = e.context("group commit failed").shared();
                 for reply in self.stored {
                     let _ = reply.send(Err(failed()));
                 }
@@ -417,3 +490,6 @@ impl Pending {
         }
     }
 }
+
+/// What a group commit returns: what it wrote, and each upload's answer.
+type GroupResult = Result<(Written, Vec<Result<MessageId>>)>;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use super::{FirstDelivery, NewMessage};
+use super::{FirstDelivery, NewMessage, faults::RowGone};
 use crate::{
     error::{Error, Result},
     model::{ConversationId, Message, MessageId, UserId},
@@ -215,7 +215,7 @@ fn append_inbox<C: GroupStatements>(
     let mut entries = Vec::with_capacity(wanted.len());
     for &(user, kind, message, at) in wanted {
         let Some(seq) = next_seq.get_mut(&user) else {
-            return Err(Error::Internal(anyhow::anyhow!("user vanished mid-batch")));
+            return Err(Error::Internal(RowGone("user vanished mid-batch").into()));
         };
         entries.push(NewInboxEntry {
             user,
@@ -233,7 +233,10 @@ fn append_inbox<C: GroupStatements>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::now, store::Store, store::users::NewUser};
+    use crate::{
+        model::now,
+        store::{NewContent, Store, users::NewUser},
+    };
     use uuid::Uuid;
 
     async fn user(store: &Store, name: &str) -> UserId {
@@ -271,27 +274,69 @@ mod tests {
         }
     }
 
-    /// A group that fails stores none of its messages, and the writer's next group commits.
+    /// A message whose conversation is gone (deleted meanwhile) shares a group with a good
+    /// message, a read mark, a content upload and a delivery report: it fails alone, and every
+    /// other job gets the answer it would have had without it. (The group used to roll back
+    /// whole, and all of them failed.)
     #[tokio::test]
-    async fn a_failed_group_stores_nothing_and_the_next_one_commits() {
+    async fn a_refused_message_fails_alone_and_the_rest_of_its_group_commits() {
         let (store, alice, bob, conversation) = alice_and_bob().await;
+        let mut earlier = Vec::new();
+        for _ in 0..2 {
+            let (stored, _) = (store
+                .insert_message(message(conversation, alice, bob))
+                .await)
+                .expect("an earlier message");
+            earlier.push(stored.id);
+        }
+        let [to_read, to_fill] = earlier[..] else {
+            unreachable!()
+        };
         let good = message(conversation, alice, bob);
         let nowhere = message(ConversationId(Uuid::now_v7()), alice, bob);
-        let id = good.id;
-        let failed = store.write_group(&[good, nowhere], &[], &[], now()).await;
-        assert!(failed.is_err(), "a message of no conversation");
-        assert!(store.message(id).await.expect("read").is_none());
-
-        let again = NewMessage {
-            id,
-            ..message(conversation, alice, bob)
+        let (good_id, nowhere_id) = (good.id, nowhere.id);
+        let content = NewContent {
+            bytes: b"ciphertext".to_vec(),
+            hash: None,
+            created_at: now(),
+            expires_at: now() + chrono::Duration::days(1),
         };
-        let written = store
-            .write_group(&[again], &[], &[], now())
-            .await
-            .expect("the next group");
-        assert!(matches!(written.inserted[..], [Some((_, 1))]));
-        assert!(store.message(id).await.expect("read").is_some());
+
+        // All queued before the writer runs (one thread: it runs when this task waits), so
+        // they make one group.
+        let good = store.queue_message(good).await.expect("queue");
+        let nowhere = store.queue_message(nowhere).await.expect("queue");
+        let reported = [(bob, 1), (bob, 2)];
+        let (good, nowhere, read, filled, delivered) = tokio::join!(
+            good.stored(&store),
+            nowhere.stored(&store),
+            store.mark_read(to_read, bob, None),
+            store.attach_content(alice, to_fill, content),
+            store.mark_delivered(&reported, now()),
+        );
+
+        let nowhere = nowhere.expect_err("a message of no conversation fails");
+        assert_eq!(nowhere.code(), "internal");
+        let Error::Internal(cause) = &nowhere else {
+            unreachable!()
+        };
+        let cause = format!("{cause:#}");
+        assert!(cause.starts_with("group commit failed: "), "{cause}");
+        assert!(cause.contains("FOREIGN KEY constraint failed"), "{cause}");
+        assert!(store.message(nowhere_id).await.expect("read").is_none());
+
+        let (good, cursor) = good.expect("the good message is stored");
+        assert_eq!((good.id, cursor), (good_id, Some(3)));
+        assert!(store.message(good_id).await.expect("read").is_some());
+        let (read, _) = read.expect("the read mark").expect("marked");
+        assert!(read.id == to_read && read.is_read);
+        assert_eq!(filled.expect("the upload"), to_fill);
+        let delivered: Vec<MessageId> = delivered
+            .expect("the delivery report")
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(delivered, [to_read, to_fill]);
     }
 
     /// A retry and new messages in one group, then reads (one twice) in one group: every entry

@@ -38,6 +38,10 @@ enum Pending {
 }
 
 impl PendingMessage {
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
     /// Waits for the commit. Returns the stored message and its inbox number for the
     /// recipient, or — when this sender already stored this id (a retry) — the existing message
     /// and `None`. The id taken by another sender is a `Conflict`.

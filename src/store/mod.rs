@@ -8,6 +8,7 @@ mod calls;
 mod channels;
 mod contents;
 mod conversations;
+mod faults;
 mod group;
 mod group_pg;
 mod group_sqlite;
@@ -196,7 +197,7 @@ impl Store {
                 _ = every.tick() => {}
             }
             if let Err(e) = self.checkpoint_wal().await {
-                e.log_if_internal();
+                e.context("checkpointing the SQLite log").log_if_internal();
             }
         }
     }

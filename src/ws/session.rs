@@ -194,33 +194,66 @@ async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<We
             Message::Text(text) => {
                 // Boxed: a future holds the state of its largest branch for as long as it
                 // lives; an idle socket should not carry the biggest handler's.
-                if let Err(e) = Box::pin(handle(state, socket, text.as_str())).await {
-                    e.log_if_internal();
-                    socket.reply(&Event::Error {
-                        code: e.code(),
-                        message: e.to_string(),
+                if let Err(Refused { error, client_id }) =
+                    Box::pin(handle(state, socket, text.as_str())).await
+                {
+                    error.log_if_internal();
+                    socket.reply(&match client_id {
+                        Some(_) => Event::message_error(&error, None, client_id),
+                        None => Event::error(&error),
                     });
                 }
             }
-            Message::Binary(_) => socket.reply(&Event::Error {
+            Message::Binary(_) => socket.reply(&Event::error(&Error::Invalid {
                 code: "invalid_frame",
                 message: "frames are JSON text".into(),
-            }),
+            })),
             Message::Close(_) => return,
             Message::Ping(_) | Message::Pong(_) => {}
         }
     }
 }
 
-/// Answers one text frame.
-async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<()> {
-    let user = socket.user;
-    let inbound = protocol::decode(text)?;
-    crate::metrics::frame_received(inbound.kind());
-    // Security: per-socket rate limits and coalescing (ws/limits.rs).
-    if !socket.limits.admit(&inbound, &socket.close)? {
-        return Ok(());
+/// A frame that failed, and the id the client gave the message it carried (a `message` frame),
+/// for the `error` frame to name it.
+struct Refused {
+    error: Error,
+    client_id: Option<MessageId>,
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            client_id: None,
+        }
     }
+}
+
+/// Answers one text frame.
+async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<(), Refused> {
+    let inbound = protocol::decode(text)?;
+    let kind = inbound.kind();
+    crate::metrics::frame_received(kind);
+    let client_id = match &inbound {
+        Inbound::Message(request) => request.id,
+        _ => None,
+    };
+    // Security: per-socket rate limits and coalescing (ws/limits.rs).
+    let answered = match socket.limits.admit(&inbound, &socket.close) {
+        Ok(false) => return Ok(()),
+        Ok(true) => answer(state, socket, inbound).await,
+        Err(e) => Err(e),
+    };
+    answered.map_err(|error| Refused {
+        error: error.context(format!("answering a {kind} frame")),
+        client_id,
+    })
+}
+
+/// Does what a decoded, admitted frame asks.
+async fn answer(state: &AppState, socket: &Socket, inbound: Inbound) -> Result<()> {
+    let user = socket.user;
     match inbound {
         Inbound::Message(request) => {
             // Queued, not awaited: the socket's next messages can share the same commit.
@@ -281,6 +314,7 @@ async fn ack_in_order(
 ) {
     while let Some(pending_ack) = pending.recv().await {
         let (submitted, client_id) = *pending_ack;
+        let id = submitted.id();
         let answer = match Box::pin(submitted.complete(&state)).await {
             Ok((message, _)) => Event::MessageAck {
                 id: message.id,
@@ -290,11 +324,9 @@ async fn ack_in_order(
                 seq: message.seq,
             },
             Err(e) => {
+                let e = e.context(format!("sending message {id}"));
                 e.log_if_internal();
-                Event::Error {
-                    code: e.code(),
-                    message: e.to_string(),
-                }
+                Event::message_error(&e, Some(id), client_id)
             }
         };
         hub::push(&replies, &close, Outgoing::Frame(answer.encode()));

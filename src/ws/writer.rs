@@ -325,7 +325,8 @@ impl Writer {
 
     async fn store<T>(&self, read: impl Future<Output = Result<T>>) -> Result<T, Stop> {
         read.await.map_err(|e| {
-            e.log_if_internal();
+            e.context("reading what a socket must be sent")
+                .log_if_internal();
             Stop::Store
         })
     }
