@@ -183,10 +183,7 @@ async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<We
         if matches!(message, Message::Text(_) | Message::Binary(_)) {
             // Counted before decoding: binary and undecodable frames are frames too.
             if let Err(e) = socket.limits.admit_frame(&socket.close) {
-                socket.reply(&Event::Error {
-                    code: e.code(),
-                    message: e.to_string(),
-                });
+                socket.reply(&Event::error(&e));
                 continue;
             }
         }
