@@ -29,6 +29,10 @@ pub enum Error {
     },
     #[error("payload too large")]
     PayloadTooLarge,
+    /// A per-user storage quota is used up (507, as WebDAV answers an exceeded quota): the
+    /// request may succeed once some of what the user stored is gone.
+    #[error("{0}")]
+    QuotaExceeded(&'static str),
     /// Answered with `Retry-After: <retry_after>` (seconds).
     #[error("too many requests: retry in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
@@ -52,6 +56,7 @@ impl Error {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -65,6 +70,7 @@ impl Error {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::QuotaExceeded(_) => "quota_exceeded",
             Self::TooManyRequests { .. } => "rate_limited",
             Self::Internal(_) => "internal",
         }
