@@ -112,6 +112,11 @@ pub const SETTINGS: &[Setting] = &[
         "largest content blob accepted, in bytes",
     ),
     setting(
+        "CONTENT_QUOTA_BYTES",
+        "268435456",
+        "unread content a sender may have stored at once, in bytes (413 beyond)",
+    ),
+    setting(
         "CONTENT_TTL",
         "2592000",
         "seconds an unread content blob is kept",
@@ -320,6 +325,9 @@ pub struct Config {
     pub db_max_connections: u32,
     /// Largest decoded content blob accepted by the mailbox.
     pub content_max_bytes: usize,
+    /// Unread, unexpired content a sender may have stored at once (their uploads beyond wait
+    /// until the recipients read some): one account cannot fill the disk.
+    pub content_quota_bytes: u64,
     /// How long a blob is kept when nobody reads it (`expires_at` may only shorten it).
     pub content_ttl: Duration,
     /// How long a content GET waits for a blob the sender has not uploaded yet.
@@ -460,6 +468,7 @@ impl Config {
                 as usize,
             db_max_connections: positive(&get, "DB_MAX_CONNECTIONS", 10)? as u32,
             content_max_bytes: positive(&get, "CONTENT_MAX_BYTES", 1024 * 1024)? as usize,
+            content_quota_bytes: positive(&get, "CONTENT_QUOTA_BYTES", 256 * 1024 * 1024)?,
             content_ttl: Duration::from_secs(positive(&get, "CONTENT_TTL", 30 * 86_400)?),
             content_wait: Duration::from_millis(positive(&get, "CONTENT_WAIT_MS", 10_000)?),
             call_ring_timeout: Duration::from_secs(positive(&get, "CALL_RING_TIMEOUT", 60)?),
@@ -578,6 +587,7 @@ impl Config {
             ),
             ("HASH_CONCURRENCY", self.hash_concurrency.to_string()),
             ("CONTENT_MAX_BYTES", self.content_max_bytes.to_string()),
+            ("CONTENT_QUOTA_BYTES", self.content_quota_bytes.to_string()),
             ("CONTENT_TTL", self.content_ttl.as_secs().to_string()),
             ("CONTENT_WAIT_MS", self.content_wait.as_millis().to_string()),
             (

@@ -30,6 +30,11 @@ pub enum Error {
     },
     #[error("payload too large")]
     PayloadTooLarge,
+    /// A per-user storage quota is used up: 413, which the app already treats as a refused
+    /// upload (a 5xx it might retry), with its own code; the request may succeed once some of
+    /// what the user stored is gone.
+    #[error("{0}")]
+    QuotaExceeded(&'static str),
     /// Answered with `Retry-After: <retry_after>` (seconds).
     #[error("too many requests: retry in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
@@ -53,6 +58,7 @@ impl Error {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -66,6 +72,7 @@ impl Error {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::QuotaExceeded(_) => "quota_exceeded",
             Self::TooManyRequests { .. } => "rate_limited",
             Self::Internal(_) => "internal",
         }
@@ -117,6 +124,7 @@ impl Error {
             Self::NotFound(what) => Self::NotFound(what),
             Self::Conflict { code, message } => Self::Conflict { code, message },
             Self::PayloadTooLarge => Self::PayloadTooLarge,
+            Self::QuotaExceeded(why) => Self::QuotaExceeded(why),
             Self::TooManyRequests { retry_after } => Self::TooManyRequests {
                 retry_after: *retry_after,
             },

@@ -480,6 +480,9 @@ async fn without_redis_local_delivery_goes_on_and_cross_node_delivery_resumes_af
     }
     let after = send(&mut a, &bob, "text").await;
     assert_eq!(on_b.expect("message").await["id"], after.as_str());
+    // Both ways: node B's publications reach node A again too.
+    let back = send(&mut on_b, &alice, "text").await;
+    assert_eq!(a.expect("message").await["id"], back.as_str());
     on_a.expect_quiet().await;
 }
 

@@ -18,6 +18,8 @@ scenarios!(
     bad_content_is_refused_and_stores_nothing,
     reading_the_message_deletes_its_content,
     content_expires_at_the_requested_time,
+    an_upload_for_a_message_already_read_is_refused_and_stores_nothing,
+    uploads_beyond_the_senders_quota_are_refused_until_recipients_read,
 );
 
 const BLOB: &str = "q83vEjRWeJA="; // 8 opaque bytes
@@ -312,4 +314,113 @@ async fn content_expires_at_the_requested_time(engine: Engine) {
     let until_expired = (expiry - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(until_expired + Duration::from_millis(200)).await;
     assert_eq!(app.get(&path, &bob.token).await.0, StatusCode::NOT_FOUND);
+}
+
+async fn an_upload_for_a_message_already_read_is_refused_and_stores_nothing(engine: Engine) {
+    let app = TestApp::spawn_with(engine, &[("CONTENT_WAIT_MS", "200")]).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
+    let id = uuid::Uuid::new_v4().to_string();
+    send(&mut a, &mut b, &bob, Some(id.clone())).await;
+    app.post(&format!("/api/messages/{id}/read"), &bob.token, json!({}))
+        .await;
+    a.expect("read_receipt").await;
+    let path = format!("/api/messages/{id}/content");
+    let (status, body) = app.post(&path, &alice.token, upload(BLOB)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "already_read");
+    assert_eq!(app.get(&path, &alice.token).await.0, StatusCode::NOT_FOUND);
+
+    // Under an app id (the content-id quirk): the read message is still the one the upload was
+    // for, so the next upload goes to the next message.
+    let read = send(&mut a, &mut b, &bob, None).await;
+    let unread = send(&mut a, &mut b, &bob, None).await;
+    app.post(&format!("/api/messages/{read}/read"), &bob.token, json!({}))
+        .await;
+    a.expect("read_receipt").await;
+    let app_id = uuid::Uuid::new_v4();
+    let (status, body) = app
+        .post(
+            &format!("/api/messages/{app_id}/content"),
+            &alice.token,
+            upload(BLOB),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let path = format!("/api/messages/{read}/content");
+    assert_eq!(app.get(&path, &alice.token).await.0, StatusCode::NOT_FOUND);
+    let next = uuid::Uuid::new_v4();
+    let (status, stored) = app
+        .post(
+            &format!("/api/messages/{next}/content"),
+            &alice.token,
+            upload("c2Vjb25k"),
+        )
+        .await;
+    assert_eq!(
+        (status, stored["stored_for"].as_str()),
+        (StatusCode::CREATED, Some(unread.as_str()))
+    );
+}
+
+async fn uploads_beyond_the_senders_quota_are_refused_until_recipients_read(engine: Engine) {
+    // Room for two 8-byte blobs per sender, not three.
+    let settings = [("CONTENT_QUOTA_BYTES", "20"), ("CONTENT_WAIT_MS", "200")];
+    let app = TestApp::spawn_with(engine, &settings).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = uuid::Uuid::new_v4().to_string();
+        send(&mut a, &mut b, &bob, Some(id.clone())).await;
+        ids.push(id);
+    }
+    let path = |id: &str| format!("/api/messages/{id}/content");
+    for id in &ids[..2] {
+        assert_eq!(
+            app.post(&path(id), &alice.token, upload(BLOB)).await.0,
+            StatusCode::CREATED
+        );
+    }
+    // Replacing a blob does not count it twice.
+    assert_eq!(
+        app.post(&path(&ids[0]), &alice.token, upload(BLOB)).await.0,
+        StatusCode::CREATED
+    );
+    let (status, body) = app.post(&path(&ids[2]), &alice.token, upload(BLOB)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert_eq!(
+        app.get(&path(&ids[2]), &bob.token).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Another sender has a quota of their own.
+    let mut c = app.ws(&carol).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    send(&mut c, &mut b, &bob, Some(id.clone())).await;
+    assert_eq!(
+        app.post(&path(&id), &carol.token, upload(BLOB)).await.0,
+        StatusCode::CREATED
+    );
+
+    // Bob reads a message: its content is deleted, and Alice has room again.
+    app.post(
+        &format!("/api/messages/{}/read", ids[0]),
+        &bob.token,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        app.post(&path(&ids[2]), &alice.token, upload(BLOB)).await.0,
+        StatusCode::CREATED
+    );
+    let (status, fetched) = app.get(&path(&ids[2]), &bob.token).await;
+    assert_eq!(
+        (status, fetched["content_data"].as_str()),
+        (StatusCode::OK, Some(BLOB))
+    );
 }

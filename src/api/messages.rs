@@ -42,7 +42,7 @@ pub async fn mark_read(
     params(("id" = Uuid, Path, description = "message id")),
     request_body(content = Value, description = "{content_data (base64), content_hash?, expires_at?}"),
     security(("bearer" = [])),
-    responses((status = 201, description = "stored", body = Value), (status = 400, description = "invalid input", body = Value), (status = 403, description = "not the sender", body = Value), (status = 413, description = "too large", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses((status = 201, description = "stored", body = Value), (status = 400, description = "invalid input", body = Value), (status = 403, description = "not the sender", body = Value), (status = 409, description = "the message was read already (`already_read`): nothing stored", body = Value), (status = 413, description = "too large (`payload_too_large`), or the sender's unread content would exceed CONTENT_QUOTA_BYTES (`quota_exceeded`): nothing stored", body = Value), (status = 401, description = "missing or bad token (empty body)"))
 )]
 pub async fn put_content(
     State(state): State<AppState>,

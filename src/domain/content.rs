@@ -62,7 +62,9 @@ impl ContentWaiters {
 }
 
 /// Stores the blob the sender uploads for message `id` (or, for an id the server does not
-/// know, for the sender's oldest message still awaiting content).
+/// know, for the sender's oldest message still awaiting content). Refused, storing nothing,
+/// once the message was read (409: nobody will fetch it) and beyond the sender's quota of
+/// unread content (413, `CONTENT_QUOTA_BYTES`).
 pub async fn store(
     state: &AppState,
     sender: UserId,
@@ -107,7 +109,11 @@ pub async fn store(
         created_at,
         expires_at,
     };
-    let message = state.store.attach_content(sender, id, content).await?;
+    let quota = state.config.content_quota_bytes;
+    let message = state
+        .store
+        .attach_content(sender, id, content, quota)
+        .await?;
     state.content_waiters.ring(message);
     Ok(message)
 }

@@ -1,7 +1,7 @@
 //! Delivery state: sockets report the inbox events they wrote; this task records them in
 //! batches and tells each sender when their message first reached the recipient.
 
-use std::sync::Mutex;
+use std::{sync::Mutex, time::Duration};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -10,12 +10,17 @@ use crate::{
     AppState,
     events::Event,
     model::{UserId, now},
+    store::FirstDelivery,
 };
 
 /// Reports queued before a writer has to wait for the recorder.
 const QUEUE: usize = 16 * 1024;
 /// Reports recorded in one transaction at most.
 const BATCH: usize = 4096;
+/// Pauses between attempts to record a batch while the database fails, doubling up to the
+/// second.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Where socket writers report what they delivered.
 pub struct DeliveryLog {
@@ -92,22 +97,44 @@ pub async fn run(state: AppState) {
         if received == 0 {
             return;
         }
-        match state.store.mark_delivered(&batch, now()).await {
-            Ok(delivered) => {
-                for message in delivered {
-                    let receipt = Event::DeliveryReceipt {
-                        message_id: message.id,
-                        conversation_id: message.conversation_id,
-                        recipient_id: message.recipient_id,
-                        delivered_at: message.delivered_at,
-                    };
-                    super::deliver(&state, [message.sender_id], &receipt);
-                }
-            }
-            // Unrecorded deliveries only mean the events are sent again on a later connect.
-            Err(e) => e.context("recording deliveries").log_if_internal(),
+        let Some(delivered) = record(&state, &batch).await else {
+            return; // shutting down while the database does not answer
+        };
+        for message in delivered {
+            let receipt = Event::DeliveryReceipt {
+                message_id: message.id,
+                conversation_id: message.conversation_id,
+                recipient_id: message.recipient_id,
+                delivered_at: message.delivered_at,
+            };
+            super::deliver(&state, [message.sender_id], &receipt);
         }
         batch.clear();
+    }
+}
+
+/// Records `batch`, retrying while the database does not answer (it restarts, say): a batch
+/// dropped would have its events sent again on the user's next connect without a cursor, a
+/// duplicate of what the app showed already, and its senders never get their receipts. Reports
+/// queue meanwhile (writers keep their own when the queue is full). `None` at shutdown.
+async fn record(state: &AppState, batch: &[(UserId, i64)]) -> Option<Vec<FirstDelivery>> {
+    let mut pause = RETRY_FIRST;
+    loop {
+        match state.store.mark_delivered(batch, now()).await {
+            Ok(delivered) => return Some(delivered),
+            // Refused rows would be refused again: the events are sent again on a later
+            // connect, as before.
+            Err(e) if crate::store::is_about_rows(&e) => {
+                e.context("recording deliveries").log_if_internal();
+                return Some(Vec::new());
+            }
+            Err(e) => e.context("recording deliveries").log_if_internal(),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = state.delivery.closing.cancelled() => return None,
+        }
+        pause = (pause * 2).min(RETRY_MAX);
     }
 }
 

@@ -25,6 +25,11 @@ use crate::{
 
 /// Messages committed together at most.
 const MAX_BATCH: usize = 4096;
+/// Content bytes a group commit carries at most (SQLite's uploads join the group): a burst of
+/// large uploads is split over several groups instead of making one huge transaction that
+/// holds the writer, and the messages behind it, for long. A single upload above it (with
+/// `CONTENT_MAX_BYTES` set higher) still goes, alone.
+const MAX_GROUP_UPLOAD_BYTES: usize = 8 * 1024 * 1024;
 /// Messages waiting for a commit before callers wait to queue.
 const QUEUE: usize = 4096;
 /// Delivery reports waiting for a commit (their one sender waits for each).
@@ -318,6 +323,10 @@ impl Queues {
     /// Waits for either kind of work, then takes whatever else is ready; `None` once the store
     /// is gone (nobody can queue anything any more).
     async fn wait(&mut self) -> Option<Pending> {
+        if !self.jobs.is_empty() {
+            // Left over by the previous group's upload bound.
+            return Some(self.take(None));
+        }
         let delivery = tokio::select! {
             biased;
             Some(job) = self.deliveries.recv() => Some(job),
@@ -341,7 +350,8 @@ impl Queues {
         (!idle).then_some(pending)
     }
 
-    /// `delivery` (or the next delivery report ready) and the jobs ready, up to `MAX_BATCH`.
+    /// `delivery` (or the next delivery report ready) and the jobs ready, up to `MAX_BATCH`
+    /// and `MAX_GROUP_UPLOAD_BYTES` (the jobs past it stay first in line for the next group).
     fn take(&mut self, delivery: Option<DeliveryJob>) -> Pending {
         let mut pending = Pending {
             delivery: delivery.or_else(|| self.deliveries.try_recv().ok()),
@@ -353,7 +363,19 @@ impl Queues {
             };
             self.jobs.push(job);
         }
-        for job in self.jobs.drain(..) {
+        let mut upload_bytes = 0;
+        let fit = self
+            .jobs
+            .iter()
+            .position(|job| {
+                let Job::Content { upload, .. } = job else {
+                    return false;
+                };
+                upload_bytes += upload.size();
+                upload_bytes > MAX_GROUP_UPLOAD_BYTES && upload_bytes > upload.size()
+            })
+            .unwrap_or(self.jobs.len());
+        for job in self.jobs.drain(..fit) {
             match job {
                 Job::Message { message, reply } => {
                     pending.messages.push(message);
@@ -493,3 +515,65 @@ impl Pending {
 
 /// What a group commit returns: what it wrote, and each upload's answer.
 type GroupResult = Result<(Written, Vec<Result<MessageId>>)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::now, store::NewContent};
+
+    fn upload(bytes: usize) -> (MessageId, Job) {
+        let requested = MessageId(uuid::Uuid::new_v4());
+        let content = NewContent {
+            bytes: vec![0; bytes],
+            hash: None,
+            created_at: now(),
+            expires_at: now(),
+        };
+        let upload = ContentUpload {
+            sender: UserId(uuid::Uuid::new_v4()),
+            requested,
+            content,
+            quota: u64::MAX,
+        };
+        let (reply, _) = oneshot::channel();
+        (requested, Job::Content { upload, reply })
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_large_uploads_is_split_over_groups_of_bounded_bytes() {
+        let (queue, messages) = mpsc::channel(QUEUE);
+        let (_reports, deliveries) = mpsc::channel(1);
+        let mut queues = Queues {
+            messages,
+            deliveries,
+            jobs: Vec::new(),
+        };
+        // Twenty 1 MiB uploads, then one above the bound on its own.
+        let sizes = [vec![1 << 20; 20], vec![MAX_GROUP_UPLOAD_BYTES + 1]].concat();
+        let mut queued = Vec::new();
+        for size in &sizes {
+            let (id, job) = upload(*size);
+            queued.push(id);
+            assert!(queue.send(job).await.is_ok());
+        }
+        let mut taken = Vec::new();
+        let mut groups = 0;
+        while taken.len() < queued.len() {
+            // What a group left behind is taken at once, without waiting for more work.
+            let pending = tokio::time::timeout(Duration::from_secs(5), queues.wait())
+                .await
+                .expect("the jobs left over are taken without waiting")
+                .expect("queue open");
+            let bytes: usize = pending.uploads.iter().map(ContentUpload::size).sum();
+            assert!(
+                bytes <= MAX_GROUP_UPLOAD_BYTES || pending.uploads.len() == 1,
+                "a group of {} uploads carries {bytes} bytes",
+                pending.uploads.len()
+            );
+            taken.extend(pending.uploads.iter().map(|u| u.requested));
+            groups += 1;
+        }
+        assert_eq!(taken, queued, "every upload is taken once, in order");
+        assert!(groups >= 4, "{groups} groups");
+    }
+}

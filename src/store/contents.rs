@@ -24,8 +24,8 @@ pub struct StoredContent {
     pub expires_at: DateTime<Utc>,
 }
 
-/// One answer for "someone else's message" and "no message of yours awaits content": a caller
-/// learns nothing about ids that are not theirs.
+/// One answer for "someone else's message" and "no message of yours awaits this content": a
+/// caller learns nothing about ids that are not theirs.
 pub(super) const NOT_YOURS: &str = "no message of yours awaits this content";
 
 /// How far back an app-generated id may claim a content-less message.
@@ -33,21 +33,65 @@ pub(super) const ALIAS_WINDOW_SECONDS: i64 = 60;
 /// Claim attempts when concurrent uploads race for the same oldest message.
 const CLAIM_ATTEMPTS: usize = 3;
 
-/// The advisory lock that serializes `sender`'s content claims (PostgreSQL): their id's first
-/// half. Two senders that share it only wait for each other.
-fn claim_lock_key(sender: UserId) -> i64 {
+/// Why an upload stored nothing, once its message is known (the claim of a message by an app id
+/// stays: the app's next upload must not take this one's message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refused {
+    NotYours,
+    /// The recipient read the message already: its content would never be fetched, and would
+    /// occupy the mailbox until it expires.
+    AlreadyRead,
+    /// The sender's unread content would exceed their quota.
+    OverQuota,
+}
+
+impl From<Refused> for Error {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::NotYours => Error::Forbidden(NOT_YOURS),
+            Refused::AlreadyRead => Error::Conflict {
+                code: "already_read",
+                message: "the message was read already: its content is no longer accepted",
+            },
+            Refused::OverQuota => Error::QuotaExceeded(
+                "your unread content uses up your storage quota: \
+                 retry once recipients have read some",
+            ),
+        }
+    }
+}
+
+/// Whether storing `adding` bytes for one message, over `used` bytes of the sender's other
+/// unread content, stays within `quota`.
+pub(super) fn within_quota(used: i64, adding: usize, quota: u64) -> bool {
+    u64::try_from(used)
+        .unwrap_or(0)
+        .saturating_add(adding as u64)
+        <= quota
+}
+
+/// The sender's unread, unexpired content other than message `$2`'s, in bytes (`$3`: now).
+pub(super) const CONTENT_USED: &str = "SELECT COALESCE(SUM(size_bytes), 0) FROM message_contents
+     WHERE sender_id = $1 AND message_id <> $2 AND expires_at > $3";
+
+/// The advisory lock that serializes `sender`'s uploads (PostgreSQL): their id's first half.
+/// Two senders that share it only wait for each other.
+fn upload_lock_key(sender: UserId) -> i64 {
     sender.0.as_u64_pair().0 as i64
 }
 
 impl Store {
     /// Stores `content` for the message `requested` names, on behalf of `sender`: a message id,
     /// an alias made earlier, or else a new alias for the sender's oldest content-less message
-    /// of the last minute. Returns the message the content went to.
+    /// of the last minute. Returns the message the content went to. Refused (and nothing
+    /// stored) when the message was read already (409) or when the sender's unread content
+    /// would exceed `quota` bytes (413).
     pub async fn attach_content(
         &self,
         sender: UserId,
         requested: MessageId,
         content: NewContent,
+        quota: u64,
     ) -> Result<MessageId> {
         // SQLite has one writer: the upload joins the next group commit instead of taking the
         // writer for a transaction of its own (see `group_sqlite`).
@@ -56,13 +100,26 @@ impl Store {
                 sender,
                 requested,
                 content,
+                quota,
             };
             return batcher.attach_content(upload).await;
         }
         let since = content.created_at - chrono::Duration::seconds(ALIAS_WINDOW_SECONDS);
         let postgres = self.engine() == super::Engine::Postgres;
-        with_pool!(self, write, |pool| {
+        let outcome = with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
+            if postgres {
+                // A sender's uploads run one at a time, each after the previous one committed:
+                // concurrent claims (a burst of the app's messages) would all pick the same
+                // oldest message, and all but one lose; and concurrent uploads would each see
+                // the quota's room before the others used it. (A row lock taken with SKIP
+                // LOCKED would also skip a message that a group commit is marking delivered,
+                // and give its content to the next message.)
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(upload_lock_key(sender))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let known: Option<(MessageId, UserId)> = sqlx::query_as(
                 "SELECT m.id, m.sender_id FROM messages m WHERE m.id = $1
                  UNION ALL
@@ -72,45 +129,33 @@ impl Store {
             .bind(requested)
             .fetch_optional(&mut *tx)
             .await?;
-            let target = match known {
-                Some((_, owner)) if owner != sender => {
-                    return Err(Error::Forbidden(NOT_YOURS));
-                }
-                Some((id, _)) => {
-                    sqlx::query(
-                        "UPDATE messages SET content_received_at = COALESCE(content_received_at, $2)
-                         WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind(content.created_at)
-                    .execute(&mut *tx)
-                    .await?;
-                    id
-                }
+            // The message, and whether it is read, from the update that locks its row: a read
+            // mark committed meanwhile is seen, and one that comes later waits for this upload.
+            // (A group statement that started before this commit and marks the message read
+            // does not see the new content to delete it: that blob stays until it expires.)
+            let target: Option<(MessageId, bool)> = match known {
+                Some((_, owner)) if owner != sender => None,
+                Some((id, _)) => sqlx::query_as(
+                    "UPDATE messages SET content_received_at = COALESCE(content_received_at, $2)
+                         WHERE id = $1 RETURNING id, is_read",
+                )
+                .bind(id)
+                .bind(content.created_at)
+                .fetch_optional(&mut *tx)
+                .await?,
                 None => {
-                    if postgres {
-                        // A sender's uploads claim one at a time, each after the previous one
-                        // committed: concurrent ones (a burst of the app's messages) would all
-                        // pick the same oldest message, and all but one lose. (A row lock taken
-                        // with SKIP LOCKED would also skip a message that a group commit is
-                        // marking delivered, and give its content to the next message.)
-                        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                            .bind(claim_lock_key(sender))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
                     let mut claimed = None;
                     for _ in 0..CLAIM_ATTEMPTS {
                         // Re-checking the condition outside the subquery makes a lost race
                         // claim nothing (and try the next message) instead of stealing.
-                        claimed = sqlx::query_scalar::<_, MessageId>(
+                        claimed = sqlx::query_as::<_, (MessageId, bool)>(
                             "UPDATE messages SET content_received_at = $3
                              WHERE id = (SELECT id FROM messages
                                          WHERE sender_id = $1 AND content_received_at IS NULL
                                            AND created_at >= $2
                                          ORDER BY seq LIMIT 1)
                                AND content_received_at IS NULL
-                             RETURNING id",
+                             RETURNING id, is_read",
                         )
                         .bind(sender)
                         .bind(since)
@@ -121,34 +166,63 @@ impl Store {
                             break;
                         }
                     }
-                    let id = claimed.ok_or(Error::Forbidden(NOT_YOURS))?;
-                    sqlx::query(
-                        "INSERT INTO message_aliases (alias_id, message_id) VALUES ($1, $2)",
-                    )
-                    .bind(requested)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    id
+                    if let Some((id, _)) = claimed {
+                        sqlx::query(
+                            "INSERT INTO message_aliases (alias_id, message_id) VALUES ($1, $2)",
+                        )
+                        .bind(requested)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    claimed
                 }
             };
-            sqlx::query(
-                "INSERT INTO message_contents (message_id, content, content_hash, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (message_id) DO UPDATE SET content = excluded.content,
-                     content_hash = excluded.content_hash, created_at = excluded.created_at,
-                     expires_at = excluded.expires_at",
-            )
-            .bind(target)
-            .bind(&content.bytes)
-            .bind(&content.hash)
-            .bind(content.created_at)
-            .bind(content.expires_at)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(target)
-        })
+            let outcome = match target {
+                None => Err(Refused::NotYours),
+                Some((_, true)) => Err(Refused::AlreadyRead),
+                Some((id, false)) => {
+                    let used: i64 = sqlx::query_scalar(CONTENT_USED)
+                        .bind(sender)
+                        .bind(id)
+                        .bind(content.created_at)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if within_quota(used, content.bytes.len(), quota) {
+                        Ok(id)
+                    } else {
+                        Err(Refused::OverQuota)
+                    }
+                }
+            };
+            if let Ok(target) = outcome {
+                sqlx::query(
+                    "INSERT INTO message_contents (message_id, content, content_hash, created_at,
+                                                   expires_at, sender_id, size_bytes)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (message_id) DO UPDATE SET content = excluded.content,
+                         content_hash = excluded.content_hash, created_at = excluded.created_at,
+                         expires_at = excluded.expires_at, size_bytes = excluded.size_bytes",
+                )
+                .bind(target)
+                .bind(&content.bytes)
+                .bind(&content.hash)
+                .bind(content.created_at)
+                .bind(content.expires_at)
+                .bind(sender)
+                .bind(i32::try_from(content.bytes.len()).unwrap_or(i32::MAX))
+                .execute(&mut *tx)
+                .await?;
+            }
+            // A refused upload's claim of a message (and its alias) is kept.
+            if matches!(outcome, Err(Refused::NotYours)) {
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
+            }
+            Ok::<_, Error>(outcome)
+        })?;
+        Ok(outcome?)
     }
 
     /// The message `id` names, directly or through an alias (the app's own id for it): one

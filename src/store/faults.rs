@@ -15,7 +15,7 @@ pub(super) struct RowGone(pub &'static str);
 /// Whether the database refused some of the rows it was given (a constraint they break, a
 /// value it cannot take, a row they need gone) rather than failing as a whole (unreachable,
 /// out of connections, closed).
-pub(super) fn is_about_rows(error: &Error) -> bool {
+pub fn is_about_rows(error: &Error) -> bool {
     let Error::Internal(e) = error else {
         return false;
     };

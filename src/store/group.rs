@@ -311,7 +311,7 @@ mod tests {
             good.stored(&store),
             nowhere.stored(&store),
             store.mark_read(to_read, bob, None),
-            store.attach_content(alice, to_fill, content),
+            store.attach_content(alice, to_fill, content, u64::MAX),
             store.mark_delivered(&reported, now()),
         );
 

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
 use sqlx::{SqliteConnection, SqlitePool, sqlite::LockedSqliteHandle};
 use uuid::Uuid;
 
-use super::contents::{ALIAS_WINDOW_SECONDS, NOT_YOURS};
+use super::contents::{ALIAS_WINDOW_SECONDS, CONTENT_USED, Refused, within_quota};
 use super::group::{self, Group, GroupStatements, NewInboxEntry, ReadMark, Received, Written};
 use super::messages::message_cols;
 use super::{FirstDelivery, NewContent, NewMessage};
@@ -30,6 +30,15 @@ pub(super) struct ContentUpload {
     /// The message id, an alias made earlier, or the app's own id for a new alias.
     pub requested: MessageId,
     pub content: NewContent,
+    /// The sender's storage quota, in bytes (`CONTENT_QUOTA_BYTES`).
+    pub quota: u64,
+}
+
+impl ContentUpload {
+    /// Bytes of content it carries (see `batch::MAX_GROUP_UPLOAD_BYTES`).
+    pub fn size(&self) -> usize {
+        self.content.bytes.len()
+    }
 }
 
 /// `group::write` on the pool's writer, then `uploads`, in one transaction (see
@@ -54,7 +63,7 @@ impl<'c> Writer<'c> {
     }
 
     /// `group::write`, then `uploads`, in one transaction. Each upload's answer: the message
-    /// its content went to, or `Forbidden`.
+    /// its content went to, or why it was refused.
     pub(super) fn write(
         &mut self,
         group: Group<'_>,
@@ -71,10 +80,7 @@ impl<'c> Writer<'c> {
                 let written = group::write(&mut Statements(db), group)?;
                 let attached = uploads
                     .iter()
-                    .map(|upload| {
-                        let target = attach(db, upload)?;
-                        Ok(target.ok_or(Error::Forbidden(NOT_YOURS)))
-                    })
+                    .map(|upload| Ok(attach(db, upload)?.map_err(Error::from)))
                     .collect::<Result<_>>()?;
                 Ok((written, attached))
             })
@@ -117,8 +123,9 @@ fn blocking<T>(rows: usize, work: impl FnOnce() -> T) -> T {
 
 /// Stores `upload`'s content for the message it names: a message id, an alias made earlier,
 /// or else a new alias for the sender's oldest content-less message of the last minute (the
-/// app's content-id quirk). `None` when no message of the sender's fits.
-fn attach(db: &Connection, upload: &ContentUpload) -> Result<Option<MessageId>> {
+/// app's content-id quirk). Refused when no message of the sender's fits, when the message was
+/// read already, or beyond the sender's quota (a claim by an app id stays; nothing is stored).
+fn attach(db: &Connection, upload: &ContentUpload) -> Result<Result<MessageId, Refused>> {
     let (sender, requested, content) = (upload.sender.0, upload.requested.0, &upload.content);
     let known = db
         .prepare_cached(
@@ -132,15 +139,17 @@ fn attach(db: &Connection, upload: &ContentUpload) -> Result<Option<MessageId>> 
         })
         .optional()?;
     let received_at = timestamp(content.created_at);
-    let target = match known {
-        Some((_, owner)) if owner != sender => return Ok(None),
+    // One writer: nothing marks the message read between this update and the content's insert.
+    let (target, is_read) = match known {
+        Some((_, owner)) if owner != sender => return Ok(Err(Refused::NotYours)),
         Some((id, _)) => {
-            db.prepare_cached(
-                "UPDATE messages SET content_received_at = coalesce(content_received_at, ?2)
-                 WHERE id = ?1",
-            )?
-            .execute(params![id.as_bytes(), received_at])?;
-            id
+            let is_read = db
+                .prepare_cached(
+                    "UPDATE messages SET content_received_at = coalesce(content_received_at, ?2)
+                     WHERE id = ?1 RETURNING is_read",
+                )?
+                .query_row(params![id.as_bytes(), received_at], |row| row.get(0))?;
+            (id, is_read)
         }
         None => {
             // One writer: nothing can claim the same message in between.
@@ -152,38 +161,51 @@ fn attach(db: &Connection, upload: &ContentUpload) -> Result<Option<MessageId>> 
                                  WHERE sender_id = ?1 AND content_received_at IS NULL
                                    AND created_at >= ?2
                                  ORDER BY seq LIMIT 1)
-                     RETURNING id",
+                     RETURNING id, is_read",
                 )?
                 .query_row(
                     params![sender.as_bytes(), timestamp(since), received_at],
-                    |row| uuid_at(row, 0),
+                    |row| Ok((uuid_at(row, 0)?, row.get(1)?)),
                 )
                 .optional()?;
-            let Some(id) = claimed else {
-                return Ok(None);
+            let Some((id, is_read)) = claimed else {
+                return Ok(Err(Refused::NotYours));
             };
             db.prepare_cached(
                 "INSERT INTO message_aliases (alias_id, message_id) VALUES (?1, ?2)",
             )?
             .execute(params![requested.as_bytes(), id.as_bytes()])?;
-            id
+            (id, is_read)
         }
     };
+    if is_read {
+        return Ok(Err(Refused::AlreadyRead));
+    }
+    let used: i64 = db.prepare_cached(CONTENT_USED)?.query_row(
+        params![sender.as_bytes(), target.as_bytes(), received_at],
+        |row| row.get(0),
+    )?;
+    if !within_quota(used, content.bytes.len(), upload.quota) {
+        return Ok(Err(Refused::OverQuota));
+    }
     db.prepare_cached(
-        "INSERT INTO message_contents (message_id, content, content_hash, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO message_contents (message_id, content, content_hash, created_at, expires_at,
+                                       sender_id, size_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (message_id) DO UPDATE SET content = excluded.content,
              content_hash = excluded.content_hash, created_at = excluded.created_at,
-             expires_at = excluded.expires_at",
+             expires_at = excluded.expires_at, size_bytes = excluded.size_bytes",
     )?
     .execute(params![
         target.as_bytes(),
         content.bytes,
         content.hash,
         received_at,
-        timestamp(content.expires_at)
+        timestamp(content.expires_at),
+        sender.as_bytes(),
+        i64::try_from(content.bytes.len()).unwrap_or(i64::MAX)
     ])?;
-    Ok(Some(MessageId(target)))
+    Ok(Ok(MessageId(target)))
 }
 
 /// The group's open transaction.

@@ -88,12 +88,7 @@ impl TestApp {
 
     /// Starts a server whose settings are the test defaults overridden by `settings`.
     pub async fn spawn_with(engine: Engine, settings: &[(&str, &str)]) -> Self {
-        // Server errors show up in a failing test's output (RUST_LOG widens the filter).
-        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
+        init_tracing();
         let (database_url, database) = match engine {
             Engine::Sqlite => {
                 let path = std::env::temp_dir().join(format!("kisse-test-{}.db", Uuid::new_v4()));
@@ -129,6 +124,23 @@ impl TestApp {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
         Self::start_with(env, database).await
+    }
+
+    /// Starts a server on the PostgreSQL database at `database_url`, which the test owns (a
+    /// private server it stops and starts): nothing is created or dropped here.
+    pub async fn spawn_on_database(database_url: &str, settings: &[(&str, &str)]) -> Self {
+        init_tracing();
+        let mut env: HashMap<String, String> = HashMap::from([
+            ("DATABASE_URL".to_owned(), database_url.to_owned()),
+            ("JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
+            ("DB_MAX_CONNECTIONS".to_owned(), "5".to_owned()),
+        ]);
+        env.extend(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Self::start_with(env, Database::Shared).await
     }
 
     async fn start_with(settings: HashMap<String, String>, database: Database) -> Self {
@@ -255,6 +267,15 @@ impl TestApp {
             .expect("ws request");
         WsClient::connect(request).await
     }
+}
+
+/// Server errors show up in a failing test's output (RUST_LOG widens the filter).
+fn init_tracing() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 async fn start(config: Config) -> (SocketAddr, AppState, JoinHandle<anyhow::Result<()>>) {
