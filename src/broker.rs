@@ -8,6 +8,8 @@
 //!   one lost on the way is fetched by the socket's writer at the next event, at the next
 //!   subscription, when Redis comes back (every socket refills), or at reconnect. Ephemeral
 //!   frames carry their key (`e <key>`), so the receiving node coalesces them as the hub does.
+//!   Delivery receipts are tagged `r`, so the receiving node drops rather than closes a socket
+//!   whose queue is full, as the hub does.
 //! - **Presence.** `{prefix}:online:{user}:{node}` exists while `user` has a socket on `node`;
 //!   each node refreshes its keys (TTL `PRESENCE_TTL`), its liveness key `{prefix}:node:{node}`,
 //!   its membership in `{prefix}:nodes` and the set of its users `{prefix}:node:{node}:users`.
@@ -185,6 +187,18 @@ impl Broker {
             if seq.is_some() {
                 self.control.push(Control::Refill(user));
             }
+        }
+    }
+
+    /// Queues a delivery receipt for publication on `user`'s channel (see `Hub::send_receipt`).
+    pub fn publish_receipt(&self, user: UserId, frame: &Frame) {
+        if !self.is_up() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let payload = format!("{} r 0 {}", self.node, frame.as_str());
+        if self.outbox.try_send((user, payload)).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -447,6 +461,7 @@ impl Broker {
         }
         match (kind, seq.parse::<i64>()) {
             ("i", Ok(seq)) => state.hub.send_inbox_local(user, seq, &frame),
+            ("r", _) => state.hub.send_receipt_local(user, &frame),
             _ => state.hub.send_local(user, &frame),
         };
     }

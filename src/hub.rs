@@ -399,6 +399,34 @@ impl Hub {
         }
     }
 
+    /// Queues a delivery receipt on every socket of `user` (here and elsewhere), dropping it
+    /// (counted) where the queue is half full instead of closing the socket: receipts are not
+    /// in the inbox, so a socket closed for being behind would not get them back on reconnect
+    /// either, and a recipient catching up on thousands of messages would knock their sender
+    /// offline. The other half stays for the frames that do count (acks, messages).
+    pub fn send_receipt(&self, user: UserId, frame: &Frame) -> usize {
+        if let Some(broker) = &self.broker {
+            broker.publish_receipt(user, frame);
+        }
+        self.send_receipt_local(user, frame)
+    }
+
+    /// `send_receipt`, to this node's sockets only (what another node published).
+    pub fn send_receipt_local(&self, user: UserId, frame: &Frame) -> usize {
+        let Some(sockets) = self.users.get(&user) else {
+            return 0;
+        };
+        let queued = |socket: &&SocketHandle| {
+            let queue = &socket.queue;
+            if queue.capacity() <= queue.max_capacity() / 2 {
+                crate::metrics::receipt_dropped();
+                return false;
+            }
+            queue.try_send(Outgoing::Frame(frame.clone())).is_ok()
+        };
+        sockets.iter().filter(queued).count()
+    }
+
     /// `send`, to this node's sockets only (what another node published).
     pub fn send_local(&self, user: UserId, frame: &Frame) -> usize {
         self.push_all(user, || Outgoing::Frame(frame.clone()))

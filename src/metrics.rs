@@ -86,6 +86,10 @@ fn describe() {
         "kisse_ws_ephemeral_dropped_total",
         "Ephemeral frames (typing, presence, unanswered calls, channel posts) dropped because a socket had too many waiting"
     );
+    describe_counter!(
+        "kisse_ws_receipts_dropped_total",
+        "Delivery receipts dropped because the sender's socket queue was full (the socket is kept)"
+    );
     describe_histogram!(
         "kisse_ws_write_batch_frames",
         Unit::Count,
@@ -165,6 +169,11 @@ pub fn frame_received(kind: &'static str) {
 /// A socket that was behind had no slot left for an ephemeral frame: the oldest was dropped.
 pub fn ephemeral_dropped() {
     counter!("kisse_ws_ephemeral_dropped_total").increment(1);
+}
+
+/// A sender's socket queue was full when a delivery receipt came: the receipt was dropped.
+pub fn receipt_dropped() {
+    counter!("kisse_ws_receipts_dropped_total").increment(1);
 }
 
 pub fn write_batch(frames: usize) {

@@ -25,6 +25,7 @@ scenarios!(
     a_retry_in_the_same_commit_is_stored_and_pushed_once,
     catch_up_cursors_are_inbox_numbers_not_message_seqs,
     messages_and_read_receipts_in_the_same_commits_keep_counts_and_numbers,
+    a_recipient_catching_up_never_knocks_the_sender_offline_with_receipts,
 );
 
 /// Regression: the catch-up read the message's own `seq` in place of the inbox number (both
@@ -566,4 +567,42 @@ async fn messages_and_read_receipts_in_the_same_commits_keep_counts_and_numbers(
     assert_eq!(list[0]["unread_count"], BURST);
     a.expect_quiet().await;
     b.expect_quiet().await;
+}
+
+/// A recipient who comes back to a long backlog sets off one delivery receipt per message for
+/// the sender at once. Receipts are not in the inbox (a closed socket would not get them back),
+/// so a sender whose queue they fill keeps the socket and misses some receipts; it used to be
+/// closed as too slow (1013).
+async fn a_recipient_catching_up_never_knocks_the_sender_offline_with_receipts(engine: Engine) {
+    const BACKLOG: usize = 1500;
+    let app = TestApp::spawn_with(
+        engine,
+        &[
+            ("WS_QUEUE_LEN", "16"),
+            ("WS_MESSAGES_PER_SECOND", "2000"),
+            ("WS_FRAMES_PER_SECOND", "4000"),
+        ],
+    )
+    .await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    // Alice's client reads slowly (a tiny receive buffer), as a phone on a poor network does.
+    let mut a = WsClient::connect_slow(app.addr, &format!("/ws?token={}", alice.token)).await;
+    send_acked(&mut a, &bob, BACKLOG).await;
+
+    // Bob comes back while Alice is not reading: every receipt is queued for her at once.
+    let mut b = app.ws(&bob).await;
+    let (got, _) = receive(&mut b, BACKLOG).await;
+    assert_eq!(got.len(), BACKLOG);
+    b.expect_quiet().await;
+
+    // Alice's socket is still open and still works.
+    a.send(
+        "message",
+        json!({"recipientId": bob.id, "messageType": "text"}),
+    )
+    .await;
+    a.expect_within("message_ack", Duration::from_secs(20))
+        .await;
+    assert_eq!(b.expect("message").await["senderId"], alice.id.as_str());
 }

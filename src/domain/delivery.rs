@@ -107,7 +107,7 @@ pub async fn run(state: AppState) {
                 recipient_id: message.recipient_id,
                 delivered_at: message.delivered_at,
             };
-            super::deliver(&state, [message.sender_id], &receipt);
+            (state.hub).send_receipt(message.sender_id, &receipt.encode());
         }
         batch.clear();
     }

@@ -113,34 +113,14 @@ impl TestApp {
                 (url, Database::PostgresSchema { admin_url, schema })
             }
         };
-        let mut env: HashMap<String, String> = HashMap::from([
-            ("DATABASE_URL".to_owned(), database_url),
-            ("JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
-            ("DB_MAX_CONNECTIONS".to_owned(), "5".to_owned()),
-        ]);
-        env.extend(
-            settings
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        Self::start_with(env, database).await
+        Self::start_with(test_env(&database_url, settings), database).await
     }
 
     /// Starts a server on the PostgreSQL database at `database_url`, which the test owns (a
     /// private server it stops and starts): nothing is created or dropped here.
     pub async fn spawn_on_database(database_url: &str, settings: &[(&str, &str)]) -> Self {
         init_tracing();
-        let mut env: HashMap<String, String> = HashMap::from([
-            ("DATABASE_URL".to_owned(), database_url.to_owned()),
-            ("JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
-            ("DB_MAX_CONNECTIONS".to_owned(), "5".to_owned()),
-        ]);
-        env.extend(
-            settings
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        Self::start_with(env, Database::Shared).await
+        Self::start_with(test_env(database_url, settings), Database::Shared).await
     }
 
     async fn start_with(settings: HashMap<String, String>, database: Database) -> Self {
@@ -276,6 +256,21 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// A test server's settings: `database_url`, the tests' secret and pool size, then `settings`.
+fn test_env(database_url: &str, settings: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("DATABASE_URL".to_owned(), database_url.to_owned()),
+        ("JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
+        ("DB_MAX_CONNECTIONS".to_owned(), "5".to_owned()),
+    ]);
+    env.extend(
+        settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    env
 }
 
 async fn start(config: Config) -> (SocketAddr, AppState, JoinHandle<anyhow::Result<()>>) {
