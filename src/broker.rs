@@ -647,15 +647,26 @@ async fn close_revoked(state: AppState, user: Option<UserId>) {
     if user.is_none() {
         state.store.forget_all_conversations();
     }
-    for (session, user) in state.hub.sessions_to_check(user) {
-        match state.store.session_active(session, user).await {
-            Ok(true) => {}
-            Ok(false) => state.hub.close_session_here(session, CloseReason::Revoked),
-            Err(e) => {
-                e.log_if_internal();
-                tracing::warn!("could not check this node's sessions against the store");
-                return;
+    let mut unchecked = state.hub.sessions_to_check(user);
+    // A revocation must not be lost to a database blip: retry what could not be checked.
+    while !unchecked.is_empty() {
+        let mut failed = Vec::new();
+        for (session, user) in unchecked {
+            match state.store.session_active(session, user).await {
+                Ok(true) => {}
+                Ok(false) => state.hub.close_session_here(session, CloseReason::Revoked),
+                Err(e) => {
+                    if failed.is_empty() {
+                        e.context("checking this node's sessions against the store")
+                            .log_if_internal();
+                    }
+                    failed.push((session, user));
+                }
             }
+        }
+        unchecked = failed;
+        if !unchecked.is_empty() && pause(&state).await {
+            return;
         }
     }
 }
@@ -731,8 +742,9 @@ async fn check_recovery(state: &AppState) {
         return;
     }
     state.hub.refill_all();
-    // Revocations made while Redis was down go out now.
-    broker.control.ready.notify_one();
+    // The doorbells this node dropped while down were for sockets on other nodes too: they
+    // refill as well. Revocations made meanwhile go out with it.
+    broker.control(Control::RefillAll);
     // Another node may have taken these users offline while this one could not refresh.
     let state = state.clone();
     tokio::spawn(async move {

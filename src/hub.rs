@@ -110,13 +110,17 @@ impl EphemeralSlots {
         } else {
             if pending.len() >= EPHEMERAL_SLOTS {
                 // Channel posts go first: their history is a REST call away, while a lost
-                // state (a ring, "stopped typing") would stay wrong on the screen.
-                let oldest_post = pending
-                    .iter()
-                    .position(|(k, _)| matches!(k, EphemeralKey::ChannelPost(_)));
-                match oldest_post {
-                    Some(at) => drop(pending.remove(at)),
-                    None => drop(pending.pop_front()),
+                // state would stay wrong on the screen. Rings go last: a lost one is a call
+                // never shown, while a lost typing or presence state is soon replaced.
+                let rank = |key: &EphemeralKey| match key {
+                    EphemeralKey::ChannelPost(_) => 0,
+                    EphemeralKey::Call(_) => 2,
+                    _ => 1,
+                };
+                let evicted =
+                    (0..=2).find_map(|wanted| pending.iter().position(|(k, _)| rank(k) == wanted));
+                if let Some(at) = evicted {
+                    drop(pending.remove(at));
                 }
                 crate::metrics::ephemeral_dropped();
             }
@@ -701,6 +705,24 @@ mod tests {
         hub.send_ephemeral(user, typing, &Frame::from("b"));
         let latest: Vec<_> = slots.take(10).iter().map(|f| f.to_string()).collect();
         assert_eq!(latest, ["b"]);
+    }
+
+    #[test]
+    fn a_ring_outlives_a_crowd_of_typing_and_presence_states() {
+        let hub = Hub::default();
+        let user = UserId(Uuid::new_v4());
+        let (tx, _rx) = mpsc::channel(1);
+        let slots = Arc::new(EphemeralSlots::default());
+        hub.attach(user, tx, slots.clone(), Arc::default());
+        let ring = EphemeralKey::Call(CallId(Uuid::new_v4()));
+        hub.send_ephemeral(user, ring, &Frame::from("ring"));
+        for n in 0..2 * EPHEMERAL_SLOTS {
+            let key = EphemeralKey::Presence(UserId(Uuid::from_u128(n as u128)));
+            hub.send_ephemeral(user, key, &Frame::from(format!("p{n}")));
+        }
+        let pending = slots.take(usize::MAX);
+        assert_eq!(pending.len(), EPHEMERAL_SLOTS, "bounded");
+        assert_eq!(pending[0].as_str(), "ring", "the oldest, yet kept");
     }
 
     #[test]

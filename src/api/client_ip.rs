@@ -53,10 +53,14 @@ fn forwarded_list(
     headers
         .get_all(name)
         .iter()
-        // A header that is not text counts as one unreadable hop.
-        .flat_map(|value| match value.to_str() {
-            Ok(text) => text.split(',').map(parse).collect::<Vec<_>>(),
-            Err(_) => vec![None],
+        // Split before decoding: a client's unreadable bytes make its own entries unreadable
+        // hops, not the readable ones a proxy appended to the same line.
+        .flat_map(|value| {
+            value
+                .as_bytes()
+                .split(|byte| *byte == b',')
+                .map(|entry| std::str::from_utf8(entry).ok().and_then(parse))
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -153,6 +157,15 @@ mod tests {
         // Garbage where the client should be: the proxy that wrote it.
         let h = headers(&[("x-forwarded-for", "203.0.113.5, nonsense, 10.0.0.7")]);
         assert_eq!(resolve(ip("127.0.0.1"), &h, &trusted, xff), ip("10.0.0.7"));
+        // Bytes that are not text, before the entry a proxy appended on the same line, do not
+        // hide that entry (the client would pick the proxy's bucket).
+        let mut h = HeaderMap::new();
+        let raw = axum::http::HeaderValue::from_bytes(b"\xff, 203.0.113.5").expect("header value");
+        h.append("x-forwarded-for", raw);
+        assert_eq!(
+            resolve(ip("127.0.0.1"), &h, &trusted, xff),
+            ip("203.0.113.5")
+        );
         // IPv4-mapped IPv6 is the IPv4 address.
         let h = headers(&[("x-forwarded-for", "::ffff:203.0.113.5")]);
         assert_eq!(

@@ -128,7 +128,8 @@ impl ControlQueue {
     }
 
     /// Puts back what could not be published, ahead of what came meanwhile. Refills are not
-    /// kept: a node whose publications fail has every socket refill when Redis is back.
+    /// kept: a node whose publications fail has every node refill when Redis is back (see
+    /// `check_recovery`).
     pub fn put_back(&self, controls: Vec<Control>) {
         let mut waiting = self.lock();
         let revocations = controls
