@@ -100,11 +100,16 @@ pub struct EphemeralSlots {
 }
 
 impl EphemeralSlots {
-    /// Keeps `frame` as the latest state of `key`, replacing an older one not yet written.
+    /// Keeps `frame` as the latest state of `key`, replacing an older one not yet written; an
+    /// empty frame withdraws the state not yet written (see `Hub::withdraw_ephemeral`).
     fn put(&self, key: EphemeralKey, frame: Frame) {
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
+        if frame.is_empty() {
+            pending.retain(|(k, _)| *k != key);
+            return;
+        }
         if let Some(slot) = pending.iter_mut().find(|(k, _)| *k == key) {
             slot.1 = frame;
         } else {
@@ -392,6 +397,12 @@ impl Hub {
             broker.publish_ephemeral(user, key, frame);
         }
         self.send_ephemeral_local(user, key, frame);
+    }
+
+    /// Drops the state of `key` not yet written to `user`'s sockets (here and elsewhere): a
+    /// durable frame that supersedes it (an answered call's) must not be followed by it.
+    pub fn withdraw_ephemeral(&self, user: UserId, key: EphemeralKey) {
+        self.send_ephemeral(user, key, &Frame::from(""));
     }
 
     /// `send_ephemeral`, to this node's sockets only (what another node published).
@@ -723,6 +734,24 @@ mod tests {
         let pending = slots.take(usize::MAX);
         assert_eq!(pending.len(), EPHEMERAL_SLOTS, "bounded");
         assert_eq!(pending[0].as_str(), "ring", "the oldest, yet kept");
+    }
+
+    #[test]
+    fn a_withdrawn_ring_is_not_written_after_the_answer() {
+        let hub = Hub::default();
+        let user = UserId(Uuid::new_v4());
+        let (tx, _rx) = mpsc::channel(1);
+        let slots = Arc::new(EphemeralSlots::default());
+        hub.attach(user, tx, slots.clone(), Arc::default());
+        let (ring, other) = (
+            EphemeralKey::Call(CallId(Uuid::new_v4())),
+            EphemeralKey::Presence(UserId(Uuid::new_v4())),
+        );
+        hub.send_ephemeral(user, ring, &Frame::from("ring"));
+        hub.send_ephemeral(user, other, &Frame::from("online"));
+        hub.withdraw_ephemeral(user, ring);
+        let left: Vec<_> = slots.take(10).iter().map(|f| f.to_string()).collect();
+        assert_eq!(left, ["online"]);
     }
 
     #[test]

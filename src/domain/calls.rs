@@ -327,6 +327,10 @@ fn tell(state: &AppState, call: &Call, to: UserId, response: &'static str) {
         timestamp: now(),
     };
     if call.status == CallStatus::Active || call.status == CallStatus::Ended {
+        // A ring still waiting on a slow socket would come after the answer.
+        state
+            .hub
+            .withdraw_ephemeral(to, EphemeralKey::Call(call.id));
         super::deliver(state, [to], &event);
     } else {
         super::deliver_ephemeral(state, [to], EphemeralKey::Call(call.id), &event);
