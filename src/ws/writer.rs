@@ -184,18 +184,19 @@ impl Writer {
     /// inbox however far behind (or at 0) it starts. Older events stay in the history (REST).
     async fn catch_up(&mut self, progress: &mut Progress, start: StartFrom) -> Result<(), Stop> {
         let head = self.store(self.state.store.inbox_head(self.user)).await?;
-        let window_start = (head - self.state.config.ws_catch_up_max).max(0);
+        let max = self.state.config.ws_catch_up_max;
         match start {
             StartFrom::Cursor(since) => {
-                self.write_inbox(progress, since.max(window_start), head, false)
+                self.write_inbox(progress, since.max(head - max), head, false)
                     .await?
             }
             StartFrom::Undelivered { live_after } => {
+                // The window bounds the backlog found at the upgrade; what arrived while the
+                // socket was opening is live for it, and none of it is skipped.
                 let old = live_after.clamp(0, head);
-                self.write_inbox(progress, window_start.min(old), old, true)
+                self.write_inbox(progress, (old - max).max(0), old, true)
                     .await?;
-                self.write_inbox(progress, old.max(window_start), head, false)
-                    .await?;
+                self.write_inbox(progress, old, head, false).await?;
             }
         }
         // Later events arrive through the queue (or are fetched when one is missing).
