@@ -2,11 +2,9 @@
 //! fault: everybody else's messages and read marks in the same group are committed as usual.
 //! A message that fails, in its commit or before, is named in its `error` frame.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{Engine, TestApp, TestUser, WsClient};
+use crate::common::{Engine, TestApp, TestUser, WsClient};
 use serde_json::{Value, json};
 use sqlx::Connection;
 use uuid::Uuid;

@@ -1,11 +1,9 @@
 //! Delivery that never loses a message: offline catch-up, per-device cursors, delivery state,
 //! ordering, restarts, and slow readers.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Engine, TestApp, TestUser, WsClient};
+use crate::common::{Engine, TestApp, TestUser, WsClient};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -271,7 +269,7 @@ async fn a_slow_reader_is_closed_while_a_fast_one_keeps_receiving(engine: Engine
     // The slow one was dropped rather than buffered without bound: reading now, it finds the
     // end of its stream after what the buffers held.
     let mut cursor = 0;
-    while let Some(frame) = s.try_recv(common::WAIT).await {
+    while let Some(frame) = s.try_recv(crate::common::WAIT).await {
         if frame["type"] == "message" {
             cursor = frame["payload"]["cursor"].as_i64().expect("cursor");
         }

@@ -1,9 +1,7 @@
 //! Channels over REST and WebSocket: the app's shape, membership, fan-out, history, paging and
 //! who may do what (unknown channel → 404, existing one you may not use → 403).
 
-mod common;
-
-use common::{Engine, TestApp, TestUser};
+use crate::common::{Engine, TestApp, TestUser};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -1,11 +1,9 @@
 //! Calls as the app makes them: `POST /api/calls` then a WebSocket `call_request` with the app's
 //! own id, answered and ended with either id.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Engine, TestApp, TestUser, WsClient};
+use crate::common::{Engine, TestApp, TestUser, WsClient};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -1,8 +1,16 @@
 //! Test harness: the real server on an ephemeral port, over real HTTP and WebSocket, on a fresh
 //! SQLite file or a fresh PostgreSQL schema (when `TEST_DATABASE_URL` is set).
-#![allow(dead_code)] // each test file uses a different part of the harness
 
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::{SinkExt, StreamExt};
 use kisse_backend::{App, AppState, config::Config};
@@ -13,6 +21,8 @@ use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async,
     tungstenite::{Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
 };
+use tracing::{Level, level_filters::LevelFilter};
+use tracing_subscriber::{EnvFilter, filter, fmt, prelude::*};
 use uuid::Uuid;
 
 pub const JWT_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
@@ -249,13 +259,72 @@ impl TestApp {
     }
 }
 
-/// Server errors show up in a failing test's output (RUST_LOG widens the filter).
+/// Server errors show up in a failing test's output (RUST_LOG widens the filter); while a
+/// [`LogCapture`] is alive, every server's logs are also kept at debug level. One subscriber
+/// for the whole test binary: a process has only one.
 fn init_tracing() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let shown = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let captured = filter::filter_fn(|meta| {
+            CAPTURING.load(Ordering::Relaxed) > 0 && *meta.level() <= Level::DEBUG
+        })
+        .with_max_level_hint(LevelFilter::DEBUG);
+        let _ = tracing_subscriber::registry()
+            .with(
+                fmt::layer()
+                    .with_test_writer()
+                    .with_filter(EnvFilter::new(shown)),
+            )
+            .with(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(|| CaptureWriter)
+                    .with_filter(captured),
+            )
+            .try_init();
+    });
+}
+
+/// How many [`LogCapture`]s are alive.
+static CAPTURING: AtomicUsize = AtomicUsize::new(0);
+static CAPTURED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// While alive, every log line of every server of this binary, debug level and above, is
+/// kept, for tests that check what is never logged (lines of tests running meanwhile too).
+pub struct LogCapture;
+
+impl LogCapture {
+    pub fn start() -> Self {
+        init_tracing();
+        CAPTURING.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+
+    /// What was logged while a capture was alive.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&CAPTURED.lock().expect("log capture")).into_owned()
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        CAPTURING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct CaptureWriter;
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut logs) = CAPTURED.lock() {
+            logs.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A test server's settings: `database_url`, the tests' secret and pool size, then `settings`.

@@ -2,15 +2,8 @@
 //! output (captured at debug level) are scanned for the passwords, tokens and content bytes
 //! used. Deleting an account leaves no row that names it.
 
-mod common;
-
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-};
-
+use crate::common::{Engine, LogCapture, TestApp};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use common::{Engine, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{
@@ -21,43 +14,6 @@ scenarios!(
     no_secret_is_stored_or_logged,
     deleting_an_account_removes_every_row_that_names_it,
 );
-
-/// Everything logged by this test binary, at debug level and above.
-static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut logs) = self.0.lock() {
-            logs.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let writer = Capture(logs.clone());
-        tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init()
-            .expect("the capture is the only subscriber of this binary");
-        logs
-    });
-}
-
-fn logs() -> String {
-    let logs = LOGS.get().expect("capturing").lock().expect("lock");
-    String::from_utf8_lossy(&logs).into_owned()
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -81,7 +37,7 @@ fn found_in(haystack: &str, secret: &str) -> bool {
 }
 
 async fn no_secret_is_stored_or_logged(engine: Engine) {
-    capture_logs();
+    let capture = LogCapture::start();
     let app = TestApp::spawn(engine).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
@@ -134,7 +90,7 @@ async fn no_secret_is_stored_or_logged(engine: Engine) {
         "sec-websocket-protocol",
         HeaderValue::from_str(&format!("bearer, {}", bob.token)).expect("header"),
     );
-    let mut b = common::WsClient::connect(request).await.expect("ws");
+    let mut b = crate::common::WsClient::connect(request).await.expect("ws");
     let id = uuid::Uuid::new_v4().to_string();
     a.send(
         "message",
@@ -217,7 +173,7 @@ async fn no_secret_is_stored_or_logged(engine: Engine) {
         }
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let logs = logs();
+    let logs = capture.text();
     assert!(logs.contains("request"), "logs were captured");
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret was logged");
@@ -230,7 +186,6 @@ async fn no_secret_is_stored_or_logged(engine: Engine) {
 }
 
 async fn deleting_an_account_removes_every_row_that_names_it(engine: Engine) {
-    capture_logs();
     let app = TestApp::spawn(engine).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;

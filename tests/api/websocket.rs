@@ -1,8 +1,6 @@
 //! Real-time routing over `/ws`: messages, acks, receipts, typing, presence, bad input.
 
-mod common;
-
-use common::{Engine, TestApp};
+use crate::common::{Engine, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{
@@ -356,7 +354,9 @@ async fn token_in_authorization_header_is_accepted(engine: Engine) {
         .expect("request");
     let bearer = format!("Bearer {}", alice.token).parse().expect("header");
     request.headers_mut().insert("authorization", bearer);
-    let mut ws = common::WsClient::connect(request).await.expect("accepted");
+    let mut ws = crate::common::WsClient::connect(request)
+        .await
+        .expect("accepted");
     ws.expect_quiet().await;
 }
 

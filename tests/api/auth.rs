@@ -1,8 +1,6 @@
 //! Registration, login and `/api/auth/me`, as the app uses them.
 
-mod common;
-
-use common::{Engine, TestApp};
+use crate::common::{Engine, TestApp};
 use kisse_backend::{
     auth::TokenKeys,
     config::Secret,
@@ -131,7 +129,7 @@ async fn wrong_password_and_unknown_email_get_the_same_empty_401(engine: Engine)
 async fn me_refuses_missing_bad_and_orphan_tokens_with_an_empty_401(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let orphan = TokenKeys::new(
-        &Secret::new(common::JWT_SECRET),
+        &Secret::new(crate::common::JWT_SECRET),
         std::time::Duration::from_secs(60),
     )
     .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()))

@@ -1,9 +1,7 @@
 //! Sessions (refresh rotation, reuse, logout, password change), WebSocket auth without URLs,
 //! abuse limits, legacy password hashes and retention.
 
-mod common;
-
-use common::{Engine, TestApp, TestUser, WAIT};
+use crate::common::{Engine, TestApp, TestUser, WAIT};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{
@@ -291,7 +289,7 @@ async fn the_socket_token_may_come_in_a_header_or_the_subprotocol(engine: Engine
         header::AUTHORIZATION.as_str(),
         HeaderValue::from_str(&format!("Bearer {}", alice.token)).expect("header"),
     );
-    let mut socket = common::WsClient::connect(request)
+    let mut socket = crate::common::WsClient::connect(request)
         .await
         .expect("header auth");
     socket.expect_silent().await;
@@ -313,7 +311,7 @@ async fn the_socket_token_may_come_in_a_header_or_the_subprotocol(engine: Engine
         HeaderValue::from_static("bearer, not.a.token"),
     );
     assert_eq!(
-        common::WsClient::connect(request).await.err(),
+        crate::common::WsClient::connect(request).await.err(),
         Some(StatusCode::UNAUTHORIZED)
     );
 }

@@ -8,8 +8,6 @@
 //! refuses to run as root). Without the binaries the test is skipped with a note, unless
 //! `TEST_DATABASE_URL` is set (as in CI): then it fails.
 
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     net::TcpListener,
@@ -23,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use common::{TestApp, TestUser, WAIT};
+use crate::common::{TestApp, TestUser, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

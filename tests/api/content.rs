@@ -1,11 +1,9 @@
 //! The encrypted content mailbox, including the app's two quirks (content under its own id,
 //! and a recipient that asks before the sender has uploaded).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Engine, TestApp, TestUser, WsClient};
+use crate::common::{Engine, TestApp, TestUser, WsClient};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -1,8 +1,6 @@
 //! Conversations over REST: get-or-create, the list the app shows, and history.
 
-mod common;
-
-use common::{Engine, TestApp};
+use crate::common::{Engine, TestApp};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -5,15 +5,13 @@
 //! not set. They need Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`) and, for the
 //! outage test, the `redis-server` binary. Each test uses its own key prefix.
 
-mod common;
-
 use std::{
     net::{SocketAddr, TcpListener},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use common::{Engine, TestApp, TestUser, WAIT, WsClient};
+use crate::common::{Engine, TestApp, TestUser, WAIT, WsClient};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{

@@ -1,9 +1,7 @@
 //! Stories over REST: the app's shape, 24-hour expiry, visibility to contacts, views, paging.
 
-mod common;
-
+use crate::common::{Engine, TestApp, TestUser};
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{Engine, TestApp, TestUser};
 use kisse_backend::{
     model::{StoryId, UserId, now},
     store::NewStory,

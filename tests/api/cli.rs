@@ -1,8 +1,6 @@
 //! The built binary: `--help`, `check-config`, `migrate`, and `serve` with JSON logs that parse,
 //! hold no secrets, and a graceful shutdown on SIGTERM that closes sockets with 1001.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
@@ -11,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::{JWT_SECRET, WsClient};
+use crate::common::{JWT_SECRET, WsClient};
 use kisse_backend::config::SETTINGS;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{

@@ -1,9 +1,7 @@
 //! Operations endpoints: /health, /ready (including a database that went away), /metrics,
 //! the OpenAPI document and its docs page, CORS.
 
-mod common;
-
-use common::{Engine, TestApp};
+use crate::common::{Engine, TestApp};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 

@@ -2,11 +2,9 @@
 //! bodies (no panic, no 5xx, no state change on error), and the authorization matrix (a third
 //! user learns nothing about resources that are not theirs).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Engine, TestApp, TestUser, WAIT, WsClient};
+use crate::common::{Engine, TestApp, TestUser, WAIT, WsClient};
 use proptest::{
     prelude::*,
     test_runner::{Config as RunnerConfig, TestRunner},

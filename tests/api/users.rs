@@ -1,8 +1,6 @@
 //! Finding users, and presence over REST.
 
-mod common;
-
-use common::{Engine, TestApp};
+use crate::common::{Engine, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

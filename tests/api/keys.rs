@@ -2,12 +2,10 @@
 //! consumption (also under concurrency), the `prekeys_low` and `identity_changed` frames,
 //! bad input, authorization and rate limiting, devices.
 
-mod common;
-
 use std::collections::HashSet;
 
+use crate::common::{Engine, TestApp, TestUser};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use common::{Engine, TestApp, TestUser};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};

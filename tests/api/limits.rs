@@ -2,9 +2,7 @@
 //! address (as named by trusted proxies only), per (account, address) for failed logins, and
 //! per user for writes and user lookups.
 
-mod common;
-
-use common::{Engine, TestApp, TestUser};
+use crate::common::{Engine, TestApp, TestUser};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 

@@ -1,0 +1,26 @@
+//! The integration tests: one binary, a module per area. Each starts real servers on
+//! ephemeral ports and talks real HTTP and WebSocket to them, on SQLite and PostgreSQL
+//! (`scenarios!` runs a scenario on both engines), with Redis for the cluster tests.
+
+#[macro_use]
+mod common;
+
+mod auth;
+mod calls;
+mod channels;
+mod cli;
+mod cluster;
+mod content;
+mod conversations;
+mod database_outage;
+mod delivery;
+mod group_commit;
+mod hostile;
+mod keys;
+mod limits;
+mod ops;
+mod secrets;
+mod sessions;
+mod stories;
+mod users;
+mod websocket;
