@@ -7,7 +7,9 @@
 //! under its snake_case and its camelCase name (`events/both_keys.rs`), and reads either
 //! style (`ws::protocol::decode`).
 
-use axum::{Json, response::IntoResponse};
+use std::sync::OnceLock;
+
+use axum::{http::header, response::IntoResponse};
 use serde_json::{Map, Value, json};
 use utoipa::{
     PartialSchema, ToSchema,
@@ -19,9 +21,12 @@ use crate::{
     ws::protocol,
 };
 
-/// `GET /api/asyncapi.json`, public like `/api/openapi.json`.
+/// `GET /api/asyncapi.json`, public like `/api/openapi.json`. Built once: it depends on
+/// nothing but the types.
 pub async fn serve() -> impl IntoResponse {
-    Json(document())
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    let text = DOCUMENT.get_or_init(|| document().to_string());
+    ([(header::CONTENT_TYPE, "application/json")], text.as_str())
 }
 
 /// The channel's key in the document: the one socket at `/ws`.
@@ -85,6 +90,11 @@ pub fn document() -> Value {
                     Direction::Server => format!("The server sends a `{kind}` frame"),
                 },
                 "messages": [{"$ref": format!("#/channels/{CHANNEL}/messages/{key}")}],
+                // Either one: the socket is authenticated once, at the upgrade.
+                "security": [
+                    {"$ref": "#/components/securitySchemes/token"},
+                    {"$ref": "#/components/securitySchemes/bearer"},
+                ],
             }),
         );
     }
