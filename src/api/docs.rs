@@ -72,7 +72,8 @@ impl Modify for Security {
     summary = "Open the real-time WebSocket",
     description = "Upgrade to a WebSocket. The token comes as `?token=<jwt>` (what the app does) or \
         `Authorization: Bearer`; `device_id` (or `deviceId`, 1..=127, default 1) names the device. \
-        Frames are JSON `{\"type\", \"payload\"}`: see docs/PROTOCOL.md.",
+        Frames are JSON `{\"type\", \"payload\"}`; each one, with its payload schema, is in the \
+        AsyncAPI document `/api/asyncapi.json` (rules and close codes: docs/PROTOCOL.md).",
     params(
         ("token" = Option<String>, Query, description = "the JWT, when not sent as a bearer header"),
         ("device_id" = Option<i64>, Query, description = "1..=127, default 1"),

@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, per-request logging, and the layers every request goes through.
 
+mod asyncapi;
 mod auth;
 mod calls;
 mod channels;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, openapi) = routes(&state).split_for_parts();
     let router = routes
         .route("/ws", get(ws::upgrade))
+        .route("/api/asyncapi.json", get(asyncapi::serve))
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
         .fallback(|| async { Error::NotFound("route") })
         .method_not_allowed_fallback(|| async {

@@ -21,7 +21,7 @@ use crate::{
 const MAX_CLIENT_CALL_ID_LEN: usize = 64;
 
 /// What a participant says about a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallResponse {
     Accept,

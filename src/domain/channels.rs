@@ -34,7 +34,7 @@ pub struct CreateChannel {
 }
 
 /// A message posted to a channel (the channel comes from the path or the frame).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChannelPost {
     pub message_type: String,
     /// Chosen by the client: makes retries idempotent and becomes the message's id.

@@ -15,7 +15,7 @@ const MAX_MESSAGE_TYPE_LEN: usize = 32;
 const MAX_SESSION_ID_LEN: usize = 256;
 
 /// A `message` frame's payload.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SendMessage {
     pub recipient_id: UserId,
     pub message_type: String,

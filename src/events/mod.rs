@@ -14,7 +14,10 @@ use crate::{
     },
 };
 
-#[derive(Debug, Serialize)]
+/// Each variant's schema (derived as the encoding is) is published, both key styles added, by
+/// the AsyncAPI document (`api/asyncapi.rs`). There, a skipped `None` is absent, never `null`,
+/// and a `None` that is not skipped is sent as `null`: hence the `schema` attributes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
 pub enum Event {
     /// A new message, for the recipient's sockets only (never echoed to the sender).
@@ -23,6 +26,7 @@ pub enum Event {
     MessageAck {
         id: MessageId,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         client_id: Option<MessageId>,
         conversation_id: ConversationId,
         timestamp: DateTime<Utc>,
@@ -58,6 +62,7 @@ pub enum Event {
     CallRequestFull {
         call_id: String,
         caller_id: UserId,
+        #[schema(required = true)]
         caller_name: Option<String>,
         recipient_id: UserId,
         call_type: String,
@@ -92,6 +97,7 @@ pub enum Event {
     ChannelMessageAck {
         id: ChannelMessageId,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         client_id: Option<ChannelMessageId>,
         channel_id: ChannelId,
         timestamp: DateTime<Utc>,
@@ -105,13 +111,15 @@ pub enum Event {
         code: &'static str,
         message: String,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         id: Option<MessageId>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         client_id: Option<MessageId>,
     },
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessagePayload {
     id: MessageId,
     message_id: MessageId,
@@ -119,6 +127,7 @@ pub struct MessagePayload {
     sender_id: UserId,
     recipient_id: UserId,
     message_type: String,
+    #[schema(required = true)]
     session_id: Option<String>,
     timestamp: DateTime<Utc>,
     is_read: bool,
@@ -194,6 +203,12 @@ impl Event {
     pub fn encode(&self) -> Frame {
         Frame::from(both_keys::to_json(self))
     }
+}
+
+/// `foo_bar` as the encoder writes its second name, `fooBar` (for the AsyncAPI document).
+pub fn snake_to_camel(key: &str) -> String {
+    let mut buffer = [0; 64];
+    both_keys::camel_case(key, &mut buffer).to_owned()
 }
 
 /// Rewrites `fooBar` keys as `foo_bar` (for frames the app sends in camelCase).

@@ -43,7 +43,7 @@ pub struct Channel {
 }
 
 /// One channel message's metadata (its content, if any, travels end to end elsewhere).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ChannelMessage {
     pub id: ChannelMessageId,
     pub channel_id: ChannelId,

@@ -3,6 +3,13 @@
 
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use serde_json::{Map, Value};
+use utoipa::{
+    ToSchema,
+    openapi::{
+        RefOr,
+        schema::{ObjectBuilder, Schema, SchemaType, Type},
+    },
+};
 
 use crate::{
     domain::{calls::CallResponse, channels::ChannelPost, messages::SendMessage},
@@ -42,7 +49,7 @@ impl Inbound {
 }
 
 /// `channel_message` `{channelId, messageType, id?}`: the same post as the REST endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChannelFrame {
     pub channel_id: ChannelId,
     #[serde(flatten)]
@@ -50,43 +57,79 @@ pub struct ChannelFrame {
 }
 
 /// `sync` `{since}`: send me again every inbox event after this cursor.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct SyncFrame {
+    /// A `cursor` from a `message` or `read_receipt` frame; 0 (the default) for everything.
     #[serde(default)]
     pub since: i64,
 }
 
-#[derive(Debug, Deserialize)]
+/// `call_request`: ring the recipient (or join the call made over `POST /api/calls`).
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CallRequestFrame {
     pub recipient_id: UserId,
     pub call_type: CallType,
     /// The app's own id for the call (a millisecond timestamp, as a string or a number).
     #[serde(deserialize_with = "string_or_number")]
+    #[schema(schema_with = string_or_number_schema)]
     pub call_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// `call_response`: answer, refuse or end a call.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CallResponseFrame {
     #[serde(deserialize_with = "string_or_number")]
+    #[schema(schema_with = string_or_number_schema)]
     pub call_id: String,
     pub response: CallResponse,
 }
 
-#[derive(Debug, Deserialize)]
+/// `typing_indicator`: relayed to the other participant of the conversation.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Typing {
     pub conversation_id: ConversationId,
     pub is_typing: bool,
 }
 
-/// `readAt` from the app is ignored: the server's clock decides.
-#[derive(Debug, Deserialize)]
+/// `read_receipt`: the recipient read the message. `readAt` from the app is ignored: the
+/// server's clock decides.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ReadReceipt {
     pub message_id: MessageId,
 }
 
-#[derive(Debug, Deserialize)]
+/// `presence_update`: stored and relayed to the user's contacts.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct PresenceUpdate {
+    #[schema(value_type = crate::model::Presence)]
     pub status: String,
+}
+
+/// `heartbeat`: answered with `heartbeat_response`; its payload is ignored.
+#[derive(ToSchema)]
+pub struct Heartbeat {}
+
+/// Every frame type `decode` knows, with its payload's schema (the types it decodes into), for
+/// the AsyncAPI document; `components` collects the schemas those refer to. A test checks that
+/// `decode` knows exactly these types.
+pub fn frame_schemas(
+    components: &mut Vec<(String, RefOr<Schema>)>,
+) -> Vec<(&'static str, RefOr<Schema>)> {
+    fn schema<T: ToSchema>(components: &mut Vec<(String, RefOr<Schema>)>) -> RefOr<Schema> {
+        T::schemas(components);
+        T::schema()
+    }
+    vec![
+        ("message", schema::<SendMessage>(components)),
+        ("typing_indicator", schema::<Typing>(components)),
+        ("read_receipt", schema::<ReadReceipt>(components)),
+        ("presence_update", schema::<PresenceUpdate>(components)),
+        ("call_request", schema::<CallRequestFrame>(components)),
+        ("call_response", schema::<CallResponseFrame>(components)),
+        ("channel_message", schema::<ChannelFrame>(components)),
+        ("sync", schema::<SyncFrame>(components)),
+        ("heartbeat", schema::<Heartbeat>(components)),
+    ]
 }
 
 /// Parses one text frame. Errors are meant for an `error` frame; the socket stays open.
@@ -150,6 +193,13 @@ fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String
     })
 }
 
+/// What `string_or_number` accepts.
+fn string_or_number_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Number]))
+        .into()
+}
+
 /// Echoed names stay short, whatever the client sent.
 fn truncate(s: &str) -> &str {
     s.char_indices().nth(40).map_or(s, |(i, _)| &s[..i])
@@ -170,6 +220,40 @@ mod tests {
                 panic!("{text}")
             };
             assert_eq!(m.recipient_id.0, recipient);
+        }
+    }
+
+    /// The document lists what `decode` knows: every listed type decodes (an empty payload is
+    /// at worst `invalid_payload`), and a type that is not listed is `unknown_type`.
+    #[test]
+    fn documented_frame_types_are_the_decoded_ones() {
+        let documented = frame_schemas(&mut Vec::new());
+        for (kind, _) in &documented {
+            let frame = format!(r#"{{"type":"{kind}","payload":{{}}}}"#);
+            match decode(&frame) {
+                Ok(inbound) => assert_eq!(inbound.kind(), *kind),
+                Err(error) => assert_eq!(error.code(), "invalid_payload", "{kind}"),
+            }
+        }
+        // Every type the server sends, and near misses: none is a client frame unless listed.
+        for kind in [
+            "message_ack",
+            "delivery_receipt",
+            "call_request_full",
+            "call_response_full",
+            "channel_message_ack",
+            "identity_changed",
+            "prekeys_low",
+            "heartbeat_response",
+            "error",
+            "typingIndicator",
+            "Message",
+            "ping",
+            "",
+        ] {
+            let frame = format!(r#"{{"type":"{kind}","payload":{{}}}}"#);
+            let error = decode(&frame).expect_err(kind);
+            assert_eq!(error.code(), "unknown_type", "{kind}");
         }
     }
 
