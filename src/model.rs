@@ -8,7 +8,7 @@ use uuid::Uuid;
 macro_rules! id_type {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {$(
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
         #[serde(transparent)]
         #[sqlx(transparent)]
         pub struct $name(pub Uuid);
@@ -55,7 +55,7 @@ pub fn display_name(username: String, name: Option<String>) -> String {
 }
 
 /// A user as other users and the user themself see it (never the password hash).
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct User {
     pub id: UserId,
     pub email: String,
@@ -66,7 +66,7 @@ pub struct User {
 }
 
 /// What the app can set as its presence; `Offline` is also set when the last socket closes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Presence {
     Online,
@@ -97,7 +97,7 @@ impl Presence {
 }
 
 /// A user's presence as stored.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct PresenceState {
     pub user_id: UserId,
     pub status: Presence,
@@ -130,7 +130,7 @@ impl Conversation {
 }
 
 /// A conversation as listed for one of its members.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationSummary {
     pub id: ConversationId,
     pub participant_id: UserId,
@@ -146,7 +146,7 @@ pub struct ConversationSummary {
 }
 
 /// One message's metadata.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Message {
     pub id: MessageId,
     /// Position in the server's total order of messages: increases with every message.
@@ -167,7 +167,7 @@ pub struct Message {
 }
 
 /// Where a call stands. `Ringing` and `Active` are live; the others are final.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallStatus {
     Ringing,
@@ -211,7 +211,7 @@ impl CallStatus {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallType {
     Audio,
@@ -228,7 +228,7 @@ impl CallType {
 }
 
 /// A call, with the two ids it may be known by (see the two-ids rule of the contract).
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Call {
     pub id: CallId,
     /// The server's id, given by `POST /api/calls` and used when ringing.

@@ -3,7 +3,7 @@
 //! handler is written, with `#[utoipa::path]`.
 
 use utoipa::{
-    Modify, OpenApi,
+    Modify, OpenApi, ToSchema,
     openapi::{
         self,
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -36,6 +36,25 @@ use utoipa::{
     )
 )]
 pub struct ApiDoc;
+
+/// The body of every error answer but 401 (which has none). Documentation only: the body is
+/// written by `Error::into_response`; schemathesis (scripts/api-contract-check.sh) checks that
+/// the two agree.
+#[derive(ToSchema)]
+#[schema(example = json!({"error": {"code": "invalid_input", "message": "email is not valid"}}))]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Stable machine-readable name (`invalid_input`, `not_found`, `rate_limited`, ...).
+    code: String,
+    /// Human-readable; never parse it.
+    message: String,
+}
 
 struct Security;
 
