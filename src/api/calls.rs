@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     docs::ErrorBody,
     extract::{Json, Query},
-    paging::PageQuery,
+    paging::{Limit, PageQuery},
 };
 use crate::{
     AppState,
@@ -87,7 +87,7 @@ pub async fn start(
     path = "/calls/history",
     tag = "calls",
     summary = "The caller's call history",
-    params(("limit" = Option<i64>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last call already seen (newest first)")),
+    params(("limit" = Option<Limit>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last call already seen (newest first)")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "calls, newest first, with caller_name, recipient_name and type (incoming/outgoing)", body = Vec<HistoryEntry>),

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::{
     docs::ErrorBody,
     extract::{Json, Path, Query},
-    paging::PageQuery,
+    paging::{Limit, PageQuery},
 };
 use crate::{
     AppState,
@@ -45,7 +45,7 @@ pub async fn create(
     path = "/channels",
     tag = "channels",
     summary = "The caller's channels",
-    params(("limit" = Option<i64>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last channel already seen (newest first)")),
+    params(("limit" = Option<Limit>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last channel already seen (newest first)")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "channels, newest first", body = Vec<Channel>),
@@ -147,7 +147,7 @@ pub async fn add_member(
     path = "/channels/{id}/messages",
     tag = "channels",
     summary = "A channel's message metadata",
-    params(("id" = Uuid, Path, description = "channel id"), ("limit" = Option<i64>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last message already seen (newest first)")),
+    params(("id" = Uuid, Path, description = "channel id"), ("limit" = Option<Limit>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last message already seen (newest first)")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "messages, newest first", body = Vec<ChannelMessage>),

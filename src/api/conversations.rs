@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::{
     docs::ErrorBody,
     extract::{Json, Path, Query},
-    paging::PageQuery,
+    paging::{Limit, PageQuery},
 };
 use crate::{
     AppState,
@@ -76,7 +76,7 @@ pub async fn open(
     path = "/conversations/{id}/messages",
     tag = "conversations",
     summary = "Message history (metadata)",
-    params(("id" = Uuid, Path, description = "conversation id"), ("limit" = Option<i64>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last message already seen (newest first)")),
+    params(("id" = Uuid, Path, description = "conversation id"), ("limit" = Option<Limit>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last message already seen (newest first)")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "messages, newest first", body = Vec<Message>),

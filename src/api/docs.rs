@@ -20,6 +20,8 @@ use utoipa::{
             `/ws`, whose frames are described in docs/PROTOCOL.md.",
     ),
     paths(websocket),
+    // Named in query parameters only, which utoipa does not collect.
+    components(schemas(super::paging::Limit)),
     modifiers(&Security),
     tags(
         (name = "auth", description = "Accounts and tokens"),
@@ -99,7 +101,7 @@ impl Modify for Security {
     security((), ("bearer" = [])),
     responses(
         (status = 101, description = "Switching protocols: the socket is open"),
-        (status = 400, description = "Not a WebSocket upgrade request, or a bad device_id"),
+        (status = 400, description = "Not a WebSocket upgrade request, or a bad device_id", body = ErrorBody),
         (status = 401, description = "Missing or bad token (empty body)"),
     )
 )]

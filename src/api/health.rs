@@ -38,18 +38,17 @@ pub struct RedisHealth {
     /// `disabled`, `ok` or `down`.
     #[schema(value_type = String)]
     status: &'static str,
-    #[serde(flatten)]
-    broker: Option<BrokerCounters>,
-}
-
-/// Counters of this node's Redis broker, when it has one.
-#[derive(Serialize, ToSchema)]
-pub struct BrokerCounters {
-    node: String,
-    published: u64,
-    dropped: u64,
-    received: u64,
-    outages: u64,
+    /// The counters below: only when the node has a broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    published: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outages: Option<u64>,
 }
 
 /// Liveness: answers 200 as long as the process serves requests; touches no dependency.
@@ -65,18 +64,20 @@ pub async fn health(State(state): State<AppState>) -> axum::Json<Health> {
             let s = broker.status();
             RedisHealth {
                 status: s.status,
-                broker: Some(BrokerCounters {
-                    node: s.node,
-                    published: s.published,
-                    dropped: s.dropped,
-                    received: s.received,
-                    outages: s.outages,
-                }),
+                node: Some(s.node),
+                published: Some(s.published),
+                dropped: Some(s.dropped),
+                received: Some(s.received),
+                outages: Some(s.outages),
             }
         }
         None => RedisHealth {
             status: "disabled",
-            broker: None,
+            node: None,
+            published: None,
+            dropped: None,
+            received: None,
+            outages: None,
         },
     };
     axum::Json(Health {

@@ -8,6 +8,7 @@ use base64::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, Schema};
 
 use super::{
     docs::ErrorBody,
@@ -88,7 +89,7 @@ pub struct UploadBody {
 /// size limits in different fields. Keys are base64 (standard alphabet, padding optional) of
 /// 1..=64 bytes (public keys), 1..=128 (signatures) and 1..=2048 (the Kyber last-resort key).
 impl utoipa::PartialSchema for UploadBody {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    fn schema() -> utoipa::openapi::RefOr<Schema> {
         const KEY: &str = "^(([A-Za-z0-9+/]{4}){1,21}|([A-Za-z0-9+/]{4}){0,20}([A-Za-z0-9+/][AQgw]={0,2}|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)|([A-Za-z0-9+/]{4}){21}[A-Za-z0-9+/][AQgw]={0,2})$";
         const SIGNATURE: &str = "^(([A-Za-z0-9+/]{4}){1,42}|([A-Za-z0-9+/]{4}){0,42}([A-Za-z0-9+/][AQgw]={0,2}|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?))$";
         const PQ_KEY: &str = "^(([A-Za-z0-9+/]{4}){1,682}|([A-Za-z0-9+/]{4}){0,682}([A-Za-z0-9+/][AQgw]={0,2}|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?))$";
@@ -123,9 +124,20 @@ impl utoipa::PartialSchema for UploadBody {
                 },
                 "pq_last_resort_prekey": signed(PQ_KEY),
             },
-            "dependentRequired": {"identity_key": ["signed_prekey"]},
         });
-        serde_json::from_value(schema).expect("the key upload schema is valid")
+        // `identity_key` null or absent, or `signed_prekey` given (utoipa's object model has no
+        // `dependentRequired`: the rule wraps the object).
+        let refresh = json!({"type": "object", "properties": {"identity_key": {"type": "null"}}});
+        let full = json!({
+            "type": "object",
+            "required": ["signed_prekey"],
+            "properties": {"signed_prekey": {"type": "object"}},
+        });
+        let parse = |value| serde_json::from_value::<Schema>(value).expect("the key upload schema is valid");
+        AllOfBuilder::new()
+            .item(parse(schema))
+            .item(AnyOfBuilder::new().item(parse(refresh)).item(parse(full)))
+            .into()
     }
 }
 

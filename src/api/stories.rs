@@ -5,7 +5,7 @@ use axum::{extract::State, http::StatusCode};
 use super::{
     docs::ErrorBody,
     extract::{Json, Path, Query},
-    paging::PageQuery,
+    paging::{Limit, PageQuery},
 };
 use crate::{
     AppState,
@@ -44,7 +44,7 @@ pub async fn create(
     path = "/stories",
     tag = "stories",
     summary = "Unexpired stories of the caller and their contacts",
-    params(("limit" = Option<i64>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last story already seen (newest first)")),
+    params(("limit" = Option<Limit>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last story already seen (newest first)")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "stories, newest first", body = Vec<Story>),

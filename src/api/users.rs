@@ -3,7 +3,7 @@
 use axum::extract::State;
 use serde::Deserialize;
 
-use super::{docs::ErrorBody, extract::Query, paging::saturating_limit};
+use super::{docs::ErrorBody, extract::Query, paging::{Limit, saturating_limit}};
 use crate::{AppState, auth::AuthUser, domain::users, error::Result, model::User};
 
 #[derive(Deserialize)]
@@ -20,7 +20,7 @@ pub struct SearchQuery {
     path = "/users/search",
     tag = "users",
     summary = "Search users",
-    params(("q" = Option<String>, Query, description = "part of a username, name or email"), ("limit" = Option<i64>, Query, description = "page size (the app asks for 10, 50 or 1000); any integer is accepted and clamped"), ("after" = Option<String>, Query, description = "username of the last user already seen")),
+    params(("q" = Option<String>, Query, description = "part of a username, name or email"), ("limit" = Option<Limit>, Query, description = "page size (the app asks for 10, 50 or 1000); any integer is accepted and clamped"), ("after" = Option<String>, Query, description = "username of the last user already seen")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "users, caller excluded", body = Vec<User>),

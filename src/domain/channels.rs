@@ -41,7 +41,7 @@ pub struct CreateChannel {
 /// A message posted to a channel (the channel comes from the path or the frame).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChannelPost {
-    /// Not blank; at most 32 bytes once trimmed.
+    /// Not blank; at most 32 characters once trimmed.
     #[schema(max_length = 32, pattern = "\\S")]
     pub message_type: String,
     /// Chosen by the client: makes retries idempotent and becomes the message's id.
@@ -170,7 +170,7 @@ pub async fn post(
     request: ChannelPost,
 ) -> Result<(ChannelMessage, bool)> {
     let message_type = request.message_type.trim();
-    if message_type.is_empty() || message_type.len() > MAX_MESSAGE_TYPE_LEN {
+    if message_type.is_empty() || message_type.chars().count() > MAX_MESSAGE_TYPE_LEN {
         return Err(Error::invalid(format!(
             "message_type must be 1 to {MAX_MESSAGE_TYPE_LEN} characters"
         )));

@@ -2,6 +2,7 @@
 
 use chrono::TimeDelta;
 use serde::Deserialize;
+use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, Schema};
 use uuid::Uuid;
 
 use super::input::{optional_http_url, optional_text, page_limit};
@@ -29,7 +30,7 @@ pub struct NewStoryRequest {
 /// across two fields that only `anyOf` can state. The other rules are those `create` checks
 /// (surrounding whitespace trimmed, `media_type` in any case).
 impl utoipa::PartialSchema for NewStoryRequest {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    fn schema() -> utoipa::openapi::RefOr<Schema> {
         let schema = serde_json::json!({
             "type": "object",
             "required": ["media_type"],
@@ -47,13 +48,18 @@ impl utoipa::PartialSchema for NewStoryRequest {
                     "description": "image or video",
                 },
             },
-            "anyOf": [
-                {"required": ["content_text"], "properties": {"content_text": {"type": "string", "pattern": "\\S"}}},
-                {"required": ["media_url"], "properties": {"media_url": {"type": "string", "pattern": "^\\s*[Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@:\\x00-\\x1f\\x7f-\\x9f][^\\s/?#@\\x00-\\x1f\\x7f-\\x9f]*([/?#][^\\s\\x00-\\x1f\\x7f-\\x9f]*)?\\s*$"}}},
-            ],
             "example": {"content_text": "Hello", "media_type": "image"},
         });
-        serde_json::from_value(schema).expect("the story request schema is valid")
+        // utoipa's object model has no `anyOf` of its own: the rule wraps the object.
+        let text = serde_json::json!({"type": "object", "required": ["content_text"], "properties": {"content_text": {"type": "string", "pattern": "\\S"}}});
+        let media = serde_json::json!({"type": "object", "required": ["media_url"], "properties": {"media_url": {"type": "string", "pattern": "^\\s*[Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@:\\x00-\\x1f\\x7f-\\x9f][^\\s/?#@\\x00-\\x1f\\x7f-\\x9f]*([/?#][^\\s\\x00-\\x1f\\x7f-\\x9f]*)?\\s*$"}}});
+        let parse = |value| {
+            serde_json::from_value::<Schema>(value).expect("the story request schema is valid")
+        };
+        AllOfBuilder::new()
+            .item(parse(schema))
+            .item(AnyOfBuilder::new().item(parse(text)).item(parse(media)))
+            .into()
     }
 }
 
