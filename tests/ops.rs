@@ -379,7 +379,10 @@ async fn openapi_bodies_are_all_typed(engine: Engine) {
                         let content = content.unwrap_or_else(|| panic!("{name} {code}: no body"));
                         for (media, body) in content {
                             let schema = &body["schema"];
-                            assert!(typed(&doc, schema), "{name} {code} {media}: untyped {schema}");
+                            assert!(
+                                typed(&doc, schema),
+                                "{name} {code} {media}: untyped {schema}"
+                            );
                         }
                     }
                     code if code.starts_with('4') => {

@@ -133,7 +133,9 @@ impl utoipa::PartialSchema for UploadBody {
             "required": ["signed_prekey"],
             "properties": {"signed_prekey": {"type": "object"}},
         });
-        let parse = |value| serde_json::from_value::<Schema>(value).expect("the key upload schema is valid");
+        let parse = |value| {
+            serde_json::from_value::<Schema>(value).expect("the key upload schema is valid")
+        };
         AllOfBuilder::new()
             .item(parse(schema))
             .item(AnyOfBuilder::new().item(parse(refresh)).item(parse(full)))

@@ -3,7 +3,11 @@
 use axum::extract::State;
 use serde::Deserialize;
 
-use super::{docs::ErrorBody, extract::Query, paging::{Limit, saturating_limit}};
+use super::{
+    docs::ErrorBody,
+    extract::Query,
+    paging::{Limit, saturating_limit},
+};
 use crate::{AppState, auth::AuthUser, domain::users, error::Result, model::User};
 
 #[derive(Deserialize)]

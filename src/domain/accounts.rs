@@ -25,7 +25,11 @@ const MAX_NAME_LEN: usize = 100;
 /// request the document calls valid is one the server accepts.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Registration {
-    #[schema(max_length = 254, pattern = "^\\s*[^\\s@\\x00-\\x1f\\x7f-\\x9f]+@[^\\s@.\\x00-\\x1f\\x7f-\\x9f]([^\\s@\\x00-\\x1f\\x7f-\\x9f]*[^\\s@.\\x00-\\x1f\\x7f-\\x9f])?\\s*$", example = "ada@example.com")]
+    #[schema(
+        max_length = 254,
+        pattern = "^\\s*[^\\s@\\x00-\\x1f\\x7f-\\x9f]+@[^\\s@.\\x00-\\x1f\\x7f-\\x9f]([^\\s@\\x00-\\x1f\\x7f-\\x9f]*[^\\s@.\\x00-\\x1f\\x7f-\\x9f])?\\s*$",
+        example = "ada@example.com"
+    )]
     pub email: String,
     /// The app's own rule: `^[A-Za-z0-9_]{3,50}$`.
     #[schema(pattern = "^\\s*[A-Za-z0-9_]{3,50}\\s*$", example = "ada")]

@@ -31,7 +31,10 @@ pub struct CreateChannel {
     pub description: Option<String>,
     /// An http(s) link (blank means none).
     #[serde(default)]
-    #[schema(max_length = 2048, pattern = "^\\s*([Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@:\\x00-\\x1f\\x7f-\\x9f][^\\s/?#@\\x00-\\x1f\\x7f-\\x9f]*([/?#][^\\s\\x00-\\x1f\\x7f-\\x9f]*)?)?\\s*$")]
+    #[schema(
+        max_length = 2048,
+        pattern = "^\\s*([Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@:\\x00-\\x1f\\x7f-\\x9f][^\\s/?#@\\x00-\\x1f\\x7f-\\x9f]*([/?#][^\\s\\x00-\\x1f\\x7f-\\x9f]*)?)?\\s*$"
+    )]
     pub avatar_url: Option<String>,
     /// Absent or null means public.
     #[serde(default)]

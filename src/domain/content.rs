@@ -24,7 +24,9 @@ const RECHECK_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct ContentUpload {
     /// The ciphertext in base64 (standard or URL-safe alphabet, padded or not).
-    #[schema(pattern = "^\\s*(([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw](==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?|([A-Za-z0-9_-]{4})*([A-Za-z0-9_-][AQgw](==)?|[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048]=?)?)\\s*$")]
+    #[schema(
+        pattern = "^\\s*(([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw](==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?|([A-Za-z0-9_-]{4})*([A-Za-z0-9_-][AQgw](==)?|[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048]=?)?)\\s*$"
+    )]
     pub content_data: String,
     /// SHA-256 of the decoded bytes, in hex; blank or null means none.
     pub content_hash: Option<String>,
