@@ -55,7 +55,7 @@ pub fn display_name(username: String, name: Option<String>) -> String {
 }
 
 /// A user as other users and the user themself see it (never the password hash).
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct User {
     pub id: UserId,
     pub email: String,
@@ -97,7 +97,7 @@ impl Presence {
 }
 
 /// A user's presence as stored.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct PresenceState {
     pub user_id: UserId,
     pub status: Presence,
@@ -130,7 +130,7 @@ impl Conversation {
 }
 
 /// A conversation as listed for one of its members.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationSummary {
     pub id: ConversationId,
     pub participant_id: UserId,
@@ -146,7 +146,7 @@ pub struct ConversationSummary {
 }
 
 /// One message's metadata.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Message {
     pub id: MessageId,
     /// Position in the server's total order of messages: increases with every message.
@@ -228,7 +228,7 @@ impl CallType {
 }
 
 /// A call, with the two ids it may be known by (see the two-ids rule of the contract).
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Call {
     pub id: CallId,
     /// The server's id, given by `POST /api/calls` and used when ringing.

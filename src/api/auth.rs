@@ -3,7 +3,10 @@
 use axum::{extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{ClientIp, Json};
+use super::{
+    docs::ErrorBody,
+    extract::{ClientIp, Json},
+};
 use crate::{
     AppState,
     auth::{AuthSession, AuthUser},
@@ -16,12 +19,16 @@ use crate::{
 };
 
 /// `token` and `user` are what the app reads; the rest are additions for clients that refresh.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SessionBody {
+    /// The access token (a JWT, URL-safe).
     token: String,
     user: User,
     refresh_token: String,
+    /// Always `Bearer`.
+    #[schema(value_type = String, example = "Bearer")]
     token_type: &'static str,
+    /// Seconds until `token` expires.
     expires_in: u64,
 }
 
@@ -43,7 +50,7 @@ impl From<Session> for SessionBody {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RefreshForm {
     refresh_token: String,
 }
@@ -58,8 +65,14 @@ fn limit_ip(state: &AppState, ip: &ClientIp) -> Result<()> {
     path = "/auth/register",
     tag = "auth",
     summary = "Create an account",
-    request_body(content = Value, description = "{email, username, password, name?}", example = json!({"email": "ada@example.com", "username": "ada", "password": "correct horse", "name": "Ada"})),
-    responses((status = 201, description = "{token, user}", body = Value), (status = 400, description = "invalid input", body = Value), (status = 409, description = "email or username taken", body = Value))
+    request_body = Registration,
+    responses(
+        (status = 201, description = "the new account and its session", body = SessionBody),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 409, description = "email or username taken", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many requests from this address (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn register(
     State(state): State<AppState>,
@@ -76,8 +89,14 @@ pub async fn register(
     path = "/auth/login",
     tag = "auth",
     summary = "Log in",
-    request_body(content = Value, description = "{email, password}", example = json!({"email": "ada@example.com", "password": "correct horse"})),
-    responses((status = 200, description = "{token, user}", body = Value), (status = 401, description = "unknown email or wrong password (empty body)"), (status = 429, description = "too many failed logins for this account from this address, or too many requests from it", body = Value))
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "a new session", body = SessionBody),
+        (status = 400, description = "not a JSON object with both fields", body = ErrorBody),
+        (status = 401, description = "unknown email or wrong password (empty body)"),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many failed logins for this account from this address, or too many requests from it (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn login(
     State(state): State<AppState>,
@@ -98,8 +117,14 @@ pub async fn login(
     path = "/auth/refresh",
     tag = "auth",
     summary = "Trade a refresh token for new tokens (rotation; reuse revokes the session, but a retry within a few seconds gets the same pair)",
-    request_body(content = Value, description = "{refresh_token}"),
-    responses((status = 200, description = "{token, refresh_token, token_type, expires_in, user}", body = Value), (status = 401, description = "unknown, expired or reused refresh token (empty body)"), (status = 429, description = "too many attempts from this address", body = Value))
+    request_body = RefreshForm,
+    responses(
+        (status = 200, description = "the new tokens", body = SessionBody),
+        (status = 400, description = "not a JSON object with `refresh_token`", body = ErrorBody),
+        (status = 401, description = "unknown, expired or reused refresh token (empty body)"),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many attempts from this address (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn refresh(
     State(state): State<AppState>,
@@ -118,7 +143,11 @@ pub async fn refresh(
     tag = "auth",
     summary = "Sign out this session",
     security(("bearer" = [])),
-    responses((status = 204, description = "signed out"), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 204, description = "signed out"),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn logout(
     State(state): State<AppState>,
@@ -135,7 +164,11 @@ pub async fn logout(
     tag = "auth",
     summary = "Sign out every session",
     security(("bearer" = [])),
-    responses((status = 204, description = "signed out everywhere"), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 204, description = "signed out everywhere"),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn logout_all(
     State(state): State<AppState>,
@@ -152,8 +185,15 @@ pub async fn logout_all(
     tag = "auth",
     summary = "Change the password (revokes every session, answers a new one)",
     security(("bearer" = [])),
-    request_body(content = Value, description = "{current_password, new_password}"),
-    responses((status = 200, description = "{token, refresh_token, ..., user}", body = Value), (status = 400, description = "invalid new password", body = Value), (status = 401, description = "wrong current password (empty body)"))
+    request_body = PasswordChange,
+    responses(
+        (status = 200, description = "a new session (every other one is revoked)", body = SessionBody),
+        (status = 400, description = "invalid new password", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 403, description = "wrong current password", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many writes, or too many wrong passwords for this account (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn change_password(
     State(state): State<AppState>,
@@ -171,7 +211,10 @@ pub async fn change_password(
     tag = "auth",
     summary = "The caller",
     security(("bearer" = [])),
-    responses((status = 200, description = "the caller's user object", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the caller", body = User),
+        (status = 401, description = "missing or bad token (empty body)"),
+    )
 )]
 pub async fn me(
     State(state): State<AppState>,
@@ -189,8 +232,15 @@ pub async fn me(
     tag = "auth",
     summary = "Delete the account and every row that names it",
     security(("bearer" = [])),
-    request_body(content = Value, description = "{password}"),
-    responses((status = 204, description = "deleted"), (status = 401, description = "missing token or wrong password (empty body)"))
+    request_body = Deletion,
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "not a JSON object with `password`", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 403, description = "wrong password", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many writes, or too many wrong passwords for this account (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn delete_me(
     State(state): State<AppState>,

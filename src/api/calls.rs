@@ -4,8 +4,9 @@ use axum::{extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::{
+    docs::ErrorBody,
     extract::{Json, Query},
-    paging::PageQuery,
+    paging::{Limit, PageQuery},
 };
 use crate::{
     AppState,
@@ -17,7 +18,7 @@ use crate::{
 };
 
 /// A call as the app reads it: the stored fields plus its duration.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CallView {
     #[serde(flatten)]
     call: Call,
@@ -37,17 +38,19 @@ impl From<Call> for CallView {
 }
 
 /// A call in the caller's history: with both names and its direction for the caller.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     #[serde(flatten)]
     call: CallView,
     caller_name: String,
     recipient_name: String,
+    /// `incoming` or `outgoing`, for the caller of the endpoint.
     #[serde(rename = "type")]
+    #[schema(value_type = String, pattern = "^(incoming|outgoing)$")]
     direction: &'static str,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct StartCall {
     recipient_id: UserId,
     call_type: CallType,
@@ -58,9 +61,17 @@ pub struct StartCall {
     path = "/calls",
     tag = "calls",
     summary = "Start a call",
-    request_body(content = Value, description = "{recipient_id, call_type: audio|video}"),
+    request_body = StartCall,
     security(("bearer" = [])),
-    responses((status = 201, description = "the call", body = Value), (status = 404, description = "not found", body = Value), (status = 409, description = "either party is already in a call", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 201, description = "the call (it rings the recipient)", body = CallView),
+        (status = 400, description = "invalid input (e.g. calling oneself)", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "no such recipient", body = ErrorBody),
+        (status = 409, description = "either party is already in a call", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn start(
     State(state): State<AppState>,
@@ -76,9 +87,13 @@ pub async fn start(
     path = "/calls/history",
     tag = "calls",
     summary = "The caller's call history",
-    params(("limit" = Option<i64>, Query, description = "page size, default 50, clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last call already seen (newest first)")),
+    params(("limit" = Option<Limit>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last call already seen (newest first)")),
     security(("bearer" = [])),
-    responses((status = 200, description = "calls, newest first, with caller_name, recipient_name and type (incoming/outgoing)", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "calls, newest first, with caller_name, recipient_name and type (incoming/outgoing)", body = Vec<HistoryEntry>),
+        (status = 400, description = "a `limit` that is not an integer, or a `before` that is not a UUID", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+    )
 )]
 pub async fn history(
     State(state): State<AppState>,
@@ -108,7 +123,11 @@ pub async fn history(
     tag = "calls",
     summary = "The caller's live call",
     security(("bearer" = [])),
-    responses((status = 200, description = "the call", body = Value), (status = 404, description = "no live call", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the call", body = CallView),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "no live call", body = ErrorBody),
+    )
 )]
 pub async fn active(
     State(state): State<AppState>,

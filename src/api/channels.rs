@@ -4,8 +4,9 @@ use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 
 use super::{
+    docs::ErrorBody,
     extract::{Json, Path, Query},
-    paging::PageQuery,
+    paging::{Limit, PageQuery},
 };
 use crate::{
     AppState,
@@ -20,9 +21,15 @@ use crate::{
     path = "/channels",
     tag = "channels",
     summary = "Create a channel",
-    request_body(content = Value, description = "{name, description?, avatar_url?, is_private?}"),
+    request_body = CreateChannel,
     security(("bearer" = [])),
-    responses((status = 201, description = "the channel", body = Value), (status = 400, description = "invalid input", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 201, description = "the channel", body = Channel),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn create(
     State(state): State<AppState>,
@@ -38,9 +45,13 @@ pub async fn create(
     path = "/channels",
     tag = "channels",
     summary = "The caller's channels",
-    params(("limit" = Option<i64>, Query, description = "page size, default 50, clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last channel already seen (newest first)")),
+    params(("limit" = Option<Limit>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last channel already seen (newest first)")),
     security(("bearer" = [])),
-    responses((status = 200, description = "channels, newest first", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "channels, newest first", body = Vec<Channel>),
+        (status = 400, description = "a `limit` that is not an integer, or a `before` that is not a UUID", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+    )
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -58,7 +69,13 @@ pub async fn list(
     summary = "Join a public channel",
     params(("id" = Uuid, Path, description = "channel id")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the channel", body = Value), (status = 403, description = "private channel", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the channel", body = Channel),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 403, description = "private channel", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn join(
     State(state): State<AppState>,
@@ -75,7 +92,13 @@ pub async fn join(
     summary = "Leave a channel",
     params(("id" = Uuid, Path, description = "channel id")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the channel", body = Value), (status = 403, description = "not a member", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the channel", body = Channel),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 403, description = "not a member", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn leave(
     State(state): State<AppState>,
@@ -85,7 +108,7 @@ pub async fn leave(
     Ok(axum::Json(channels::leave(&state, user, id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct AddMember {
     user_id: UserId,
 }
@@ -96,9 +119,17 @@ pub struct AddMember {
     tag = "channels",
     summary = "Add a member (creator only)",
     params(("id" = Uuid, Path, description = "channel id")),
-    request_body(content = Value, description = "{user_id}"),
+    request_body = AddMember,
     security(("bearer" = [])),
-    responses((status = 200, description = "the channel", body = Value), (status = 403, description = "not allowed", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the channel", body = Channel),
+        (status = 400, description = "not a JSON object with `user_id`", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 403, description = "not allowed", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn add_member(
     State(state): State<AppState>,
@@ -116,9 +147,15 @@ pub async fn add_member(
     path = "/channels/{id}/messages",
     tag = "channels",
     summary = "A channel's message metadata",
-    params(("id" = Uuid, Path, description = "channel id"), ("limit" = Option<i64>, Query, description = "page size, default 50, clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last message already seen (newest first)")),
+    params(("id" = Uuid, Path, description = "channel id"), ("limit" = Option<Limit>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last message already seen (newest first)")),
     security(("bearer" = [])),
-    responses((status = 200, description = "messages, newest first", body = Value), (status = 403, description = "not a member", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "messages, newest first", body = Vec<ChannelMessage>),
+        (status = 400, description = "a `limit` that is not an integer, or a `before` that is not a UUID", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 403, description = "not a member", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+    )
 )]
 pub async fn messages(
     State(state): State<AppState>,
@@ -137,9 +174,19 @@ pub async fn messages(
     tag = "channels",
     summary = "Post a message (metadata) to a channel",
     params(("id" = Uuid, Path, description = "channel id")),
-    request_body(content = Value, description = "{message_type, id?}"),
+    request_body = ChannelPost,
     security(("bearer" = [])),
-    responses((status = 201, description = "stored and pushed to online members", body = Value), (status = 200, description = "a retry of the same client id", body = Value), (status = 403, description = "not a member", body = Value), (status = 404, description = "not found", body = Value), (status = 409, description = "id taken by another sender", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 201, description = "stored and pushed to online members", body = ChannelMessage),
+        (status = 200, description = "a retry of the same client id", body = ChannelMessage),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 403, description = "not a member", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 409, description = "id taken by another sender", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn post(
     State(state): State<AppState>,

@@ -4,8 +4,9 @@ use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 
 use super::{
+    docs::ErrorBody,
     extract::{Json, Path, Query},
-    paging::PageQuery,
+    paging::{Limit, PageQuery},
 };
 use crate::{
     AppState,
@@ -21,7 +22,10 @@ use crate::{
     tag = "conversations",
     summary = "The caller's conversations",
     security(("bearer" = [])),
-    responses((status = 200, description = "conversations with participant_*, last_message_time, unread_count, participant_status", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the caller's conversations, most recent first", body = Vec<ConversationSummary>),
+        (status = 401, description = "missing or bad token (empty body)"),
+    )
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -30,7 +34,7 @@ pub async fn list(
     Ok(axum::Json(conversations::list(&state, user).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct OpenConversation {
     participant_id: UserId,
 }
@@ -41,9 +45,17 @@ pub struct OpenConversation {
     path = "/conversations",
     tag = "conversations",
     summary = "Get or create the conversation with a user",
-    request_body(content = Value, description = "{participant_id}"),
+    request_body = OpenConversation,
     security(("bearer" = [])),
-    responses((status = 201, description = "created", body = Value), (status = 200, description = "existing", body = Value), (status = 400, description = "the caller themself", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 201, description = "created", body = ConversationSummary),
+        (status = 200, description = "existing", body = ConversationSummary),
+        (status = 400, description = "the caller themself, or not a JSON object with `participant_id`", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "no such user", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn open(
     State(state): State<AppState>,
@@ -64,9 +76,14 @@ pub async fn open(
     path = "/conversations/{id}/messages",
     tag = "conversations",
     summary = "Message history (metadata)",
-    params(("id" = Uuid, Path, description = "conversation id"), ("limit" = Option<i64>, Query, description = "page size, default 50, clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last message already seen (newest first)")),
+    params(("id" = Uuid, Path, description = "conversation id"), ("limit" = Option<Limit>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last message already seen (newest first)")),
     security(("bearer" = [])),
-    responses((status = 200, description = "messages, newest first", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "messages, newest first", body = Vec<Message>),
+        (status = 400, description = "a `limit` that is not an integer, or a `before` that is not a UUID", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "no such conversation of the caller's", body = ErrorBody),
+    )
 )]
 pub async fn messages(
     State(state): State<AppState>,

@@ -3,7 +3,7 @@
 //! handler is written, with `#[utoipa::path]`.
 
 use utoipa::{
-    Modify, OpenApi,
+    Modify, OpenApi, ToSchema,
     openapi::{
         self,
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -20,6 +20,8 @@ use utoipa::{
             `/ws`, whose frames are described in docs/PROTOCOL.md.",
     ),
     paths(websocket),
+    // Named in query parameters only, which utoipa does not collect.
+    components(schemas(super::paging::Limit)),
     modifiers(&Security),
     tags(
         (name = "auth", description = "Accounts and tokens"),
@@ -36,6 +38,25 @@ use utoipa::{
     )
 )]
 pub struct ApiDoc;
+
+/// The body of every error answer but 401 (which has none). Documentation only: the body is
+/// written by `Error::into_response`; schemathesis (scripts/api-contract-check.sh) checks that
+/// the two agree.
+#[derive(ToSchema)]
+#[schema(example = json!({"error": {"code": "invalid_input", "message": "email is not valid"}}))]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Stable machine-readable name (`invalid_input`, `not_found`, `rate_limited`, ...).
+    code: String,
+    /// Human-readable; never parse it.
+    message: String,
+}
 
 struct Security;
 
@@ -81,7 +102,7 @@ impl Modify for Security {
     security((), ("bearer" = [])),
     responses(
         (status = 101, description = "Switching protocols: the socket is open"),
-        (status = 400, description = "Not a WebSocket upgrade request, or a bad device_id"),
+        (status = 400, description = "Not a WebSocket upgrade request, or a bad device_id", body = ErrorBody),
         (status = 401, description = "Missing or bad token (empty body)"),
     )
 )]

@@ -8,35 +8,118 @@ use axum::{
     http::{StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use crate::{AppState, auth, error::Error};
 
 /// Longest a readiness probe waits for one dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok", "version": "0.1.0", "uptime_seconds": 42, "sockets": 3, "redis": {"status": "disabled"}}))]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String)]
+    status: &'static str,
+    #[schema(value_type = String)]
+    version: &'static str,
+    uptime_seconds: u64,
+    /// Open WebSockets on this node.
+    sockets: u64,
+    redis: RedisHealth,
+}
+
+/// Cluster fan-out: `disabled` on a single node (no other field), `down` while Redis is
+/// unreachable (this node then serves its own users only).
+#[derive(Serialize, ToSchema)]
+pub struct RedisHealth {
+    /// `disabled`, `ok` or `down`.
+    #[schema(value_type = String)]
+    status: &'static str,
+    /// The counters below: only when the node has a broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    published: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outages: Option<u64>,
+}
+
 /// Liveness: answers 200 as long as the process serves requests; touches no dependency.
 #[utoipa::path(
     get,
     path = "/health",
     tag = "operations",
-    responses((status = 200, description = "The process is up", body = Value,
-        example = json!({"status": "ok", "version": "0.1.0", "uptime_seconds": 42, "sockets": 3})))
+    responses((status = 200, description = "The process is up", body = Health))
 )]
-pub async fn health(State(state): State<AppState>) -> axum::Json<Value> {
-    axum::Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": state.started.elapsed().as_secs(),
-        "sockets": state.hub.socket_count(),
-        // Cluster fan-out: `disabled` on a single node, `down` while Redis is unreachable (this
-        // node then serves its own users only).
-        "redis": match state.hub.broker() {
-            Some(broker) => json!(broker.status()),
-            None => json!({ "status": "disabled" }),
+pub async fn health(State(state): State<AppState>) -> axum::Json<Health> {
+    let redis = match state.hub.broker() {
+        Some(broker) => {
+            let s = broker.status();
+            RedisHealth {
+                status: s.status,
+                node: Some(s.node),
+                published: Some(s.published),
+                dropped: Some(s.dropped),
+                received: Some(s.received),
+                outages: Some(s.outages),
+            }
+        }
+        None => RedisHealth {
+            status: "disabled",
+            node: None,
+            published: None,
+            dropped: None,
+            received: None,
+            outages: None,
         },
-    }))
+    };
+    axum::Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        sockets: state.hub.socket_count() as u64,
+        redis,
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ok`, `degraded` (Redis down) or `unavailable` (the database does not answer: 503).
+    #[schema(value_type = String)]
+    status: &'static str,
+    components: Components,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Components {
+    database: DatabaseStatus,
+    /// Only when REDIS_URL is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<ComponentStatus>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DatabaseStatus {
+    /// `ok` or `down`.
+    #[schema(value_type = String)]
+    status: &'static str,
+    /// `sqlite` or `postgres`.
+    #[schema(value_type = String)]
+    engine: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ComponentStatus {
+    /// `ok` or `down`.
+    #[schema(value_type = String)]
+    status: &'static str,
 }
 
 /// Readiness: 200 when the database answers, 503 otherwise. Redis (when `REDIS_URL` is set) is
@@ -47,27 +130,33 @@ pub async fn health(State(state): State<AppState>) -> axum::Json<Value> {
     path = "/ready",
     tag = "operations",
     responses(
-        (status = 200, description = "Every dependency answers", body = Value,
+        (status = 200, description = "Every dependency answers", body = Readiness,
             example = json!({"status": "ok", "components": {"database": {"status": "ok", "engine": "postgres"}, "redis": {"status": "ok"}}})),
-        (status = 503, description = "A dependency does not answer", body = Value,
+        (status = 503, description = "A dependency does not answer", body = Readiness,
             example = json!({"status": "unavailable", "components": {"database": {"status": "down", "engine": "postgres"}}})),
     )
 )]
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Readiness>) {
     let database = matches!(
         tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await,
         Ok(Ok(()))
     );
-    let mut components = json!({
-        "database": { "status": up(database), "engine": state.store.engine().name() },
-    });
+    let mut components = Components {
+        database: DatabaseStatus {
+            status: up(database),
+            engine: state.store.engine().name(),
+        },
+        redis: None,
+    };
     let mut redis_ok = true;
     if let Some(redis) = &state.redis {
         redis_ok = matches!(
             tokio::time::timeout(PROBE_TIMEOUT, ping_redis(redis)).await,
             Ok(Ok(()))
         );
-        components["redis"] = json!({ "status": up(redis_ok) });
+        components.redis = Some(ComponentStatus {
+            status: up(redis_ok),
+        });
     }
     let (status, word) = match (database, redis_ok) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -76,7 +165,10 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Val
     };
     (
         status,
-        axum::Json(json!({ "status": word, "components": components })),
+        axum::Json(Readiness {
+            status: word,
+            components,
+        }),
     )
 }
 

@@ -7,8 +7,13 @@ use base64::{
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig, general_purpose::STANDARD},
 };
 use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, Schema};
 
-use super::extract::{Json, Path, Query};
+use super::{
+    docs::ErrorBody,
+    extract::{Json, Path, Query},
+};
 use crate::{
     AppState,
     auth::AuthUser,
@@ -31,16 +36,21 @@ fn decode(field: &str, value: &str) -> Result<Vec<u8>> {
     })
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PreKeyBody {
+    #[schema(value_type = i64, minimum = 0, maximum = 4294967295_i64)]
     key_id: u32,
+    /// Base64.
     public_key: String,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 pub struct SignedPreKeyBody {
+    #[schema(value_type = i64, minimum = 0, maximum = 4294967295_i64)]
     key_id: u32,
+    /// Base64.
     public_key: String,
+    /// Base64.
     signature: String,
 }
 
@@ -73,6 +83,67 @@ pub struct UploadBody {
     one_time_prekeys: Option<Vec<PreKeyBody>>,
     pq_last_resort_prekey: Option<SignedPreKeyBody>,
 }
+
+/// Written by hand, not derived: a full upload (`identity_key`) must carry `signed_prekey`, a
+/// rule across fields that only `dependentRequired` states; and the same key shape has different
+/// size limits in different fields. Keys are base64 (standard alphabet, padding optional) of
+/// 1..=64 bytes (public keys), 1..=128 (signatures) and 1..=2048 (the Kyber last-resort key).
+impl utoipa::PartialSchema for UploadBody {
+    fn schema() -> utoipa::openapi::RefOr<Schema> {
+        const KEY: &str = "^(([A-Za-z0-9+/]{4}){1,21}|([A-Za-z0-9+/]{4}){0,20}([A-Za-z0-9+/][AQgw]={0,2}|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)|([A-Za-z0-9+/]{4}){21}[A-Za-z0-9+/][AQgw]={0,2})$";
+        const SIGNATURE: &str = "^(([A-Za-z0-9+/]{4}){1,42}|([A-Za-z0-9+/]{4}){0,42}([A-Za-z0-9+/][AQgw]={0,2}|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?))$";
+        const PQ_KEY: &str = "^(([A-Za-z0-9+/]{4}){1,682}|([A-Za-z0-9+/]{4}){0,682}([A-Za-z0-9+/][AQgw]={0,2}|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?))$";
+        let key_id = json!({"type": "integer", "minimum": 0, "maximum": u32::MAX});
+        let signed = |key: &str| {
+            json!({
+                "type": ["object", "null"],
+                "required": ["key_id", "public_key", "signature"],
+                "properties": {
+                    "key_id": key_id.clone(),
+                    "public_key": {"type": "string", "pattern": key},
+                    "signature": {"type": "string", "pattern": SIGNATURE},
+                },
+            })
+        };
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "device_id": {"type": ["integer", "null"], "minimum": 1, "maximum": keys::MAX_DEVICE_ID, "description": "default 1"},
+                "registration_id": {"type": ["integer", "null"], "minimum": 0, "maximum": u32::MAX},
+                "identity_key": {"type": ["string", "null"], "pattern": KEY, "description": "with it, a full upload that replaces every key of the device"},
+                "signed_prekey": signed(KEY),
+                "one_time_prekeys": {
+                    "type": ["array", "null"],
+                    "maxItems": keys::MAX_PREKEYS_PER_UPLOAD,
+                    "description": "key ids unique within the upload",
+                    "items": {
+                        "type": "object",
+                        "required": ["key_id", "public_key"],
+                        "properties": {"key_id": key_id.clone(), "public_key": {"type": "string", "pattern": KEY}},
+                    },
+                },
+                "pq_last_resort_prekey": signed(PQ_KEY),
+            },
+        });
+        // `identity_key` null or absent, or `signed_prekey` given (utoipa's object model has no
+        // `dependentRequired`: the rule wraps the object).
+        let refresh = json!({"type": "object", "properties": {"identity_key": {"type": "null"}}});
+        let full = json!({
+            "type": "object",
+            "required": ["signed_prekey"],
+            "properties": {"signed_prekey": {"type": "object"}},
+        });
+        let parse = |value| {
+            serde_json::from_value::<Schema>(value).expect("the key upload schema is valid")
+        };
+        AllOfBuilder::new()
+            .item(parse(schema))
+            .item(AnyOfBuilder::new().item(parse(refresh)).item(parse(full)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for UploadBody {}
 
 impl UploadBody {
     fn decode(self) -> Result<KeyUpload> {
@@ -118,9 +189,17 @@ impl UploadBody {
     path = "/keys",
     tag = "keys",
     summary = "Publish the caller's device keys",
-    request_body(content = Value, description = "{device_id, registration_id, identity_key?, signed_prekey, one_time_prekeys, pq_last_resort_prekey?} (keys in base64)"),
+    request_body = UploadBody,
     security(("bearer" = [])),
-    responses((status = 200, description = "{device_id, count, threshold}", body = Value), (status = 400, description = "invalid input", body = Value), (status = 404, description = "refresh of an unknown device", body = Value), (status = 409, description = "prekey id already stored", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the one-time prekeys the device now has", body = KeyCount),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "refresh of an unknown device", body = ErrorBody),
+        (status = 409, description = "prekey id already stored", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn upload(
     State(state): State<AppState>,
@@ -143,9 +222,13 @@ pub struct DeviceQuery {
     path = "/keys/count",
     tag = "keys",
     summary = "One-time prekeys left on the caller's device",
-    params(("device_id" = Option<i64>, Query, description = "1..=127, default 1")),
+    params(("device_id" = Option<i64>, Query, minimum = 1, maximum = 127, description = "default 1")),
     security(("bearer" = [])),
-    responses((status = 200, description = "{device_id, count, threshold}", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the one-time prekeys left", body = KeyCount),
+        (status = 400, description = "a device_id out of 1..=127", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+    )
 )]
 pub async fn count(
     State(state): State<AppState>,
@@ -156,7 +239,7 @@ pub async fn count(
     Ok(axum::Json(keys::count(&state, user, device).await?))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct BundleBody {
     device_id: i64,
     registration_id: Option<i64>,
@@ -183,7 +266,7 @@ impl From<&Bundle> for BundleBody {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct BundlesBody {
     user_id: UserId,
     devices: Vec<BundleBody>,
@@ -204,7 +287,12 @@ fn bundles_body(user_id: UserId, bundles: &[Bundle]) -> axum::Json<BundlesBody> 
     summary = "A prekey bundle per device of a user (takes one one-time prekey each)",
     params(("user_id" = Uuid, Path, description = "user id")),
     security(("bearer" = [])),
-    responses((status = 200, description = "{user_id, devices}", body = Value), (status = 404, description = "no published keys", body = Value), (status = 429, description = "too many fetches (Retry-After)", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "a bundle per device", body = BundlesBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "no such user, or no published keys", body = ErrorBody),
+        (status = 429, description = "too many fetches (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn fetch_user(
     State(state): State<AppState>,
@@ -223,7 +311,12 @@ pub async fn fetch_user(
     summary = "The prekey bundle of one device",
     params(("user_id" = Uuid, Path, description = "user id"), ("device_id" = i64, Path, description = "1..=127")),
     security(("bearer" = [])),
-    responses((status = 200, description = "{user_id, devices}", body = Value), (status = 404, description = "no published keys", body = Value), (status = 429, description = "too many fetches (Retry-After)", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the device's bundle", body = BundlesBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "no such user or device, or no published keys", body = ErrorBody),
+        (status = 429, description = "too many fetches (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn fetch_device(
     State(state): State<AppState>,
@@ -241,7 +334,10 @@ pub async fn fetch_device(
     tag = "keys",
     summary = "The caller's devices",
     security(("bearer" = [])),
-    responses((status = 200, description = "devices", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "devices", body = Vec<DeviceInfo>),
+        (status = 401, description = "missing or bad token (empty body)"),
+    )
 )]
 pub async fn devices(
     State(state): State<AppState>,
@@ -258,7 +354,12 @@ pub async fn devices(
     summary = "Delete one of the caller's devices and its keys",
     params(("device_id" = i64, Path, description = "1..=127")),
     security(("bearer" = [])),
-    responses((status = 204, description = "deleted"), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn delete_device(
     State(state): State<AppState>,

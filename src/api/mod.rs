@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
-    http::{HeaderValue, Method, header},
+    http::{HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -56,11 +56,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/asyncapi.json", get(asyncapi::serve))
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
         .fallback(|| async { Error::NotFound("route") })
+        // 405 with the usual error body; axum adds `Allow` (RFC 9110).
         .method_not_allowed_fallback(|| async {
-            Error::Invalid {
-                code: "method_not_allowed",
-                message: "method not allowed".into(),
-            }
+            crate::metrics::error("method_not_allowed");
+            let body = serde_json::json!({
+                "error": { "code": "method_not_allowed", "message": "method not allowed" }
+            });
+            (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
         })
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

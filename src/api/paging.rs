@@ -3,6 +3,20 @@
 
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 
+/// How `limit` is documented: any integer, with no format. An `i64` would say `format: int64`,
+/// and a larger number, which is saturated and accepted, would then be called invalid.
+pub struct Limit;
+
+impl utoipa::PartialSchema for Limit {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Limit {}
+
 #[derive(Deserialize)]
 #[serde(bound = "C: DeserializeOwned")]
 pub struct PageQuery<C> {

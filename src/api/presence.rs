@@ -3,7 +3,10 @@
 use axum::extract::State;
 use serde::Deserialize;
 
-use super::extract::{Json, Path};
+use super::{
+    docs::ErrorBody,
+    extract::{Json, Path},
+};
 use crate::{
     AppState,
     auth::AuthUser,
@@ -12,8 +15,9 @@ use crate::{
     model::{Presence, PresenceState, UserId},
 };
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SetPresence {
+    #[schema(value_type = Presence)]
     status: String,
 }
 
@@ -22,9 +26,15 @@ pub struct SetPresence {
     path = "/presence",
     tag = "presence",
     summary = "Set the caller's presence",
-    request_body(content = Value, description = "{status: online|offline|away|busy}"),
+    request_body = SetPresence,
     security(("bearer" = [])),
-    responses((status = 200, description = "{user_id, status, last_seen, updated_at}", body = Value), (status = 400, description = "invalid input", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the caller's presence", body = PresenceState),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn set(
     State(state): State<AppState>,
@@ -43,7 +53,11 @@ pub async fn set(
     summary = "A user's presence",
     params(("id" = Uuid, Path, description = "user id")),
     security(("bearer" = [])),
-    responses((status = 200, description = "{user_id, status, last_seen, updated_at}", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the user's presence", body = PresenceState),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "not found", body = ErrorBody),
+    )
 )]
 pub async fn get(
     State(state): State<AppState>,

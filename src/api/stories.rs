@@ -3,8 +3,9 @@
 use axum::{extract::State, http::StatusCode};
 
 use super::{
+    docs::ErrorBody,
     extract::{Json, Path, Query},
-    paging::PageQuery,
+    paging::{Limit, PageQuery},
 };
 use crate::{
     AppState,
@@ -19,9 +20,15 @@ use crate::{
     path = "/stories",
     tag = "stories",
     summary = "Post a story (expires after 24 h)",
-    request_body(content = Value, description = "{content_text?, media_url?, media_type: image|video}"),
+    request_body = NewStoryRequest,
     security(("bearer" = [])),
-    responses((status = 201, description = "the story", body = Value), (status = 400, description = "invalid input", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 201, description = "the story", body = Story),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn create(
     State(state): State<AppState>,
@@ -37,9 +44,13 @@ pub async fn create(
     path = "/stories",
     tag = "stories",
     summary = "Unexpired stories of the caller and their contacts",
-    params(("limit" = Option<i64>, Query, description = "page size, default 50, clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last story already seen (newest first)")),
+    params(("limit" = Option<Limit>, Query, description = "page size, default 50; any integer is accepted and clamped to 1..=200"), ("before" = Option<Uuid>, Query, description = "id of the last story already seen (newest first)")),
     security(("bearer" = [])),
-    responses((status = 200, description = "stories, newest first", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "stories, newest first", body = Vec<Story>),
+        (status = 400, description = "a `limit` that is not an integer, or a `before` that is not a UUID", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+    )
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -57,7 +68,12 @@ pub async fn list(
     summary = "Mark a story viewed",
     params(("id" = Uuid, Path, description = "story id")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the story", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the story", body = Story),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "not found, or not visible to the caller", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn view(
     State(state): State<AppState>,

@@ -3,7 +3,11 @@
 use axum::extract::State;
 use serde::Deserialize;
 
-use super::{extract::Query, paging::saturating_limit};
+use super::{
+    docs::ErrorBody,
+    extract::Query,
+    paging::{Limit, saturating_limit},
+};
 use crate::{AppState, auth::AuthUser, domain::users, error::Result, model::User};
 
 #[derive(Deserialize)]
@@ -20,9 +24,14 @@ pub struct SearchQuery {
     path = "/users/search",
     tag = "users",
     summary = "Search users",
-    params(("q" = Option<String>, Query, description = "part of a username, name or email"), ("limit" = Option<i64>, Query, description = "page size"), ("after" = Option<String>, Query, description = "username of the last user already seen")),
+    params(("q" = Option<String>, Query, description = "part of a username, name or email"), ("limit" = Option<Limit>, Query, description = "page size (the app asks for 10, 50 or 1000); any integer is accepted and clamped"), ("after" = Option<String>, Query, description = "username of the last user already seen")),
     security(("bearer" = [])),
-    responses((status = 200, description = "users, caller excluded", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "users, caller excluded", body = Vec<User>),
+        (status = 400, description = "a `limit` that is not an integer", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 429, description = "too many lookups (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn search(
     State(state): State<AppState>,
@@ -52,7 +61,13 @@ pub struct EmailQuery {
     summary = "Find a user by exact email",
     params(("email" = String, Query, description = "exact email")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the user", body = Value), (status = 400, description = "the caller's own email", body = Value), (status = 404, description = "not found", body = Value), (status = 401, description = "missing or bad token (empty body)"))
+    responses(
+        (status = 200, description = "the user", body = User),
+        (status = 400, description = "the caller's own email, or no `email`", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 429, description = "too many lookups (Retry-After)", body = ErrorBody),
+    )
 )]
 pub async fn find_by_email(
     State(state): State<AppState>,

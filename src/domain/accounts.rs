@@ -21,27 +21,44 @@ const MIN_PASSWORD_LEN: usize = 8;
 const MAX_PASSWORD_LEN: usize = 1024;
 const MAX_NAME_LEN: usize = 100;
 
-#[derive(Debug, Deserialize)]
+/// The schema states the rules `register` checks (surrounding whitespace is trimmed), so a
+/// request the document calls valid is one the server accepts.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Registration {
+    #[schema(
+        max_length = 254,
+        pattern = "^\\s*[^\\s@\\x00-\\x1f\\x7f-\\x9f]+@[^\\s@.\\x00-\\x1f\\x7f-\\x9f]([^\\s@\\x00-\\x1f\\x7f-\\x9f]*[^\\s@.\\x00-\\x1f\\x7f-\\x9f])?\\s*$",
+        example = "ada@example.com"
+    )]
     pub email: String,
+    /// The app's own rule: `^[A-Za-z0-9_]{3,50}$`.
+    #[schema(pattern = "^\\s*[A-Za-z0-9_]{3,50}\\s*$", example = "ada")]
     pub username: String,
+    /// 8 characters to 1024 bytes.
+    #[schema(min_length = 8, max_length = 1024, example = "correct horse")]
     pub password: String,
+    /// Shown instead of the username; blank means none.
+    #[schema(max_length = 100, example = "Ada")]
     pub name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
+    #[schema(example = "ada@example.com")]
     pub email: String,
+    #[schema(example = "correct horse")]
     pub password: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PasswordChange {
     pub current_password: String,
+    /// 8 characters to 1024 bytes.
+    #[schema(min_length = 8, max_length = 1024)]
     pub new_password: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Deletion {
     pub password: String,
 }

@@ -21,12 +21,20 @@ const MAX_NAME_LEN: usize = 100;
 const MAX_DESCRIPTION_LEN: usize = 1000;
 const MAX_MESSAGE_TYPE_LEN: usize = 32;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateChannel {
+    /// Not blank.
+    #[schema(max_length = 100, pattern = "\\S")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
+    /// An http(s) link (blank means none).
     #[serde(default)]
+    #[schema(
+        max_length = 2048,
+        pattern = "^\\s*([Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@:\\x00-\\x1f\\x7f-\\x9f][^\\s/?#@\\x00-\\x1f\\x7f-\\x9f]*([/?#][^\\s\\x00-\\x1f\\x7f-\\x9f]*)?)?\\s*$"
+    )]
     pub avatar_url: Option<String>,
     /// Absent or null means public.
     #[serde(default)]
@@ -36,6 +44,8 @@ pub struct CreateChannel {
 /// A message posted to a channel (the channel comes from the path or the frame).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChannelPost {
+    /// Not blank; at most 32 characters once trimmed.
+    #[schema(max_length = 32, pattern = "\\S")]
     pub message_type: String,
     /// Chosen by the client: makes retries idempotent and becomes the message's id.
     #[serde(default)]
@@ -163,7 +173,7 @@ pub async fn post(
     request: ChannelPost,
 ) -> Result<(ChannelMessage, bool)> {
     let message_type = request.message_type.trim();
-    if message_type.is_empty() || message_type.len() > MAX_MESSAGE_TYPE_LEN {
+    if message_type.is_empty() || message_type.chars().count() > MAX_MESSAGE_TYPE_LEN {
         return Err(Error::invalid(format!(
             "message_type must be 1 to {MAX_MESSAGE_TYPE_LEN} characters"
         )));

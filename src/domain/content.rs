@@ -21,16 +21,21 @@ use crate::{
 /// another node rings no local bell).
 const RECHECK_INTERVAL: Duration = Duration::from_millis(500);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ContentUpload {
+    /// The ciphertext in base64 (standard or URL-safe alphabet, padded or not).
+    #[schema(
+        pattern = "^\\s*(([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw](==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?|([A-Za-z0-9_-]{4})*([A-Za-z0-9_-][AQgw](==)?|[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048]=?)?)\\s*$"
+    )]
     pub content_data: String,
+    /// SHA-256 of the decoded bytes, in hex; blank or null means none.
     pub content_hash: Option<String>,
     /// Accepted with or without a zone (the app sends local time without one); it can only
     /// shorten the default retention.
     pub expires_at: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ContentBody {
     pub message_id: MessageId,
     pub content_data: String,

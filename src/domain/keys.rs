@@ -41,7 +41,7 @@ pub struct KeyUpload {
 }
 
 /// How many one-time prekeys a device has left.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyCount {
     pub device_id: i64,
     pub count: i64,

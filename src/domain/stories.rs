@@ -2,6 +2,7 @@
 
 use chrono::TimeDelta;
 use serde::Deserialize;
+use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, Schema};
 use uuid::Uuid;
 
 use super::input::{optional_http_url, optional_text, page_limit};
@@ -24,6 +25,45 @@ pub struct NewStoryRequest {
     pub media_url: Option<String>,
     pub media_type: String,
 }
+
+/// Written by hand, not derived: a story needs `content_text` or `media_url` (not blank), a rule
+/// across two fields that only `anyOf` can state. The other rules are those `create` checks
+/// (surrounding whitespace trimmed, `media_type` in any case).
+impl utoipa::PartialSchema for NewStoryRequest {
+    fn schema() -> utoipa::openapi::RefOr<Schema> {
+        let schema = serde_json::json!({
+            "type": "object",
+            "required": ["media_type"],
+            "properties": {
+                "content_text": {"type": ["string", "null"], "maxLength": MAX_TEXT_LEN},
+                "media_url": {
+                    "type": ["string", "null"],
+                    "maxLength": 2048,
+                    "pattern": "^\\s*([Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@:\\x00-\\x1f\\x7f-\\x9f][^\\s/?#@\\x00-\\x1f\\x7f-\\x9f]*([/?#][^\\s\\x00-\\x1f\\x7f-\\x9f]*)?)?\\s*$",
+                    "description": "An http(s) link (blank means none)",
+                },
+                "media_type": {
+                    "type": "string",
+                    "pattern": "^\\s*([Ii][Mm][Aa][Gg][Ee]|[Vv][Ii][Dd][Ee][Oo])\\s*$",
+                    "description": "image or video",
+                },
+            },
+            "example": {"content_text": "Hello", "media_type": "image"},
+        });
+        // utoipa's object model has no `anyOf` of its own: the rule wraps the object.
+        let text = serde_json::json!({"type": "object", "required": ["content_text"], "properties": {"content_text": {"type": "string", "pattern": "\\S"}}});
+        let media = serde_json::json!({"type": "object", "required": ["media_url"], "properties": {"media_url": {"type": "string", "pattern": "^\\s*[Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@:\\x00-\\x1f\\x7f-\\x9f][^\\s/?#@\\x00-\\x1f\\x7f-\\x9f]*([/?#][^\\s\\x00-\\x1f\\x7f-\\x9f]*)?\\s*$"}}});
+        let parse = |value| {
+            serde_json::from_value::<Schema>(value).expect("the story request schema is valid")
+        };
+        AllOfBuilder::new()
+            .item(parse(schema))
+            .item(AnyOfBuilder::new().item(parse(text)).item(parse(media)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for NewStoryRequest {}
 
 pub async fn create(state: &AppState, user: UserId, request: NewStoryRequest) -> Result<Story> {
     let media_type = request.media_type.trim().to_ascii_lowercase();

@@ -7,7 +7,7 @@ pub(crate) use super::display_name;
 use super::{ChannelId, ChannelMessageId, StoryId, UserId};
 
 /// A story as one viewer sees it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Story {
     pub id: StoryId,
     pub user_id: UserId,
@@ -26,7 +26,7 @@ pub struct Story {
 }
 
 /// A channel as its members list it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Channel {
     pub id: ChannelId,
     pub name: String,

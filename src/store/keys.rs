@@ -59,7 +59,7 @@ pub struct Bundle {
 }
 
 /// A device of the caller, as listed to them.
-#[derive(Clone, Debug, serde::Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeviceInfo {
     pub device_id: i64,
     pub registration_id: Option<i64>,

@@ -12,6 +12,8 @@ scenarios!(
     metrics_can_require_a_token,
     made_up_http_methods_are_counted_as_other,
     openapi_lists_every_route_and_each_one_is_served,
+    openapi_bodies_are_all_typed,
+    unsupported_methods_are_405_with_allow,
     docs_page_and_its_assets_are_served_locally,
     cors_allows_only_the_configured_origins,
 );
@@ -292,6 +294,128 @@ async fn openapi_lists_every_route_and_each_one_is_served(engine: Engine) {
             "{route} is documented but not routed"
         );
     }
+}
+
+/// The operations whose handler reads a JSON body.
+const WITH_BODY: &[&str] = &[
+    "POST /api/auth/register",
+    "POST /api/auth/login",
+    "POST /api/auth/refresh",
+    "POST /api/auth/password",
+    "DELETE /api/auth/me",
+    "POST /api/conversations",
+    "POST /api/messages/{id}/content",
+    "POST /api/calls",
+    "POST /api/presence",
+    "PUT /api/keys",
+    "POST /api/stories",
+    "POST /api/channels",
+    "POST /api/channels/{id}/members",
+    "POST /api/channels/{id}/messages",
+];
+
+/// Whether `schema` says what the value is: a `$ref` to such a schema, a scalar type, an array
+/// of typed items, an object with properties, or a combination of typed schemas. An empty schema
+/// or a bare `object` (what `serde_json::Value` documents) is not.
+fn typed(doc: &Value, schema: &Value) -> bool {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .expect("a local schema reference");
+        let target = &doc["components"]["schemas"][name];
+        return !target.is_null() && typed(doc, target);
+    }
+    for combined in ["allOf", "anyOf", "oneOf"] {
+        if let Some(items) = schema[combined].as_array() {
+            return !items.is_empty() && items.iter().all(|s| typed(doc, s));
+        }
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return false,
+    };
+    !types.is_empty()
+        && types.iter().all(|t| match *t {
+            "array" => typed(doc, &schema["items"]),
+            "object" => schema["properties"]
+                .as_object()
+                .is_some_and(|p| !p.is_empty()),
+            "string" | "integer" | "number" | "boolean" | "null" => true,
+            _ => false,
+        })
+}
+
+async fn openapi_bodies_are_all_typed(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (status, doc) = app
+        .request(Method::GET, "/api/openapi.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let error_body = json!({"$ref": "#/components/schemas/ErrorBody"});
+    assert!(typed(&doc, &error_body), "the error body is typed");
+
+    let mut with_body = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            let name = format!("{} {path}", method.to_uppercase());
+            if let Some(request) = operation.get("requestBody") {
+                with_body.push(name.clone());
+                let schema = &request["content"]["application/json"]["schema"];
+                assert!(typed(&doc, schema), "{name}: untyped request body {schema}");
+            }
+            let responses = operation["responses"].as_object().expect("responses");
+            let mut successes = 0;
+            for (code, response) in responses {
+                let content = response.get("content").and_then(Value::as_object);
+                match code.as_str() {
+                    // Switching protocols, no content: nothing to describe.
+                    "101" | "204" => assert!(content.is_none(), "{name} {code} has a body"),
+                    // RFC 6750: a 401 has an empty body (the app reads any JSON as a user).
+                    "401" => assert!(content.is_none(), "{name} 401 has a body"),
+                    code if code.starts_with('2') => {
+                        let content = content.unwrap_or_else(|| panic!("{name} {code}: no body"));
+                        for (media, body) in content {
+                            let schema = &body["schema"];
+                            assert!(
+                                typed(&doc, schema),
+                                "{name} {code} {media}: untyped {schema}"
+                            );
+                        }
+                    }
+                    code if code.starts_with('4') => {
+                        let schema = &response["content"]["application/json"]["schema"];
+                        assert_eq!(schema, &error_body, "{name} {code}: not the error body");
+                    }
+                    _ => {}
+                }
+                if code.starts_with('2') || code == "101" {
+                    successes += 1;
+                }
+            }
+            assert!(successes > 0, "{name} documents no success");
+        }
+    }
+    with_body.sort();
+    let mut expected: Vec<String> = WITH_BODY.iter().map(|r| r.to_string()).collect();
+    expected.sort();
+    assert_eq!(with_body, expected, "the operations that take a body");
+}
+
+/// A method a path does not serve is a 405 with the error body and `Allow` (RFC 9110).
+async fn unsupported_methods_are_405_with_allow(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let response = app
+        .http
+        .patch(app.url("/api/conversations"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let allow = response.headers()[header::ALLOW].to_str().expect("ascii");
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    let body: Value = response.json().await.expect("json body");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
 }
 
 async fn docs_page_and_its_assets_are_served_locally(engine: Engine) {
