@@ -1,4 +1,4 @@
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kisse_backend::config::{self, Config, LogFormat};
@@ -15,6 +15,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "kisse-backend", version)]
 struct Cli {
+    /// A TOML file of settings (keys: the settings below in lower case, e.g. `database_url`);
+    /// the environment overrides it.
+    #[arg(long, global = true, value_name = "FILE", env = "KISSE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -30,6 +34,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before the command line, so that a .env may name the file (KISSE_CONFIG) too.
+    let dotenv = config::read_dotenv();
     let matches = Cli::command()
         .after_help(config::settings_help())
         .get_matches();
@@ -38,7 +44,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let command = cli.command.unwrap_or(Command::Serve);
-    let config = match Config::from_env() {
+    let config = match dotenv.and_then(|()| Config::load(cli.config.as_deref())) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("kisse-backend: invalid configuration: {e:#}");
@@ -55,7 +61,7 @@ fn main() -> ExitCode {
         println!("# configuration is valid");
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log_format);
+    init_logging(&config.rust_log, config.log_format);
     if config.jwt_secret_generated && matches!(command, Command::Serve) {
         tracing::warn!(
             "JWT_SECRET is not set: using a random secret for this run; tokens will not survive a restart"
@@ -83,9 +89,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` writes one JSON object per line.
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `RUST_LOG` filters (`info` if it cannot be read); `LOG_FORMAT=json` writes one JSON object
+/// per line.
+fn init_logging(rust_log: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
