@@ -512,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn every_setting_read_is_documented_and_every_documented_one_is_read() {
+    fn every_setting_is_read_and_described_once_in_declaration_order() {
         let asked = std::sync::Mutex::new(Vec::new());
         Config::from_lookup(|k| {
             asked.lock().expect("lock").push(k.to_owned());
@@ -520,24 +520,117 @@ mod tests {
         })
         .expect("defaults are valid");
         let mut asked = asked.into_inner().expect("lock");
-        asked.push("RUST_LOG".to_owned()); // read by the log filter, not by Config
         asked.sort();
         asked.dedup();
-        let mut documented: Vec<String> = SETTINGS.iter().map(|s| s.name.to_owned()).collect();
-        documented.sort();
-        assert_eq!(asked, documented);
+        let declared: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+        let mut sorted: Vec<String> = declared.iter().map(|n| (*n).to_owned()).collect();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), declared.len(), "a setting is declared twice");
+        assert_eq!(asked, sorted);
         let described: Vec<&str> = config(&[])
             .expect("valid")
             .describe()
             .iter()
             .map(|d| d.0)
             .collect();
-        for name in &documented {
+        assert_eq!(described, declared);
+        // Names are environment variables; in lower case, the file's keys.
+        for setting in SETTINGS {
+            assert!(!setting.help.is_empty(), "{}", setting.name);
+            assert_eq!(setting.name.to_ascii_uppercase(), setting.name);
+        }
+    }
+
+    fn file(text: &str) -> anyhow::Result<ConfigFile> {
+        ConfigFile::parse(Path::new("/etc/kisse.toml"), text)
+    }
+
+    fn with_file(pairs: &[(&str, &str)], file: &ConfigFile) -> anyhow::Result<Config> {
+        let env = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+        };
+        Config::from_sources(&Sources {
+            env: &env,
+            file: Some(file),
+        })
+    }
+
+    #[test]
+    fn the_file_sets_values_and_the_environment_overrides_them() {
+        let f = file(
+            "ws_queue_len = 77\nredis_prefix = \"staging\"\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\naccess_token_ttl = \"300\"\n",
+        )
+        .expect("valid file");
+        let c = with_file(&[], &f).expect("valid");
+        assert_eq!(c.ws_queue_len, 77);
+        assert_eq!(c.redis_prefix, "staging");
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(c.jwt_expiration, Duration::from_secs(300));
+        let c = with_file(&[("WS_QUEUE_LEN", "5"), ("REDIS_PREFIX", " ")], &f).expect("valid");
+        assert_eq!(c.ws_queue_len, 5);
+        // An empty variable counts as unset: the file's value stands.
+        assert_eq!(c.redis_prefix, "staging");
+        assert!(with_file(&[], &file("").expect("empty file")).is_ok());
+    }
+
+    #[test]
+    fn the_file_names_what_is_wrong() {
+        let err = file("ws_queue_len = 1\nwebsocket_queue = 2\n").expect_err("unknown key");
+        assert!(err.to_string().contains("\"websocket_queue\""), "{err}");
+        assert!(err.to_string().contains("/etc/kisse.toml"), "{err}");
+        let err = file("DATABASE_URL = \"sqlite://x.db\"").expect_err("upper case");
+        assert!(err.to_string().contains("database_url"), "{err}");
+        let err = file("[server]\naddress = \"x\"").expect_err("a table");
+        assert!(err.to_string().contains("\"server\""), "{err}");
+        let err = file("ws_ping_interval = 2.5").expect_err("a float");
+        assert!(err.to_string().contains("ws_ping_interval"), "{err}");
+        assert!(file("ws_queue_len = ").is_err());
+
+        let f = file("ws_queue_len = \"lots\"").expect("a string is fine here");
+        let err = with_file(&[], &f).expect_err("not a number");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("ws_queue_len") && text.contains("lots"),
+            "{text}"
+        );
+        assert!(text.contains("/etc/kisse.toml"), "{text}");
+        // The same value from the environment is named as the environment spells it.
+        let err = with_file(&[("WS_QUEUE_LEN", "0")], &f).expect_err("zero");
+        assert!(err.to_string().starts_with("WS_QUEUE_LEN=\"0\""), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let example = include_str!("../../kisse.example.toml");
+        let f = ConfigFile::parse(Path::new("kisse.example.toml"), example).expect("valid keys");
+        let long = "x".repeat(32);
+        let c = with_file(&[("JWT_SECRET", &long)], &f).expect("valid values");
+        assert_eq!(c.app_env, AppEnv::Production);
+    }
+
+    #[test]
+    fn errors_never_repeat_a_secret() {
+        for (name, value) in [
+            ("DATABASE_URL", "mysql://kisse:hunter2@db/kisse"),
+            ("REDIS_URL", "http://:redispass@cache"),
+        ] {
+            let err = config(&[(name, value)]).expect_err("invalid");
+            let text = format!("{err:#}");
+            assert!(text.contains(name), "{text}");
             assert!(
-                name == "RUST_LOG" || described.contains(&name.as_str()),
-                "{name}"
+                !text.contains("hunter2") && !text.contains("redispass"),
+                "{text}"
             );
         }
+        let f = file("redis_url = \"http://:redispass@cache\"").expect("valid file");
+        let text = format!("{:#}", with_file(&[], &f).expect_err("invalid"));
+        assert!(text.contains("redis_url in /etc/kisse.toml"), "{text}");
+        assert!(!text.contains("redispass"), "{text}");
     }
 
     #[test]
