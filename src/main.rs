@@ -16,8 +16,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "kisse-backend", version)]
 struct Cli {
     /// A TOML file of settings (keys: the settings below in lower case, e.g. `database_url`);
-    /// the environment overrides it.
-    #[arg(long, global = true, value_name = "FILE", env = "KISSE_CONFIG")]
+    /// the environment overrides it. Default: $KISSE_CONFIG, if set.
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,8 +34,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Before the command line, so that a .env may name the file (KISSE_CONFIG) too.
-    let dotenv = config::read_dotenv();
     let matches = Cli::command()
         .after_help(config::settings_help())
         .get_matches();
@@ -44,7 +42,16 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let command = cli.command.unwrap_or(Command::Serve);
-    let config = match dotenv.and_then(|()| Config::load(cli.config.as_deref())) {
+    let config = match config::read_dotenv().and_then(|()| {
+        // Read here rather than by clap: a .env may set it, and empty counts as unset (as for
+        // a setting).
+        let file = cli.config.or_else(|| {
+            std::env::var_os("KISSE_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        Config::load(file.as_deref())
+    }) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("kisse-backend: invalid configuration: {e:#}");
