@@ -68,7 +68,13 @@ fn help_lists_every_setting_and_command() {
             setting.name
         );
     }
-    for command in ["serve", "migrate", "check-config", "--config", "KISSE_CONFIG"] {
+    for command in [
+        "serve",
+        "migrate",
+        "check-config",
+        "--config",
+        "KISSE_CONFIG",
+    ] {
         assert!(help.contains(command), "{command} missing:\n{help}");
     }
 }
