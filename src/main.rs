@@ -1,4 +1,4 @@
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kisse_backend::config::{self, Config, LogFormat};
@@ -15,6 +15,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "kisse-backend", version)]
 struct Cli {
+    /// A TOML file of settings (keys: the settings below in lower case, e.g. `database_url`);
+    /// the environment overrides it. Default: $KISSE_CONFIG, if set.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -38,7 +42,16 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let command = cli.command.unwrap_or(Command::Serve);
-    let config = match Config::from_env() {
+    let config = match config::read_dotenv().and_then(|()| {
+        // Read here rather than by clap: a .env may set it, and empty counts as unset (as for
+        // a setting).
+        let file = cli.config.or_else(|| {
+            std::env::var_os("KISSE_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        Config::load(file.as_deref())
+    }) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("kisse-backend: invalid configuration: {e:#}");
@@ -55,7 +68,7 @@ fn main() -> ExitCode {
         println!("# configuration is valid");
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log_format);
+    init_logging(&config.rust_log, config.log_format);
     if config.jwt_secret_generated && matches!(command, Command::Serve) {
         tracing::warn!(
             "JWT_SECRET is not set: using a random secret for this run; tokens will not survive a restart"
@@ -83,9 +96,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` writes one JSON object per line.
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `RUST_LOG` filters (`info` if it cannot be read); `LOG_FORMAT=json` writes one JSON object
+/// per line.
+fn init_logging(rust_log: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -66,9 +66,156 @@ fn help_lists_every_setting_and_command() {
             setting.name
         );
     }
-    for command in ["serve", "migrate", "check-config"] {
+    for command in [
+        "serve",
+        "migrate",
+        "check-config",
+        "--config",
+        "KISSE_CONFIG",
+    ] {
         assert!(help.contains(command), "{command} missing:\n{help}");
     }
+}
+
+#[test]
+fn check_config_lists_every_setting() {
+    let scratch = Scratch::new();
+    let output = run(&scratch, &["check-config"], &[]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    for setting in SETTINGS {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{}=", setting.name))),
+            "{} missing:\n{stdout}",
+            setting.name
+        );
+    }
+}
+
+/// The README's settings table (section "Configuration"): the name and default of each row.
+fn readme_settings() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .expect("a Configuration section")
+        .split("\n## ")
+        .next()
+        .unwrap_or_default();
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with("| Variable |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let unquote = |cell: &str| cell.trim_matches('`').to_owned();
+            (unquote(cells[1]), unquote(cells[2]))
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_lists_every_setting_with_its_default_and_no_other() {
+    let documented = readme_settings();
+    let declared: Vec<(String, String)> = SETTINGS
+        .iter()
+        .map(|s| (s.name.to_owned(), s.default_text()))
+        .collect();
+    let extra: Vec<_> = documented
+        .iter()
+        .filter(|r| !declared.contains(r))
+        .collect();
+    let missing: Vec<_> = declared
+        .iter()
+        .filter(|s| !documented.contains(s))
+        .collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "README.md's settings table differs from config::SETTINGS (name, default):\n\
+         in the README only: {extra:?}\nin the code only: {missing:?}"
+    );
+    assert_eq!(documented.len(), declared.len(), "a row is repeated");
+}
+
+#[test]
+fn a_config_file_is_read_and_the_environment_overrides_it() {
+    let scratch = Scratch::new();
+    let database = scratch.0.join("from-file.db");
+    std::fs::write(
+        scratch.0.join("kisse.toml"),
+        format!(
+            "# Settings, in lower case.\n\
+             database_url = \"sqlite://{}\"\n\
+             ws_queue_len = 77\n\
+             redis_prefix = \"from-file\"\n\
+             metrics_token = \"metrics-token-2\"\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n",
+            database.display()
+        ),
+    )
+    .expect("write the file");
+
+    // The file's database is the one migrated.
+    let output = run(&scratch, &["migrate", "--config", "kisse.toml"], &[]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(database.exists(), "{output:?}");
+
+    let output = run(
+        &scratch,
+        &["--config", "kisse.toml", "check-config"],
+        &[("WS_QUEUE_LEN", "55")],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(stdout.contains("WS_QUEUE_LEN=55\n"), "{stdout}");
+    assert!(stdout.contains("REDIS_PREFIX=from-file\n"), "{stdout}");
+    assert!(
+        stdout.contains("TRUSTED_PROXIES=10.0.0.0/8,::1/128\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("METRICS_TOKEN=<redacted>\n"), "{stdout}");
+    assert!(!stdout.contains("metrics-token-2"), "{stdout}");
+
+    // KISSE_CONFIG names the file too.
+    let output = run(
+        &scratch,
+        &["check-config"],
+        &[("KISSE_CONFIG", "kisse.toml")],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(stdout.contains("WS_QUEUE_LEN=77\n"), "{stdout}");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_or_a_bad_value_is_refused_with_its_name() {
+    let scratch = Scratch::new();
+    let path = scratch.0.join("kisse.toml");
+    std::fs::write(&path, "ws_queue_len = 10\nws_queue_length = 20\n").expect("write");
+    let output = run(&scratch, &["check-config", "--config", "kisse.toml"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).expect("utf-8");
+    assert!(
+        stderr.contains("unknown setting \"ws_queue_length\"") && stderr.contains("kisse.toml"),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, "ws_queue_len = \"lots\"\n").expect("write");
+    let output = run(&scratch, &["serve", "--config", "kisse.toml"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).expect("utf-8");
+    assert!(
+        stderr.contains("ws_queue_len = \"lots\" in kisse.toml"),
+        "{stderr}"
+    );
+
+    let output = run(&scratch, &["check-config", "--config", "missing.toml"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.toml"));
 }
 
 #[test]
