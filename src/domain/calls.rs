@@ -12,8 +12,8 @@ use uuid::Uuid;
 use crate::{
     AppState,
     error::{Error, Result},
+    events::EphemeralKey,
     events::Event,
-    hub::EphemeralKey,
     model::{Call, CallId, CallStatus, CallType, UserId, now},
     store::{CallRecord, CallRefused, NewCall},
 };

@@ -11,8 +11,8 @@ use super::input::{optional_http_url, optional_text, page_limit};
 use crate::{
     AppState,
     error::{Error, Result},
+    events::EphemeralKey,
     events::Event,
-    hub::EphemeralKey,
     model::{Channel, ChannelId, ChannelMessage, ChannelMessageId, UserId, now},
     store::{ChannelAccess, NewChannel, NewChannelMessage},
 };

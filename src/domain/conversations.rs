@@ -3,8 +3,8 @@
 use crate::{
     AppState,
     error::{Error, Result},
+    events::EphemeralKey,
     events::Event,
-    hub::EphemeralKey,
     model::{Conversation, ConversationId, ConversationSummary, Message, MessageId, UserId, now},
 };
 

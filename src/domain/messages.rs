@@ -7,8 +7,9 @@ use crate::{
     AppState,
     error::{Error, Result},
     events::Event,
+    model::InboxKind,
     model::{ConversationId, Message, MessageId, UserId, now},
-    store::{Engine, InboxKind, NewMessage, PendingMessage},
+    store::{Engine, NewMessage, PendingMessage},
 };
 
 const MAX_MESSAGE_TYPE_LEN: usize = 32;

@@ -24,8 +24,9 @@ use crate::{
     auth::TokenClaims,
     domain::{self, messages::Submitted},
     error::{Error, Result},
+    events::CloseReason,
     events::Event,
-    hub::{self, CloseReason, CloseSignal, EphemeralSlots, Outgoing, SocketSlot},
+    hub::{self, CloseSignal, EphemeralSlots, Outgoing, SocketSlot},
     model::{MessageId, Presence, UserId, now},
 };
 

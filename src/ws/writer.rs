@@ -17,7 +17,8 @@ use crate::{
     AppState,
     error::Result,
     events::Event,
-    hub::{CloseReason, CloseSignal, EphemeralSlots, Frame, Outgoing},
+    events::{CloseReason, Frame},
+    hub::{CloseSignal, EphemeralSlots, Outgoing},
     model::UserId,
 };
 
