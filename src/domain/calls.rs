@@ -12,8 +12,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     error::{Error, Result},
-    events::EphemeralKey,
-    events::Event,
+    events::{EphemeralKey, Event},
     model::{Call, CallId, CallStatus, CallType, UserId, now},
     store::{CallRecord, CallRefused, NewCall},
 };

@@ -20,8 +20,7 @@ use crate::{
     auth::TokenClaims,
     domain::{self, messages::Acks},
     error::{Error, Result},
-    events::CloseReason,
-    events::Event,
+    events::{CloseReason, Event},
     hub::{self, CloseSignal, EphemeralSlots, Outgoing, SocketSlot},
     model::{MessageId, Presence, UserId, now},
 };
