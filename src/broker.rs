@@ -14,7 +14,9 @@
 //!   each node refreshes its keys (TTL `PRESENCE_TTL`), its liveness key `{prefix}:node:{node}`,
 //!   its membership in `{prefix}:nodes` and the set of its users `{prefix}:node:{node}:users`.
 //!   A node that dies stops refreshing; a surviving node finds its liveness key gone, claims it
-//!   (one `SREM` wins) and takes offline those of its users no other node holds.
+//!   (one `SREM` wins) and reports those of its users no other node holds as
+//!   [`NodeChange::Lost`]. The broker never calls the domain: `domain::presence::follow_nodes`
+//!   consumes these reports (and [`NodeChange::Back`]) and changes presence.
 //! - **Control.** Revocations (logout, password change, account deletion...) and refills are
 //!   published on `{prefix}:control`, which every node subscribes to (see `control.rs`). A
 //!   doorbell dropped because the publish queue was full asks for a refill of its user there,
@@ -53,7 +55,7 @@ pub use control::Control;
 use self::control::ControlQueue;
 use crate::{
     AppState,
-    hub::{CloseReason, EphemeralKey, Frame},
+    events::{CloseReason, EphemeralKey, Frame},
     model::UserId,
 };
 
@@ -104,6 +106,8 @@ pub struct Broker {
     interest: mpsc::UnboundedSender<Interest>,
     /// Taken by the tasks when the server starts.
     receivers: Mutex<Option<Receivers>>,
+    /// What the domain must hear about nodes (see [`NodeChange`]).
+    node_changes: mpsc::UnboundedSender<NodeChange>,
     up: AtomicBool,
     pub stats: Stats,
 }
@@ -111,6 +115,18 @@ pub struct Broker {
 struct Receivers {
     outbox: mpsc::Receiver<(UserId, String)>,
     interest: mpsc::UnboundedReceiver<Interest>,
+    node_changes: mpsc::UnboundedReceiver<NodeChange>,
+}
+
+/// What the broker learned about other nodes that presence depends on; the domain acts on it
+/// (the broker sits below the domain and never calls it). Rare: a node's death or an outage's
+/// end, so the channel is unbounded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NodeChange {
+    /// `user` was connected to a node that stopped without saying so, and to no other node.
+    Lost(UserId),
+    /// Redis answers again; another node may have taken these local users offline meanwhile.
+    Back(Vec<UserId>),
 }
 
 /// "Subscribe or unsubscribe `user` as their sockets here call for", with whom to tell once
@@ -130,6 +146,7 @@ impl Broker {
             .context("preparing the Redis connection")?;
         let (outbox, outbox_rx) = mpsc::channel(queue.max(1));
         let (interest, interest_rx) = mpsc::unbounded_channel();
+        let (node_changes, node_changes_rx) = mpsc::unbounded_channel();
         Ok(Self {
             node: Uuid::new_v4().simple().to_string()[..16].to_owned(),
             prefix: prefix.to_owned(),
@@ -142,7 +159,9 @@ impl Broker {
             receivers: Mutex::new(Some(Receivers {
                 outbox: outbox_rx,
                 interest: interest_rx,
+                node_changes: node_changes_rx,
             })),
+            node_changes,
             up: AtomicBool::new(false),
             stats: Stats::default(),
         })
@@ -496,17 +515,15 @@ impl Broker {
     }
 }
 
-/// Starts the broker's tasks (publisher, subscriber, presence upkeep) when in cluster mode.
-pub fn spawn(state: &AppState) {
-    let Some(broker) = state.hub.broker() else {
-        return;
-    };
-    let Some(receivers) = broker.receivers.lock().ok().and_then(|mut r| r.take()) else {
-        return;
-    };
+/// Starts the broker's tasks (publisher, subscriber, presence upkeep) when in cluster mode, and
+/// returns the node changes they report, for the domain to consume.
+pub fn spawn(state: &AppState) -> Option<mpsc::UnboundedReceiver<NodeChange>> {
+    let broker = state.hub.broker()?;
+    let receivers = broker.receivers.lock().ok().and_then(|mut r| r.take())?;
     tokio::spawn(publisher(state.clone(), receivers.outbox));
     tokio::spawn(subscriber(state.clone(), receivers.interest));
     tokio::spawn(upkeep(state.clone()));
+    Some(receivers.node_changes)
 }
 
 /// Sends queued publications in pipelines, control messages first.
@@ -746,12 +763,7 @@ async fn check_recovery(state: &AppState) {
     // refill as well. Revocations made meanwhile go out with it.
     broker.control(Control::RefillAll);
     // Another node may have taken these users offline while this one could not refresh.
-    let state = state.clone();
-    tokio::spawn(async move {
-        for user in users {
-            crate::domain::presence::reassert(&state, user).await;
-        }
-    });
+    let _ = broker.node_changes.send(NodeChange::Back(users));
 }
 
 /// Refreshes this node's presence keys every third of the TTL, and takes offline the users of
@@ -783,7 +795,7 @@ async fn upkeep(state: AppState) {
         };
         for user in orphans {
             if !state.hub.is_local(user) && !broker.online_on_other_nodes(user).await {
-                crate::domain::presence::lost(&state, user).await;
+                let _ = broker.node_changes.send(NodeChange::Lost(user));
             }
         }
     }

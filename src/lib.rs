@@ -138,8 +138,10 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
             .checkpoint_periodically(state.shutdown.clone()),
     );
     tokio::spawn(domain::retention::run(state.clone()));
-    tokio::spawn(metrics::upkeep(state.clone()));
-    broker::spawn(&state);
+    tokio::spawn(metrics::upkeep(state.shutdown.clone()));
+    if let Some(node_changes) = broker::spawn(&state) {
+        tokio::spawn(domain::presence::follow_nodes(state.clone(), node_changes));
+    }
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     // Frames are small and each should leave at once: without TCP_NODELAY, a frame written
     // while the previous one is unacknowledged waits for the peer's delayed ACK (up to 40 ms).

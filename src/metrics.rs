@@ -9,7 +9,7 @@ use std::{sync::OnceLock, time::Duration};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::{AppState, hub::CloseReason};
+use crate::events::CloseReason;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -125,29 +125,34 @@ fn describe() {
     );
 }
 
-/// Refreshes the gauges read from live state, drains histograms, and renders the text format.
-pub fn render(state: &AppState) -> String {
+/// Open sockets and users with one, on this node (read from the hub by the scrape handler).
+pub fn connections(sockets: usize, users: usize) {
+    gauge!("kisse_ws_connections").set(sockets as f64);
+    gauge!("kisse_users_online").set(users as f64);
+}
+
+/// One database pool's connections: `size` open, `idle` of them idle, `max` allowed.
+pub fn db_pool(name: &'static str, size: u32, idle: u32, max: u32) {
+    gauge!("kisse_db_pool_connections", "pool" => name, "state" => "idle").set(f64::from(idle));
+    gauge!("kisse_db_pool_connections", "pool" => name, "state" => "in_use")
+        .set(f64::from(size.saturating_sub(idle)));
+    gauge!("kisse_db_pool_max_connections", "pool" => name).set(f64::from(max));
+}
+
+/// Drains histograms and renders the text format (the caller set the live gauges first).
+pub fn render() -> String {
     let handle = handle();
-    gauge!("kisse_ws_connections").set(state.hub.socket_count() as f64);
-    gauge!("kisse_users_online").set(state.hub.user_count() as f64);
-    for pool in state.store.pool_stats() {
-        gauge!("kisse_db_pool_connections", "pool" => pool.name, "state" => "idle")
-            .set(f64::from(pool.idle));
-        gauge!("kisse_db_pool_connections", "pool" => pool.name, "state" => "in_use")
-            .set(f64::from(pool.size.saturating_sub(pool.idle)));
-        gauge!("kisse_db_pool_max_connections", "pool" => pool.name).set(f64::from(pool.max));
-    }
     handle.run_upkeep();
     handle.render()
 }
 
-/// Keeps histogram storage bounded between scrapes.
-pub async fn upkeep(state: AppState) {
+/// Keeps histogram storage bounded between scrapes, until `shutdown`.
+pub async fn upkeep(shutdown: tokio_util::sync::CancellationToken) {
     let handle = handle();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = tick.tick() => handle.run_upkeep(),
         }
     }

@@ -283,3 +283,12 @@ impl Call {
         Some((self.ended_at? - self.answered_at?).num_seconds().max(0))
     }
 }
+
+/// What an inbox entry tells its user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboxKind {
+    /// A message they received.
+    Message,
+    /// Their message was read.
+    ReadReceipt,
+}

@@ -212,7 +212,16 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&state),
+        render_metrics(&state),
     )
         .into_response()
+}
+
+/// Sets the gauges read from live state (metrics takes plain numbers), then renders.
+fn render_metrics(state: &AppState) -> String {
+    crate::metrics::connections(state.hub.socket_count(), state.hub.user_count());
+    for pool in state.store.pool_stats() {
+        crate::metrics::db_pool(pool.name, pool.size, pool.idle, pool.max);
+    }
+    crate::metrics::render()
 }

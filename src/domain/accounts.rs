@@ -10,7 +10,7 @@ use crate::{
     AppState,
     auth::Check,
     error::{Error, Result},
-    hub::CloseReason,
+    events::CloseReason,
     model::{User, UserId, now},
     store::NewUser,
 };

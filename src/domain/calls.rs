@@ -12,8 +12,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     error::{Error, Result},
-    events::Event,
-    hub::EphemeralKey,
+    events::{EphemeralKey, Event},
     model::{Call, CallId, CallStatus, CallType, UserId, now},
     store::{CallRecord, CallRefused, NewCall},
 };

@@ -11,8 +11,7 @@ use super::input::{optional_http_url, optional_text, page_limit};
 use crate::{
     AppState,
     error::{Error, Result},
-    events::Event,
-    hub::EphemeralKey,
+    events::{EphemeralKey, Event},
     model::{Channel, ChannelId, ChannelMessage, ChannelMessageId, UserId, now},
     store::{ChannelAccess, NewChannel, NewChannelMessage},
 };

@@ -3,8 +3,7 @@
 use crate::{
     AppState,
     error::{Error, Result},
-    events::Event,
-    hub::EphemeralKey,
+    events::{EphemeralKey, Event},
     model::{Conversation, ConversationId, ConversationSummary, Message, MessageId, UserId, now},
 };
 

@@ -1,5 +1,6 @@
-//! Delivery state: sockets report the inbox events they wrote; this task records them in
-//! batches and tells each sender when their message first reached the recipient.
+//! Delivery state: each socket's writer notes in its `SocketReports` the inbox events it
+//! wrote, and reports them here once flushed; this task records them in batches and tells each
+//! sender when their message first reached the recipient.
 
 use std::{sync::Mutex, time::Duration};
 
@@ -13,6 +14,8 @@ use crate::{
     store::FirstDelivery,
 };
 
+/// Delivered events a socket keeps while the delivery queue is full, before it waits for room.
+const UNREPORTED_MAX: usize = 4096;
 /// Reports queued before a writer has to wait for the recorder.
 const QUEUE: usize = 16 * 1024;
 /// Reports recorded in one transaction at most.
@@ -72,6 +75,55 @@ impl DeliveryLog {
             .take_while(|&&seq| self.reports.try_send((user, seq)).is_ok())
             .count();
         written.drain(..queued);
+    }
+}
+
+/// What one socket wrote of its user's inbox and has not reported as delivered yet.
+#[derive(Default)]
+pub struct SocketReports {
+    /// Inbox events written since the last flush, reported as delivered after it.
+    written: Vec<i64>,
+    /// Inbox events flushed that the delivery queue had no room for yet.
+    unreported: Vec<i64>,
+    /// Inbox events up to this number were already reported by this socket: written again (a
+    /// `sync`), they are not reported again.
+    reported_upto: i64,
+}
+
+impl SocketReports {
+    /// Inbox event `seq` was written to the socket (not flushed yet).
+    pub fn wrote(&mut self, seq: i64) {
+        // Written again by a `sync`: already reported, and marking it delivered again would
+        // only cost the store a lookup per event.
+        if seq > self.reported_upto {
+            self.written.push(seq);
+        }
+    }
+
+    /// Every inbox event up to `seq` is accounted for by this socket (written, or delivered
+    /// before it opened): none is reported again.
+    pub fn accounted_upto(&mut self, seq: i64) {
+        self.reported_upto = self.reported_upto.max(seq);
+    }
+
+    /// The socket flushed what it wrote: reports it as delivered, without waiting while the
+    /// queue has room or the backlog is short.
+    pub async fn flushed(&mut self, log: &DeliveryLog, user: UserId) {
+        if self.written.is_empty() {
+            return;
+        }
+        self.unreported.append(&mut self.written);
+        log.report_without_waiting(user, &mut self.unreported);
+        // Far behind: wait for the recorder rather than keep an ever longer list.
+        if self.unreported.len() > UNREPORTED_MAX {
+            log.delivered(user, self.unreported.drain(..)).await;
+        }
+    }
+
+    /// The socket closed: reports what it flushed but could not report yet (unreported, it
+    /// would be sent again on a later connect).
+    pub async fn closed(mut self, log: &DeliveryLog, user: UserId) {
+        log.delivered(user, self.unreported.drain(..)).await;
     }
 }
 

@@ -1,14 +1,22 @@
-//! Sending messages (metadata only) and read state.
+//! Sending messages (metadata only) and read state. A message's whole life is here: `submit`
+//! checks it and queues it for the group commit; `Submitted::complete` waits for the commit and
+//! pushes it to the recipient's sockets (the hub); a socket's messages go through its `Acks`,
+//! which acknowledge them to the sender in the order sent. What the recipient's socket then
+//! writes is reported through `delivery`, which tells the sender.
+
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
+use tokio::{sync::mpsc, task::JoinHandle};
 use uuid::Uuid;
 
 use crate::{
     AppState,
     error::{Error, Result},
     events::Event,
-    model::{ConversationId, Message, MessageId, UserId, now},
-    store::{Engine, InboxKind, NewMessage, PendingMessage},
+    hub::{self, CloseSignal, Outgoing},
+    model::{ConversationId, InboxKind, Message, MessageId, UserId, now},
+    store::{Engine, NewMessage, PendingMessage},
 };
 
 const MAX_MESSAGE_TYPE_LEN: usize = 32;
@@ -59,6 +67,82 @@ impl Submitted {
             crate::metrics::message_routed("direct", message.created_at);
         }
         Ok((message, cursor.is_some()))
+    }
+}
+
+/// One socket's messages between their frame and their ack: acknowledged in the order the socket
+/// sent them, each once committed (and pushed to its recipient). The task doing it starts with
+/// the socket's first message, so that sockets that only listen carry none.
+#[derive(Default)]
+pub struct Acks(OnceLock<(mpsc::Sender<PendingAck>, JoinHandle<()>)>);
+
+/// A message waiting for its commit, and the id its sender gave it. Boxed: a channel allocates
+/// room for 32 items when it is made, and every socket has one, idle or not.
+type PendingAck = Box<(Submitted, Option<MessageId>)>;
+
+/// Messages of one socket waiting for their commit at once; past that the reader waits.
+const MESSAGES_IN_FLIGHT: usize = 256;
+
+impl Acks {
+    /// Checks and queues a `message` frame's message for commit, without waiting for it (the
+    /// socket's next messages can share the commit); its ack (or `error` frame) goes to
+    /// `replies`, the sender's socket queue, once it is committed.
+    pub async fn send(
+        &self,
+        state: &AppState,
+        sender: UserId,
+        request: SendMessage,
+        replies: &mpsc::Sender<Outgoing>,
+        close: &Arc<CloseSignal>,
+    ) -> Result<()> {
+        let client_id = request.id;
+        let submitted = submit(state, sender, request).await?;
+        let (acks, _) = self.0.get_or_init(|| {
+            let (acks, pending) = mpsc::channel(MESSAGES_IN_FLIGHT);
+            let task = ack_in_order(state.clone(), pending, replies.clone(), close.clone());
+            (acks, tokio::spawn(task))
+        });
+        acks.send(Box::new((submitted, client_id)))
+            .await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the ack pipeline stopped")))
+    }
+
+    /// Waits until the messages already queued are committed, pushed and acknowledged (the
+    /// socket is closing: they still reach their recipients).
+    pub async fn finish(self) {
+        if let Some((acks, task)) = self.0.into_inner() {
+            drop(acks);
+            let _ = task.await;
+        }
+    }
+}
+
+/// Acknowledges a socket's messages in the order it sent them, each once committed (and pushed
+/// to its recipient); a message that could not be stored gets an `error` frame instead.
+async fn ack_in_order(
+    state: AppState,
+    mut pending: mpsc::Receiver<PendingAck>,
+    replies: mpsc::Sender<Outgoing>,
+    close: Arc<CloseSignal>,
+) {
+    while let Some(pending_ack) = pending.recv().await {
+        let (submitted, client_id) = *pending_ack;
+        let id = submitted.id();
+        let answer = match Box::pin(submitted.complete(&state)).await {
+            Ok((message, _)) => Event::MessageAck {
+                id: message.id,
+                client_id,
+                conversation_id: message.conversation_id,
+                timestamp: message.created_at,
+                seq: message.seq,
+            },
+            Err(e) => {
+                let e = e.context(format!("sending message {id}"));
+                e.log_if_internal();
+                Event::message_error(&e, Some(id), client_id)
+            }
+        };
+        hub::push(&replies, &close, Outgoing::Frame(answer.encode()));
     }
 }
 

@@ -17,7 +17,11 @@ pub mod stories;
 pub mod sweeper;
 pub mod users;
 
-use crate::{AppState, events::Event, hub::EphemeralKey, model::UserId};
+use crate::{
+    AppState,
+    events::{EphemeralKey, Event},
+    model::UserId,
+};
 
 /// Encodes `event` once and queues it on every socket of each user.
 pub(crate) fn deliver(state: &AppState, users: impl IntoIterator<Item = UserId>, event: &Event) {

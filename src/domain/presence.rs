@@ -1,10 +1,12 @@
 //! Presence: what a user shows their contacts (and only them).
 
+use tokio::sync::mpsc;
+
 use crate::{
     AppState,
+    broker::NodeChange,
     error::{Error, Result},
-    events::Event,
-    hub::EphemeralKey,
+    events::{EphemeralKey, Event},
     model::{Presence, PresenceState, UserId, now},
 };
 
@@ -71,7 +73,7 @@ pub async fn disconnected(state: &AppState, user: UserId) {
 
 /// `user` was connected to a node that stopped without saying so (cluster mode): offline,
 /// unless already shown so.
-pub async fn lost(state: &AppState, user: UserId) {
+async fn lost(state: &AppState, user: UserId) {
     match state.store.presence(user).await {
         Ok(Some(p)) if p.status != Presence::Offline => {
             log(set(state, user, Presence::Offline).await);
@@ -83,7 +85,7 @@ pub async fn lost(state: &AppState, user: UserId) {
 
 /// `user` has a socket on this node but may have been taken offline by another node while this
 /// one could not reach Redis: online again.
-pub async fn reassert(state: &AppState, user: UserId) {
+async fn reassert(state: &AppState, user: UserId) {
     if !state.hub.is_local(user) {
         return;
     }
@@ -93,6 +95,25 @@ pub async fn reassert(state: &AppState, user: UserId) {
         }
         Ok(_) => {}
         Err(e) => e.context("reading presence").log_if_internal(),
+    }
+}
+
+/// Acts on what the cluster broker reports about other nodes, until shutdown.
+pub async fn follow_nodes(state: AppState, mut changes: mpsc::UnboundedReceiver<NodeChange>) {
+    loop {
+        let change = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            change = changes.recv() => change,
+        };
+        match change {
+            Some(NodeChange::Lost(user)) => lost(&state, user).await,
+            Some(NodeChange::Back(users)) => {
+                for user in users {
+                    reassert(&state, user).await;
+                }
+            }
+            None => return,
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{
     AppState,
     auth::TokenClaims,
     error::{Error, Result},
-    hub::CloseReason,
+    events::CloseReason,
     model::{SessionId, User, UserId, now},
     store::Rotation,
 };

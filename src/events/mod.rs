@@ -5,13 +5,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 mod both_keys;
+mod frame;
 
-use crate::{
-    hub::Frame,
-    model::{
-        CallStatus, ChannelId, ChannelMessage, ChannelMessageId, ConversationId, Message,
-        MessageId, Presence, UserId,
-    },
+pub use frame::{CloseReason, EphemeralKey, Frame};
+
+use crate::model::{
+    CallStatus, ChannelId, ChannelMessage, ChannelMessageId, ConversationId, InboxKind, Message,
+    MessageId, Presence, UserId,
 };
 
 /// Each variant's schema (derived as the encoding is) is published, both key styles added, by
@@ -139,10 +139,10 @@ pub struct MessagePayload {
 impl Event {
     /// The frame that puts inbox event `cursor` about `message` in front of `user`: the
     /// message itself for its recipient, its read receipt for its sender.
-    pub fn inbox(message: &Message, cursor: i64, kind: crate::store::InboxKind) -> Self {
+    pub fn inbox(message: &Message, cursor: i64, kind: InboxKind) -> Self {
         match kind {
-            crate::store::InboxKind::Message => Self::Message(MessagePayload::new(message, cursor)),
-            crate::store::InboxKind::ReadReceipt => Self::ReadReceipt {
+            InboxKind::Message => Self::Message(MessagePayload::new(message, cursor)),
+            InboxKind::ReadReceipt => Self::ReadReceipt {
                 message_id: message.id,
                 conversation_id: message.conversation_id,
                 reader_id: message.recipient_id,

@@ -8,17 +8,8 @@ use chrono::{DateTime, Utc};
 use super::{Store, messages::message_cols, with_pool};
 use crate::{
     error::Result,
-    model::{ConversationId, Message, MessageId, UserId},
+    model::{ConversationId, InboxKind, Message, MessageId, UserId},
 };
-
-/// What an inbox entry tells its user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InboxKind {
-    /// A message they received.
-    Message,
-    /// Their message was read.
-    ReadReceipt,
-}
 
 #[derive(sqlx::FromRow)]
 struct InboxRow {

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::{NewContent, StoredContent};
-pub use inbox::{FirstDelivery, InboxEntry, InboxKind};
+pub use inbox::{FirstDelivery, InboxEntry};
 pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::{NewMessage, PendingMessage};
 pub use security::{RetentionCutoffs, Rotation, Swept};

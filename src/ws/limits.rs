@@ -1,5 +1,5 @@
-//! Per-socket limits on what a client may send: JSON shape (depth, string length), frames per
-//! second (every frame, counted before it is decoded: binary and undecodable ones too),
+//! Per-socket limits on what a client may send (the JSON shape is bounded by `protocol`): frames
+//! per second (every frame, counted before it is decoded: binary and undecodable ones too),
 //! messages per second, ephemeral frames (typing, presence, call answers) per second, and
 //! coalescing of typing and presence frames (repeats of the same state are dropped instead of
 //! relayed). A socket that keeps exceeding a rate is closed with 1008.
@@ -14,62 +14,17 @@ use super::protocol::Inbound;
 use crate::{
     config::Config,
     error::{Error, Result},
-    hub::{CloseReason, CloseSignal},
+    events::CloseReason,
+    hub::CloseSignal,
     model::ConversationId,
 };
 
-/// Deepest nesting of objects and arrays in a frame (`{"payload": {...}}` needs 2).
-pub const MAX_DEPTH: usize = 8;
-/// Longest JSON string in a frame, in bytes as sent (ids, types, session ids are far shorter).
-pub const MAX_STRING: usize = 1024;
 /// A repeat of the same typing or presence state within this window is not relayed.
 const COALESCE: Duration = Duration::from_secs(2);
 /// Conversations whose last typing state is remembered per socket.
 const MAX_TYPING_TRACKED: usize = 64;
 /// Frames refused in a row (over the frame rate) before the socket is closed.
 const MAX_REFUSALS: u32 = 50;
-
-/// Refuses a frame nested deeper than `MAX_DEPTH` or with a string above `MAX_STRING` bytes,
-/// without building it (a cheap scan; the parser then only sees bounded input).
-pub fn check_shape(text: &str) -> Result<()> {
-    let too_big = |what: &str| Error::Invalid {
-        code: "frame_too_complex",
-        message: format!(
-            "frames may nest {MAX_DEPTH} levels and strings {MAX_STRING} bytes: {what}"
-        ),
-    };
-    let (mut depth, mut in_string, mut escaped, mut string_len) = (0usize, false, false, 0usize);
-    for byte in text.bytes() {
-        if in_string {
-            string_len += 1;
-            if string_len > MAX_STRING {
-                return Err(too_big("string too long"));
-            }
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => {
-                in_string = true;
-                string_len = 0;
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(too_big("nested too deeply"));
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
 
 /// A token bucket of `rate` per second holding up to `2 × rate`.
 #[derive(Debug)]
@@ -255,15 +210,6 @@ mod tests {
             _ => None,
         })
         .expect("config")
-    }
-
-    #[test]
-    fn shape_limits_refuse_deep_or_long_input() {
-        assert!(check_shape(r#"{"type":"heartbeat","payload":{"a":[1,{"b":"\"}"}]}}"#).is_ok());
-        assert!(check_shape(&"[".repeat(MAX_DEPTH + 1)).is_err());
-        assert!(check_shape(&"[".repeat(MAX_DEPTH)).is_ok());
-        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(MAX_STRING + 1));
-        assert!(check_shape(&long).is_err());
     }
 
     #[test]

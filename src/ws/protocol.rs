@@ -18,6 +18,10 @@ use crate::{
     model::{CallType, ChannelId, ConversationId, MessageId, UserId},
 };
 
+/// Deepest nesting of objects and arrays in a frame (`{"payload": {...}}` needs 2).
+pub const MAX_DEPTH: usize = 8;
+/// Longest JSON string in a frame, in bytes as sent (ids, types, session ids are far shorter).
+pub const MAX_STRING: usize = 1024;
 #[derive(Debug)]
 pub enum Inbound {
     Message(SendMessage),
@@ -138,7 +142,7 @@ pub fn decode(text: &str) -> Result<Inbound, Error> {
         code: "invalid_frame",
         message: "expected a JSON object {\"type\": ..., \"payload\": {...}}".into(),
     };
-    super::limits::check_shape(text)?;
+    check_shape(text)?;
     let Ok(Value::Object(mut frame)) = serde_json::from_str::<Value>(text) else {
         return Err(invalid_frame());
     };
@@ -205,9 +209,60 @@ fn truncate(s: &str) -> &str {
     s.char_indices().nth(40).map_or(s, |(i, _)| &s[..i])
 }
 
+/// Refuses a frame nested deeper than `MAX_DEPTH` or with a string above `MAX_STRING` bytes,
+/// without building it (a cheap scan; the parser then only sees bounded input).
+fn check_shape(text: &str) -> Result<(), Error> {
+    let too_big = |what: &str| Error::Invalid {
+        code: "frame_too_complex",
+        message: format!(
+            "frames may nest {MAX_DEPTH} levels and strings {MAX_STRING} bytes: {what}"
+        ),
+    };
+    let (mut depth, mut in_string, mut escaped, mut string_len) = (0usize, false, false, 0usize);
+    for byte in text.bytes() {
+        if in_string {
+            string_len += 1;
+            if string_len > MAX_STRING {
+                return Err(too_big("string too long"));
+            }
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => {
+                in_string = true;
+                string_len = 0;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(too_big("nested too deeply"));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shape_limits_refuse_deep_or_long_input() {
+        assert!(check_shape(r#"{"type":"heartbeat","payload":{"a":[1,{"b":"\"}"}]}}"#).is_ok());
+        assert!(check_shape(&"[".repeat(MAX_DEPTH + 1)).is_err());
+        assert!(check_shape(&"[".repeat(MAX_DEPTH)).is_ok());
+        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(MAX_STRING + 1));
+        assert!(check_shape(&long).is_err());
+    }
 
     #[test]
     fn app_and_seed_key_styles_decode_alike() {

@@ -1,16 +1,12 @@
 //! One socket: a reader (this task) that decodes frames and calls the domain, and a writer task
 //! (`writer.rs`) that catches the socket up, drains its bounded queue, pings and closes it.
 
-use std::{
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{StreamExt, stream::SplitStream};
 use tokio::{
     sync::mpsc,
-    task::JoinHandle,
     time::{Instant, timeout},
 };
 
@@ -22,10 +18,10 @@ use super::{
 use crate::{
     AppState,
     auth::TokenClaims,
-    domain::{self, messages::Submitted},
+    domain::{self, messages::Acks},
     error::{Error, Result},
-    events::Event,
-    hub::{self, CloseReason, CloseSignal, EphemeralSlots, Outgoing, SocketSlot},
+    events::{CloseReason, Event},
+    hub::{self, CloseSignal, EphemeralSlots, Outgoing, SocketSlot},
     model::{MessageId, Presence, UserId, now},
 };
 
@@ -35,44 +31,14 @@ struct Socket {
     replies: mpsc::Sender<Outgoing>,
     close: Arc<CloseSignal>,
     limits: FrameLimits,
-    /// Messages queued for commit, acknowledged in order by `ack_in_order`: started with the
-    /// socket's first message, so that sockets that only listen carry no task for it.
-    acker: OnceLock<(mpsc::Sender<PendingAck>, JoinHandle<()>)>,
+    /// This socket's messages on their way to commit and ack (the domain's).
+    acks: Acks,
 }
-
-/// A message waiting for its commit, and the id its sender gave it. Boxed: a channel allocates
-/// room for 32 items when it is made, and every socket has one, idle or not.
-type PendingAck = Box<(Submitted, Option<MessageId>)>;
-
-/// Messages of one socket waiting for their commit at once; past that the reader waits.
-const MESSAGES_IN_FLIGHT: usize = 256;
 
 impl Socket {
     /// Queues a frame for this socket only, behind what is already queued for it.
     fn reply(&self, event: &Event) {
         hub::push(&self.replies, &self.close, Outgoing::Frame(event.encode()));
-    }
-
-    /// Queues a submitted message for its ack, in the order the socket sent it.
-    async fn ack_when_committed(
-        &self,
-        state: &AppState,
-        submitted: Submitted,
-        client_id: Option<MessageId>,
-    ) -> Result<()> {
-        let (acks, _) = self.acker.get_or_init(|| {
-            let (acks, pending) = mpsc::channel(MESSAGES_IN_FLIGHT);
-            let task = ack_in_order(
-                state.clone(),
-                pending,
-                self.replies.clone(),
-                self.close.clone(),
-            );
-            (acks, tokio::spawn(task))
-        });
-        acks.send(Box::new((submitted, client_id)))
-            .await
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the ack pipeline stopped")))
     }
 }
 
@@ -131,25 +97,22 @@ pub async fn run(
     let opened = Instant::now();
     tracing::info!(%user, socket_id, device, "socket opened");
 
-    let mut socket = Socket {
+    let socket = Socket {
         user,
         replies: queue,
         close: close.clone(),
         limits: FrameLimits::new(&state.config),
-        acker: OnceLock::new(),
+        acks: Acks::default(),
     };
     // A device that was offline while its one-time prekeys ran low learns it now.
     if let Some(low) = Box::pin(domain::keys::low_prekeys(&state, user, device)).await {
         socket.reply(&low);
     }
     read_loop(&state, &socket, stream).await;
-    // Messages already queued still commit and reach their recipients.
-    let acker = std::mem::take(&mut socket.acker).into_inner();
-    drop(socket);
-    if let Some((acks, acker)) = acker {
-        drop(acks);
-        let _ = acker.await;
-    }
+    // Messages already queued still commit and reach their recipients. (The braces move the
+    // whole socket: its queue sender and limits are dropped before the wait, as before.)
+    let Socket { acks, .. } = { socket };
+    acks.finish().await;
     close.close(CloseReason::PeerGone);
     let _ = writer.await;
 
@@ -254,10 +217,8 @@ async fn answer(state: &AppState, socket: &Socket, inbound: Inbound) -> Result<(
     match inbound {
         Inbound::Message(request) => {
             // Queued, not awaited: the socket's next messages can share the same commit.
-            let client_id = request.id;
-            let submitted = domain::messages::submit(state, user, request).await?;
-            socket
-                .ack_when_committed(state, submitted, client_id)
+            (socket.acks)
+                .send(state, user, request, &socket.replies, &socket.close)
                 .await?;
         }
         Inbound::TypingIndicator(t) => {
@@ -299,35 +260,6 @@ async fn answer(state: &AppState, socket: &Socket, inbound: Inbound) -> Result<(
         }
     }
     Ok(())
-}
-
-/// Acknowledges a socket's messages in the order it sent them, each once committed (and pushed
-/// to its recipient); a message that could not be stored gets an `error` frame instead.
-async fn ack_in_order(
-    state: AppState,
-    mut pending: mpsc::Receiver<PendingAck>,
-    replies: mpsc::Sender<Outgoing>,
-    close: Arc<CloseSignal>,
-) {
-    while let Some(pending_ack) = pending.recv().await {
-        let (submitted, client_id) = *pending_ack;
-        let id = submitted.id();
-        let answer = match Box::pin(submitted.complete(&state)).await {
-            Ok((message, _)) => Event::MessageAck {
-                id: message.id,
-                client_id,
-                conversation_id: message.conversation_id,
-                timestamp: message.created_at,
-                seq: message.seq,
-            },
-            Err(e) => {
-                let e = e.context(format!("sending message {id}"));
-                e.log_if_internal();
-                Event::message_error(&e, Some(id), client_id)
-            }
-        };
-        hub::push(&replies, &close, Outgoing::Frame(answer.encode()));
-    }
 }
 
 /// The close code a failed read calls for: a frame above the configured maximum (1009), a

@@ -15,9 +15,10 @@ use tokio::{
 use super::limits::Bucket;
 use crate::{
     AppState,
+    domain::delivery::SocketReports,
     error::Result,
-    events::Event,
-    hub::{CloseReason, CloseSignal, EphemeralSlots, Frame, Outgoing},
+    events::{CloseReason, Event, Frame},
+    hub::{CloseSignal, EphemeralSlots, Outgoing},
     model::UserId,
 };
 
@@ -27,8 +28,6 @@ const WRITE_BATCH: usize = 64;
 const CATCH_UP_PAGE: i64 = 256;
 /// How long a close frame may take to leave before the connection is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// Delivered events a socket keeps while the delivery queue is full, before it waits for room.
-const UNREPORTED_MAX: usize = 4096;
 /// How long a socket may take, at shutdown, to write what is already queued for it.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
@@ -62,22 +61,15 @@ enum Stop {
 struct Progress {
     /// Number of the last inbox event this socket accounted for.
     last_sent: i64,
-    /// Inbox events written since the last flush, reported as delivered after it.
-    written: Vec<i64>,
-    /// Inbox events flushed that the delivery queue had no room for yet.
-    unreported: Vec<i64>,
-    /// Inbox events up to this number were already reported by this socket: written again (a
-    /// `sync`), they are not reported again.
-    reported_upto: i64,
+    /// What it wrote, on its way to the domain's delivery log.
+    reports: SocketReports,
 }
 
 impl Writer {
     pub async fn run(mut self, start: StartFrom) {
         let mut progress = Progress {
             last_sent: 0,
-            written: Vec::new(),
-            unreported: Vec::new(),
-            reported_upto: 0,
+            reports: SocketReports::default(),
         };
         let mut reason = if self.close.is_closed() {
             // Closed before it started (its session was revoked meanwhile): nothing to write.
@@ -133,13 +125,8 @@ impl Writer {
             let _ = timeout(CLOSE_GRACE, self.sink.send(frame)).await;
         }
         let _ = timeout(CLOSE_GRACE, self.sink.close()).await;
-        // Flushed but not yet reported: unreported, they would be sent again on a later connect.
-        let unreported = progress.unreported.drain(..);
-        let _ = timeout(
-            CLOSE_GRACE,
-            self.state.delivery.delivered(self.user, unreported),
-        )
-        .await;
+        let reported = progress.reports.closed(&self.state.delivery, self.user);
+        let _ = timeout(CLOSE_GRACE, reported).await;
     }
 
     /// Writes the ephemeral frames waiting, as many as the budget allows; returns when to come
@@ -201,7 +188,7 @@ impl Writer {
         }
         // Later events arrive through the queue (or are fetched when one is missing).
         progress.last_sent = head;
-        progress.reported_upto = progress.reported_upto.max(head);
+        progress.reports.accounted_upto(head);
         Ok(())
     }
 
@@ -228,11 +215,7 @@ impl Writer {
             for entry in &entries {
                 let frame = Event::inbox(&entry.message, entry.seq, entry.kind).encode();
                 self.feed(frame).await?;
-                // Written again by a `sync`: already reported, and marking it delivered again
-                // would only cost the store a lookup per event.
-                if entry.seq > progress.reported_upto {
-                    progress.written.push(entry.seq);
-                }
+                progress.reports.wrote(entry.seq);
             }
             self.flush(progress).await?;
             after = last;
@@ -261,10 +244,10 @@ impl Writer {
                         Box::pin(self.write_inbox(progress, after, seq, false)).await?;
                     } else {
                         self.feed(frame).await?;
-                        progress.written.push(seq);
+                        progress.reports.wrote(seq);
                     }
                     progress.last_sent = seq;
-                    progress.reported_upto = progress.reported_upto.max(seq);
+                    progress.reports.accounted_upto(seq);
                 }
                 Outgoing::Resync { since } => {
                     self.flush(progress).await?;
@@ -277,7 +260,7 @@ impl Writer {
                         let after = progress.last_sent;
                         Box::pin(self.write_inbox(progress, after, head, false)).await?;
                         progress.last_sent = head;
-                        progress.reported_upto = progress.reported_upto.max(head);
+                        progress.reports.accounted_upto(head);
                     }
                 }
             }
@@ -301,17 +284,10 @@ impl Writer {
             result = self.sink.flush() => result.map_err(|_| Stop::Peer)?,
             _ = close.closed() => return Err(Stop::Peer),
         }
-        if !progress.written.is_empty() {
-            progress.unreported.append(&mut progress.written);
-            let delivery = &self.state.delivery;
-            delivery.report_without_waiting(self.user, &mut progress.unreported);
-            // Far behind: wait for the recorder rather than keep an ever longer list.
-            if progress.unreported.len() > UNREPORTED_MAX {
-                delivery
-                    .delivered(self.user, progress.unreported.drain(..))
-                    .await;
-            }
-        }
+        progress
+            .reports
+            .flushed(&self.state.delivery, self.user)
+            .await;
         Ok(())
     }
 
