@@ -3,7 +3,7 @@
 
 use std::{fmt::Display, marker::PhantomData, net::SocketAddr, time::Duration};
 
-use super::{AppEnv, ForwardedHeader, LogFormat, Secret, redact_url};
+use super::values::{AppEnv, ForwardedHeader, LogFormat, Secret, redact_url};
 
 /// A way of reading a setting. `parse` gets the raw text (never empty for a required value: an
 /// empty variable counts as unset); its error says what is wrong, without the setting's name,

@@ -5,8 +5,9 @@
 
 mod file;
 pub mod kinds;
+mod values;
 
-use std::{fmt, path::Path};
+use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
 use rand::RngCore;
@@ -16,52 +17,11 @@ use kinds::{
     Address, Count, DatabaseUrl, DaysOrForever, Hours, Key, Kind, Millis, Networks, Origins,
     RedisUrl, Seconds, SecondsOrZero, Text, Token,
 };
+pub use values::{AppEnv, ForwardedHeader, LogFormat, Secret, redact_url};
 
 /// Default database: an SQLite file next to the process, created on first run.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kisse.db";
 const MIN_SECRET_LEN: usize = 32;
-
-/// A secret that never shows up in `Debug` or `Display` output.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(bytes.into())
-    }
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// The header trusted reverse proxies append the client address to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForwardedHeader {
-    /// `X-Forwarded-For: client, proxy1, ...`
-    XForwardedFor,
-    /// RFC 7239 `Forwarded: for=client, for=proxy1`
-    Forwarded,
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Where the server runs: development tolerates a generated secret, production does not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AppEnv {
-    Development,
-    Production,
-}
 
 /// One setting: its name (the environment variable; in lower case, the file's key), default and
 /// meaning.
@@ -445,21 +405,6 @@ impl Config {
             }
         }
         shown
-    }
-}
-
-/// Hides the password of `scheme://user:password@host/...`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:<redacted>@{}", &rest[at + 1..])
-        }
-        None => url.to_owned(),
     }
 }
 
