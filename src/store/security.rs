@@ -357,51 +357,10 @@ impl Store {
     /// each column's bytes; PostgreSQL rows are `row_to_json` text. For audits and tests that
     /// check that no secret was stored.
     pub async fn dump_tables(&self) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        match &self.db {
-            Db::Sqlite(pools) => {
-                let tables: Vec<String> = sqlx::query_scalar(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-                )
-                .fetch_all(&pools.read)
-                .await?;
-                for table in tables {
-                    let columns: Vec<String> =
-                        sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
-                            .bind(&table)
-                            .fetch_all(&pools.read)
-                            .await?;
-                    let row = columns
-                        .iter()
-                        .map(|c| format!("hex(\"{}\")", c.replace('"', "\"\"")))
-                        .collect::<Vec<_>>()
-                        .join(" || ',' || ");
-                    let sql = format!("SELECT {row} FROM \"{}\"", table.replace('"', "\"\""));
-                    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                        .fetch_all(&pools.read)
-                        .await?;
-                    out.extend(rows.into_iter().map(|r| (table.clone(), r)));
-                }
-            }
-            Db::Postgres(pg) => {
-                let tables: Vec<String> = sqlx::query_scalar(
-                    "SELECT table_name::text FROM information_schema.tables
-                     WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
-                )
-                .fetch_all(pg)
-                .await?;
-                for table in tables {
-                    let sql = format!(
-                        "SELECT row_to_json(t)::text FROM \"{}\" t",
-                        table.replace('"', "\"\"")
-                    );
-                    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                        .fetch_all(pg)
-                        .await?;
-                    out.extend(rows.into_iter().map(|r| (table.clone(), r)));
-                }
-            }
-        }
+        let out = match &self.db {
+            Db::Sqlite(pools) => super::sqlite::dump_tables(&pools.read).await?,
+            Db::Postgres(pg) => super::postgres::dump_tables(pg).await?,
+        };
         Ok(out)
     }
 }
