@@ -9,6 +9,8 @@ mod batch;
 mod calls;
 mod channels;
 mod contents;
+#[cfg(test)]
+mod contract_tests;
 mod conversations;
 mod faults;
 pub use faults::is_about_rows;
