@@ -12,10 +12,11 @@ use crate::{
 pub async fn set(state: &AppState, user: UserId, status: Presence) -> Result<PresenceState> {
     let presence = state
         .store
+        .users()
         .set_presence(user, status, now())
         .await?
         .ok_or(Error::NotFound("user"))?;
-    let contacts = state.store.contacts(user).await?;
+    let contacts = state.store.users().contacts(user).await?;
     let event = Event::PresenceUpdate {
         user_id: user,
         status,
@@ -36,6 +37,7 @@ pub async fn get(state: &AppState, viewer: UserId, user: UserId) -> Result<Prese
     if viewer != user
         && state
             .store
+            .conversations()
             .conversation_between(viewer, user)
             .await?
             .is_none()
@@ -44,6 +46,7 @@ pub async fn get(state: &AppState, viewer: UserId, user: UserId) -> Result<Prese
     }
     state
         .store
+        .users()
         .presence(user)
         .await?
         .ok_or(Error::NotFound("user"))
@@ -72,7 +75,7 @@ pub async fn disconnected(state: &AppState, user: UserId) {
 /// `user` was connected to a node that stopped without saying so (cluster mode): offline,
 /// unless already shown so.
 pub async fn lost(state: &AppState, user: UserId) {
-    match state.store.presence(user).await {
+    match state.store.users().presence(user).await {
         Ok(Some(p)) if p.status != Presence::Offline => {
             log(set(state, user, Presence::Offline).await);
         }
@@ -87,7 +90,7 @@ pub async fn reassert(state: &AppState, user: UserId) {
     if !state.hub.is_local(user) {
         return;
     }
-    match state.store.presence(user).await {
+    match state.store.users().presence(user).await {
         Ok(Some(p)) if p.status == Presence::Offline => {
             log(set(state, user, Presence::Online).await);
         }

@@ -134,7 +134,7 @@ impl Batcher {
     }
 
     /// Records delivery marks in the next group commit and waits for it (see
-    /// `Store::mark_delivered`).
+    /// `Inbox::mark_delivered`).
     pub(super) async fn delivered(
         &self,
         events: Vec<(UserId, i64)>,
@@ -194,7 +194,7 @@ impl Store {
 
     /// `write_group`, with content `uploads` in the same transaction on SQLite; returns each
     /// upload's answer, in order. (PostgreSQL stores an upload in a transaction of its own:
-    /// `Store::attach_content` queues none here.)
+    /// `Contents::attach_content` queues none here.)
     async fn write_group_with_uploads(
         &self,
         group: Group<'_>,

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Db, Store, messages::message_cols, with_pool};
+use super::{Contents, Db, messages::message_cols, with_pool};
 use crate::{
     error::{Error, Result},
     model::{Message, MessageId, UserId},
@@ -30,7 +30,7 @@ pub struct StoredContent {
 /// caller learns nothing about ids that are not theirs.
 pub(super) const NOT_YOURS: &str = "no message of yours awaits this content";
 
-/// A sender's upload of a message's content (see `Store::attach_content`).
+/// A sender's upload of a message's content (see `Contents::attach_content`).
 pub(super) struct ContentUpload {
     pub sender: UserId,
     /// The message id, an alias made earlier, or the app's own id for a new alias.
@@ -128,14 +128,14 @@ pub(super) const STORE_CONTENT: &str = "INSERT INTO message_contents (message_id
          content_hash = excluded.content_hash, created_at = excluded.created_at,
          expires_at = excluded.expires_at, size_bytes = excluded.size_bytes";
 
-impl Store {
+impl Contents<'_> {
     /// Stores `content` for the message `requested` names, on behalf of `sender`: a message id,
     /// an alias made earlier, or else a new alias for the sender's oldest content-less message
     /// of the last minute. Returns the message the content went to. Refused (and nothing
     /// stored) when the message was read already (409) or when the sender's unread content
     /// would exceed `quota` bytes (413).
     pub async fn attach_content(
-        &self,
+        self,
         sender: UserId,
         requested: MessageId,
         content: NewContent,
@@ -147,7 +147,7 @@ impl Store {
             content,
             quota,
         };
-        match (&self.db, &self.batcher) {
+        match (&self.0.db, &self.0.batcher) {
             // SQLite has one writer: the upload joins the next group commit instead of taking
             // the writer for a transaction of its own (see `sqlite::group`).
             (Db::Sqlite(_), Some(batcher)) => batcher.attach_content(upload).await,
@@ -160,8 +160,8 @@ impl Store {
 
     /// The message `id` names, directly or through an alias (the app's own id for it): one
     /// read for what a content fetch needs to know first.
-    pub async fn message_named(&self, id: MessageId) -> Result<Option<Message>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn message_named(self, id: MessageId) -> Result<Option<Message>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Message>(concat!(
                 "SELECT ",
                 message_cols!(m),
@@ -181,11 +181,11 @@ impl Store {
 
     /// The unexpired content of a message.
     pub async fn content(
-        &self,
+        self,
         message: MessageId,
         now: DateTime<Utc>,
     ) -> Result<Option<StoredContent>> {
-        Ok(with_pool!(self, read, |pool| {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, StoredContent>(
                 "SELECT content, content_hash, created_at, expires_at FROM message_contents
                  WHERE message_id = $1 AND expires_at > $2",
@@ -198,8 +198,8 @@ impl Store {
     }
 
     /// Deletes contents past their expiry; returns how many went.
-    pub async fn delete_expired_contents(&self, now: DateTime<Utc>) -> Result<u64> {
-        Ok(with_pool!(self, write, |pool| {
+    pub async fn delete_expired_contents(self, now: DateTime<Utc>) -> Result<u64> {
+        Ok(with_pool!(self.0, write, |pool| {
             sqlx::query("DELETE FROM message_contents WHERE expires_at <= $1")
                 .bind(now)
                 .execute(pool)

@@ -152,7 +152,7 @@ async fn user(store: &Store, names: &mut Names, name: &str, at: DateTime<Utc>) -
         password_hash: "x".into(),
         created_at: at,
     };
-    let id = store.create_user(&new).await.expect("user").id;
+    let id = store.users().create_user(&new).await.expect("user").id;
     names.name(id.0, name);
     id
 }
@@ -166,6 +166,7 @@ async fn alice_and_bob(
     let alice = user(store, names, "alice", at).await;
     let bob = user(store, names, "bob", at).await;
     let (conversation, _) = store
+        .conversations()
         .get_or_create_conversation(alice, bob, at)
         .await
         .expect("conversation");
@@ -206,8 +207,9 @@ fn read_mark(message: &NewMessage, reader: UserId) -> ReadMark {
 async fn inboxes(store: &Store, names: &Names, users: &[UserId]) -> String {
     let mut out = String::new();
     for user in users {
-        let head = store.inbox_head(*user).await.expect("head");
+        let head = store.inbox().inbox_head(*user).await.expect("head");
         let entries = store
+            .inbox()
             .inbox_entries(*user, 0, head, false, 100)
             .await
             .expect("inbox");
@@ -368,7 +370,11 @@ async fn refused_rows_fail_alone(store: &Store, names: &mut Names, start: DateTi
     let mut earlier = Vec::new();
     for name in ["to_read", "to_fill"] {
         let new = message(names, name, conversation, alice, bob, start);
-        let (stored, _) = store.insert_message(new).await.expect("an earlier message");
+        let (stored, _) = store
+            .messages()
+            .insert_message(new)
+            .await
+            .expect("an earlier message");
         earlier.push(stored.id);
     }
     let [to_read, to_fill] = earlier[..] else {
@@ -395,15 +401,19 @@ async fn refused_rows_fail_alone(store: &Store, names: &mut Names, start: DateTi
     // make one group.
     let mut queued = Vec::new();
     for job in jobs {
-        queued.push(store.queue_message(job).await.expect("queue"));
+        queued.push(store.messages().queue_message(job).await.expect("queue"));
     }
     let reported = [(bob, 1), (bob, 2)];
     let stored = futures_util::future::join_all(queued.into_iter().map(|q| q.stored(store)));
     let (stored, read, filled, delivered) = tokio::join!(
         stored,
-        store.mark_read(to_read, bob, Some(conversation)),
-        store.attach_content(alice, to_fill, content, u64::MAX),
-        store.mark_delivered(&reported, start + Duration::seconds(2)),
+        store.messages().mark_read(to_read, bob, Some(conversation)),
+        store
+            .contents()
+            .attach_content(alice, to_fill, content, u64::MAX),
+        store
+            .inbox()
+            .mark_delivered(&reported, start + Duration::seconds(2)),
     );
 
     for (id, answer) in ids.iter().zip(&stored) {
@@ -425,7 +435,7 @@ async fn refused_rows_fail_alone(store: &Store, names: &mut Names, start: DateTi
     }
     for bad in [1, 4] {
         assert!(stored[bad].is_err());
-        let message = store.message(ids[bad]).await.expect("read");
+        let message = store.messages().message(ids[bad]).await.expect("read");
         assert!(message.is_none(), "a refused message is not stored");
     }
     let cursors: Vec<Option<i64>> = stored
@@ -469,7 +479,7 @@ async fn uploads(store: &Store, names: &mut Names, start: DateTime<Utc>) -> Stri
     let (alice, bob, conversation) = alice_and_bob(store, names, start).await;
     for name in ["a1", "a2", "a3", "a4"] {
         let new = message(names, name, conversation, alice, bob, start);
-        store.insert_message(new).await.expect("message");
+        store.messages().insert_message(new).await.expect("message");
     }
     let content = |bytes: &[u8]| NewContent {
         bytes: bytes.to_vec(),
@@ -497,7 +507,10 @@ async fn uploads(store: &Store, names: &mut Names, start: DateTime<Utc>) -> Stri
 
     let mut out = String::new();
     let mut upload = async |names: &Names, who: UserId, to: MessageId, bytes: &[u8], quota| {
-        let result = store.attach_content(who, to, content(bytes), quota).await;
+        let result = store
+            .contents()
+            .attach_content(who, to, content(bytes), quota)
+            .await;
         let line = answer(names, &result);
         let _ = writeln!(out, "{} -> {}: {line}", names.of(who.0), names.of(to.0));
         line
@@ -552,7 +565,11 @@ async fn uploads(store: &Store, names: &mut Names, start: DateTime<Utc>) -> Stri
     let later = start + Duration::seconds(5);
     for name in ["a1", "a2", "a3", "a4"] {
         let message = id(names, name);
-        let stored = store.content(message, later).await.expect("content");
+        let stored = store
+            .contents()
+            .content(message, later)
+            .await
+            .expect("content");
         let stored = stored.map(|c| {
             (
                 String::from_utf8_lossy(&c.content).into_owned(),
@@ -561,7 +578,7 @@ async fn uploads(store: &Store, names: &mut Names, start: DateTime<Utc>) -> Stri
         });
         let _ = writeln!(out, "{name} content: {stored:?}");
     }
-    let named = store.message_named(app_x).await.expect("named");
+    let named = store.contents().message_named(app_x).await.expect("named");
     let _ = writeln!(
         out,
         "app_x names {:?}",

@@ -93,6 +93,49 @@ pub struct Store {
     batcher: Option<batch::Batcher>,
 }
 
+// The surface by concern: `store.users().create_user(..)`, `store.inbox().inbox_entries(..)`.
+// Each accessor is a copied reference to the store; its methods live in the file of its area.
+macro_rules! areas {
+    ($($(#[$doc:meta])* $method:ident => $area:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            #[derive(Clone, Copy, Debug)]
+            pub struct $area<'a>(&'a Store);
+        )*
+        impl Store {
+            $(
+                $(#[$doc])*
+                pub fn $method(&self) -> $area<'_> {
+                    $area(self)
+                }
+            )*
+        }
+    };
+}
+
+areas! {
+    /// Accounts, search, presence and contacts (`users.rs`).
+    users => Users,
+    /// Sessions, passwords, account deletion, retention sweeps and audits (`security.rs`).
+    security => Security,
+    /// Call records (`calls.rs`).
+    calls => Calls,
+    /// Channels, their members and their posts (`channels.rs`).
+    channels => Channels,
+    /// The encrypted content mailbox (`contents.rs`).
+    contents => Contents,
+    /// One-to-one conversations and their summaries (`conversations.rs`).
+    conversations => Conversations,
+    /// Each user's numbered inbox and its delivery marks (`inbox.rs`).
+    inbox => Inbox,
+    /// Devices and their Signal keys (`keys.rs`).
+    keys => Keys,
+    /// Messages: the group commit, history pages, read marks (`messages.rs`).
+    messages => Messages,
+    /// Stories and their views (`stories.rs`).
+    stories => Stories,
+}
+
 /// Runs `$body` with `$pool` bound to the engine's pool for `read` or `write` work.
 macro_rules! with_pool {
     ($store:expr, $kind:ident, |$pool:ident| $body:expr) => {

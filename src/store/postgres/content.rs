@@ -21,7 +21,7 @@ fn upload_lock_key(sender: UserId) -> i64 {
     sender.0.as_u64_pair().0 as i64
 }
 
-/// Stores `upload` (see `Store::attach_content`).
+/// Stores `upload` (see `Contents::attach_content`).
 pub(in crate::store) async fn attach(pool: &PgPool, upload: ContentUpload) -> Result<MessageId> {
     let ContentUpload {
         sender,

@@ -53,7 +53,7 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<P
     Ok(pool)
 }
 
-/// `Store::dump_tables`: each row as `row_to_json` text.
+/// `Security::dump_tables`: each row as `row_to_json` text.
 pub(super) async fn dump_tables(pool: &PgPool) -> Result<Vec<(String, String)>, sqlx::Error> {
     let mut out = Vec::new();
     let tables: Vec<String> = sqlx::query_scalar(

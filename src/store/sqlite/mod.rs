@@ -80,7 +80,7 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
     Ok(SqlitePools { read, write })
 }
 
-/// `Store::dump_tables`: each column's bytes in hex.
+/// `Security::dump_tables`: each column's bytes in hex.
 pub(super) async fn dump_tables(pool: &SqlitePool) -> Result<Vec<(String, String)>, sqlx::Error> {
     let mut out = Vec::new();
     let tables: Vec<String> = sqlx::query_scalar(
