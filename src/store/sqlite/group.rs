@@ -386,7 +386,6 @@ impl Statements<'_> {
 
     /// Adds to each member's unread count (a negative count for messages read), and sets the
     /// conversations' latest message time when `latest` is given.
-
     fn touch_conversations(
         &mut self,
         received: &Received,
