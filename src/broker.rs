@@ -506,7 +506,7 @@ impl Broker {
                 tokio::spawn(close_revoked(state.clone(), Some(user)));
             }
             Control::AccountDeleted(user) => {
-                state.store.forget_conversations_of(user);
+                state.store.conversations().forget_conversations_of(user);
                 state.hub.close_user_here(user, CloseReason::Revoked);
             }
             Control::Refill(user) => state.hub.refill(user),
@@ -662,14 +662,14 @@ async fn subscriber(state: AppState, mut interest: mpsc::UnboundedReceiver<Inter
 /// cached conversations: an account may have been deleted unheard of.
 async fn close_revoked(state: AppState, user: Option<UserId>) {
     if user.is_none() {
-        state.store.forget_all_conversations();
+        state.store.conversations().forget_all_conversations();
     }
     let mut unchecked = state.hub.sessions_to_check(user);
     // A revocation must not be lost to a database blip: retry what could not be checked.
     while !unchecked.is_empty() {
         let mut failed = Vec::new();
         for (session, user) in unchecked {
-            match state.store.session_active(session, user).await {
+            match state.store.security().session_active(session, user).await {
                 Ok(true) => {}
                 Ok(false) => state.hub.close_session_here(session, CloseReason::Revoked),
                 Err(e) => {

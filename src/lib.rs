@@ -99,7 +99,7 @@ impl App {
                 // A single node starts with no socket open: nobody is online yet. (In a
                 // cluster other nodes hold sockets; a dead node's users are taken offline by
                 // the survivors, see `broker`.)
-                store.reset_presence(model::now()).await?;
+                store.users().reset_presence(model::now()).await?;
                 None
             }
         };

@@ -221,7 +221,12 @@ pub async fn me(
     AuthUser(user): AuthUser,
 ) -> Result<axum::Json<User>> {
     // The token was checked against an existing user; a deletion in between is a 401.
-    let user = state.store.user(user).await?.ok_or(Error::Unauthorized)?;
+    let user = state
+        .store
+        .users()
+        .user(user)
+        .await?
+        .ok_or(Error::Unauthorized)?;
     Ok(axum::Json(user))
 }
 

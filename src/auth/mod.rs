@@ -27,6 +27,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<TokenClaims, 
     let claims = state.tokens.verify(token).ok_or(Error::Unauthorized)?;
     if !state
         .store
+        .security()
         .session_active(claims.session_id, claims.user_id)
         .await?
     {

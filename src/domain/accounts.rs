@@ -93,6 +93,7 @@ pub async fn register(state: &AppState, form: Registration) -> Result<Session> {
     let password_hash = state.hasher.hash(form.password).await?;
     let user = state
         .store
+        .users()
         .create_user(&NewUser {
             id: UserId(Uuid::now_v7()),
             email,
@@ -146,7 +147,7 @@ async fn check_credentials(
     password: String,
 ) -> Result<User> {
     let found = match email {
-        Some(email) => state.store.credentials_by_email(&email).await?,
+        Some(email) => state.store.users().credentials_by_email(&email).await?,
         None => None,
     };
     let password = if password.len() > MAX_PASSWORD_LEN {
@@ -164,6 +165,7 @@ async fn check_credentials(
         let upgraded = state.hasher.hash(password).await?;
         state
             .store
+            .security()
             .upgrade_password_hash(user.id, &previous, &upgraded)
             .await?;
         tracing::info!(user = %user.id, "stored hash upgraded to Argon2id");
@@ -180,7 +182,7 @@ async fn reauthenticate(state: &AppState, user: UserId, password: String) -> Res
     } else {
         password
     };
-    let hash = state.store.password_hash(user).await?;
+    let hash = state.store.security().password_hash(user).await?;
     if state.hasher.check(password, hash).await? == Check::Mismatch {
         return Err(Error::Forbidden("the current password is wrong"));
     }
@@ -198,11 +200,21 @@ pub async fn change_password(
     check_password(&form.new_password)?;
     reauthenticate(state, user, form.current_password).await?;
     let hash = state.hasher.hash(form.new_password).await?;
-    if !state.store.change_password(user, &hash, now()).await? {
+    if !state
+        .store
+        .security()
+        .change_password(user, &hash, now())
+        .await?
+    {
         return Err(Error::Unauthorized);
     }
     state.hub.close_user(user, CloseReason::Revoked);
-    let profile = state.store.user(user).await?.ok_or(Error::Unauthorized)?;
+    let profile = state
+        .store
+        .users()
+        .user(user)
+        .await?
+        .ok_or(Error::Unauthorized)?;
     let tokens = sessions::start(state, user).await?;
     Ok(Session {
         tokens,
@@ -214,8 +226,8 @@ pub async fn change_password(
 /// conversations forgotten, on every node (a message to it is then refused as not found).
 pub async fn delete(state: &AppState, user: UserId, form: Deletion) -> Result<()> {
     reauthenticate(state, user, form.password).await?;
-    state.store.delete_user(user).await?;
-    state.store.forget_conversations_of(user);
+    state.store.security().delete_user(user).await?;
+    state.store.conversations().forget_conversations_of(user);
     state.hub.account_deleted(user);
     tracing::info!(%user, "account deleted");
     Ok(())

@@ -80,14 +80,18 @@ pub async fn request(
         )));
     }
     check_recipient(state, caller, recipient).await?;
-    let known = state.store.find_call(caller, &client_call_id).await?;
+    let known = state
+        .store
+        .calls()
+        .find_call(caller, &client_call_id)
+        .await?;
     if known.is_some_and(|call| call.caller_id == caller && call.recipient_id == recipient) {
         return Ok(()); // a repeated request
     }
     // The id already names a live call of either party with someone else: answers under it
     // would be ambiguous, so it is refused rather than made a second call.
     for user in [caller, recipient] {
-        if let Some(live) = state.store.live_call(user).await?
+        if let Some(live) = state.store.calls().live_call(user).await?
             && (live.call_id == client_call_id
                 || live.client_call_id.as_deref() == Some(client_call_id.as_str()))
         {
@@ -99,9 +103,11 @@ pub async fn request(
     }
     let at = now();
     let since = at - ring_timeout(state)?;
-    let adopted = state
-        .store
-        .adopt_client_call_id(caller, recipient, &client_call_id, since, at);
+    let adopted =
+        state
+            .store
+            .calls()
+            .adopt_client_call_id(caller, recipient, &client_call_id, since, at);
     if adopted.await?.is_some() {
         return Ok(());
     }
@@ -142,6 +148,7 @@ pub async fn respond(
 ) -> Result<()> {
     let call = state
         .store
+        .calls()
         .find_call(user, call_id)
         .await?
         .ok_or(Error::NotFound("call"))?;
@@ -170,6 +177,7 @@ pub async fn respond(
     // `None`: the other party (or the timeout) moved it first; they told everyone.
     if let Some(call) = state
         .store
+        .calls()
         .transition_call(call.id, call.status, next, now())
         .await?
     {
@@ -183,6 +191,7 @@ pub async fn expire_unanswered(state: &AppState) -> Result<()> {
     let at = now();
     for call in state
         .store
+        .calls()
         .expire_ringing_calls(at - ring_timeout(state)?, at)
         .await?
     {
@@ -201,7 +210,7 @@ pub async fn end_abandoned(state: &AppState, silent: &mut HashMap<CallId, Instan
     if state.hub.broker().is_some_and(|broker| !broker.is_up()) {
         return Ok(());
     }
-    let calls = state.store.active_calls().await?;
+    let calls = state.store.calls().active_calls().await?;
     let seen: HashSet<CallId> = calls.iter().map(|call| call.id).collect();
     silent.retain(|id, _| seen.contains(id));
     for call in calls {
@@ -216,6 +225,7 @@ pub async fn end_abandoned(state: &AppState, silent: &mut HashMap<CallId, Instan
         silent.remove(&call.id);
         let ended = state
             .store
+            .calls()
             .transition_call(call.id, CallStatus::Active, CallStatus::Ended, now())
             .await?;
         if let Some(call) = ended {
@@ -251,12 +261,13 @@ pub async fn history(
     limit: Option<i64>,
 ) -> Result<Vec<CallRecord>> {
     let limit = super::input::page_limit(limit);
-    state.store.call_history(user, before, limit).await
+    state.store.calls().call_history(user, before, limit).await
 }
 
 pub async fn active(state: &AppState, user: UserId) -> Result<Call> {
     state
         .store
+        .calls()
         .live_call(user)
         .await?
         .ok_or(Error::NotFound("active call"))
@@ -266,7 +277,7 @@ async fn check_recipient(state: &AppState, caller: UserId, recipient: UserId) ->
     if recipient == caller {
         return Err(Error::invalid("you cannot call yourself"));
     }
-    if !state.store.user_exists(recipient).await? {
+    if !state.store.users().user_exists(recipient).await? {
         return Err(Error::NotFound("user"));
     }
     Ok(())
@@ -282,6 +293,7 @@ async fn create(
 ) -> Result<Result<Call, CallRefused>> {
     state
         .store
+        .calls()
         .create_call(&NewCall {
             id: CallId(Uuid::now_v7()),
             client_call_id,
@@ -296,7 +308,7 @@ async fn create(
 
 /// Rings every socket of the recipient.
 async fn ring(state: &AppState, call: &Call) -> Result<()> {
-    let caller = state.store.user(call.caller_id).await?;
+    let caller = state.store.users().user(call.caller_id).await?;
     let event = Event::CallRequestFull {
         call_id: call.id_for(call.recipient_id).to_owned(),
         caller_id: call.caller_id,

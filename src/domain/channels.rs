@@ -59,6 +59,7 @@ pub async fn create(state: &AppState, user: UserId, request: CreateChannel) -> R
     let id = ChannelId(Uuid::now_v7());
     state
         .store
+        .channels()
         .create_channel(&NewChannel {
             id,
             name,
@@ -85,6 +86,7 @@ pub async fn list(
         Some(cursor) => Some(
             state
                 .store
+                .channels()
                 .channel(cursor)
                 .await?
                 .ok_or_else(|| Error::invalid("`before` is not a channel"))?
@@ -93,6 +95,7 @@ pub async fn list(
     };
     state
         .store
+        .channels()
         .user_channels(user, before_seq, page_limit(limit))
         .await
 }
@@ -104,7 +107,11 @@ pub async fn join(state: &AppState, user: UserId, id: ChannelId) -> Result<Chann
         if access.is_private {
             return Err(Error::Forbidden("this channel is private"));
         }
-        state.store.add_channel_member(id, user, now()).await?;
+        state
+            .store
+            .channels()
+            .add_channel_member(id, user, now())
+            .await?;
     }
     channel(state, id).await
 }
@@ -112,7 +119,11 @@ pub async fn join(state: &AppState, user: UserId, id: ChannelId) -> Result<Chann
 /// Leaves a channel the caller is a member of.
 pub async fn leave(state: &AppState, user: UserId, id: ChannelId) -> Result<Channel> {
     member(state, id, user).await?;
-    state.store.remove_channel_member(id, user).await?;
+    state
+        .store
+        .channels()
+        .remove_channel_member(id, user)
+        .await?;
     channel(state, id).await
 }
 
@@ -129,11 +140,12 @@ pub async fn add_member(
             "only the channel's creator can add members",
         ));
     }
-    if !state.store.user_exists(new_member).await? {
+    if !state.store.users().user_exists(new_member).await? {
         return Err(Error::NotFound("user"));
     }
     state
         .store
+        .channels()
         .add_channel_member(id, new_member, now())
         .await?;
     channel(state, id).await
@@ -150,7 +162,7 @@ pub async fn history(
     member(state, id, user).await?;
     let before_seq = match before {
         None => None,
-        Some(cursor) => match state.store.channel_message(cursor).await? {
+        Some(cursor) => match state.store.channels().channel_message(cursor).await? {
             Some(m) if m.channel_id == id => Some(m.seq),
             _ => {
                 return Err(Error::invalid("`before` is not a message of this channel"));
@@ -159,6 +171,7 @@ pub async fn history(
     };
     state
         .store
+        .channels()
         .channel_messages_page(id, before_seq, page_limit(limit))
         .await
 }
@@ -183,6 +196,7 @@ pub async fn post(
         .unwrap_or_else(|| ChannelMessageId(Uuid::now_v7()));
     let created = state
         .store
+        .channels()
         .insert_channel_message(&NewChannelMessage {
             id: message_id,
             channel_id: id,
@@ -191,7 +205,7 @@ pub async fn post(
             created_at: now(),
         })
         .await?;
-    let message = match state.store.channel_message(message_id).await? {
+    let message = match state.store.channels().channel_message(message_id).await? {
         Some(m) if m.sender_id == sender && m.channel_id == id => m,
         _ => {
             return Err(Error::Conflict {
@@ -201,7 +215,7 @@ pub async fn post(
         }
     };
     if created {
-        let members = state.store.channel_member_ids(id).await?;
+        let members = state.store.channels().channel_member_ids(id).await?;
         // Ephemeral: channel posts are not in the inbox (no catch-up would follow a close);
         // a member who is behind reads them from the history.
         super::deliver_ephemeral(
@@ -221,7 +235,7 @@ pub async fn post(
 /// channel that does not exist: outsiders learn nothing of it. (A public channel is open to
 /// anyone who joins, so a non-member is told 403, as the app expects.)
 async fn access(state: &AppState, id: ChannelId, user: UserId) -> Result<ChannelAccess> {
-    match state.store.channel_access(id, user).await? {
+    match state.store.channels().channel_access(id, user).await? {
         Some(access) if access.is_member || !access.is_private => Ok(access),
         _ => Err(Error::NotFound("channel")),
     }
@@ -238,6 +252,7 @@ async fn member(state: &AppState, id: ChannelId, user: UserId) -> Result<()> {
 async fn channel(state: &AppState, id: ChannelId) -> Result<Channel> {
     state
         .store
+        .channels()
         .channel(id)
         .await?
         .ok_or(Error::NotFound("channel"))

@@ -117,6 +117,7 @@ pub async fn store(
     let quota = state.config.content_quota_bytes;
     let message = state
         .store
+        .contents()
         .attach_content(sender, id, content, quota)
         .await?;
     state.content_waiters.ring(message);
@@ -129,7 +130,12 @@ pub async fn store(
 /// answer tells nothing about other people's messages.
 pub async fn fetch(state: &AppState, user: UserId, id: MessageId) -> Result<ContentBody> {
     let not_yours = || Error::Forbidden("not a participant of this message");
-    let message = state.store.message_named(id).await?.ok_or_else(not_yours)?;
+    let message = state
+        .store
+        .contents()
+        .message_named(id)
+        .await?
+        .ok_or_else(not_yours)?;
     if message.sender_id != user && message.recipient_id != user {
         return Err(not_yours());
     }
@@ -140,7 +146,7 @@ pub async fn fetch(state: &AppState, user: UserId, id: MessageId) -> Result<Cont
         let notified = bell.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(stored) = state.store.content(message_id, now()).await? {
+        if let Some(stored) = state.store.contents().content(message_id, now()).await? {
             break Ok(ContentBody {
                 message_id: id,
                 content_data: STANDARD.encode(&stored.content),

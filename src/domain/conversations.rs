@@ -17,6 +17,7 @@ pub async fn open(
     let (conversation, created) = with_participant(state, user, participant).await?;
     let summary = state
         .store
+        .conversations()
         .conversation_summary(user, conversation.id)
         .await?
         .ok_or(Error::NotFound("conversation"))?;
@@ -33,25 +34,35 @@ pub async fn with_participant(
         return Err(Error::invalid("a conversation needs another participant"));
     }
     // The usual case, answered from memory: the conversation (and so the user) exists.
-    if let Some(existing) = state.store.conversation_between(user, participant).await? {
+    if let Some(existing) = state
+        .store
+        .conversations()
+        .conversation_between(user, participant)
+        .await?
+    {
         return Ok((existing, false));
     }
-    if !state.store.user_exists(participant).await? {
+    if !state.store.users().user_exists(participant).await? {
         return Err(Error::NotFound("user"));
     }
     state
         .store
+        .conversations()
         .get_or_create_conversation(user, participant, now())
         .await
 }
 
 pub async fn list(state: &AppState, user: UserId) -> Result<Vec<ConversationSummary>> {
-    state.store.conversation_summaries(user).await
+    state
+        .store
+        .conversations()
+        .conversation_summaries(user)
+        .await
 }
 
 /// The conversation if `user` is in it; a stranger gets the same answer as for a missing one.
 pub async fn member_of(state: &AppState, user: UserId, id: ConversationId) -> Result<Conversation> {
-    match state.store.conversation(id).await? {
+    match state.store.conversations().conversation(id).await? {
         Some(c) if c.has_member(user) => Ok(c),
         _ => Err(Error::NotFound("conversation")),
     }
@@ -68,7 +79,7 @@ pub async fn history(
     let conversation = member_of(state, user, id).await?;
     let before_seq = match before {
         None => None,
-        Some(cursor) => match state.store.message(cursor).await? {
+        Some(cursor) => match state.store.messages().message(cursor).await? {
             Some(m) if m.conversation_id == conversation.id => Some(m.seq),
             _ => {
                 return Err(Error::invalid(
@@ -80,6 +91,7 @@ pub async fn history(
     let limit = super::input::page_limit(limit);
     state
         .store
+        .messages()
         .messages_page(conversation.id, before_seq, limit)
         .await
 }

@@ -172,7 +172,7 @@ pub async fn run(state: AppState) {
 async fn record(state: &AppState, batch: &[(UserId, i64)]) -> Option<Vec<FirstDelivery>> {
     let mut pause = RETRY_FIRST;
     loop {
-        match state.store.mark_delivered(batch, now()).await {
+        match state.store.inbox().mark_delivered(batch, now()).await {
             Ok(delivered) => return Some(delivered),
             // Refused rows would be refused again: the events are sent again on a later
             // connect, as before.

@@ -81,10 +81,11 @@ pub async fn upload(state: &AppState, user: UserId, upload: KeyUpload) -> Result
             };
             let previous = state
                 .store
+                .keys()
                 .replace_device_keys(user, &keys, &upload.one_time_prekeys, at)
                 .await?;
             if previous.is_some_and(|old| old != keys.identity_key) {
-                let contacts = state.store.contacts(user).await?;
+                let contacts = state.store.users().contacts(user).await?;
                 let event = Event::IdentityChanged {
                     user_id: user,
                     device_id,
@@ -103,6 +104,7 @@ pub async fn upload(state: &AppState, user: UserId, upload: KeyUpload) -> Result
             };
             state
                 .store
+                .keys()
                 .refresh_device_keys(
                     user,
                     &refresh,
@@ -140,7 +142,7 @@ pub async fn fetch(
     if device.is_some_and(|d| !(1..=MAX_DEVICE_ID).contains(&d)) {
         return Err(Error::NotFound("device"));
     }
-    let bundles = state.store.take_bundles(target, device).await?;
+    let bundles = state.store.keys().take_bundles(target, device).await?;
     if bundles.is_empty() {
         return Err(Error::NotFound(if device.is_some() {
             "device"
@@ -167,7 +169,7 @@ pub async fn fetch(
 /// Who may fetch whose keys: whoever may message them. Today any user may message any
 /// existing user (a user may also fetch their own, for their other devices).
 async fn may_fetch(state: &AppState, _caller: UserId, target: UserId) -> Result<()> {
-    if state.store.user_exists(target).await? {
+    if state.store.users().user_exists(target).await? {
         Ok(())
     } else {
         Err(Error::NotFound("user"))
@@ -177,7 +179,12 @@ async fn may_fetch(state: &AppState, _caller: UserId, target: UserId) -> Result<
 pub async fn count(state: &AppState, user: UserId, device: i64) -> Result<KeyCount> {
     Ok(KeyCount {
         device_id: device,
-        count: state.store.prekey_count(user, device).await?.unwrap_or(0),
+        count: state
+            .store
+            .keys()
+            .prekey_count(user, device)
+            .await?
+            .unwrap_or(0),
         threshold: state.config.prekey_low_threshold,
     })
 }
@@ -185,7 +192,7 @@ pub async fn count(state: &AppState, user: UserId, device: i64) -> Result<KeyCou
 /// `prekeys_low` for a device that just connected, if it has keys and too few one-time ones.
 pub async fn low_prekeys(state: &AppState, user: UserId, device: i64) -> Option<Event> {
     let threshold = state.config.prekey_low_threshold;
-    match state.store.prekey_count(user, device).await {
+    match state.store.keys().prekey_count(user, device).await {
         Ok(Some(count)) if count < threshold => Some(Event::PrekeysLow {
             device_id: device,
             count,
@@ -200,12 +207,12 @@ pub async fn low_prekeys(state: &AppState, user: UserId, device: i64) -> Option<
 }
 
 pub async fn devices(state: &AppState, user: UserId) -> Result<Vec<DeviceInfo>> {
-    state.store.devices(user).await
+    state.store.keys().devices(user).await
 }
 
 /// Deletes one of the caller's devices and every key it published.
 pub async fn delete_device(state: &AppState, user: UserId, device: i64) -> Result<()> {
-    if state.store.delete_device(user, device).await? {
+    if state.store.keys().delete_device(user, device).await? {
         Ok(())
     } else {
         Err(Error::NotFound("device"))

@@ -176,6 +176,7 @@ pub async fn submit(state: &AppState, sender: UserId, request: SendMessage) -> R
     }
     let pending = state
         .store
+        .messages()
         .queue_message(NewMessage {
             id: request.id.unwrap_or_else(|| MessageId(Uuid::now_v7())),
             conversation_id: conversation.id,
@@ -195,13 +196,13 @@ pub async fn mark_read(state: &AppState, reader: UserId, id: MessageId) -> Resul
     // SQLite's single writer needs no conversation to lock: the mark goes first, and the usual
     // call (the recipient's first read) costs no read. Otherwise the message is read first.
     let marked = match state.store.engine() {
-        Engine::Sqlite => state.store.mark_read(id, reader, None).await?,
+        Engine::Sqlite => state.store.messages().mark_read(id, reader, None).await?,
         Engine::Postgres => None,
     };
     let (updated, cursor) = match marked {
         Some(marked) => marked,
         None => {
-            let message = match state.store.message(id).await? {
+            let message = match state.store.messages().message(id).await? {
                 Some(m) if m.sender_id == reader || m.recipient_id == reader => m,
                 _ => return Err(Error::NotFound("message")),
             };
@@ -209,9 +210,14 @@ pub async fn mark_read(state: &AppState, reader: UserId, id: MessageId) -> Resul
                 return Ok(message);
             }
             let conversation = Some(message.conversation_id);
-            let Some(marked) = state.store.mark_read(id, reader, conversation).await? else {
+            let Some(marked) = state
+                .store
+                .messages()
+                .mark_read(id, reader, conversation)
+                .await?
+            else {
                 // Another device of the reader marked it read in between.
-                return Ok(state.store.message(id).await?.unwrap_or(message));
+                return Ok(state.store.messages().message(id).await?.unwrap_or(message));
             };
             marked
         }

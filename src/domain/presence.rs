@@ -14,10 +14,11 @@ use crate::{
 pub async fn set(state: &AppState, user: UserId, status: Presence) -> Result<PresenceState> {
     let presence = state
         .store
+        .users()
         .set_presence(user, status, now())
         .await?
         .ok_or(Error::NotFound("user"))?;
-    let contacts = state.store.contacts(user).await?;
+    let contacts = state.store.users().contacts(user).await?;
     let event = Event::PresenceUpdate {
         user_id: user,
         status,
@@ -38,6 +39,7 @@ pub async fn get(state: &AppState, viewer: UserId, user: UserId) -> Result<Prese
     if viewer != user
         && state
             .store
+            .conversations()
             .conversation_between(viewer, user)
             .await?
             .is_none()
@@ -46,6 +48,7 @@ pub async fn get(state: &AppState, viewer: UserId, user: UserId) -> Result<Prese
     }
     state
         .store
+        .users()
         .presence(user)
         .await?
         .ok_or(Error::NotFound("user"))
@@ -74,7 +77,7 @@ pub async fn disconnected(state: &AppState, user: UserId) {
 /// `user` was connected to a node that stopped without saying so (cluster mode): offline,
 /// unless already shown so.
 async fn lost(state: &AppState, user: UserId) {
-    match state.store.presence(user).await {
+    match state.store.users().presence(user).await {
         Ok(Some(p)) if p.status != Presence::Offline => {
             log(set(state, user, Presence::Offline).await);
         }
@@ -89,7 +92,7 @@ async fn reassert(state: &AppState, user: UserId) {
     if !state.hub.is_local(user) {
         return;
     }
-    match state.store.presence(user).await {
+    match state.store.users().presence(user).await {
         Ok(Some(p)) if p.status == Presence::Offline => {
             log(set(state, user, Presence::Online).await);
         }

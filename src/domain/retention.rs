@@ -50,5 +50,5 @@ pub async fn sweep(state: &AppState, at: DateTime<Utc>) -> Result<Swept> {
         stories_expired_before: before(config.retention_stories),
         now: at,
     };
-    state.store.sweep_retention(&cut).await
+    state.store.security().sweep_retention(&cut).await
 }

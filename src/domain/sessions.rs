@@ -37,6 +37,7 @@ pub async fn start(state: &AppState, user: UserId) -> Result<Tokens> {
     let at = now();
     state
         .store
+        .security()
         .create_session(
             session,
             user,
@@ -66,6 +67,7 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<(Tokens, U
         .map(|grace| at - grace);
     let rotation = state
         .store
+        .security()
         .rotate_refresh_token(
             &hash_refresh_token(refresh_token),
             &hash_refresh_token(&next),
@@ -91,7 +93,12 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<(Tokens, U
         }
         Rotation::Invalid => return Err(Error::Unauthorized),
     };
-    let profile = state.store.user(user).await?.ok_or(Error::Unauthorized)?;
+    let profile = state
+        .store
+        .users()
+        .user(user)
+        .await?
+        .ok_or(Error::Unauthorized)?;
     let jti = uuid::Builder::from_random_bytes(
         derive(state, ACCESS_ID, refresh_token)?[..16]
             .try_into()
@@ -126,6 +133,7 @@ fn derive(state: &AppState, label: &[u8], refresh_token: &str) -> Result<[u8; 32
 pub async fn logout(state: &AppState, claims: TokenClaims) -> Result<()> {
     state
         .store
+        .security()
         .revoke_session(claims.session_id, claims.user_id, now())
         .await?;
     state
@@ -136,7 +144,7 @@ pub async fn logout(state: &AppState, claims: TokenClaims) -> Result<()> {
 
 /// Signs out every session of `user`.
 pub async fn logout_everywhere(state: &AppState, user: UserId) -> Result<()> {
-    state.store.revoke_sessions(user, now()).await?;
+    state.store.security().revoke_sessions(user, now()).await?;
     state.hub.close_user(user, CloseReason::Revoked);
     Ok(())
 }

@@ -79,6 +79,7 @@ pub async fn create(state: &AppState, user: UserId, request: NewStoryRequest) ->
     let id = StoryId(Uuid::now_v7());
     state
         .store
+        .stories()
         .insert_story(&NewStory {
             id,
             user_id: user,
@@ -91,6 +92,7 @@ pub async fn create(state: &AppState, user: UserId, request: NewStoryRequest) ->
         .await?;
     state
         .store
+        .stories()
         .visible_story(user, id, created_at)
         .await?
         .ok_or(Error::NotFound("story"))
@@ -109,6 +111,7 @@ pub async fn list(
         Some(cursor) => Some(
             state
                 .store
+                .stories()
                 .story_cursor(user, cursor)
                 .await?
                 .ok_or_else(|| Error::invalid("`before` is not a story you can see"))?,
@@ -116,6 +119,7 @@ pub async fn list(
     };
     state
         .store
+        .stories()
         .visible_stories(user, now(), before_seq, page_limit(limit))
         .await
 }
@@ -126,10 +130,15 @@ pub async fn view(state: &AppState, user: UserId, id: StoryId) -> Result<Story> 
     let at = now();
     let mut story = state
         .store
+        .stories()
         .visible_story(user, id, at)
         .await?
         .ok_or(Error::NotFound("story"))?;
-    state.store.mark_story_viewed(id, user, at).await?;
+    state
+        .store
+        .stories()
+        .mark_story_viewed(id, user, at)
+        .await?;
     story.is_viewed = true;
     Ok(story)
 }

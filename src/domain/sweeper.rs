@@ -27,7 +27,7 @@ pub async fn run(state: AppState) {
         if let Err(e) = super::calls::end_abandoned(&state, &mut silent_calls).await {
             e.log_if_internal();
         }
-        match state.store.delete_expired_contents(now()).await {
+        match state.store.contents().delete_expired_contents(now()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "expired contents deleted"),
             Err(e) => e.context("deleting expired contents").log_if_internal(),

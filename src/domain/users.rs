@@ -28,13 +28,18 @@ pub async fn search(
     let limit = limit
         .unwrap_or(DEFAULT_SEARCH_LIMIT)
         .clamp(1, MAX_SEARCH_LIMIT);
-    state.store.search_users(caller, query, after, limit).await
+    state
+        .store
+        .users()
+        .search_users(caller, query, after, limit)
+        .await
 }
 
 /// The user registered with exactly this email (any case); looking oneself up is an error.
 pub async fn find_by_email(state: &AppState, caller: UserId, email: &str) -> Result<User> {
     let user = state
         .store
+        .users()
         .user_by_email(&email.trim().to_lowercase())
         .await?
         .ok_or(Error::NotFound("user"))?;

@@ -13,10 +13,11 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Db, FirstDelivery, NewMessage, Store, faults,
+    Db, FirstDelivery, NewMessage, Store,
+    contents::ContentUpload,
+    faults,
     group::{Group, Inserted, Read, ReadMark, Written},
-    group_pg,
-    group_sqlite::{self, ContentUpload},
+    postgres, sqlite,
 };
 use crate::{
     error::{Error, Result},
@@ -119,7 +120,7 @@ impl Batcher {
         ask(writer, |reply| Job::Read { read, reply }).await
     }
 
-    /// Stores a content upload in the next group commit (SQLite only: see `group_sqlite`) and
+    /// Stores a content upload in the next group commit (SQLite only: see `sqlite::group`) and
     /// waits for it.
     pub(super) async fn attach_content(&self, upload: ContentUpload) -> Result<MessageId> {
         ask(&self.writers[0], |reply| Job::Content { upload, reply }).await
@@ -133,7 +134,7 @@ impl Batcher {
     }
 
     /// Records delivery marks in the next group commit and waits for it (see
-    /// `Store::mark_delivered`).
+    /// `Inbox::mark_delivered`).
     pub(super) async fn delivered(
         &self,
         events: Vec<(UserId, i64)>,
@@ -193,7 +194,7 @@ impl Store {
 
     /// `write_group`, with content `uploads` in the same transaction on SQLite; returns each
     /// upload's answer, in order. (PostgreSQL stores an upload in a transaction of its own:
-    /// `Store::attach_content` queues none here.)
+    /// `Contents::attach_content` queues none here.)
     async fn write_group_with_uploads(
         &self,
         group: Group<'_>,
@@ -201,9 +202,9 @@ impl Store {
     ) -> Result<(Written, Vec<Result<MessageId>>)> {
         let started = Instant::now();
         let written = match &self.db {
-            Db::Sqlite(pools) => group_sqlite::write(&pools.write, group, uploads).await,
+            Db::Sqlite(pools) => sqlite::group::write(&pools.write, group, uploads).await,
             Db::Postgres(pool) => {
-                let written = group_pg::write(&mut *pool.acquire().await?, group).await?;
+                let written = postgres::group::write(&mut *pool.acquire().await?, group).await?;
                 let ungrouped = || {
                     let why = "content uploads are not grouped on PostgreSQL";
                     Err(Error::Internal(anyhow::anyhow!(why)))
@@ -271,13 +272,13 @@ async fn record_deliveries(store: Store, mut reports: mpsc::Receiver<DeliveryJob
 const HOLD_WRITER: Duration = Duration::from_millis(2);
 
 /// SQLite: commits `first`, then the groups that queue meanwhile, on the same locked writer
-/// connection (see `group_sqlite::Writer`), until none is waiting or `HOLD_WRITER` has passed.
+/// connection (see `sqlite::group::Writer`), until none is waiting or `HOLD_WRITER` has passed.
 async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queues) {
     let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
         Err(e) => return first.answer(Err(e.into())),
     };
-    let mut writer = match group_sqlite::Writer::lock(&mut conn).await {
+    let mut writer = match sqlite::group::Writer::lock(&mut conn).await {
         Ok(writer) => writer,
         Err(e) => return first.answer(Err(e)),
     };
@@ -299,7 +300,7 @@ async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queu
 
 /// SQLite: commits `pending` on `writer`, then, if the database refused some of its rows, its
 /// halves, first half first, on the same writer (see `Pending::settle`).
-fn commit(writer: &mut group_sqlite::Writer<'_>, pending: Pending) {
+fn commit(writer: &mut sqlite::group::Writer<'_>, pending: Pending) {
     let mut groups = vec![pending];
     while let Some(pending) = groups.pop() {
         let (group, started) = (pending.group(), Instant::now());

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, with_pool};
+use super::{Calls, with_pool};
 use crate::{
     error::Result,
     model::{Call, CallId, CallStatus, UserId},
@@ -48,11 +48,11 @@ pub struct CallRecord {
     pub recipient_name: Option<String>,
 }
 
-impl Store {
+impl Calls<'_> {
     /// Stores a call. A live (`Ringing`) call first books both users, so that neither can be in
     /// two live calls at once, even under concurrent requests.
-    pub async fn create_call(&self, new: &NewCall) -> Result<Result<Call, CallRefused>> {
-        with_pool!(self, write, |pool| {
+    pub async fn create_call(self, new: &NewCall) -> Result<Result<Call, CallRefused>> {
+        with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             let call = sqlx::query_as::<_, Call>(concat!(
                 "INSERT INTO calls (id, call_id, client_call_id, rung_with_client_id, caller_id,
@@ -98,8 +98,8 @@ impl Store {
     /// The call `user` takes part in that is known by `id` (server or client id): their live
     /// call if it is the one, else the newest. (Client ids are chosen by apps and may repeat;
     /// another call under the same id must never shadow the call going on.)
-    pub async fn find_call(&self, user: UserId, id: &str) -> Result<Option<Call>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn find_call(self, user: UserId, id: &str) -> Result<Option<Call>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Call>(concat!(
                 "SELECT ",
                 call_cols!(c),
@@ -118,8 +118,8 @@ impl Store {
     }
 
     /// The live call `user` is in, if any.
-    pub async fn live_call(&self, user: UserId) -> Result<Option<Call>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn live_call(self, user: UserId) -> Result<Option<Call>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Call>(concat!(
                 "SELECT ",
                 call_cols!(c),
@@ -135,14 +135,14 @@ impl Store {
     /// yet named by the app the caller app's id (the WebSocket request that follows
     /// `POST /api/calls`, even if the call already ended). `None` if there is none.
     pub async fn adopt_client_call_id(
-        &self,
+        self,
         caller: UserId,
         recipient: UserId,
         client_call_id: &str,
         since: DateTime<Utc>,
         at: DateTime<Utc>,
     ) -> Result<Option<Call>> {
-        Ok(with_pool!(self, write, |pool| {
+        Ok(with_pool!(self.0, write, |pool| {
             sqlx::query_as::<_, Call>(concat!(
                 "UPDATE calls SET client_call_id = $3, updated_at = $4
                  WHERE id = (SELECT id FROM calls
@@ -165,13 +165,13 @@ impl Store {
     /// Moves a call from `from` to `to` (setting answer or end time); when the call is over,
     /// frees both users. `None` if the call was not in `from` (someone else moved it first).
     pub async fn transition_call(
-        &self,
+        self,
         id: CallId,
         from: CallStatus,
         to: CallStatus,
         at: DateTime<Utc>,
     ) -> Result<Option<Call>> {
-        with_pool!(self, write, |pool| {
+        with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             let call = sqlx::query_as::<_, Call>(concat!(
                 "UPDATE calls SET status = $3, updated_at = $4,
@@ -200,11 +200,11 @@ impl Store {
 
     /// Ringing calls started before `cutoff`, now marked missed (both users freed).
     pub async fn expire_ringing_calls(
-        &self,
+        self,
         cutoff: DateTime<Utc>,
         at: DateTime<Utc>,
     ) -> Result<Vec<Call>> {
-        with_pool!(self, write, |pool| {
+        with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             let calls = sqlx::query_as::<_, Call>(concat!(
                 "UPDATE calls SET status = 'missed', ended_at = $2, updated_at = $2
@@ -230,8 +230,8 @@ impl Store {
     }
 
     /// Every answered call still going on.
-    pub async fn active_calls(&self) -> Result<Vec<Call>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn active_calls(self) -> Result<Vec<Call>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Call>(concat!(
                 "SELECT ",
                 call_cols!(),
@@ -244,12 +244,12 @@ impl Store {
 
     /// `user`'s calls, newest first, older than the call `before` when paging.
     pub async fn call_history(
-        &self,
+        self,
         user: UserId,
         before: Option<CallId>,
         limit: i64,
     ) -> Result<Vec<CallRecord>> {
-        Ok(with_pool!(self, read, |pool| {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, CallRecord>(concat!(
                 "SELECT ",
                 call_cols!(c),

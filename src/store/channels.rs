@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, with_pool};
+use super::{Channels, with_pool};
 use crate::{
     error::Result,
     model::{Channel, ChannelId, ChannelMessage, ChannelMessageId, UserId, social::display_name},
@@ -121,10 +121,10 @@ impl From<ChannelMessageRow> for ChannelMessage {
     }
 }
 
-impl Store {
+impl Channels<'_> {
     /// Stores a channel and its creator's membership, in one transaction.
-    pub async fn create_channel(&self, new: &NewChannel) -> Result<()> {
-        with_pool!(self, write, |pool| {
+    pub async fn create_channel(self, new: &NewChannel) -> Result<()> {
+        with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO channels (id, name, description, avatar_url, is_private, creator_id,
@@ -153,8 +153,8 @@ impl Store {
         Ok(())
     }
 
-    pub async fn channel(&self, id: ChannelId) -> Result<Option<Channel>> {
-        let row = with_pool!(self, read, |pool| {
+    pub async fn channel(self, id: ChannelId) -> Result<Option<Channel>> {
+        let row = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, ChannelRow>(channel_select!("WHERE c.id = $1"))
                 .bind(id)
                 .fetch_optional(pool)
@@ -165,11 +165,11 @@ impl Store {
 
     /// Whether the channel exists, and what `user` may do in it.
     pub async fn channel_access(
-        &self,
+        self,
         id: ChannelId,
         user: UserId,
     ) -> Result<Option<ChannelAccess>> {
-        Ok(with_pool!(self, read, |pool| {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, ChannelAccess>(
                 "SELECT c.is_private, c.creator_id,
                         EXISTS (SELECT 1 FROM channel_members m
@@ -185,12 +185,12 @@ impl Store {
 
     /// Up to `limit` of `user`'s channels, newest first, older than `before_seq` if set.
     pub async fn user_channels(
-        &self,
+        self,
         user: UserId,
         before_seq: Option<i64>,
         limit: i64,
     ) -> Result<Vec<Channel>> {
-        let rows = with_pool!(self, read, |pool| {
+        let rows = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, ChannelRow>(channel_select!(
                 "JOIN channel_members me ON me.channel_id = c.id AND me.user_id = $1
                  WHERE c.seq < $2 ORDER BY c.seq DESC LIMIT $3"
@@ -206,12 +206,12 @@ impl Store {
 
     /// Adds a member; `false` if they already were one.
     pub async fn add_channel_member(
-        &self,
+        self,
         channel: ChannelId,
         user: UserId,
         at: DateTime<Utc>,
     ) -> Result<bool> {
-        let changed = with_pool!(self, write, |pool| {
+        let changed = with_pool!(self.0, write, |pool| {
             sqlx::query(
                 "INSERT INTO channel_members (channel_id, user_id, joined_at) VALUES ($1, $2, $3)
                  ON CONFLICT (channel_id, user_id) DO NOTHING",
@@ -227,8 +227,8 @@ impl Store {
     }
 
     /// Removes a member; `false` if they were not one.
-    pub async fn remove_channel_member(&self, channel: ChannelId, user: UserId) -> Result<bool> {
-        let changed = with_pool!(self, write, |pool| {
+    pub async fn remove_channel_member(self, channel: ChannelId, user: UserId) -> Result<bool> {
+        let changed = with_pool!(self.0, write, |pool| {
             sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND user_id = $2")
                 .bind(channel)
                 .bind(user)
@@ -239,8 +239,8 @@ impl Store {
         Ok(changed)
     }
 
-    pub async fn channel_member_ids(&self, channel: ChannelId) -> Result<Vec<UserId>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn channel_member_ids(self, channel: ChannelId) -> Result<Vec<UserId>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_scalar("SELECT user_id FROM channel_members WHERE channel_id = $1")
                 .bind(channel)
                 .fetch_all(pool)
@@ -250,8 +250,8 @@ impl Store {
 
     /// Stores a channel message and bumps its channel, in one transaction. `false` when the id
     /// was already stored (the caller decides whether that is a retry or a conflict).
-    pub async fn insert_channel_message(&self, new: &NewChannelMessage) -> Result<bool> {
-        Ok(with_pool!(self, write, |pool| {
+    pub async fn insert_channel_message(self, new: &NewChannelMessage) -> Result<bool> {
+        Ok(with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             // The channel row is locked first, so that within a channel `seq` order is commit
             // order (as for conversations).
@@ -282,8 +282,8 @@ impl Store {
         })?)
     }
 
-    pub async fn channel_message(&self, id: ChannelMessageId) -> Result<Option<ChannelMessage>> {
-        let row = with_pool!(self, read, |pool| {
+    pub async fn channel_message(self, id: ChannelMessageId) -> Result<Option<ChannelMessage>> {
+        let row = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, ChannelMessageRow>(concat!(
                 channel_message_select!(),
                 "WHERE cm.id = $1"
@@ -297,12 +297,12 @@ impl Store {
 
     /// Up to `limit` messages of a channel, newest first, older than `before_seq` if set.
     pub async fn channel_messages_page(
-        &self,
+        self,
         channel: ChannelId,
         before_seq: Option<i64>,
         limit: i64,
     ) -> Result<Vec<ChannelMessage>> {
-        let rows = with_pool!(self, read, |pool| {
+        let rows = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, ChannelMessageRow>(concat!(
                 channel_message_select!(),
                 "WHERE cm.channel_id = $1 AND cm.seq < $2 ORDER BY cm.seq DESC LIMIT $3"

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use uuid::Uuid;
 
-use super::{Store, with_pool};
+use super::{Conversations, with_pool};
 use crate::{
     error::Result,
     model::{Conversation, ConversationId, ConversationSummary, Presence, UserId},
@@ -95,20 +95,20 @@ impl From<SummaryRow> for ConversationSummary {
     }
 }
 
-impl Store {
+impl Conversations<'_> {
     /// The conversation between `a` and `b`, created if missing. Race-free: a unique pair
     /// constraint decides, and the loser of a race reads the winner's row. `true` if created.
     pub async fn get_or_create_conversation(
-        &self,
+        self,
         a: UserId,
         b: UserId,
         at: DateTime<Utc>,
     ) -> Result<(Conversation, bool)> {
-        if let Some(known) = self.conversations.between(a, b) {
+        if let Some(known) = self.0.conversations.between(a, b) {
             return Ok((known, false));
         }
         let (user_a, user_b) = if a < b { (a, b) } else { (b, a) };
-        let created = with_pool!(self, write, |pool| {
+        let created = with_pool!(self.0, write, |pool| {
             sqlx::query_as::<_, Conversation>(
                 "INSERT INTO conversations (id, user_a, user_b, created_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (user_a, user_b) DO NOTHING
@@ -122,7 +122,7 @@ impl Store {
             .await
         })?;
         if let Some(conversation) = created {
-            self.conversations.remember(&conversation);
+            self.0.conversations.remember(&conversation);
             return Ok((conversation, true));
         }
         let existing = self.conversation_between(a, b).await?;
@@ -132,12 +132,12 @@ impl Store {
     }
 
     /// The conversation between `a` and `b`, if they have one.
-    pub async fn conversation_between(&self, a: UserId, b: UserId) -> Result<Option<Conversation>> {
-        if let Some(known) = self.conversations.between(a, b) {
+    pub async fn conversation_between(self, a: UserId, b: UserId) -> Result<Option<Conversation>> {
+        if let Some(known) = self.0.conversations.between(a, b) {
             return Ok(Some(known));
         }
         let (user_a, user_b) = if a < b { (a, b) } else { (b, a) };
-        let found = with_pool!(self, read, |pool| {
+        let found = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Conversation>(
                 "SELECT id, user_a, user_b, created_at FROM conversations
                  WHERE user_a = $1 AND user_b = $2",
@@ -148,16 +148,16 @@ impl Store {
             .await
         })?;
         if let Some(conversation) = &found {
-            self.conversations.remember(conversation);
+            self.0.conversations.remember(conversation);
         }
         Ok(found)
     }
 
-    pub async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>> {
-        if let Some(known) = self.conversations.by_id.get(&id) {
+    pub async fn conversation(self, id: ConversationId) -> Result<Option<Conversation>> {
+        if let Some(known) = self.0.conversations.by_id.get(&id) {
             return Ok(Some(known.clone()));
         }
-        let found = with_pool!(self, read, |pool| {
+        let found = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Conversation>(
                 "SELECT id, user_a, user_b, created_at FROM conversations WHERE id = $1",
             )
@@ -166,24 +166,24 @@ impl Store {
             .await
         })?;
         if let Some(conversation) = &found {
-            self.conversations.remember(conversation);
+            self.0.conversations.remember(conversation);
         }
         Ok(found)
     }
 
     /// Forgets cached conversations of `user` (their account is going away).
-    pub fn forget_conversations_of(&self, user: UserId) {
-        self.conversations.forget_user(user);
+    pub fn forget_conversations_of(self, user: UserId) {
+        self.0.conversations.forget_user(user);
     }
 
     /// Forgets every cached conversation (an account may have been deleted unheard of).
-    pub fn forget_all_conversations(&self) {
-        self.conversations.forget_all();
+    pub fn forget_all_conversations(self) {
+        self.0.conversations.forget_all();
     }
 
     /// Every conversation of `user`, most recently active first.
-    pub async fn conversation_summaries(&self, user: UserId) -> Result<Vec<ConversationSummary>> {
-        let rows = with_pool!(self, read, |pool| {
+    pub async fn conversation_summaries(self, user: UserId) -> Result<Vec<ConversationSummary>> {
+        let rows = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, SummaryRow>(summary_sql!(""))
                 .bind(user)
                 .fetch_all(pool)
@@ -194,11 +194,11 @@ impl Store {
 
     /// One conversation as `user` sees it in their list (`None` if they are not a member).
     pub async fn conversation_summary(
-        &self,
+        self,
         user: UserId,
         id: ConversationId,
     ) -> Result<Option<ConversationSummary>> {
-        let row = with_pool!(self, read, |pool| {
+        let row = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, SummaryRow>(summary_sql!("AND c.id = $2"))
                 .bind(user)
                 .bind(id)

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, messages::message_cols, with_pool};
+use super::{Inbox, messages::message_cols, with_pool};
 use crate::{
     error::Result,
     model::{ConversationId, InboxKind, Message, MessageId, UserId},
@@ -52,10 +52,10 @@ impl From<InboxRow> for InboxEntry {
     }
 }
 
-impl Store {
+impl Inbox<'_> {
     /// The number of the user's latest inbox event (0 when there is none).
-    pub async fn inbox_head(&self, user: UserId) -> Result<i64> {
-        let head: Option<i64> = with_pool!(self, read, |pool| {
+    pub async fn inbox_head(self, user: UserId) -> Result<i64> {
+        let head: Option<i64> = with_pool!(self.0, read, |pool| {
             sqlx::query_scalar("SELECT inbox_seq FROM users WHERE id = $1")
                 .bind(user)
                 .fetch_optional(pool)
@@ -67,14 +67,14 @@ impl Store {
     /// Up to `limit` inbox events of `user` numbered in `(after, upto]`, in order; only those
     /// not yet delivered to any socket when `undelivered_only`.
     pub async fn inbox_entries(
-        &self,
+        self,
         user: UserId,
         after: i64,
         upto: i64,
         undelivered_only: bool,
         limit: i64,
     ) -> Result<Vec<InboxEntry>> {
-        let rows = with_pool!(self, read, |pool| {
+        let rows = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, InboxRow>(concat!(
                 "SELECT i.seq AS inbox_seq, i.kind, ",
                 message_cols!(m),
@@ -97,20 +97,21 @@ impl Store {
     /// Records that these inbox events reached a socket of their user at `at`; returns the
     /// messages that became delivered by it (first delivery), for their senders to be told.
     pub async fn mark_delivered(
-        &self,
+        self,
         events: &[(UserId, i64)],
         at: DateTime<Utc>,
     ) -> Result<Vec<FirstDelivery>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        match &self.batcher {
+        match &self.0.batcher {
             // SQLite has one writer: joining the group commit saves a transaction and an fsync.
             // PostgreSQL writes in parallel: a transaction of their own overlaps the group's.
-            Some(batcher) if self.engine() == super::Engine::Sqlite => {
+            Some(batcher) if self.0.engine() == super::Engine::Sqlite => {
                 batcher.delivered(events.to_vec(), at).await
             }
             _ => self
+                .0
                 .write_group(&[], &[], events, at)
                 .await
                 .map(|written| written.delivered),

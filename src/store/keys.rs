@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::QueryBuilder;
 
-use super::{Db, Store, with_pool};
+use super::{Db, Keys, with_pool};
 use crate::{
     error::{Error, Result},
     model::UserId,
@@ -148,19 +148,19 @@ fn prekey_id_taken(e: sqlx::Error) -> Error {
     }
 }
 
-impl Store {
+impl Keys<'_> {
     /// Sets a device's whole bundle: identity, signed prekey, Kyber last-resort (cleared when
     /// absent) and one-time prekeys (all previous ones dropped), in one transaction. Returns the
     /// identity key it replaced, if the device had one.
     pub async fn replace_device_keys(
-        &self,
+        self,
         user: UserId,
         keys: &DeviceKeys,
         prekeys: &[PreKey],
         at: DateTime<Utc>,
     ) -> Result<Option<Vec<u8>>> {
         let pq = keys.pq_prekey.as_ref();
-        Ok(with_pool!(self, write, |pool| {
+        Ok(with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             // Locks an existing row (PostgreSQL) and reads the identity it is about to replace.
             let previous: Option<Vec<u8>> = sqlx::query_scalar(
@@ -227,7 +227,7 @@ impl Store {
     /// one transaction, unless the device would then hold more than `max_stored`. Returns how
     /// many one-time prekeys the device has, or `None` when it has no keys at all.
     pub async fn refresh_device_keys(
-        &self,
+        self,
         user: UserId,
         refresh: &KeyRefresh,
         prekeys: &[PreKey],
@@ -236,7 +236,7 @@ impl Store {
     ) -> Result<Option<i64>> {
         let signed = refresh.signed_prekey.as_ref();
         let pq = refresh.pq_prekey.as_ref();
-        with_pool!(self, write, |pool| {
+        with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             // Also locks the row (PostgreSQL), so that concurrent uploads count one at a time.
             let found: Option<i64> = sqlx::query_scalar(
@@ -303,12 +303,12 @@ impl Store {
 
     /// The bundle of each device of `user` (or of `device` only), each with one one-time prekey
     /// taken (deleted) atomically: concurrent fetches never get the same one.
-    pub async fn take_bundles(&self, user: UserId, device: Option<i64>) -> Result<Vec<Bundle>> {
-        let (select, take) = match &self.db {
+    pub async fn take_bundles(self, user: UserId, device: Option<i64>) -> Result<Vec<Bundle>> {
+        let (select, take) = match &self.0.db {
             Db::Sqlite(_) => (SELECT_DEVICES_SQLITE, TAKE_PREKEY_SQLITE),
             Db::Postgres(_) => (SELECT_DEVICES_POSTGRES, TAKE_PREKEY_POSTGRES),
         };
-        Ok(with_pool!(self, write, |pool| {
+        Ok(with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             let devices = sqlx::query_as::<_, DeviceRow>(select)
                 .bind(user)
@@ -335,8 +335,8 @@ impl Store {
     }
 
     /// How many one-time prekeys a device has left; `None` when it has no keys at all.
-    pub async fn prekey_count(&self, user: UserId, device: i64) -> Result<Option<i64>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn prekey_count(self, user: UserId, device: i64) -> Result<Option<i64>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_scalar(
                 "SELECT (SELECT COUNT(*) FROM one_time_prekeys p
                          WHERE p.user_id = d.user_id AND p.device_id = d.device_id)
@@ -349,8 +349,8 @@ impl Store {
         })?)
     }
 
-    pub async fn devices(&self, user: UserId) -> Result<Vec<DeviceInfo>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn devices(self, user: UserId) -> Result<Vec<DeviceInfo>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, DeviceInfo>(
                 "SELECT d.device_id, d.registration_id, d.created_at, d.updated_at,
                      (SELECT COUNT(*) FROM one_time_prekeys p
@@ -364,8 +364,8 @@ impl Store {
     }
 
     /// Deletes a device and (by cascade) its keys. `false` if it did not exist.
-    pub async fn delete_device(&self, user: UserId, device: i64) -> Result<bool> {
-        let deleted = with_pool!(self, write, |pool| {
+    pub async fn delete_device(self, user: UserId, device: i64) -> Result<bool> {
+        let deleted = with_pool!(self.0, write, |pool| {
             sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
                 .bind(user)
                 .bind(device)

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Engine, Store, with_pool};
+use super::{Engine, Messages, Store, with_pool};
 use crate::{
     error::{Error, Result},
     model::{ConversationId, Message, MessageId, UserId},
@@ -25,7 +25,7 @@ macro_rules! message_cols {
 }
 pub(crate) use message_cols;
 
-/// A message on its way to a commit (`Store::queue_message`).
+/// A message on its way to a commit (`Messages::queue_message`).
 pub struct PendingMessage {
     id: MessageId,
     sender: UserId,
@@ -53,7 +53,7 @@ impl PendingMessage {
         if let Some((message, cursor)) = inserted {
             return Ok((message, Some(cursor)));
         }
-        match store.message(self.id).await? {
+        match store.messages().message(self.id).await? {
             Some(existing) if existing.sender_id == self.sender => Ok((existing, None)),
             _ => Err(Error::Conflict {
                 code: "id_taken",
@@ -94,18 +94,18 @@ impl NewMessage {
     }
 }
 
-impl Store {
+impl Messages<'_> {
     /// Stores a message, bumps its conversation and puts it in the recipient's inbox, in one
     /// transaction (shared with the messages sent meanwhile). See `PendingMessage::stored`.
-    pub async fn insert_message(&self, new: NewMessage) -> Result<(Message, Option<i64>)> {
-        self.queue_message(new).await?.stored(self).await
+    pub async fn insert_message(self, new: NewMessage) -> Result<(Message, Option<i64>)> {
+        self.queue_message(new).await?.stored(self.0).await
     }
 
     /// Queues a message for the next group commit without waiting for it: a socket can go on
     /// reading while its earlier messages commit (in the order they were queued).
-    pub async fn queue_message(&self, new: NewMessage) -> Result<PendingMessage> {
+    pub async fn queue_message(self, new: NewMessage) -> Result<PendingMessage> {
         let (id, sender) = (new.id, new.sender_id);
-        let state = match &self.batcher {
+        let state = match &self.0.batcher {
             Some(batcher) => Pending::Queued(batcher.enqueue(new).await?),
             None => {
                 let inserted = self.insert_messages(std::slice::from_ref(&new)).await?;
@@ -117,16 +117,17 @@ impl Store {
 
     /// Inserts messages in one transaction (see `insert_messages_in!`).
     pub(super) async fn insert_messages(
-        &self,
+        self,
         batch: &[NewMessage],
     ) -> Result<Vec<Option<(Message, i64)>>> {
-        self.write_group(batch, &[], &[], crate::model::now())
+        self.0
+            .write_group(batch, &[], &[], crate::model::now())
             .await
             .map(|written| written.inserted)
     }
 
-    pub async fn message(&self, id: MessageId) -> Result<Option<Message>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn message(self, id: MessageId) -> Result<Option<Message>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Message>(concat!(
                 "SELECT ",
                 message_cols!(),
@@ -140,12 +141,12 @@ impl Store {
 
     /// Up to `limit` messages of a conversation, newest first, older than `before_seq` if set.
     pub async fn messages_page(
-        &self,
+        self,
         conversation: ConversationId,
         before_seq: Option<i64>,
         limit: i64,
     ) -> Result<Vec<Message>> {
-        Ok(with_pool!(self, read, |pool| {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Message>(concat!(
                 "SELECT ",
                 message_cols!(),
@@ -166,12 +167,12 @@ impl Store {
     /// inbox number for the sender when this call changed it. `conversation`, the message's,
     /// is required on PostgreSQL (its row is locked first); SQLite does without.
     pub async fn mark_read(
-        &self,
+        self,
         id: MessageId,
         reader: UserId,
         conversation: Option<ConversationId>,
     ) -> Result<Option<(Message, i64)>> {
-        if conversation.is_none() && self.engine() == Engine::Postgres {
+        if conversation.is_none() && self.0.engine() == Engine::Postgres {
             let why = "a PostgreSQL read mark needs its conversation";
             return Err(Error::Internal(anyhow::anyhow!(why)));
         }
@@ -180,10 +181,11 @@ impl Store {
             reader,
             conversation,
         };
-        match &self.batcher {
+        match &self.0.batcher {
             Some(batcher) => batcher.read(read).await,
             None => {
                 let written = self
+                    .0
                     .write_group(&[], &[read], &[], crate::model::now())
                     .await?;
                 Ok(written.read.into_iter().next().flatten())

@@ -1,33 +1,31 @@
 //! Storage: the only place with SQL. One `Store` interface, two engines behind it —
 //! SQLite (the embedded default) and PostgreSQL. Most SQL text is shared (SQLite accepts
 //! `$1` placeholders); `with_pool!` runs the same body against whichever engine is configured,
-//! type-checked for each.
+//! type-checked for each. What really differs per engine lives in `sqlite/` and `postgres/`:
+//! connecting, the hot-path group commit (`group` holds the types both share) and the few
+//! statements with no common text.
 
 mod batch;
 mod calls;
 mod channels;
 mod contents;
+#[cfg(test)]
+mod contract_tests;
 mod conversations;
 mod faults;
 pub use faults::is_about_rows;
 mod group;
-mod group_pg;
-mod group_sqlite;
 mod inbox;
 mod keys;
 mod messages;
+mod postgres;
 mod security;
+mod sqlite;
 mod stories;
 mod users;
 
-use std::{str::FromStr, time::Duration};
-
 use anyhow::Context;
-use sqlx::{
-    PgPool, SqlitePool,
-    postgres::{PgConnectOptions, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use calls::{CallRecord, CallRefused, NewCall};
@@ -41,6 +39,7 @@ pub use stories::NewStory;
 pub use users::NewUser;
 
 use crate::error::Result;
+use sqlite::SqlitePools;
 
 /// Which database engine a URL selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,37 +65,6 @@ impl Engine {
             anyhow::bail!("DATABASE_URL must start with sqlite: or postgres://")
         }
     }
-}
-
-/// Pages the SQLite log may reach before the writer checkpoints it itself (40 MiB): normally
-/// `Store::checkpoint_wal` keeps it well below.
-const WAL_BACKSTOP_PAGES: u32 = 10_000;
-/// Rows an SQLite connection's thread may hand over before waiting for them to be read: more
-/// than any one statement returns (a group commit, a catch-up page).
-const ROW_BUFFER: usize = 4096;
-/// Page cache of the SQLite writer, in KiB (64 MiB).
-const WRITER_CACHE_KIB: u32 = 64 * 1024;
-/// How often the SQLite log is checkpointed beside the writer.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Longest a PostgreSQL query waits for a connection, connecting included. While the database
-/// is unreachable every query waits this long before it fails, and a group commit's senders
-/// hear nothing until then: with the former 10 s, two groups in a row kept a sender waiting
-/// 20 s for an `error`. Busy, the pool hands a connection over within milliseconds.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Group commits that run at once on PostgreSQL: up to half the pool (reads, REST writes and
-/// delivery marks keep the rest), and no more than the cores of a small database server.
-fn group_writers(pool_size: u32) -> usize {
-    (pool_size / 2).clamp(1, 4) as usize
-}
-
-/// SQLite allows one writer at a time: writes go through a single connection so that they
-/// queue in-process instead of failing with SQLITE_BUSY, while reads use a pool (WAL mode).
-#[derive(Clone, Debug)]
-struct SqlitePools {
-    read: SqlitePool,
-    write: SqlitePool,
 }
 
 #[derive(Clone, Debug)]
@@ -125,6 +93,49 @@ pub struct Store {
     batcher: Option<batch::Batcher>,
 }
 
+// The surface by concern: `store.users().create_user(..)`, `store.inbox().inbox_entries(..)`.
+// Each accessor is a copied reference to the store; its methods live in the file of its area.
+macro_rules! areas {
+    ($($(#[$doc:meta])* $method:ident => $area:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            #[derive(Clone, Copy, Debug)]
+            pub struct $area<'a>(&'a Store);
+        )*
+        impl Store {
+            $(
+                $(#[$doc])*
+                pub fn $method(&self) -> $area<'_> {
+                    $area(self)
+                }
+            )*
+        }
+    };
+}
+
+areas! {
+    /// Accounts, search, presence and contacts (`users.rs`).
+    users => Users,
+    /// Sessions, passwords, account deletion, retention sweeps and audits (`security.rs`).
+    security => Security,
+    /// Call records (`calls.rs`).
+    calls => Calls,
+    /// Channels, their members and their posts (`channels.rs`).
+    channels => Channels,
+    /// The encrypted content mailbox (`contents.rs`).
+    contents => Contents,
+    /// One-to-one conversations and their summaries (`conversations.rs`).
+    conversations => Conversations,
+    /// Each user's numbered inbox and its delivery marks (`inbox.rs`).
+    inbox => Inbox,
+    /// Devices and their Signal keys (`keys.rs`).
+    keys => Keys,
+    /// Messages: the group commit, history pages, read marks (`messages.rs`).
+    messages => Messages,
+    /// Stories and their views (`stories.rs`).
+    stories => Stories,
+}
+
 /// Runs `$body` with `$pool` bound to the engine's pool for `read` or `write` work.
 macro_rules! with_pool {
     ($store:expr, $kind:ident, |$pool:ident| $body:expr) => {
@@ -142,37 +153,13 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
-/// Without autovacuum, PostgreSQL never refreshes its statistics on the message and inbox tables:
-/// once they hold a few million rows, the planner takes a batch of delivery marks for a scan of
-/// the whole inbox (measured: 1 s for 2,000 marks instead of 17 ms), and delivery reports and
-/// receipts fall behind the messages.
-async fn warn_if_autovacuum_is_off(pool: &PgPool) {
-    let setting: Result<String, _> = sqlx::query_scalar("SELECT current_setting('autovacuum')")
-        .fetch_one(pool)
-        .await;
-    if matches!(setting.as_deref(), Ok("off")) {
-        tracing::warn!(
-            "PostgreSQL's autovacuum is off: table statistics will go stale and message \
-             routing slow down as tables grow; turn it on, or run ANALYZE regularly"
-        );
-    }
-}
-
 impl Store {
     /// Connects to `url` (creating an SQLite file if needed) and applies pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         let store = match Engine::of_url(url)? {
-            Engine::Sqlite => Self::connect_sqlite(url, max_connections).await?,
+            Engine::Sqlite => Self::new(Db::Sqlite(sqlite::connect(url, max_connections).await?)),
             Engine::Postgres => {
-                let options = PgConnectOptions::from_str(url).context("parsing DATABASE_URL")?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(max_connections)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect_with(options)
-                    .await
-                    .context("connecting to PostgreSQL")?;
-                warn_if_autovacuum_is_off(&pool).await;
-                Self::new(Db::Postgres(pool))
+                Self::new(Db::Postgres(postgres::connect(url, max_connections).await?))
             }
         };
         store.migrate().await?;
@@ -196,7 +183,7 @@ impl Store {
         if !matches!(self.db, Db::Sqlite(_)) {
             return;
         }
-        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+        let mut every = tokio::time::interval(sqlite::CHECKPOINT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -209,59 +196,10 @@ impl Store {
         }
     }
 
-    async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)
-            .context("parsing DATABASE_URL")?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: an acknowledged message survives a power cut, not only a crash.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            // The connection's thread hands rows over through a channel of this size; when it
-            // is full the thread waits for the reader task, which costs a thread hand-off per
-            // few rows of a batch's RETURNING or a catch-up page.
-            .row_buffer_size(ROW_BUFFER);
-        // No ping before a pool hands out a connection: it is a file in this process, and the
-        // ping is a round trip to the connection's thread, paid by every group commit.
-        // The writer checkpoints only as a backstop: `checkpoint_wal` runs beside it, so
-        // copying the log into the database does not stall commits.
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .connect_with(
-                options
-                    .clone()
-                    .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string())
-                    // A group commit dirties pages all over the message and inbox indexes; with
-                    // SQLite's default 2 MiB cache it spills and rereads them mid-transaction.
-                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-                    // A group's statements each keep a journal of the pages they change (to undo
-                    // that statement alone); past 64 KiB SQLite spills it to a temporary file,
-                    // a write syscall per page. Kept in memory instead.
-                    .pragma("temp_store", "MEMORY"),
-            )
-            .await
-            .context("opening the SQLite database")?;
-        // An in-memory database exists once per connection: share the writer for reads.
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let read = if in_memory {
-            write.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(max_connections)
-                .test_before_acquire(false)
-                .connect_with(options)
-                .await
-                .context("opening the SQLite database")?
-        };
-        Ok(Self::new(Db::Sqlite(SqlitePools { read, write })))
-    }
-
     fn new(db: Db) -> Self {
         let writers = match &db {
             Db::Sqlite(_) => 1,
-            Db::Postgres(pool) => group_writers(pool.options().get_max_connections()),
+            Db::Postgres(pool) => postgres::group_writers(pool.options().get_max_connections()),
         };
         let store = Self {
             db,

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Db, Store, with_pool};
+use super::{Db, Security, with_pool};
 use crate::{
     error::Result,
     model::{SessionId, UserId},
@@ -45,17 +45,17 @@ pub struct RetentionCutoffs {
     pub now: DateTime<Utc>,
 }
 
-impl Store {
+impl Security<'_> {
     /// Starts a session whose first refresh token hashes to `refresh_hash`.
     pub async fn create_session(
-        &self,
+        self,
         session: SessionId,
         user: UserId,
         refresh_hash: &str,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
-        with_pool!(self, write, |pool| {
+        with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO sessions (id, user_id, created_at, refreshed_at, expires_at)
@@ -84,14 +84,14 @@ impl Store {
     /// `new_hash` (valid until `expires_at`); a used one revokes its whole session, unless it
     /// was used since `grace_since` and traded for `new_hash`, still unused (`Repeated`).
     pub async fn rotate_refresh_token(
-        &self,
+        self,
         old_hash: &str,
         new_hash: &str,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         grace_since: Option<DateTime<Utc>>,
     ) -> Result<Rotation> {
-        with_pool!(self, write, |pool| {
+        with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             // Atomic: of two concurrent uses, one finds the token already used.
             let fresh: Option<SessionId> = sqlx::query_scalar(
@@ -179,8 +179,8 @@ impl Store {
     }
 
     /// Whether `session` belongs to `user` (who still exists) and is not revoked.
-    pub async fn session_active(&self, session: SessionId, user: UserId) -> Result<bool> {
-        let found: Option<i32> = with_pool!(self, read, |pool| {
+    pub async fn session_active(self, session: SessionId, user: UserId) -> Result<bool> {
+        let found: Option<i32> = with_pool!(self.0, read, |pool| {
             sqlx::query_scalar(
                 "SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
             )
@@ -194,12 +194,12 @@ impl Store {
 
     /// Revokes one session of `user`; whether it was active.
     pub async fn revoke_session(
-        &self,
+        self,
         session: SessionId,
         user: UserId,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        Ok(with_pool!(self, write, |pool| {
+        Ok(with_pool!(self.0, write, |pool| {
             sqlx::query(
                 "UPDATE sessions SET revoked_at = $3
                  WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
@@ -214,8 +214,8 @@ impl Store {
     }
 
     /// Revokes every session of `user`; how many were active.
-    pub async fn revoke_sessions(&self, user: UserId, now: DateTime<Utc>) -> Result<u64> {
-        Ok(with_pool!(self, write, |pool| {
+    pub async fn revoke_sessions(self, user: UserId, now: DateTime<Utc>) -> Result<u64> {
+        Ok(with_pool!(self.0, write, |pool| {
             sqlx::query(
                 "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
             )
@@ -228,8 +228,8 @@ impl Store {
     }
 
     /// The stored password hash of `user`.
-    pub async fn password_hash(&self, user: UserId) -> Result<Option<String>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn password_hash(self, user: UserId) -> Result<Option<String>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
                 .bind(user)
                 .fetch_optional(pool)
@@ -240,12 +240,12 @@ impl Store {
     /// Replaces the password hash of `user` (an upgrade from a legacy hash) if it is still
     /// `previous`, so that a concurrent password change is never overwritten.
     pub async fn upgrade_password_hash(
-        &self,
+        self,
         user: UserId,
         previous: &str,
         hash: &str,
     ) -> Result<bool> {
-        Ok(with_pool!(self, write, |pool| {
+        Ok(with_pool!(self.0, write, |pool| {
             sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
                 .bind(user)
                 .bind(previous)
@@ -258,12 +258,12 @@ impl Store {
 
     /// Sets a new password hash and revokes every session of `user`, in one transaction.
     pub async fn change_password(
-        &self,
+        self,
         user: UserId,
         hash: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        with_pool!(self, write, |pool| {
+        with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             let changed = sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
                 .bind(user)
@@ -287,8 +287,8 @@ impl Store {
     /// Deletes `user` and, through `ON DELETE CASCADE`, every row that names them: sessions,
     /// devices and keys, conversations with their messages and contents, calls, stories and
     /// views, channel memberships and posts, and the channels they created.
-    pub async fn delete_user(&self, user: UserId) -> Result<bool> {
-        Ok(with_pool!(self, write, |pool| {
+    pub async fn delete_user(self, user: UserId) -> Result<bool> {
+        Ok(with_pool!(self.0, write, |pool| {
             sqlx::query("DELETE FROM users WHERE id = $1")
                 .bind(user)
                 .execute(pool)
@@ -298,9 +298,9 @@ impl Store {
     }
 
     /// Deletes what retention no longer allows to keep.
-    pub async fn sweep_retention(&self, cut: &RetentionCutoffs) -> Result<Swept> {
+    pub async fn sweep_retention(self, cut: &RetentionCutoffs) -> Result<Swept> {
         let mut swept = Swept::default();
-        with_pool!(self, write, |pool| {
+        with_pool!(self.0, write, |pool| {
             if let Some(before) = cut.messages_before {
                 let mut tx = pool.begin().await?;
                 // Unread messages that go stop counting as unread.
@@ -356,52 +356,11 @@ impl Store {
     /// Every row of every table, one line per row: `(table, row)`. SQLite rows are the hex of
     /// each column's bytes; PostgreSQL rows are `row_to_json` text. For audits and tests that
     /// check that no secret was stored.
-    pub async fn dump_tables(&self) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        match &self.db {
-            Db::Sqlite(pools) => {
-                let tables: Vec<String> = sqlx::query_scalar(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-                )
-                .fetch_all(&pools.read)
-                .await?;
-                for table in tables {
-                    let columns: Vec<String> =
-                        sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
-                            .bind(&table)
-                            .fetch_all(&pools.read)
-                            .await?;
-                    let row = columns
-                        .iter()
-                        .map(|c| format!("hex(\"{}\")", c.replace('"', "\"\"")))
-                        .collect::<Vec<_>>()
-                        .join(" || ',' || ");
-                    let sql = format!("SELECT {row} FROM \"{}\"", table.replace('"', "\"\""));
-                    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                        .fetch_all(&pools.read)
-                        .await?;
-                    out.extend(rows.into_iter().map(|r| (table.clone(), r)));
-                }
-            }
-            Db::Postgres(pg) => {
-                let tables: Vec<String> = sqlx::query_scalar(
-                    "SELECT table_name::text FROM information_schema.tables
-                     WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
-                )
-                .fetch_all(pg)
-                .await?;
-                for table in tables {
-                    let sql = format!(
-                        "SELECT row_to_json(t)::text FROM \"{}\" t",
-                        table.replace('"', "\"\"")
-                    );
-                    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                        .fetch_all(pg)
-                        .await?;
-                    out.extend(rows.into_iter().map(|r| (table.clone(), r)));
-                }
-            }
-        }
+    pub async fn dump_tables(self) -> Result<Vec<(String, String)>> {
+        let out = match &self.0.db {
+            Db::Sqlite(pools) => super::sqlite::dump_tables(&pools.read).await?,
+            Db::Postgres(pg) => super::postgres::dump_tables(pg).await?,
+        };
         Ok(out)
     }
 }

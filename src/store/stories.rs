@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, with_pool};
+use super::{Stories, with_pool};
 use crate::{
     error::Result,
     model::{Story, StoryId, UserId, social::display_name},
@@ -74,11 +74,11 @@ impl From<StoryRow> for Story {
     }
 }
 
-impl Store {
+impl Stories<'_> {
     /// Stores a story. Stories that expired by its creation time are deleted in the same
     /// transaction: nobody can see them any more, and their text should not linger.
-    pub async fn insert_story(&self, new: &NewStory) -> Result<()> {
-        with_pool!(self, write, |pool| {
+    pub async fn insert_story(self, new: &NewStory) -> Result<()> {
+        with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             sqlx::query("DELETE FROM stories WHERE expires_at <= $1")
                 .bind(new.created_at)
@@ -105,12 +105,12 @@ impl Store {
 
     /// The story if `viewer` may see it and it has not expired at `now`.
     pub async fn visible_story(
-        &self,
+        self,
         viewer: UserId,
         id: StoryId,
         now: DateTime<Utc>,
     ) -> Result<Option<Story>> {
-        let row = with_pool!(self, read, |pool| {
+        let row = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, StoryRow>(concat!(
                 story_select!(),
                 "WHERE s.id = $2 AND s.expires_at > $3 AND",
@@ -127,13 +127,13 @@ impl Store {
 
     /// Up to `limit` unexpired stories `viewer` may see, newest first, older than `before_seq`.
     pub async fn visible_stories(
-        &self,
+        self,
         viewer: UserId,
         now: DateTime<Utc>,
         before_seq: Option<i64>,
         limit: i64,
     ) -> Result<Vec<Story>> {
-        let rows = with_pool!(self, read, |pool| {
+        let rows = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, StoryRow>(concat!(
                 story_select!(),
                 "WHERE s.expires_at > $2 AND s.seq < $3 AND",
@@ -152,8 +152,8 @@ impl Store {
 
     /// The paging position of a story `viewer` may see, expired or not (a story may expire
     /// while the client pages past it).
-    pub async fn story_cursor(&self, viewer: UserId, id: StoryId) -> Result<Option<i64>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn story_cursor(self, viewer: UserId, id: StoryId) -> Result<Option<i64>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_scalar(concat!(
                 "SELECT s.seq FROM stories s WHERE s.id = $2 AND",
                 visible_to_viewer!()
@@ -168,12 +168,12 @@ impl Store {
     /// Records that `viewer` saw the story (once; later calls change nothing). A story purged
     /// in the meantime records nothing instead of failing on its foreign key.
     pub async fn mark_story_viewed(
-        &self,
+        self,
         story: StoryId,
         viewer: UserId,
         at: DateTime<Utc>,
     ) -> Result<()> {
-        with_pool!(self, write, |pool| {
+        with_pool!(self.0, write, |pool| {
             sqlx::query(
                 "INSERT INTO story_views (story_id, viewer_id, viewed_at)
                  SELECT id, $2, $3 FROM stories WHERE id = $1

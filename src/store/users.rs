@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, unique_violation, with_pool};
+use super::{Users, unique_violation, with_pool};
 use crate::{
     error::{Error, Result},
     model::{Presence, PresenceState, User, UserId},
@@ -38,10 +38,10 @@ impl From<PresenceRow> for PresenceState {
     }
 }
 
-impl Store {
+impl Users<'_> {
     /// Stores a new user; a taken email or username is a `Conflict`.
-    pub async fn create_user(&self, new: &NewUser) -> Result<User> {
-        let inserted = with_pool!(self, write, |pool| {
+    pub async fn create_user(self, new: &NewUser) -> Result<User> {
+        let inserted = with_pool!(self.0, write, |pool| {
             sqlx::query_as::<_, User>(
                 "INSERT INTO users (id, email, username, name, password_hash, presence, last_seen,
                                     presence_updated_at, created_at)
@@ -71,14 +71,14 @@ impl Store {
     }
 
     /// The user with this (lower-cased) email and their password hash.
-    pub async fn credentials_by_email(&self, email: &str) -> Result<Option<(User, String)>> {
+    pub async fn credentials_by_email(self, email: &str) -> Result<Option<(User, String)>> {
         #[derive(sqlx::FromRow)]
         struct Row {
             #[sqlx(flatten)]
             user: User,
             password_hash: String,
         }
-        let row = with_pool!(self, read, |pool| {
+        let row = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Row>(
                 "SELECT id, email, username, name, avatar_url, created_at, password_hash
                  FROM users WHERE email = $1",
@@ -90,8 +90,8 @@ impl Store {
         Ok(row.map(|r| (r.user, r.password_hash)))
     }
 
-    pub async fn user(&self, id: UserId) -> Result<Option<User>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn user(self, id: UserId) -> Result<Option<User>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, User>(
                 "SELECT id, email, username, name, avatar_url, created_at FROM users WHERE id = $1",
             )
@@ -104,14 +104,14 @@ impl Store {
     /// Users other than `caller` whose username, name or email contains `query` (any case),
     /// by username, after the username `after` when paging.
     pub async fn search_users(
-        &self,
+        self,
         caller: UserId,
         query: &str,
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<User>> {
         let pattern = format!("%{}%", escape_like(&query.to_lowercase()));
-        Ok(with_pool!(self, read, |pool| {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, User>(
                 "SELECT id, email, username, name, avatar_url, created_at FROM users
                   WHERE id <> $1
@@ -131,8 +131,8 @@ impl Store {
     }
 
     /// The user with this (lower-cased) email.
-    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn user_by_email(self, email: &str) -> Result<Option<User>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, User>(
                 "SELECT id, email, username, name, avatar_url, created_at FROM users WHERE email = $1",
             )
@@ -142,8 +142,8 @@ impl Store {
         })?)
     }
 
-    pub async fn user_exists(&self, id: UserId) -> Result<bool> {
-        let found: Option<i32> = with_pool!(self, read, |pool| {
+    pub async fn user_exists(self, id: UserId) -> Result<bool> {
+        let found: Option<i32> = with_pool!(self.0, read, |pool| {
             sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1")
                 .bind(id)
                 .fetch_optional(pool)
@@ -154,12 +154,12 @@ impl Store {
 
     /// Records `status` for `user`; `last_seen` moves to `at`. `None` if the user is gone.
     pub async fn set_presence(
-        &self,
+        self,
         user: UserId,
         status: Presence,
         at: DateTime<Utc>,
     ) -> Result<Option<PresenceState>> {
-        let row = with_pool!(self, write, |pool| {
+        let row = with_pool!(self.0, write, |pool| {
             sqlx::query_as::<_, PresenceRow>(
                 "UPDATE users SET presence = $2, last_seen = $3, presence_updated_at = $3
                  WHERE id = $1
@@ -174,8 +174,8 @@ impl Store {
         Ok(row.map(Into::into))
     }
 
-    pub async fn presence(&self, user: UserId) -> Result<Option<PresenceState>> {
-        let row = with_pool!(self, read, |pool| {
+    pub async fn presence(self, user: UserId) -> Result<Option<PresenceState>> {
+        let row = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, PresenceRow>(
                 "SELECT id, presence, last_seen, presence_updated_at FROM users WHERE id = $1",
             )
@@ -187,8 +187,8 @@ impl Store {
     }
 
     /// Marks everyone offline: at start-up of a single node, no socket is open yet.
-    pub async fn reset_presence(&self, at: DateTime<Utc>) -> Result<()> {
-        with_pool!(self, write, |pool| {
+    pub async fn reset_presence(self, at: DateTime<Utc>) -> Result<()> {
+        with_pool!(self.0, write, |pool| {
             sqlx::query(
                 "UPDATE users SET presence = 'offline', last_seen = $1, presence_updated_at = $1
                  WHERE presence <> 'offline'",
@@ -202,8 +202,8 @@ impl Store {
     }
 
     /// Users who share a conversation with `user`: those who may see their presence.
-    pub async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
-        Ok(with_pool!(self, read, |pool| {
+    pub async fn contacts(self, user: UserId) -> Result<Vec<UserId>> {
+        Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_scalar(
                 "SELECT user_b FROM conversations WHERE user_a = $1
                  UNION

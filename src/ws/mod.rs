@@ -60,7 +60,7 @@ pub async fn upgrade(
     let start = match query.as_deref().and_then(|q| param(q, "since")) {
         // Read before the socket is attached: later events are live for it (see `StartFrom`).
         None => StartFrom::Undelivered {
-            live_after: state.store.inbox_head(claims.user_id).await?,
+            live_after: state.store.inbox().inbox_head(claims.user_id).await?,
         },
         Some(raw) => StartFrom::Cursor(
             raw.parse()

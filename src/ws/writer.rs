@@ -170,7 +170,9 @@ impl Writer {
     /// among the latest `WS_CATCH_UP_MAX`: a connect or `sync` reads a bounded part of the
     /// inbox however far behind (or at 0) it starts. Older events stay in the history (REST).
     async fn catch_up(&mut self, progress: &mut Progress, start: StartFrom) -> Result<(), Stop> {
-        let head = self.store(self.state.store.inbox_head(self.user)).await?;
+        let head = self
+            .store(self.state.store.inbox().inbox_head(self.user))
+            .await?;
         let max = self.state.config.ws_catch_up_max;
         match start {
             StartFrom::Cursor(since) => {
@@ -201,7 +203,7 @@ impl Writer {
         undelivered_only: bool,
     ) -> Result<(), Stop> {
         while after < upto {
-            let page = self.state.store.inbox_entries(
+            let page = self.state.store.inbox().inbox_entries(
                 self.user,
                 after,
                 upto,
@@ -254,7 +256,8 @@ impl Writer {
                     Box::pin(self.catch_up(progress, StartFrom::Cursor(since))).await?;
                 }
                 Outgoing::Refill => {
-                    let head = Box::pin(self.store(self.state.store.inbox_head(self.user))).await?;
+                    let head = Box::pin(self.store(self.state.store.inbox().inbox_head(self.user)))
+                        .await?;
                     if head > progress.last_sent {
                         self.flush(progress).await?;
                         let after = progress.last_sent;

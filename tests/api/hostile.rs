@@ -145,7 +145,7 @@ fn rest_bodies_never_fail_the_server_or_change_state(engine: Engine) {
     });
     let routes = body_routes(&uuid::Uuid::new_v4().to_string());
     let before = runtime
-        .block_on(app.state.store.dump_tables())
+        .block_on(app.state.store.security().dump_tables())
         .expect("dump");
     let strategy = (
         0..routes.len(),
@@ -178,7 +178,7 @@ fn rest_bodies_never_fail_the_server_or_change_state(engine: Engine) {
         })
         .expect("no body fails the server");
     let after = runtime
-        .block_on(app.state.store.dump_tables())
+        .block_on(app.state.store.security().dump_tables())
         .expect("dump");
     assert_eq!(before, after, "refused bodies changed nothing");
     drop(app);

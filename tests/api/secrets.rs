@@ -151,7 +151,13 @@ async fn no_secret_is_stored_or_logged(engine: Engine) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     secrets.push(wrong);
 
-    let dump = app.state.store.dump_tables().await.expect("dump");
+    let dump = app
+        .state
+        .store
+        .security()
+        .dump_tables()
+        .await
+        .expect("dump");
     assert!(
         dump.iter().any(|(table, _)| table == "sessions"),
         "the dump covers every table"
@@ -286,7 +292,13 @@ async fn deleting_an_account_removes_every_row_that_names_it(engine: Engine) {
             .map(|(table, _)| table.clone())
             .collect::<Vec<_>>()
     };
-    let before = app.state.store.dump_tables().await.expect("dump");
+    let before = app
+        .state
+        .store
+        .security()
+        .dump_tables()
+        .await
+        .expect("dump");
     let tables: std::collections::BTreeSet<_> = names_alice(&before).into_iter().collect();
     for table in [
         "users",
@@ -321,7 +333,13 @@ async fn deleting_an_account_removes_every_row_that_names_it(engine: Engine) {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
-        app.state.store.dump_tables().await.expect("dump").len(),
+        app.state
+            .store
+            .security()
+            .dump_tables()
+            .await
+            .expect("dump")
+            .len(),
         before.len()
     );
 
@@ -335,7 +353,13 @@ async fn deleting_an_account_removes_every_row_that_names_it(engine: Engine) {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert_eq!(a.closed().await, Some(CloseCode::Library(4001)));
-    let after = app.state.store.dump_tables().await.expect("dump");
+    let after = app
+        .state
+        .store
+        .security()
+        .dump_tables()
+        .await
+        .expect("dump");
     assert_eq!(
         names_alice(&after),
         Vec::<String>::new(),

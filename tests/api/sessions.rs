@@ -369,6 +369,7 @@ async fn login_and_register_are_rate_limited_per_account_and_ip(engine: Engine) 
     assert!(
         app.state
             .store
+            .users()
             .user_by_email("carol@example.com")
             .await
             .expect("query")
@@ -445,11 +446,17 @@ async fn legacy_bcrypt_hashes_log_in_and_are_upgraded(engine: Engine) {
     let alice = app.register("alice").await;
     let id = kisse_backend::model::UserId(alice.id.parse().expect("uuid"));
     let store = &app.state.store;
-    let current = store.password_hash(id).await.expect("query").expect("user");
+    let current = store
+        .security()
+        .password_hash(id)
+        .await
+        .expect("query")
+        .expect("user");
     // As the original deployment stored it (bcrypt, cost 10, `$2b$`).
     let legacy = bcrypt::hash("legacy-password", 10).expect("bcrypt");
     assert!(
         store
+            .security()
             .upgrade_password_hash(id, &current, &legacy)
             .await
             .expect("update")
@@ -460,14 +467,19 @@ async fn legacy_bcrypt_hashes_log_in_and_are_upgraded(engine: Engine) {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        store.password_hash(id).await.expect("q"),
+        store.security().password_hash(id).await.expect("q"),
         Some(legacy.clone())
     );
     assert_eq!(
         login(&app, &alice.email, "legacy-password").await.0,
         StatusCode::OK
     );
-    let upgraded = store.password_hash(id).await.expect("q").expect("user");
+    let upgraded = store
+        .security()
+        .password_hash(id)
+        .await
+        .expect("q")
+        .expect("user");
     assert!(upgraded.starts_with("$argon2id$v=19$"), "{upgraded}");
     assert_eq!(
         login(&app, &alice.email, "legacy-password").await.0,

@@ -256,6 +256,7 @@ async fn expired_stories_are_never_listed_and_viewing_one_is_404(engine: Engine)
     let created_at = now() - TimeDelta::hours(25);
     app.state
         .store
+        .stories()
         .insert_story(&NewStory {
             id: expired,
             user_id: author,

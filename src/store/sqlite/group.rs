@@ -1,4 +1,5 @@
-//! The SQLite statements of a group commit, all run on the calling thread.
+//! SQLite's group commit: the steps of a group (`Statements::write`), each a cached single-row
+//! statement run on the calling thread, and content uploads in the same transaction.
 //!
 //! Through sqlx, every SQLite statement is a round trip to the connection's own thread: two
 //! thread wake-ups per statement, four for BEGIN and COMMIT (which wait for an acknowledgement).
@@ -9,41 +10,29 @@
 //! text that changes with the group's size. Content uploads join the group here too (SQLite
 //! only: PostgreSQL's writers run in parallel, and an upload keeps its own transaction there).
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
 use sqlx::{SqliteConnection, SqlitePool, sqlite::LockedSqliteHandle};
 use uuid::Uuid;
 
-use super::contents::{ALIAS_WINDOW_SECONDS, CONTENT_USED, Refused, within_quota};
-use super::group::{self, Group, GroupStatements, NewInboxEntry, ReadMark, Received, Written};
-use super::messages::message_cols;
-use super::{FirstDelivery, NewContent, NewMessage};
+use crate::store::contents::{
+    ADD_ALIAS, ALIAS_WINDOW_SECONDS, CLAIM_MESSAGE, CONTENT_USED, ContentUpload, KNOWN_MESSAGE,
+    MARK_CONTENT_RECEIVED, Refused, STORE_CONTENT, within_quota,
+};
+use crate::store::faults::RowGone;
+use crate::store::group::{Group, ReadMark, Written};
+use crate::store::messages::message_cols;
+use crate::store::{FirstDelivery, NewMessage};
 use crate::{
     error::{Error, Result},
     model::{ConversationId, Message, MessageId, UserId},
 };
 
-/// A sender's upload of a message's content, waiting for the next group (see
-/// `Store::attach_content`).
-pub(super) struct ContentUpload {
-    pub sender: UserId,
-    /// The message id, an alias made earlier, or the app's own id for a new alias.
-    pub requested: MessageId,
-    pub content: NewContent,
-    /// The sender's storage quota, in bytes (`CONTENT_QUOTA_BYTES`).
-    pub quota: u64,
-}
-
-impl ContentUpload {
-    /// Bytes of content it carries (see `batch::MAX_GROUP_UPLOAD_BYTES`).
-    pub fn size(&self) -> usize {
-        self.content.bytes.len()
-    }
-}
-
-/// `group::write` on the pool's writer, then `uploads`, in one transaction (see
+/// `Statements::write` on the pool's writer, then `uploads`, in one transaction (see
 /// `Writer::write`).
-pub(super) async fn write(
+pub(in crate::store) async fn write(
     pool: &SqlitePool,
     group: Group<'_>,
     uploads: &[ContentUpload],
@@ -52,19 +41,37 @@ pub(super) async fn write(
     Writer::lock(&mut conn).await?.write(group, uploads)
 }
 
+/// Stores `upload` in a transaction of its own (a store without a group commit of its own).
+pub(in crate::store) async fn attach_alone(
+    pool: &SqlitePool,
+    upload: ContentUpload,
+) -> Result<MessageId> {
+    let group = Group {
+        messages: &[],
+        reads: &[],
+        events: &[],
+        at: crate::model::now(),
+    };
+    let (_, attached) = write(pool, group, std::slice::from_ref(&upload)).await?;
+    attached
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("an upload went missing"))))
+}
+
 /// The writer connection, locked out of sqlx's thread for direct calls (see the module's doc).
 /// Taking it from the pool and locking it costs two round trips to other tasks and threads
 /// (150–300 µs on a busy 2-core machine): the group loop keeps it across back-to-back groups.
-pub(super) struct Writer<'c>(LockedSqliteHandle<'c>);
+pub(in crate::store) struct Writer<'c>(LockedSqliteHandle<'c>);
 
 impl<'c> Writer<'c> {
-    pub(super) async fn lock(conn: &'c mut SqliteConnection) -> Result<Self> {
+    pub(in crate::store) async fn lock(conn: &'c mut SqliteConnection) -> Result<Self> {
         Ok(Self(conn.lock_handle().await?))
     }
 
-    /// `group::write`, then `uploads`, in one transaction. Each upload's answer: the message
+    /// `Statements::write`, then `uploads`, in one transaction. Each upload's answer: the message
     /// its content went to, or why it was refused.
-    pub(super) fn write(
+    pub(in crate::store) fn write(
         &mut self,
         group: Group<'_>,
         uploads: &[ContentUpload],
@@ -77,7 +84,7 @@ impl<'c> Writer<'c> {
             #[allow(unsafe_code)]
             let mut db = unsafe { Connection::from_handle(raw.as_ptr()) }?;
             in_transaction(&mut db, |db| {
-                let written = group::write(&mut Statements(db), group)?;
+                let written = Statements(db).write(group)?;
                 let attached = uploads
                     .iter()
                     .map(|upload| Ok(attach(db, upload)?.map_err(Error::from)))
@@ -128,12 +135,7 @@ fn blocking<T>(rows: usize, work: impl FnOnce() -> T) -> T {
 fn attach(db: &Connection, upload: &ContentUpload) -> Result<Result<MessageId, Refused>> {
     let (sender, requested, content) = (upload.sender.0, upload.requested.0, &upload.content);
     let known = db
-        .prepare_cached(
-            "SELECT m.id, m.sender_id FROM messages m WHERE m.id = ?1
-             UNION ALL
-             SELECT m.id, m.sender_id FROM message_aliases a JOIN messages m ON m.id = a.message_id
-             WHERE a.alias_id = ?1",
-        )?
+        .prepare_cached(KNOWN_MESSAGE)?
         .query_row(params![requested.as_bytes()], |row| {
             Ok((uuid_at(row, 0)?, uuid_at(row, 1)?))
         })
@@ -144,37 +146,25 @@ fn attach(db: &Connection, upload: &ContentUpload) -> Result<Result<MessageId, R
         Some((_, owner)) if owner != sender => return Ok(Err(Refused::NotYours)),
         Some((id, _)) => {
             let is_read = db
-                .prepare_cached(
-                    "UPDATE messages SET content_received_at = coalesce(content_received_at, ?2)
-                     WHERE id = ?1 RETURNING is_read",
-                )?
-                .query_row(params![id.as_bytes(), received_at], |row| row.get(0))?;
+                .prepare_cached(MARK_CONTENT_RECEIVED)?
+                .query_row(params![received_at, id.as_bytes()], |row| row.get(1))?;
             (id, is_read)
         }
         None => {
             // One writer: nothing can claim the same message in between.
             let since = content.created_at - chrono::Duration::seconds(ALIAS_WINDOW_SECONDS);
             let claimed = db
-                .prepare_cached(
-                    "UPDATE messages SET content_received_at = ?3
-                     WHERE id = (SELECT id FROM messages
-                                 WHERE sender_id = ?1 AND content_received_at IS NULL
-                                   AND created_at >= ?2
-                                 ORDER BY seq LIMIT 1)
-                     RETURNING id, is_read",
-                )?
+                .prepare_cached(CLAIM_MESSAGE)?
                 .query_row(
-                    params![sender.as_bytes(), timestamp(since), received_at],
+                    params![received_at, sender.as_bytes(), timestamp(since)],
                     |row| Ok((uuid_at(row, 0)?, row.get(1)?)),
                 )
                 .optional()?;
             let Some((id, is_read)) = claimed else {
                 return Ok(Err(Refused::NotYours));
             };
-            db.prepare_cached(
-                "INSERT INTO message_aliases (alias_id, message_id) VALUES (?1, ?2)",
-            )?
-            .execute(params![requested.as_bytes(), id.as_bytes()])?;
+            db.prepare_cached(ADD_ALIAS)?
+                .execute(params![requested.as_bytes(), id.as_bytes()])?;
             (id, is_read)
         }
     };
@@ -188,15 +178,7 @@ fn attach(db: &Connection, upload: &ContentUpload) -> Result<Result<MessageId, R
     if !within_quota(used, content.bytes.len(), upload.quota) {
         return Ok(Err(Refused::OverQuota));
     }
-    db.prepare_cached(
-        "INSERT INTO message_contents (message_id, content, content_hash, created_at, expires_at,
-                                       sender_id, size_bytes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (message_id) DO UPDATE SET content = excluded.content,
-             content_hash = excluded.content_hash, created_at = excluded.created_at,
-             expires_at = excluded.expires_at, size_bytes = excluded.size_bytes",
-    )?
-    .execute(params![
+    db.prepare_cached(STORE_CONTENT)?.execute(params![
         target.as_bytes(),
         content.bytes,
         content.hash,
@@ -256,7 +238,154 @@ fn message(row: &Row) -> rusqlite::Result<Message> {
     })
 }
 
-impl GroupStatements for Statements<'_> {
+/// A new inbox entry: a received message or a read receipt.
+struct NewInboxEntry {
+    user: UserId,
+    seq: i64,
+    kind: &'static str,
+    /// The message's `seq`.
+    message: i64,
+    at: DateTime<Utc>,
+}
+
+/// Change to each member's unread count, per conversation and member: + for messages stored
+/// for them, − for messages they read.
+type Received = BTreeMap<(ConversationId, UserId), i64>;
+
+impl Statements<'_> {
+    /// Inside the open transaction: inserts the group's messages (their conversations' latest
+    /// time, an inbox entry for each recipient), marks its reads read at `at` (a receipt in each
+    /// sender's inbox) and records its delivered events. Returns what was stored and read
+    /// (`Written`), and the messages that the marks delivered for the first time, for their
+    /// senders to be told.
+    fn write(&mut self, group: Group<'_>) -> Result<Written> {
+        let Group {
+            messages,
+            reads,
+            events,
+            at,
+        } = group;
+        let inserted = if messages.is_empty() {
+            Vec::new()
+        } else {
+            self.insert(messages)?
+        };
+        let read = if reads.is_empty() {
+            Vec::new()
+        } else {
+            self.read(reads, at)?
+        };
+
+        // One inbox entry per stored message (its recipient's) and per read (its sender's
+        // receipt).
+        let wanted: Vec<(UserId, &'static str, i64, DateTime<Utc>)> = inserted
+            .iter()
+            .flatten()
+            .map(|m| (m.recipient_id, "message", m.seq, m.created_at))
+            .chain(
+                read.iter()
+                    .map(|m| (m.sender_id, "read_receipt", m.seq, at)),
+            )
+            .collect();
+        // One number per entry, in the order of `wanted`: the stored messages', then the
+        // receipts'.
+        let mut cursors = self.append_inbox(&wanted)?.into_iter();
+        let mut next_cursor = || {
+            cursors
+                .next()
+                .ok_or_else(|| Error::Internal(anyhow::anyhow!("an inbox entry went missing")))
+        };
+        let inserted = inserted
+            .into_iter()
+            .map(|m| m.map(|m| Ok((m, next_cursor()?))).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        let mut read = read
+            .into_iter()
+            .map(|m| Ok((m.id, (m, next_cursor()?))))
+            .collect::<Result<HashMap<MessageId, (Message, i64)>>>()?;
+        // In the order asked; a message read twice in one group is read by the first.
+        let read = reads.iter().map(|r| read.remove(&r.message)).collect();
+
+        let delivered = if events.is_empty() {
+            Vec::new()
+        } else {
+            self.mark_delivered(events, at)?
+        };
+        Ok(Written {
+            inserted,
+            read,
+            delivered,
+        })
+    }
+
+    /// Inserts the messages whose id is free, counting them unread; `None` for the others.
+    fn insert(&mut self, batch: &[NewMessage]) -> Result<Vec<Option<Message>>> {
+        // Only the numbers come back: the rest of each row is what was just written.
+        let mut stored: HashMap<MessageId, i64> =
+            self.insert_messages(batch)?.into_iter().collect();
+        // In batch order; a repeated id (a retry in the same batch) is stored once.
+        Ok(batch
+            .iter()
+            .map(|m| stored.remove(&m.id).map(|seq| m.stored_as(seq)))
+            .collect())
+    }
+
+    /// Marks `reads` read (those still unread by their reader): their unread counts go down and
+    /// their contents go. Returns the messages marked.
+    fn read(&mut self, reads: &[ReadMark], at: DateTime<Utc>) -> Result<Vec<Message>> {
+        let read = self.mark_read(reads, at)?;
+        if !read.is_empty() {
+            let mut unread: Received = BTreeMap::new();
+            for message in &read {
+                *unread
+                    .entry((message.conversation_id, message.recipient_id))
+                    .or_default() -= 1;
+            }
+            self.touch_conversations(&unread, None)?;
+            let ids: Vec<MessageId> = read.iter().map(|m| m.id).collect();
+            self.delete_contents(&ids)?;
+        }
+        Ok(read)
+    }
+
+    /// Appends `wanted` (user, kind, message `seq`, time) to their users' inboxes; returns each
+    /// one's number, in order. Each user gets a range of numbers, in the order of `wanted`.
+    fn append_inbox(
+        &mut self,
+        wanted: &[(UserId, &'static str, i64, DateTime<Utc>)],
+    ) -> Result<Vec<i64>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut per_user: BTreeMap<UserId, i64> = BTreeMap::new();
+        for (user, ..) in wanted {
+            *per_user.entry(*user).or_default() += 1;
+        }
+        let mut next_seq: HashMap<UserId, i64> = HashMap::new();
+        for (user, end) in self.bump_inboxes(&per_user)? {
+            let count = per_user.get(&user).copied().unwrap_or(0);
+            next_seq.insert(user, end - count + 1);
+        }
+        let mut entries = Vec::with_capacity(wanted.len());
+        for &(user, kind, message, at) in wanted {
+            let Some(seq) = next_seq.get_mut(&user) else {
+                return Err(Error::Internal(RowGone("user vanished mid-batch").into()));
+            };
+            entries.push(NewInboxEntry {
+                user,
+                seq: *seq,
+                kind,
+                message,
+                at,
+            });
+            *seq += 1;
+        }
+        self.insert_inbox(&entries)?;
+        Ok(entries.iter().map(|e| e.seq).collect())
+    }
+
+    /// Adds to each member's unread count (a negative count for messages read), and sets the
+    /// conversations' latest message time when `latest` is given.
     fn touch_conversations(
         &mut self,
         received: &Received,
@@ -280,6 +409,8 @@ impl GroupStatements for Statements<'_> {
         Ok(())
     }
 
+    /// Inserts the messages whose id is free and touches their conversations (latest message
+    /// time, one more unread for each recipient); returns the `(id, seq)` of those inserted.
     fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(MessageId, i64)>> {
         let mut stored = Vec::with_capacity(batch.len());
         let (mut received, mut latest) = (Received::new(), None);
@@ -313,10 +444,8 @@ impl GroupStatements for Statements<'_> {
         Ok(stored)
     }
 
-    fn bump_inboxes(
-        &mut self,
-        counts: &std::collections::BTreeMap<UserId, i64>,
-    ) -> Result<Vec<(UserId, i64)>> {
+    /// Adds `count` to each user's inbox number; returns each user's new number.
+    fn bump_inboxes(&mut self, counts: &BTreeMap<UserId, i64>) -> Result<Vec<(UserId, i64)>> {
         let mut bump = self.0.prepare_cached(
             "UPDATE users SET inbox_seq = inbox_seq + ?2 WHERE id = ?1 RETURNING inbox_seq",
         )?;
@@ -347,6 +476,7 @@ impl GroupStatements for Statements<'_> {
         Ok(())
     }
 
+    /// Marks the messages read that are still unread by their reader; returns those it marked.
     fn mark_read(&mut self, reads: &[ReadMark], at: DateTime<Utc>) -> Result<Vec<Message>> {
         let mut mark = self.0.prepare_cached(concat!(
             "UPDATE messages SET is_read = TRUE, read_at = ?3
@@ -363,6 +493,7 @@ impl GroupStatements for Statements<'_> {
         Ok(marked)
     }
 
+    /// Deletes the stored contents of `messages` (kept only until the message is read).
     fn delete_contents(&mut self, messages: &[MessageId]) -> Result<()> {
         let mut delete = self
             .0
@@ -373,6 +504,8 @@ impl GroupStatements for Statements<'_> {
         Ok(())
     }
 
+    /// Marks undelivered inbox events delivered, and the messages of those that are messages
+    /// (not receipts); returns the messages it marked (their first delivery).
     fn mark_delivered(
         &mut self,
         events: &[(UserId, i64)],

@@ -1,0 +1,108 @@
+//! What SQLite does its own way: its pools (one writer, many readers), its group commit
+//! (`group`), and the statements with no text in common with PostgreSQL's.
+
+pub(super) mod group;
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context;
+use sqlx::{
+    SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+/// Pages the SQLite log may reach before the writer checkpoints it itself (40 MiB): normally
+/// `Store::checkpoint_wal` keeps it well below.
+const WAL_BACKSTOP_PAGES: u32 = 10_000;
+/// Rows an SQLite connection's thread may hand over before waiting for them to be read: more
+/// than any one statement returns (a group commit, a catch-up page).
+const ROW_BUFFER: usize = 4096;
+/// Page cache of the SQLite writer, in KiB (64 MiB).
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+/// How often the SQLite log is checkpointed beside the writer.
+pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// SQLite allows one writer at a time: writes go through a single connection so that they
+/// queue in-process instead of failing with SQLITE_BUSY, while reads use a pool (WAL mode).
+#[derive(Clone, Debug)]
+pub(super) struct SqlitePools {
+    pub read: SqlitePool,
+    pub write: SqlitePool,
+}
+
+/// Opens the database at `url` (creating the file if needed).
+pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<SqlitePools> {
+    let options = SqliteConnectOptions::from_str(url)
+        .context("parsing DATABASE_URL")?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: an acknowledged message survives a power cut, not only a crash.
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10))
+        // The connection's thread hands rows over through a channel of this size; when it
+        // is full the thread waits for the reader task, which costs a thread hand-off per
+        // few rows of a batch's RETURNING or a catch-up page.
+        .row_buffer_size(ROW_BUFFER);
+    // No ping before a pool hands out a connection: it is a file in this process, and the
+    // ping is a round trip to the connection's thread, paid by every group commit.
+    // The writer checkpoints only as a backstop: `checkpoint_wal` runs beside it, so
+    // copying the log into the database does not stall commits.
+    let write = SqlitePoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_with(
+            options
+                .clone()
+                .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string())
+                // A group commit dirties pages all over the message and inbox indexes; with
+                // SQLite's default 2 MiB cache it spills and rereads them mid-transaction.
+                .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+                // A group's statements each keep a journal of the pages they change (to undo
+                // that statement alone); past 64 KiB SQLite spills it to a temporary file,
+                // a write syscall per page. Kept in memory instead.
+                .pragma("temp_store", "MEMORY"),
+        )
+        .await
+        .context("opening the SQLite database")?;
+    // An in-memory database exists once per connection: share the writer for reads.
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let read = if in_memory {
+        write.clone()
+    } else {
+        SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .context("opening the SQLite database")?
+    };
+    Ok(SqlitePools { read, write })
+}
+
+/// `Security::dump_tables`: each column's bytes in hex.
+pub(super) async fn dump_tables(pool: &SqlitePool) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let mut out = Vec::new();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    )
+    .fetch_all(pool)
+    .await?;
+    for table in tables {
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
+            .bind(&table)
+            .fetch_all(pool)
+            .await?;
+        let row = columns
+            .iter()
+            .map(|c| format!("hex(\"{}\")", c.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" || ',' || ");
+        let sql = format!("SELECT {row} FROM \"{}\"", table.replace('"', "\"\""));
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(pool)
+            .await?;
+        out.extend(rows.into_iter().map(|r| (table.clone(), r)));
+    }
+    Ok(out)
+}
