@@ -266,7 +266,9 @@ fn init_tracing() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let shown = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        let captured = filter::filter_fn(|meta| {
+        // Dynamic: asked at each event, where a plain `filter_fn`'s answer is cached per
+        // call site, so a line first seen while nothing captured would never be kept.
+        let captured = filter::dynamic_filter_fn(|meta, _| {
             CAPTURING.load(Ordering::Relaxed) > 0 && *meta.level() <= Level::DEBUG
         })
         .with_max_level_hint(LevelFilter::DEBUG);
