@@ -9,10 +9,35 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     AppState,
-    events::Event,
+    error::Result,
+    events::{Event, Frame},
     model::{UserId, now},
     store::FirstDelivery,
 };
+
+/// The number of `user`'s latest inbox event: where a socket's catch-up ends.
+pub async fn inbox_head(state: &AppState, user: UserId) -> Result<i64> {
+    state.store.inbox().inbox_head(user).await
+}
+
+/// Up to `limit` of `user`'s inbox events numbered in `(after, upto]`, in order, as the frames
+/// a socket writes (only those no socket was sent yet when `undelivered_only`).
+pub async fn inbox_frames(
+    state: &AppState,
+    user: UserId,
+    after: i64,
+    upto: i64,
+    undelivered_only: bool,
+    limit: i64,
+) -> Result<Vec<(i64, Frame)>> {
+    let entries = (state.store.inbox())
+        .inbox_entries(user, after, upto, undelivered_only, limit)
+        .await?;
+    Ok(entries
+        .iter()
+        .map(|e| (e.seq, Event::inbox(&e.message, e.seq, e.kind).encode()))
+        .collect())
+}
 
 /// Delivered events a socket keeps while the delivery queue is full, before it waits for room.
 const UNREPORTED_MAX: usize = 4096;

@@ -19,6 +19,11 @@ use crate::{
     store::Rotation,
 };
 
+/// Whether `session` belongs to `user` (who still exists) and is not revoked.
+pub async fn is_active(state: &AppState, session: SessionId, user: UserId) -> Result<bool> {
+    state.store.security().session_active(session, user).await
+}
+
 /// Tokens of a session: what register, login and refresh answer.
 #[derive(Debug)]
 pub struct Tokens {

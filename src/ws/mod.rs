@@ -15,7 +15,11 @@ use axum::{
 };
 
 use self::writer::StartFrom;
-use crate::{AppState, auth, domain::keys, error::Error};
+use crate::{
+    AppState, auth,
+    domain::{delivery, keys},
+    error::Error,
+};
 
 /// The subprotocol a client names before its token: `Sec-WebSocket-Protocol: bearer, <jwt>`.
 const BEARER_PROTOCOL: &str = "bearer";
@@ -60,7 +64,7 @@ pub async fn upgrade(
     let start = match query.as_deref().and_then(|q| param(q, "since")) {
         // Read before the socket is attached: later events are live for it (see `StartFrom`).
         None => StartFrom::Undelivered {
-            live_after: state.store.inbox().inbox_head(claims.user_id).await?,
+            live_after: delivery::inbox_head(&state, claims.user_id).await?,
         },
         Some(raw) => StartFrom::Cursor(
             raw.parse()

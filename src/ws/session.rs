@@ -64,14 +64,7 @@ pub async fn run(
     // A revocation since the token was checked found this socket untracked: check again.
     if state.hub.revoked_since(revocations) {
         // Boxed: the session's future would otherwise keep room for the query all its life.
-        match Box::pin(
-            state
-                .store
-                .security()
-                .session_active(claims.session_id, user),
-        )
-        .await
-        {
+        match Box::pin(domain::sessions::is_active(&state, claims.session_id, user)).await {
             Ok(true) => {}
             Ok(false) => close.close(CloseReason::Revoked),
             Err(e) => {

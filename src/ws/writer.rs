@@ -15,9 +15,9 @@ use tokio::{
 use super::limits::Bucket;
 use crate::{
     AppState,
-    domain::delivery::SocketReports,
+    domain::delivery::{self, SocketReports},
     error::Result,
-    events::{CloseReason, Event, Frame},
+    events::{CloseReason, Frame},
     hub::{CloseSignal, EphemeralSlots, Outgoing},
     model::UserId,
 };
@@ -171,7 +171,7 @@ impl Writer {
     /// inbox however far behind (or at 0) it starts. Older events stay in the history (REST).
     async fn catch_up(&mut self, progress: &mut Progress, start: StartFrom) -> Result<(), Stop> {
         let head = self
-            .store(self.state.store.inbox().inbox_head(self.user))
+            .store(delivery::inbox_head(&self.state, self.user))
             .await?;
         let max = self.state.config.ws_catch_up_max;
         match start {
@@ -203,21 +203,21 @@ impl Writer {
         undelivered_only: bool,
     ) -> Result<(), Stop> {
         while after < upto {
-            let page = self.state.store.inbox().inbox_entries(
+            let page = delivery::inbox_frames(
+                &self.state,
                 self.user,
                 after,
                 upto,
                 undelivered_only,
                 CATCH_UP_PAGE,
             );
-            let entries = self.store(page).await?;
-            let Some(last) = entries.last().map(|e| e.seq) else {
+            let frames = self.store(page).await?;
+            let Some(last) = frames.last().map(|(seq, _)| *seq) else {
                 break;
             };
-            for entry in &entries {
-                let frame = Event::inbox(&entry.message, entry.seq, entry.kind).encode();
+            for (seq, frame) in frames {
                 self.feed(frame).await?;
-                progress.reports.wrote(entry.seq);
+                progress.reports.wrote(seq);
             }
             self.flush(progress).await?;
             after = last;
@@ -256,8 +256,8 @@ impl Writer {
                     Box::pin(self.catch_up(progress, StartFrom::Cursor(since))).await?;
                 }
                 Outgoing::Refill => {
-                    let head = Box::pin(self.store(self.state.store.inbox().inbox_head(self.user)))
-                        .await?;
+                    let head =
+                        Box::pin(self.store(delivery::inbox_head(&self.state, self.user))).await?;
                     if head > progress.last_sent {
                         self.flush(progress).await?;
                         let after = progress.last_sent;
