@@ -5,10 +5,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Inbox, messages::message_cols, with_pool};
+use super::{Inbox, columns::message_cols, group::FirstDelivery, with_pool};
 use crate::{
     error::Result,
-    model::{ConversationId, InboxKind, Message, MessageId, UserId},
+    model::{InboxKind, Message, UserId},
 };
 
 #[derive(sqlx::FromRow)]
@@ -19,16 +19,6 @@ struct InboxRow {
     kind: String,
     #[sqlx(flatten)]
     message: Message,
-}
-
-/// A message that just reached its recipient for the first time: what its sender is told.
-#[derive(sqlx::FromRow)]
-pub struct FirstDelivery {
-    pub id: MessageId,
-    pub conversation_id: ConversationId,
-    pub sender_id: UserId,
-    pub recipient_id: UserId,
-    pub delivered_at: DateTime<Utc>,
 }
 
 pub struct InboxEntry {

@@ -1,29 +1,10 @@
 //! Message metadata: insert (idempotent per sender and id), history pages, read state.
 
-use chrono::{DateTime, Utc};
-
-use super::{Engine, Messages, Store, with_pool};
+use super::{Engine, Messages, Store, columns::message_cols, group::NewMessage, with_pool};
 use crate::{
     error::{Error, Result},
     model::{ConversationId, Message, MessageId, UserId},
 };
-
-/// The columns of `Message`; `status` is derived here, the one place that defines it.
-macro_rules! message_cols {
-    () => {
-        "seq, id, conversation_id, sender_id, recipient_id, message_type, session_id, created_at, \
-         is_read, read_at, delivered_at, \
-         CASE WHEN is_read THEN 'read' WHEN delivered_at IS NOT NULL THEN 'delivered' \
-              ELSE 'sent' END AS status"
-    };
-    (m) => {
-        "m.seq, m.id, m.conversation_id, m.sender_id, m.recipient_id, m.message_type, \
-         m.session_id, m.created_at, m.is_read, m.read_at, m.delivered_at, \
-         CASE WHEN m.is_read THEN 'read' WHEN m.delivered_at IS NOT NULL THEN 'delivered' \
-              ELSE 'sent' END AS status"
-    };
-}
-pub(crate) use message_cols;
 
 /// A message on its way to a commit (`Messages::queue_message`).
 pub struct PendingMessage {
@@ -59,37 +40,6 @@ impl PendingMessage {
                 code: "id_taken",
                 message: "this message id is already used",
             }),
-        }
-    }
-}
-
-/// A validated message, ready to store.
-pub struct NewMessage {
-    pub id: MessageId,
-    pub conversation_id: ConversationId,
-    pub sender_id: UserId,
-    pub recipient_id: UserId,
-    pub message_type: String,
-    pub session_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl NewMessage {
-    /// The message as a fresh insert stores it, numbered `seq`.
-    pub(super) fn stored_as(&self, seq: i64) -> Message {
-        Message {
-            id: self.id,
-            seq,
-            conversation_id: self.conversation_id,
-            sender_id: self.sender_id,
-            recipient_id: self.recipient_id,
-            message_type: self.message_type.clone(),
-            session_id: self.session_id.clone(),
-            created_at: self.created_at,
-            is_read: false,
-            read_at: None,
-            delivered_at: None,
-            status: "sent".into(),
         }
     }
 }
