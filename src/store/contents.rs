@@ -42,14 +42,11 @@ impl Contents<'_> {
             content,
             quota,
         };
-        match (&self.0.db, &self.0.batcher) {
+        match &self.0.db {
             // SQLite has one writer: the upload joins the next group commit instead of taking
             // the writer for a transaction of its own (see `sqlite::group`).
-            (Db::Sqlite(_), Some(batcher)) => batcher.attach_content(upload).await,
-            (Db::Sqlite(pools), None) => {
-                super::sqlite::group::attach_alone(&pools.write, upload).await
-            }
-            (Db::Postgres(pool), _) => super::postgres::content::attach(pool, upload).await,
+            Db::Sqlite(_) => self.0.batcher.attach_content(upload).await,
+            Db::Postgres(pool) => super::postgres::content::attach(pool, upload).await,
         }
     }
 

@@ -94,17 +94,15 @@ impl Inbox<'_> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        match &self.0.batcher {
-            // SQLite has one writer: joining the group commit saves a transaction and an fsync.
-            // PostgreSQL writes in parallel: a transaction of their own overlaps the group's.
-            Some(batcher) if self.0.engine() == super::Engine::Sqlite => {
-                batcher.delivered(events.to_vec(), at).await
-            }
-            _ => self
-                .0
+        // SQLite has one writer: joining the group commit saves a transaction and an fsync.
+        // PostgreSQL writes in parallel: a transaction of their own overlaps the group's.
+        if self.0.engine() == super::Engine::Sqlite {
+            self.0.batcher.delivered(events.to_vec(), at).await
+        } else {
+            self.0
                 .write_group(&[], &[], events, at)
                 .await
-                .map(|written| written.delivered),
+                .map(|written| written.delivered)
         }
     }
 }

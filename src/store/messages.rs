@@ -10,12 +10,7 @@ use crate::{
 pub struct PendingMessage {
     id: MessageId,
     sender: UserId,
-    state: Pending,
-}
-
-enum Pending {
-    Queued(super::batch::Committed),
-    Done(Option<(Message, i64)>),
+    committed: super::batch::Committed,
 }
 
 impl PendingMessage {
@@ -27,10 +22,7 @@ impl PendingMessage {
     /// recipient, or — when this sender already stored this id (a retry) — the existing message
     /// and `None`. The id taken by another sender is a `Conflict`.
     pub async fn stored(self, store: &Store) -> Result<(Message, Option<i64>)> {
-        let inserted = match self.state {
-            Pending::Queued(committed) => committed.wait().await?,
-            Pending::Done(inserted) => inserted,
-        };
+        let inserted = self.committed.wait().await?;
         if let Some((message, cursor)) = inserted {
             return Ok((message, Some(cursor)));
         }
@@ -55,25 +47,12 @@ impl Messages<'_> {
     /// reading while its earlier messages commit (in the order they were queued).
     pub async fn queue_message(self, new: NewMessage) -> Result<PendingMessage> {
         let (id, sender) = (new.id, new.sender_id);
-        let state = match &self.0.batcher {
-            Some(batcher) => Pending::Queued(batcher.enqueue(new).await?),
-            None => {
-                let inserted = self.insert_messages(std::slice::from_ref(&new)).await?;
-                Pending::Done(inserted.into_iter().next().flatten())
-            }
-        };
-        Ok(PendingMessage { id, sender, state })
-    }
-
-    /// Inserts messages in one transaction (see `insert_messages_in!`).
-    pub(super) async fn insert_messages(
-        self,
-        batch: &[NewMessage],
-    ) -> Result<Vec<Option<(Message, i64)>>> {
-        self.0
-            .write_group(batch, &[], &[], crate::model::now())
-            .await
-            .map(|written| written.inserted)
+        let committed = self.0.batcher.enqueue(new).await?;
+        Ok(PendingMessage {
+            id,
+            sender,
+            committed,
+        })
     }
 
     pub async fn message(self, id: MessageId) -> Result<Option<Message>> {
@@ -131,15 +110,6 @@ impl Messages<'_> {
             reader,
             conversation,
         };
-        match &self.0.batcher {
-            Some(batcher) => batcher.read(read).await,
-            None => {
-                let written = self
-                    .0
-                    .write_group(&[], &[read], &[], crate::model::now())
-                    .await?;
-                Ok(written.read.into_iter().next().flatten())
-            }
-        }
+        self.0.batcher.read(read).await
     }
 }

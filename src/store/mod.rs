@@ -62,7 +62,7 @@ pub struct Store {
     /// indicators and messages check membership without a database round trip.
     conversations: std::sync::Arc<conversation_cache::ConversationCache>,
     /// Message inserts, committed in groups.
-    batcher: Option<batch::Batcher>,
+    batcher: batch::Batcher,
 }
 
 // The surface by concern: `store.users().create_user(..)`, `store.inbox().inbox_entries(..)`.
@@ -157,7 +157,7 @@ impl Store {
             Db::Postgres(pool) => postgres::group_writers(pool.options().get_max_connections()),
         };
         Self {
-            batcher: Some(batch::Batcher::spawn(db.clone(), writers)),
+            batcher: batch::Batcher::spawn(db.clone(), writers),
             db,
             conversations: Default::default(),
         }

@@ -40,21 +40,6 @@ pub(crate) async fn write(
     Writer::lock(&mut conn).await?.write(group, uploads)
 }
 
-/// Stores `upload` in a transaction of its own (a store without a group commit of its own).
-pub(crate) async fn attach_alone(pool: &SqlitePool, upload: ContentUpload) -> Result<MessageId> {
-    let group = Group {
-        messages: &[],
-        reads: &[],
-        events: &[],
-        at: crate::model::now(),
-    };
-    let (_, attached) = write(pool, group, std::slice::from_ref(&upload)).await?;
-    attached
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("an upload went missing"))))
-}
-
 /// The writer connection, locked out of sqlx's thread for direct calls (see the module's doc).
 /// Taking it from the pool and locking it costs two round trips to other tasks and threads
 /// (150–300 µs on a busy 2-core machine): the group loop keeps it across back-to-back groups.
