@@ -13,11 +13,11 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Db, FirstDelivery, NewMessage, Store,
-    contents::ContentUpload,
+    db::Db,
     faults,
-    group::{Group, Inserted, Read, ReadMark, Written},
+    group::{FirstDelivery, Group, Inserted, NewMessage, Read, ReadMark, Written},
     postgres, sqlite,
+    upload::ContentUpload,
 };
 use crate::{
     error::{Error, Result},
@@ -73,23 +73,23 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
-    /// Starts `writers` committing tasks on `store` (a store without a batcher of its own).
+    /// Starts `writers` committing tasks on `db`.
     /// Writers commit in parallel without waiting for each other's locks: a conversation's
     /// messages all go to the same writer, which locks that conversation's row.
-    pub(super) fn spawn(store: Store, writers: usize) -> Self {
+    pub(super) fn spawn(db: Db, writers: usize) -> Self {
         let (deliveries, delivery_queue) = mpsc::channel(DELIVERY_QUEUE);
         let mut delivery_queue = Some(delivery_queue);
-        if let Db::Postgres(_) = store.db
+        if let Db::Postgres(_) = db
             && let Some(reports) = delivery_queue.take()
         {
-            tokio::spawn(record_deliveries(store.clone(), reports));
+            tokio::spawn(record_deliveries(db.clone(), reports));
         }
         let writers = (0..writers.max(1))
             .map(|_| {
                 let (messages, message_queue) = mpsc::channel(QUEUE);
                 // The first writer takes the reports (SQLite); the others get a closed queue.
                 let reports = delivery_queue.take().unwrap_or_else(|| mpsc::channel(1).1);
-                tokio::spawn(run(store.clone(), message_queue, reports));
+                tokio::spawn(run(db.clone(), message_queue, reports));
                 messages
             })
             .collect();
@@ -172,49 +172,47 @@ fn stopped() -> Error {
     Error::Internal(anyhow::anyhow!("the message writer stopped"))
 }
 
-impl Store {
-    /// Inserts `messages`, marks `reads` read and records the delivery marks `events` in one
-    /// transaction.
-    pub(super) async fn write_group(
-        &self,
-        messages: &[NewMessage],
-        reads: &[ReadMark],
-        events: &[(UserId, i64)],
-        at: DateTime<Utc>,
-    ) -> Result<Written> {
-        let group = Group {
-            messages,
-            reads,
-            events,
-            at,
-        };
-        let (written, _) = self.write_group_with_uploads(group, &[]).await?;
-        Ok(written)
-    }
+/// Inserts `messages`, marks `reads` read and records the delivery marks `events` in one
+/// transaction on `db` (`Store::write_group`).
+pub(super) async fn write_group(
+    db: &Db,
+    messages: &[NewMessage],
+    reads: &[ReadMark],
+    events: &[(UserId, i64)],
+    at: DateTime<Utc>,
+) -> Result<Written> {
+    let group = Group {
+        messages,
+        reads,
+        events,
+        at,
+    };
+    let (written, _) = write_group_with_uploads(db, group, &[]).await?;
+    Ok(written)
+}
 
-    /// `write_group`, with content `uploads` in the same transaction on SQLite; returns each
-    /// upload's answer, in order. (PostgreSQL stores an upload in a transaction of its own:
-    /// `Contents::attach_content` queues none here.)
-    async fn write_group_with_uploads(
-        &self,
-        group: Group<'_>,
-        uploads: &[ContentUpload],
-    ) -> Result<(Written, Vec<Result<MessageId>>)> {
-        let started = Instant::now();
-        let written = match &self.db {
-            Db::Sqlite(pools) => sqlite::group::write(&pools.write, group, uploads).await,
-            Db::Postgres(pool) => {
-                let written = postgres::group::write(&mut *pool.acquire().await?, group).await?;
-                let ungrouped = || {
-                    let why = "content uploads are not grouped on PostgreSQL";
-                    Err(Error::Internal(anyhow::anyhow!(why)))
-                };
-                Ok((written, uploads.iter().map(|_| ungrouped()).collect()))
-            }
-        };
-        record(group, uploads, started);
-        written
-    }
+/// `write_group`, with content `uploads` in the same transaction on SQLite; returns each
+/// upload's answer, in order. (PostgreSQL stores an upload in a transaction of its own:
+/// `Contents::attach_content` queues none here.)
+async fn write_group_with_uploads(
+    db: &Db,
+    group: Group<'_>,
+    uploads: &[ContentUpload],
+) -> Result<(Written, Vec<Result<MessageId>>)> {
+    let started = Instant::now();
+    let written = match db {
+        Db::Sqlite(pools) => sqlite::group::write(&pools.write, group, uploads).await,
+        Db::Postgres(pool) => {
+            let written = postgres::group::write(&mut *pool.acquire().await?, group).await?;
+            let ungrouped = || {
+                let why = "content uploads are not grouped on PostgreSQL";
+                Err(Error::Internal(anyhow::anyhow!(why)))
+            };
+            Ok((written, uploads.iter().map(|_| ungrouped()).collect()))
+        }
+    };
+    record(group, uploads, started);
+    written
 }
 
 /// The metrics of a group commit that started at `started`.
@@ -228,23 +226,22 @@ fn record(group: Group<'_>, uploads: &[ContentUpload], started: Instant) {
     crate::metrics::group_commit(rows, started.elapsed());
 }
 
-async fn run(store: Store, messages: mpsc::Receiver<Job>, deliveries: mpsc::Receiver<DeliveryJob>) {
+async fn run(db: Db, messages: mpsc::Receiver<Job>, deliveries: mpsc::Receiver<DeliveryJob>) {
     let mut queues = Queues {
         messages,
         deliveries,
         jobs: Vec::with_capacity(MAX_BATCH),
     };
     while let Some(pending) = queues.wait().await {
-        match &store.db {
+        match &db {
             Db::Sqlite(pools) => write_back_to_back(&pools.write, pending, &mut queues).await,
             Db::Postgres(_) => {
                 // The group, then the halves of a group refused for some of its rows, first
                 // half first (see `Pending::settle`).
                 let mut groups = vec![pending];
                 while let Some(pending) = groups.pop() {
-                    let result = store
-                        .write_group_with_uploads(pending.group(), &pending.uploads)
-                        .await;
+                    let result =
+                        write_group_with_uploads(&db, pending.group(), &pending.uploads).await;
                     if let Some((first, second)) = pending.settle(result) {
                         groups.extend([second, first]);
                     }
@@ -255,13 +252,13 @@ async fn run(store: Store, messages: mpsc::Receiver<Job>, deliveries: mpsc::Rece
 }
 
 /// PostgreSQL: records each delivery report as a statement of its own (see `Batcher`).
-async fn record_deliveries(store: Store, mut reports: mpsc::Receiver<DeliveryJob>) {
+async fn record_deliveries(db: Db, mut reports: mpsc::Receiver<DeliveryJob>) {
     while let Some(report) = reports.recv().await {
         let pending = Pending {
             delivery: Some(report),
             ..Pending::default()
         };
-        let result = store.write_group_with_uploads(pending.group(), &[]).await;
+        let result = write_group_with_uploads(&db, pending.group(), &[]).await;
         pending.answer(result);
     }
 }

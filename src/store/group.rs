@@ -1,13 +1,54 @@
-//! What a group commit (`batch`) writes: new messages, read receipts, their inbox entries, and
-//! the delivery marks that sockets reported. The types are shared by both engines; each engine
-//! writes a group its own way: SQLite as cached single-row statements on the writer's thread
-//! (`sqlite::group`), PostgreSQL in one statement (`postgres::group`). `contract_tests` feeds
-//! both the same groups and compares what they return.
+//! What a group commit (`batch`) writes: new messages (`NewMessage`), read receipts, their inbox
+//! entries, and the delivery marks that sockets reported (`FirstDelivery`: what they return).
+//! The types are shared by both engines; each engine writes a group its own way: SQLite as
+//! cached single-row statements on the writer's thread (`sqlite::group`), PostgreSQL in one
+//! statement (`postgres::group`). `contract_tests` feeds both the same groups and compares what
+//! they return.
 
 use chrono::{DateTime, Utc};
 
-use super::{FirstDelivery, NewMessage};
 use crate::model::{ConversationId, Message, MessageId, UserId};
+
+/// A validated message, ready to store.
+pub struct NewMessage {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub recipient_id: UserId,
+    pub message_type: String,
+    pub session_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl NewMessage {
+    /// The message as a fresh insert stores it, numbered `seq`.
+    pub(super) fn stored_as(&self, seq: i64) -> Message {
+        Message {
+            id: self.id,
+            seq,
+            conversation_id: self.conversation_id,
+            sender_id: self.sender_id,
+            recipient_id: self.recipient_id,
+            message_type: self.message_type.clone(),
+            session_id: self.session_id.clone(),
+            created_at: self.created_at,
+            is_read: false,
+            read_at: None,
+            delivered_at: None,
+            status: "sent".into(),
+        }
+    }
+}
+
+/// A message that just reached its recipient for the first time: what its sender is told.
+#[derive(sqlx::FromRow)]
+pub struct FirstDelivery {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub recipient_id: UserId,
+    pub delivered_at: DateTime<Utc>,
+}
 
 /// A message as a group stored it, with its recipient's inbox number; `None` when its id was
 /// already taken.

@@ -5,10 +5,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Inbox, messages::message_cols, with_pool};
+use super::{Inbox, columns::message_cols, group::FirstDelivery, with_pool};
 use crate::{
     error::Result,
-    model::{ConversationId, InboxKind, Message, MessageId, UserId},
+    model::{InboxKind, Message, UserId},
 };
 
 #[derive(sqlx::FromRow)]
@@ -19,16 +19,6 @@ struct InboxRow {
     kind: String,
     #[sqlx(flatten)]
     message: Message,
-}
-
-/// A message that just reached its recipient for the first time: what its sender is told.
-#[derive(sqlx::FromRow)]
-pub struct FirstDelivery {
-    pub id: MessageId,
-    pub conversation_id: ConversationId,
-    pub sender_id: UserId,
-    pub recipient_id: UserId,
-    pub delivered_at: DateTime<Utc>,
 }
 
 pub struct InboxEntry {
@@ -104,17 +94,15 @@ impl Inbox<'_> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        match &self.0.batcher {
-            // SQLite has one writer: joining the group commit saves a transaction and an fsync.
-            // PostgreSQL writes in parallel: a transaction of their own overlaps the group's.
-            Some(batcher) if self.0.engine() == super::Engine::Sqlite => {
-                batcher.delivered(events.to_vec(), at).await
-            }
-            _ => self
-                .0
+        // SQLite has one writer: joining the group commit saves a transaction and an fsync.
+        // PostgreSQL writes in parallel: a transaction of their own overlaps the group's.
+        if self.0.engine() == super::Engine::Sqlite {
+            self.0.batcher.delivered(events.to_vec(), at).await
+        } else {
+            self.0
                 .write_group(&[], &[], events, at)
                 .await
-                .map(|written| written.delivered),
+                .map(|written| written.delivered)
         }
     }
 }

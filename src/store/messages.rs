@@ -1,40 +1,16 @@
 //! Message metadata: insert (idempotent per sender and id), history pages, read state.
 
-use chrono::{DateTime, Utc};
-
-use super::{Engine, Messages, Store, with_pool};
+use super::{Engine, Messages, Store, columns::message_cols, group::NewMessage, with_pool};
 use crate::{
     error::{Error, Result},
     model::{ConversationId, Message, MessageId, UserId},
 };
 
-/// The columns of `Message`; `status` is derived here, the one place that defines it.
-macro_rules! message_cols {
-    () => {
-        "seq, id, conversation_id, sender_id, recipient_id, message_type, session_id, created_at, \
-         is_read, read_at, delivered_at, \
-         CASE WHEN is_read THEN 'read' WHEN delivered_at IS NOT NULL THEN 'delivered' \
-              ELSE 'sent' END AS status"
-    };
-    (m) => {
-        "m.seq, m.id, m.conversation_id, m.sender_id, m.recipient_id, m.message_type, \
-         m.session_id, m.created_at, m.is_read, m.read_at, m.delivered_at, \
-         CASE WHEN m.is_read THEN 'read' WHEN m.delivered_at IS NOT NULL THEN 'delivered' \
-              ELSE 'sent' END AS status"
-    };
-}
-pub(crate) use message_cols;
-
 /// A message on its way to a commit (`Messages::queue_message`).
 pub struct PendingMessage {
     id: MessageId,
     sender: UserId,
-    state: Pending,
-}
-
-enum Pending {
-    Queued(super::batch::Committed),
-    Done(Option<(Message, i64)>),
+    committed: super::batch::Committed,
 }
 
 impl PendingMessage {
@@ -46,10 +22,7 @@ impl PendingMessage {
     /// recipient, or — when this sender already stored this id (a retry) — the existing message
     /// and `None`. The id taken by another sender is a `Conflict`.
     pub async fn stored(self, store: &Store) -> Result<(Message, Option<i64>)> {
-        let inserted = match self.state {
-            Pending::Queued(committed) => committed.wait().await?,
-            Pending::Done(inserted) => inserted,
-        };
+        let inserted = self.committed.wait().await?;
         if let Some((message, cursor)) = inserted {
             return Ok((message, Some(cursor)));
         }
@@ -59,37 +32,6 @@ impl PendingMessage {
                 code: "id_taken",
                 message: "this message id is already used",
             }),
-        }
-    }
-}
-
-/// A validated message, ready to store.
-pub struct NewMessage {
-    pub id: MessageId,
-    pub conversation_id: ConversationId,
-    pub sender_id: UserId,
-    pub recipient_id: UserId,
-    pub message_type: String,
-    pub session_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl NewMessage {
-    /// The message as a fresh insert stores it, numbered `seq`.
-    pub(super) fn stored_as(&self, seq: i64) -> Message {
-        Message {
-            id: self.id,
-            seq,
-            conversation_id: self.conversation_id,
-            sender_id: self.sender_id,
-            recipient_id: self.recipient_id,
-            message_type: self.message_type.clone(),
-            session_id: self.session_id.clone(),
-            created_at: self.created_at,
-            is_read: false,
-            read_at: None,
-            delivered_at: None,
-            status: "sent".into(),
         }
     }
 }
@@ -105,25 +47,12 @@ impl Messages<'_> {
     /// reading while its earlier messages commit (in the order they were queued).
     pub async fn queue_message(self, new: NewMessage) -> Result<PendingMessage> {
         let (id, sender) = (new.id, new.sender_id);
-        let state = match &self.0.batcher {
-            Some(batcher) => Pending::Queued(batcher.enqueue(new).await?),
-            None => {
-                let inserted = self.insert_messages(std::slice::from_ref(&new)).await?;
-                Pending::Done(inserted.into_iter().next().flatten())
-            }
-        };
-        Ok(PendingMessage { id, sender, state })
-    }
-
-    /// Inserts messages in one transaction (see `insert_messages_in!`).
-    pub(super) async fn insert_messages(
-        self,
-        batch: &[NewMessage],
-    ) -> Result<Vec<Option<(Message, i64)>>> {
-        self.0
-            .write_group(batch, &[], &[], crate::model::now())
-            .await
-            .map(|written| written.inserted)
+        let committed = self.0.batcher.enqueue(new).await?;
+        Ok(PendingMessage {
+            id,
+            sender,
+            committed,
+        })
     }
 
     pub async fn message(self, id: MessageId) -> Result<Option<Message>> {
@@ -181,15 +110,6 @@ impl Messages<'_> {
             reader,
             conversation,
         };
-        match &self.0.batcher {
-            Some(batcher) => batcher.read(read).await,
-            None => {
-                let written = self
-                    .0
-                    .write_group(&[], &[read], &[], crate::model::now())
-                    .await?;
-                Ok(written.read.into_iter().next().flatten())
-            }
-        }
+        self.0.batcher.read(read).await
     }
 }

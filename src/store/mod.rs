@@ -5,13 +5,21 @@
 //! connecting, the hot-path group commit (`group` holds the types both share) and the few
 //! statements with no common text.
 
+// Inside, files depend one way (scripts/check-layers): the types a group commit passes around
+// (`group`, `upload`, `columns`, `faults`) and the engine's pools (`db`) import nothing of the
+// store; the engines (`sqlite/`, `postgres/`) only those; then the group commit (`batch`) and
+// the conversation cache; then this file (`Store`); the area files, on top, implement its
+// accessors.
 mod batch;
 mod calls;
 mod channels;
+mod columns;
 mod contents;
 #[cfg(test)]
 mod contract_tests;
+mod conversation_cache;
 mod conversations;
+mod db;
 mod faults;
 pub use faults::is_about_rows;
 mod group;
@@ -22,65 +30,29 @@ mod postgres;
 mod security;
 mod sqlite;
 mod stories;
+mod upload;
 mod users;
 
 use anyhow::Context;
-use sqlx::PgPool;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
-pub use contents::{NewContent, StoredContent};
-pub use inbox::{FirstDelivery, InboxEntry};
+pub use contents::StoredContent;
+pub use db::{Engine, PoolStats};
+pub use group::{FirstDelivery, NewMessage};
+pub use inbox::InboxEntry;
 pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
-pub use messages::{NewMessage, PendingMessage};
+pub use messages::PendingMessage;
 pub use security::{RetentionCutoffs, Rotation, Swept};
 pub use stories::NewStory;
+pub use upload::NewContent;
 pub use users::NewUser;
 
-use crate::error::Result;
-use sqlite::SqlitePools;
-
-/// Which database engine a URL selects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Engine {
-    Sqlite,
-    Postgres,
-}
-
-impl Engine {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sqlite => "sqlite",
-            Self::Postgres => "postgres",
-        }
-    }
-
-    pub fn of_url(url: &str) -> anyhow::Result<Self> {
-        if url.starts_with("sqlite:") {
-            Ok(Self::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres)
-        } else {
-            anyhow::bail!("DATABASE_URL must start with sqlite: or postgres://")
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Db {
-    Sqlite(SqlitePools),
-    Postgres(PgPool),
-}
-
-/// One connection pool's usage.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolStats {
-    pub name: &'static str,
-    pub size: u32,
-    pub idle: u32,
-    pub max: u32,
-}
+use crate::{error::Result, model::UserId};
+use db::{Db, with_pool};
+use group::{ReadMark, Written};
 
 /// The storage interface used by the domain. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -88,9 +60,9 @@ pub struct Store {
     db: Db,
     /// Conversations never change members, so they are remembered once read: typing
     /// indicators and messages check membership without a database round trip.
-    conversations: std::sync::Arc<conversations::ConversationCache>,
-    /// Message inserts, committed in groups (absent in the store the batcher itself uses).
-    batcher: Option<batch::Batcher>,
+    conversations: std::sync::Arc<conversation_cache::ConversationCache>,
+    /// Message inserts, committed in groups.
+    batcher: batch::Batcher,
 }
 
 // The surface by concern: `store.users().create_user(..)`, `store.inbox().inbox_entries(..)`.
@@ -135,23 +107,6 @@ areas! {
     /// Stories and their views (`stories.rs`).
     stories => Stories,
 }
-
-/// Runs `$body` with `$pool` bound to the engine's pool for `read` or `write` work.
-macro_rules! with_pool {
-    ($store:expr, $kind:ident, |$pool:ident| $body:expr) => {
-        match &$store.db {
-            $crate::store::Db::Sqlite(pools) => {
-                let $pool = &pools.$kind;
-                $body
-            }
-            $crate::store::Db::Postgres(pg) => {
-                let $pool = pg;
-                $body
-            }
-        }
-    };
-}
-pub(crate) use with_pool;
 
 impl Store {
     /// Connects to `url` (creating an SQLite file if needed) and applies pending migrations.
@@ -201,15 +156,23 @@ impl Store {
             Db::Sqlite(_) => 1,
             Db::Postgres(pool) => postgres::group_writers(pool.options().get_max_connections()),
         };
-        let store = Self {
+        Self {
+            batcher: batch::Batcher::spawn(db.clone(), writers),
             db,
             conversations: Default::default(),
-            batcher: None,
-        };
-        Self {
-            batcher: Some(batch::Batcher::spawn(store.clone(), writers)),
-            ..store
         }
+    }
+
+    /// Inserts `messages`, marks `reads` read and records the delivery marks `events` in one
+    /// transaction.
+    async fn write_group(
+        &self,
+        messages: &[NewMessage],
+        reads: &[ReadMark],
+        events: &[(UserId, i64)],
+        at: DateTime<Utc>,
+    ) -> Result<Written> {
+        batch::write_group(&self.db, messages, reads, events, at).await
     }
 
     pub fn engine(&self) -> Engine {

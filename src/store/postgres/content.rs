@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use crate::store::contents::{
+use crate::store::upload::{
     ADD_ALIAS, ALIAS_WINDOW_SECONDS, CLAIM_MESSAGE, CONTENT_USED, ContentUpload, KNOWN_MESSAGE,
     MARK_CONTENT_RECEIVED, Refused, STORE_CONTENT, within_quota,
 };
@@ -22,7 +22,7 @@ fn upload_lock_key(sender: UserId) -> i64 {
 }
 
 /// Stores `upload` (see `Contents::attach_content`).
-pub(in crate::store) async fn attach(pool: &PgPool, upload: ContentUpload) -> Result<MessageId> {
+pub(crate) async fn attach(pool: &PgPool, upload: ContentUpload) -> Result<MessageId> {
     let ContentUpload {
         sender,
         requested,

@@ -13,9 +13,8 @@ use sqlx::PgConnection;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    FirstDelivery, NewMessage,
-    group::{Group, Inserted, Read, ReadMark, Written},
-    messages::message_cols,
+    columns::message_cols,
+    group::{FirstDelivery, Group, Inserted, NewMessage, Read, ReadMark, Written},
 };
 use crate::{
     error::{Error, Result},
@@ -34,7 +33,7 @@ struct Row {
 
 /// Writes `group`: its messages and reads in one statement, its delivery marks (which come
 /// alone: see `Batcher`) in another. Each statement is atomic without BEGIN and COMMIT.
-pub(in crate::store) async fn write(conn: &mut PgConnection, group: Group<'_>) -> Result<Written> {
+pub(crate) async fn write(conn: &mut PgConnection, group: Group<'_>) -> Result<Written> {
     let (inserted, read) = if group.messages.is_empty() && group.reads.is_empty() {
         (Vec::new(), Vec::new())
     } else {

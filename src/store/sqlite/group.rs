@@ -17,14 +17,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
 use sqlx::{SqliteConnection, SqlitePool, sqlite::LockedSqliteHandle};
 use uuid::Uuid;
 
-use crate::store::contents::{
+use crate::store::columns::message_cols;
+use crate::store::faults::RowGone;
+use crate::store::group::{FirstDelivery, Group, NewMessage, ReadMark, Written};
+use crate::store::upload::{
     ADD_ALIAS, ALIAS_WINDOW_SECONDS, CLAIM_MESSAGE, CONTENT_USED, ContentUpload, KNOWN_MESSAGE,
     MARK_CONTENT_RECEIVED, Refused, STORE_CONTENT, within_quota,
 };
-use crate::store::faults::RowGone;
-use crate::store::group::{Group, ReadMark, Written};
-use crate::store::messages::message_cols;
-use crate::store::{FirstDelivery, NewMessage};
 use crate::{
     error::{Error, Result},
     model::{ConversationId, Message, MessageId, UserId},
@@ -32,7 +31,7 @@ use crate::{
 
 /// `Statements::write` on the pool's writer, then `uploads`, in one transaction (see
 /// `Writer::write`).
-pub(in crate::store) async fn write(
+pub(crate) async fn write(
     pool: &SqlitePool,
     group: Group<'_>,
     uploads: &[ContentUpload],
@@ -41,37 +40,19 @@ pub(in crate::store) async fn write(
     Writer::lock(&mut conn).await?.write(group, uploads)
 }
 
-/// Stores `upload` in a transaction of its own (a store without a group commit of its own).
-pub(in crate::store) async fn attach_alone(
-    pool: &SqlitePool,
-    upload: ContentUpload,
-) -> Result<MessageId> {
-    let group = Group {
-        messages: &[],
-        reads: &[],
-        events: &[],
-        at: crate::model::now(),
-    };
-    let (_, attached) = write(pool, group, std::slice::from_ref(&upload)).await?;
-    attached
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("an upload went missing"))))
-}
-
 /// The writer connection, locked out of sqlx's thread for direct calls (see the module's doc).
 /// Taking it from the pool and locking it costs two round trips to other tasks and threads
 /// (150–300 µs on a busy 2-core machine): the group loop keeps it across back-to-back groups.
-pub(in crate::store) struct Writer<'c>(LockedSqliteHandle<'c>);
+pub(crate) struct Writer<'c>(LockedSqliteHandle<'c>);
 
 impl<'c> Writer<'c> {
-    pub(in crate::store) async fn lock(conn: &'c mut SqliteConnection) -> Result<Self> {
+    pub(crate) async fn lock(conn: &'c mut SqliteConnection) -> Result<Self> {
         Ok(Self(conn.lock_handle().await?))
     }
 
     /// `Statements::write`, then `uploads`, in one transaction. Each upload's answer: the message
     /// its content went to, or why it was refused.
-    pub(in crate::store) fn write(
+    pub(crate) fn write(
         &mut self,
         group: Group<'_>,
         uploads: &[ContentUpload],

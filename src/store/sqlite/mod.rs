@@ -11,6 +11,8 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+use crate::store::db::SqlitePools;
+
 /// Pages the SQLite log may reach before the writer checkpoints it itself (40 MiB): normally
 /// `Store::checkpoint_wal` keeps it well below.
 const WAL_BACKSTOP_PAGES: u32 = 10_000;
@@ -21,14 +23,6 @@ const ROW_BUFFER: usize = 4096;
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// How often the SQLite log is checkpointed beside the writer.
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// SQLite allows one writer at a time: writes go through a single connection so that they
-/// queue in-process instead of failing with SQLITE_BUSY, while reads use a pool (WAL mode).
-#[derive(Clone, Debug)]
-pub(super) struct SqlitePools {
-    pub read: SqlitePool,
-    pub write: SqlitePool,
-}
 
 /// Opens the database at `url` (creating the file if needed).
 pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<SqlitePools> {
