@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use super::{SETTINGS, Setting};
+use super::setting::Setting;
 
 /// The file's values, checked against the declared settings, as text.
 #[derive(Debug)]
@@ -18,22 +18,23 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    pub fn read(path: &Path) -> anyhow::Result<Self> {
+    /// Reads the file at `path`, whose keys must be among `settings`.
+    pub fn read(path: &Path, settings: &'static [Setting]) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the configuration file {}", path.display()))?;
-        Self::parse(path, &text)
+        Self::parse(path, &text, settings)
     }
 
-    pub fn parse(path: &Path, text: &str) -> anyhow::Result<Self> {
+    pub fn parse(path: &Path, text: &str, settings: &'static [Setting]) -> anyhow::Result<Self> {
         let file = path.display();
         let table: toml::Table = text
             .parse()
             .with_context(|| format!("{file} is not TOML"))?;
         let mut values = HashMap::new();
         for (key, value) in table {
-            let Some(setting) = SETTINGS.iter().find(|s| s.key() == key) else {
+            let Some(setting) = settings.iter().find(|s| s.key() == key) else {
                 // An operator who copied a name from the environment gets pointed at its key.
-                let hint = SETTINGS
+                let hint = settings
                     .iter()
                     .find(|s| s.name.eq_ignore_ascii_case(&key))
                     .map(|s| format!(" (keys are lower case: {})", s.key()))

@@ -5,6 +5,7 @@
 
 mod file;
 pub mod kinds;
+mod setting;
 mod values;
 
 use std::path::Path;
@@ -17,48 +18,12 @@ use kinds::{
     Address, Count, DatabaseUrl, DaysOrForever, Hours, Key, Kind, Millis, Networks, Origins,
     RedisUrl, Seconds, SecondsOrZero, Text, Token,
 };
+pub use setting::{Fallback, Setting};
 pub use values::{AppEnv, ForwardedHeader, LogFormat, Secret, redact_url};
 
 /// Default database: an SQLite file next to the process, created on first run.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kisse.db";
 const MIN_SECRET_LEN: usize = 32;
-
-/// One setting: its name (the environment variable; in lower case, the file's key), default and
-/// meaning.
-pub struct Setting {
-    pub name: &'static str,
-    pub default: Fallback,
-    pub help: &'static str,
-}
-
-/// What a setting is when neither the environment nor the file sets it.
-pub enum Fallback {
-    /// This text, read like a given value.
-    Value(&'static str),
-    /// Nothing: the setting is optional (its kind reads the empty text as "none").
-    Unset,
-    /// Worked out at start-up (the text says how, for the documentation).
-    Computed(&'static str, fn() -> String),
-    /// Whatever that other setting is (an old name kept working).
-    Same(&'static str),
-}
-
-impl Setting {
-    /// The setting's key in the configuration file.
-    pub fn key(&self) -> String {
-        self.name.to_ascii_lowercase()
-    }
-
-    /// The default as `--help` and the README show it.
-    pub fn default_text(&self) -> String {
-        match self.default {
-            Fallback::Value(v) => v.to_owned(),
-            Fallback::Unset => kinds::NONE.to_owned(),
-            Fallback::Computed(text, _) => text.to_owned(),
-            Fallback::Same(other) => format!("({other})"),
-        }
-    }
-}
 
 fn setting(name: &str) -> anyhow::Result<&'static Setting> {
     SETTINGS
@@ -355,7 +320,9 @@ impl Config {
     /// Reads the environment over the configuration `file`, if any (call `read_dotenv` first
     /// for a `.env` to count as environment).
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
-        let file = file.map(ConfigFile::read).transpose()?;
+        let file = file
+            .map(|path| ConfigFile::read(path, SETTINGS))
+            .transpose()?;
         let env = |key: &str| std::env::var(key).ok();
         Self::from_sources(&Sources {
             env: &env,
@@ -488,7 +455,7 @@ mod tests {
     }
 
     fn file(text: &str) -> anyhow::Result<ConfigFile> {
-        ConfigFile::parse(Path::new("/etc/kisse.toml"), text)
+        ConfigFile::parse(Path::new("/etc/kisse.toml"), text, SETTINGS)
     }
 
     fn with_file(pairs: &[(&str, &str)], file: &ConfigFile) -> anyhow::Result<Config> {
@@ -552,7 +519,8 @@ mod tests {
     #[test]
     fn the_example_file_is_valid() {
         let example = include_str!("../../kisse.example.toml");
-        let f = ConfigFile::parse(Path::new("kisse.example.toml"), example).expect("valid keys");
+        let f = ConfigFile::parse(Path::new("kisse.example.toml"), example, SETTINGS)
+            .expect("valid keys");
         let long = "x".repeat(32);
         let c = with_file(&[("JWT_SECRET", &long)], &f).expect("valid values");
         assert_eq!(c.app_env, AppEnv::Production);
