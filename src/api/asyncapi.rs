@@ -242,12 +242,9 @@ fn flatten(schema: &Value, components: &Map<String, Value>) -> Value {
     merged
 }
 
-/// What the server writes: every snake_case key, and the same value under its camelCase name;
-/// nothing else.
-fn both_key_styles(mut payload: Value) -> Value {
-    let Some(object) = payload.as_object_mut() else {
-        return payload;
-    };
+/// Takes a derived object schema's `properties` and `required` out of it: the properties listed
+/// under both key styles, and the required keys as the types name them (snake_case).
+fn take_keys(object: &mut Map<String, Value>) -> (Map<String, Value>, Vec<String>) {
     let properties = object
         .remove("properties")
         .and_then(|p| p.as_object().cloned())
@@ -257,21 +254,35 @@ fn both_key_styles(mut payload: Value) -> Value {
         both.insert(camel_case(&key), schema.clone());
         both.insert(key, schema);
     }
-    let required: Vec<Value> = object
+    let required = object
         .remove("required")
         .and_then(|r| r.as_array().cloned())
         .unwrap_or_default()
         .iter()
         .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    (both, required)
+}
+
+/// What the server writes: every snake_case key, and the same value under its camelCase name;
+/// nothing else.
+fn both_key_styles(mut payload: Value) -> Value {
+    let Some(object) = payload.as_object_mut() else {
+        return payload;
+    };
+    let (properties, names) = take_keys(object);
+    let required: Vec<Value> = names
+        .iter()
         .flat_map(|key| {
             let camel = camel_case(key);
-            [Some(key.to_owned()), (camel != key).then_some(camel)]
+            [Some(key.clone()), (camel != *key).then_some(camel)]
         })
         .flatten()
         .map(Value::from)
         .collect();
     object.insert("type".into(), "object".into());
-    object.insert("properties".into(), both.into());
+    object.insert("properties".into(), properties.into());
     object.insert("required".into(), required.into());
     object.insert("additionalProperties".into(), false.into());
     payload
@@ -283,23 +294,11 @@ fn either_key_style(mut payload: Value) -> Value {
     let Some(object) = payload.as_object_mut() else {
         return payload;
     };
-    let properties = object
-        .remove("properties")
-        .and_then(|p| p.as_object().cloned())
-        .unwrap_or_default();
-    let mut either = Map::new();
-    for (key, schema) in properties {
-        either.insert(camel_case(&key), schema.clone());
-        either.insert(key, schema);
-    }
+    let (properties, names) = take_keys(object);
     let mut required = Vec::new();
     let mut one_of_two = Vec::new();
-    let names = object
-        .remove("required")
-        .and_then(|r| r.as_array().cloned())
-        .unwrap_or_default();
-    for key in names.iter().filter_map(Value::as_str) {
-        let camel = camel_case(key);
+    for key in names {
+        let camel = camel_case(&key);
         if camel == key {
             required.push(Value::from(key));
         } else {
@@ -307,7 +306,7 @@ fn either_key_style(mut payload: Value) -> Value {
         }
     }
     object.insert("type".into(), "object".into());
-    object.insert("properties".into(), either.into());
+    object.insert("properties".into(), properties.into());
     if !required.is_empty() {
         object.insert("required".into(), required.into());
     }
