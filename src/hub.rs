@@ -146,6 +146,8 @@ impl CloseSignal {
 
 struct SocketHandle {
     id: SocketId,
+    /// The device the socket speaks for (1 for clients that name none): its envelopes.
+    device: i64,
     queue: mpsc::Sender<Outgoing>,
     ephemeral: Arc<EphemeralSlots>,
     close: Arc<CloseSignal>,
@@ -225,6 +227,7 @@ impl Hub {
     pub fn attach(
         &self,
         user: UserId,
+        device: i64,
         queue: mpsc::Sender<Outgoing>,
         ephemeral: Arc<EphemeralSlots>,
         close: Arc<CloseSignal>,
@@ -233,6 +236,7 @@ impl Hub {
         let mut sockets = self.users.entry(user).or_default();
         sockets.push(SocketHandle {
             id,
+            device,
             queue,
             ephemeral,
             close,
@@ -488,6 +492,16 @@ impl Hub {
         }
     }
 
+    /// Closes the sockets of one of `user`'s devices on this node (the device was unlinked).
+    pub fn close_device_here(&self, user: UserId, device: i64, reason: CloseReason) {
+        self.revocations.fetch_add(1, Ordering::SeqCst);
+        if let Some(sockets) = self.users.get(&user) {
+            (sockets.iter())
+                .filter(|socket| socket.device == device)
+                .for_each(|socket| socket.close.close(reason));
+        }
+    }
+
     /// `close_user`, on this node only (what another node asked for).
     pub fn close_user_here(&self, user: UserId, reason: CloseReason) {
         self.revocations.fetch_add(1, Ordering::SeqCst);
@@ -554,8 +568,8 @@ mod tests {
         let hub = Hub::default();
         let user = UserId(Uuid::new_v4());
         let (tx, _rx) = mpsc::channel(4);
-        let (a, first) = hub.attach(user, tx.clone(), Arc::default(), Arc::default());
-        let (b, second_is_first) = hub.attach(user, tx, Arc::default(), Arc::default());
+        let (a, first) = hub.attach(user, 1, tx.clone(), Arc::default(), Arc::default());
+        let (b, second_is_first) = hub.attach(user, 1, tx, Arc::default(), Arc::default());
         assert!(first && !second_is_first);
         assert!(!hub.detach(user, a));
         assert!(hub.is_online(user));
@@ -586,7 +600,7 @@ mod tests {
         let user = UserId(Uuid::new_v4());
         let (tx, _rx) = mpsc::channel(1);
         let close = Arc::new(CloseSignal::default());
-        hub.attach(user, tx, Arc::default(), close.clone());
+        hub.attach(user, 1, tx, Arc::default(), close.clone());
         let frame = Frame::from("{}");
         assert_eq!(hub.send(user, &frame), 1);
         assert_eq!(hub.send(user, &frame), 0);
@@ -600,7 +614,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let close = Arc::new(CloseSignal::default());
         let slots = Arc::new(EphemeralSlots::default());
-        hub.attach(user, tx, slots.clone(), close.clone());
+        hub.attach(user, 1, tx, slots.clone(), close.clone());
         let typing = EphemeralKey::Typing {
             conversation: ConversationId(Uuid::new_v4()),
             sender: UserId(Uuid::new_v4()),
@@ -630,7 +644,7 @@ mod tests {
         let user = UserId(Uuid::new_v4());
         let (tx, _rx) = mpsc::channel(1);
         let slots = Arc::new(EphemeralSlots::default());
-        hub.attach(user, tx, slots.clone(), Arc::default());
+        hub.attach(user, 1, tx, slots.clone(), Arc::default());
         let ring = EphemeralKey::Call(CallId(Uuid::new_v4()));
         hub.send_ephemeral(user, ring, &Frame::from("ring"));
         for n in 0..2 * EPHEMERAL_SLOTS {
@@ -648,7 +662,7 @@ mod tests {
         let user = UserId(Uuid::new_v4());
         let (tx, _rx) = mpsc::channel(1);
         let slots = Arc::new(EphemeralSlots::default());
-        hub.attach(user, tx, slots.clone(), Arc::default());
+        hub.attach(user, 1, tx, slots.clone(), Arc::default());
         let (ring, other) = (
             EphemeralKey::Call(CallId(Uuid::new_v4())),
             EphemeralKey::Presence(UserId(Uuid::new_v4())),

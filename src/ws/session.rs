@@ -57,8 +57,13 @@ pub async fn run(
     let (queue, queue_rx) = mpsc::channel(state.config.ws_queue_len);
     let close = Arc::new(CloseSignal::default());
     let ephemeral = Arc::new(EphemeralSlots::default());
-    let (socket_id, first) =
-        (state.hub).attach(user, queue.clone(), ephemeral.clone(), close.clone());
+    let (socket_id, first) = (state.hub).attach(
+        user,
+        device,
+        queue.clone(),
+        ephemeral.clone(),
+        close.clone(),
+    );
     // Security: revoking the session (logout, refresh token reuse) closes this socket.
     let _session = (state.hub).track_session(claims.session_id, user, socket_id, close.clone());
     // A revocation since the token was checked found this socket untracked: check again.
