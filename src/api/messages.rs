@@ -10,8 +10,8 @@ use super::{
 };
 use crate::{
     AppState,
-    auth::AuthUser,
     auth::AuthSession,
+    auth::AuthUser,
     domain::{
         content::{self, ContentBody, ContentUpload},
         envelopes::EnvelopeIn,

@@ -83,7 +83,16 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
-            session::run(state, socket, claims, revocations, device, device_named, start, slot)
+            session::run(
+                state,
+                socket,
+                claims,
+                revocations,
+                device,
+                device_named,
+                start,
+                slot,
+            )
         }))
 }
 
