@@ -20,6 +20,7 @@ mod contract_tests;
 mod conversation_cache;
 mod conversations;
 mod db;
+mod devices;
 mod faults;
 pub use faults::is_about_rows;
 mod group;
@@ -41,6 +42,7 @@ pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::StoredContent;
 pub use db::{Engine, PoolStats};
+pub use devices::{DeviceRecord, Unlinked};
 pub use group::{FirstDelivery, NewMessage};
 pub use inbox::InboxEntry;
 pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
@@ -100,6 +102,8 @@ areas! {
     conversations => Conversations,
     /// Each user's numbered inbox and its delivery marks (`inbox.rs`).
     inbox => Inbox,
+    /// The device registry: names, last seen, unlinking (`devices.rs`).
+    devices => Devices,
     /// Devices and their Signal keys (`keys.rs`).
     keys => Keys,
     /// Messages: the group commit, history pages, read marks (`messages.rs`).

@@ -44,12 +44,18 @@ impl Socket {
 
 /// Runs a socket until it closes; `_slot` (one of the user's socket slots, taken before the
 /// upgrade) is given back when it returns.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "what the upgrade resolved, handed over once; a struct would only rename them"
+)]
 pub async fn run(
     state: AppState,
     socket: WebSocket,
     claims: TokenClaims,
     revocations: u64,
     device: i64,
+    // Whether the socket named its device (query or bound session): for `queue_empty`.
+    _device_named: bool,
     start: StartFrom,
     _slot: SocketSlot,
 ) {
