@@ -59,15 +59,13 @@ impl From<DeviceRecord> for DeviceInfo {
     }
 }
 
-/// The device a login names, and its name (trimmed; blank is none).
+/// The device a login names, and its name (trimmed; blank is none). Both are checked even
+/// when only one is given, so a malformed request is refused the same way either way.
 pub fn login_device(
     device_id: Option<i64>,
     name: Option<String>,
 ) -> Result<Option<(i64, Option<String>)>> {
-    let Some(device) = device_id else {
-        return Ok(None);
-    };
-    if !(1..=MAX_DEVICE_ID).contains(&device) {
+    if device_id.is_some_and(|device| !(1..=MAX_DEVICE_ID).contains(&device)) {
         return Err(Error::Invalid {
             code: "invalid_device",
             message: format!("device_id must be between 1 and {MAX_DEVICE_ID}"),
@@ -82,7 +80,7 @@ pub fn login_device(
             "device_name must be at most {MAX_NAME_CHARS} characters"
         )));
     }
-    Ok(Some((device, name)))
+    Ok(device_id.map(|device| (device, name)))
 }
 
 /// Registers (or marks seen) a device that signed in as itself or uploaded keys.

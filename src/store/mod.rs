@@ -45,7 +45,7 @@ pub use db::{Engine, PoolStats};
 pub use devices::{DeviceRecord, Unlinked};
 pub use group::{FirstDelivery, NewMessage};
 pub use inbox::InboxEntry;
-pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
+pub use keys::{Bundle, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::PendingMessage;
 pub use security::{RetentionCutoffs, Rotation, Swept};
 pub use stories::NewStory;

@@ -62,7 +62,6 @@ pub async fn upgrade(
         })
         .transpose()?;
     let (device, device_named) = devices::socket_device(&claims, named)?;
-    devices::seen(&state, claims.user_id, device).await;
     let start = match query.as_deref().and_then(|q| param(q, "since")) {
         // Read before the socket is attached: later events are live for it (see `StartFrom`).
         None => StartFrom::Undelivered {
@@ -74,6 +73,8 @@ pub async fn upgrade(
         ),
     };
     let upgrade = upgrade.map_err(|_| Error::invalid("expected a WebSocket upgrade request"))?;
+    // Before the answer, so that a device listed right after its connect shows it.
+    devices::seen(&state, claims.user_id, device).await;
     let max = state.config.ws_max_frame_bytes;
     Ok(upgrade
         .protocols([BEARER_PROTOCOL])

@@ -178,6 +178,7 @@ async fn bad_device_logins_are_refused_with_a_json_error(engine: Engine) {
         (json!("two"), json!(null)),
         (json!(2), json!(long)),
         (json!(2), json!(7)),
+        (json!(null), json!(long)),
     ] {
         let body = json!({"email": alice.email, "password": alice.password,
                           "device_id": device, "device_name": name});
