@@ -50,7 +50,7 @@ stop_server() {
 }
 drop_schema() {
     if [ -n "$pg_schema" ]; then
-        psql "$pg_admin_url" -Atqc "DROP SCHEMA IF EXISTS $pg_schema CASCADE" >/dev/null || true
+        psql "$pg_admin_url" -Atqc "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $pg_schema CASCADE" >/dev/null || true
         pg_schema=""
     fi
 }
