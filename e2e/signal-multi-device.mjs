@@ -56,7 +56,9 @@ function die(message) {
   process.exit(1);
 }
 
-setTimeout(() => die(`timed out after ${TOTAL_BUDGET_MS / 1000} s`), TOTAL_BUDGET_MS).unref();
+// Not unref'd: it also keeps the event loop alive, so a wait that nothing wakes cannot end the
+// process early with a false exit 0.
+setTimeout(() => die(`timed out after ${TOTAL_BUDGET_MS / 1000} s`), TOTAL_BUDGET_MS);
 
 const BASE_URL = (process.env.KISSE_URL ?? '').replace(/\/+$/, '');
 if (!/^https?:\/\//.test(BASE_URL)) die('KISSE_URL must be the server base URL, e.g. http://127.0.0.1:8080');
@@ -139,6 +141,8 @@ class Socket {
       }
       this.wake();
     });
+    // A broken connection is reported by its 'close' (and by the waits that then fail).
+    ws.on('error', () => {});
     ws.on('close', (code, reason) => {
       this.closed = { code, reason: reason.toString() };
       sockets.delete(ws);
@@ -456,6 +460,15 @@ class Device {
 
   /// Decrypts an envelope received from `sender` with libsignal.
   async decrypt(envelope, sender) {
+    try {
+      return await this.#decrypt(envelope, sender);
+    } catch (error) {
+      if (error instanceof CheckFailed) throw error;
+      return fail(`${this.label}: libsignal could not decrypt the envelope from ${sender.label}: ${error.message}`);
+    }
+  }
+
+  async #decrypt(envelope, sender) {
     const type = field(envelope, 'type');
     const bytes = unb64(field(envelope, 'content'));
     if (type === Signal.CiphertextMessageType.PreKey) {
