@@ -190,15 +190,17 @@ class Socket {
     this.ws.send(JSON.stringify({ type, payload }));
   }
 
-  /// The first frame not taken yet that is of `type` and satisfies `match`; fails after `ms`.
+  /// The first frame not taken yet that is of `type` (or one of several) and satisfies `match`;
+  /// fails after `ms`.
   async next(type, what, match = () => true, ms = FRAME_WAIT_MS) {
+    const types = Array.isArray(type) ? type : [type];
     const deadline = Date.now() + ms;
     for (;;) {
       for (let i = 0; i < this.frames.length; i++) {
         const frame = this.frames[i];
-        if (!this.taken.has(i) && frame.type === type && match(frame.payload ?? {})) {
+        if (!this.taken.has(i) && types.includes(frame.type) && match(frame.payload ?? {})) {
           this.taken.add(i);
-          return { payload: frame.payload ?? {}, index: i };
+          return { type: frame.type, payload: frame.payload ?? {}, index: i };
         }
       }
       const left = deadline - Date.now();
@@ -553,9 +555,10 @@ async function expectQueueEmpty(socket, afterIndex = -1) {
 }
 
 async function expectAck(socket, clientId, { self = false } = {}) {
-  const { payload } = await socket.next('message_ack', `message_ack for ${clientId}`, (p) =>
+  const { type, payload } = await socket.next(['message_ack', 'error'], `message_ack for ${clientId}`, (p) =>
     [field(p, 'clientId'), field(p, 'id')].includes(clientId),
   );
+  check(type === 'message_ack', `${socket.label}: message ${clientId} was refused: ${summary(payload)}`);
   if (self) {
     check(
       field(payload, 'conversationId') == null,
@@ -579,9 +582,10 @@ async function expectReceipt(socket, messageId, device) {
 }
 
 async function expectError(socket, clientId, code) {
-  const { payload } = await socket.next('error', `an error frame ${code} for ${clientId}`, (p) =>
+  const { type, payload } = await socket.next(['error', 'message_ack'], `an error frame ${code} for ${clientId}`, (p) =>
     [field(p, 'clientId'), field(p, 'id')].includes(clientId),
   );
+  check(type === 'error', `${socket.label}: message ${clientId} was stored (message_ack), expected error ${code}`);
   check(field(payload, 'code') === code, `${socket.label}: error for ${clientId} is ${summary(payload)}, expected code ${code}`);
   return payload;
 }
