@@ -43,10 +43,10 @@ pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::StoredContent;
 pub use db::{Engine, PoolStats};
+pub use devices::{DeviceRecord, Unlinked};
 pub use envelopes::{
     AckTarget, AckedEnvelope, EnvelopeMessage, NewEnvelope, QueueState, QueuedEnvelope, Stored,
 };
-pub use devices::{DeviceRecord, Unlinked};
 pub use group::{FirstDelivery, NewMessage};
 pub use inbox::InboxEntry;
 pub use keys::{Bundle, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
