@@ -150,6 +150,11 @@ pub async fn submit(state: &AppState, out: Outgoing<'_>) -> Result<Submitted> {
         .into_iter()
         .filter(|(device, _)| out.recipient != out.sender || *device != out.sender_device)
         .collect();
+    // Someone else with no device at all cannot be sent envelopes (the current app's flow,
+    // without them, still reaches them).
+    if expected.is_empty() && out.recipient != out.sender {
+        return Err(Error::NotFound("recipient device"));
+    }
     check_devices(&expected, &sent_to)?;
     Ok(Submitted {
         message: EnvelopeMessage {

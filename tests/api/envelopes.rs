@@ -197,6 +197,12 @@ async fn a_device_list_that_does_not_match_stores_nothing_on_either_door(engine:
         let snake = list.replace("Devices", "_devices");
         assert_eq!(body["error"][snake.as_str()], *devices, "{body}");
     }
+    // Someone with no device at all cannot be sent envelopes.
+    let carol = app.register("carol").await;
+    sender
+        .send("message", message(&carol, Uuid::now_v7(), vec![envelope(1, b"x")]))
+        .await;
+    assert_eq!(sender.expect("error").await["code"], "not_found");
     // The right registration id is accepted.
     let right = vec![
         envelope(1, b"x"),
