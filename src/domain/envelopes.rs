@@ -144,7 +144,7 @@ pub async fn submit(state: &AppState, out: Outgoing<'_>) -> Result<Submitted> {
             content,
         });
     }
-    let devices = state.store.envelopes().devices_of(out.recipient).await?;
+    let devices = state.store.devices().registrations(out.recipient).await?;
     // To oneself: a copy for each of one's other devices.
     let expected: BTreeMap<i64, Option<i64>> = devices
         .into_iter()
