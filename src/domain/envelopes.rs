@@ -3,10 +3,11 @@
 //! device's queue until that device acknowledges it (`ack`), then its sender is told which
 //! device has it. The server never reads an envelope: it checks sizes, stores and routes.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::OnceLock};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde::Deserialize;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     AppState,
@@ -14,8 +15,8 @@ use crate::{
     events::{EnvelopeBody, EnvelopePayload, Event, Frame},
     model::{ConversationId, MessageId, UserId, now},
     store::{
-        AckTarget, EnvelopeMessage, NewEnvelope, PendingEnvelopes, QueueState, QueuedEnvelope,
-        Stored,
+        AckTarget, EnvelopeMessage, NewEnvelope, PendingAck, PendingEnvelopes, QueueState,
+        QueuedEnvelope, Stored,
     },
 };
 
@@ -209,27 +210,85 @@ fn check_devices(
     }
 }
 
-/// Device `device` of `user` acknowledges `target`: the envelopes go, and their senders learn
-/// that this device has them (not for one's own messages to oneself).
-pub async fn ack(state: &AppState, user: UserId, device: i64, target: AckTarget) -> Result<()> {
-    let acked = state.store.envelopes().ack(user, device, target).await?;
-    let at = now();
-    for envelope in acked {
-        let Some(conversation_id) = envelope.conversation_id else {
-            continue;
-        };
-        let receipt = Event::DeliveryReceipt {
-            message_id: envelope.message_id,
-            conversation_id,
-            recipient_id: user,
-            delivered_at: at,
-            device_id: Some(device),
-        };
-        state
-            .hub
-            .send_receipt(envelope.sender_id, &receipt.encode());
+/// One socket's device acks between their frame and their commit: the reader queues each and
+/// goes on (a device acks every envelope, and one commit at a time would be a few acks a
+/// second at load); a task started with the first ack waits for the commits in order and tells
+/// each sender that this device has its message (not for one's own messages to oneself).
+#[derive(Default)]
+pub struct DeviceAcks(OnceLock<(mpsc::Sender<PendingAck>, JoinHandle<()>)>);
+
+/// Acks of one socket queued and not committed yet; past that the reader waits.
+const ACKS_IN_FLIGHT: usize = 256;
+
+impl DeviceAcks {
+    /// Device `device` of `user` acknowledges `target`.
+    pub async fn ack(
+        &self,
+        state: &AppState,
+        user: UserId,
+        device: i64,
+        target: AckTarget,
+    ) -> Result<()> {
+        let pending = state
+            .store
+            .envelopes()
+            .queue_ack(user, device, target)
+            .await?;
+        let (acks, _) = self.0.get_or_init(|| {
+            let (acks, pending) = mpsc::channel(ACKS_IN_FLIGHT);
+            (
+                acks,
+                tokio::spawn(tell_senders(state.clone(), user, device, pending)),
+            )
+        });
+        acks.send(pending)
+            .await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the device ack task stopped")))
     }
-    Ok(())
+
+    /// Waits until the acks already queued are committed (the socket is closing: a client
+    /// that reconnects at once must not be sent what it acknowledged).
+    pub async fn finish(self) {
+        if let Some((acks, task)) = self.0.into_inner() {
+            drop(acks);
+            let _ = task.await;
+        }
+    }
+}
+
+/// Waits for a socket's acks to commit, in order, and sends each sender its receipt. An ack
+/// that failed leaves its envelope queued: it is sent again on the device's next connect.
+async fn tell_senders(
+    state: AppState,
+    user: UserId,
+    device: i64,
+    mut pending: mpsc::Receiver<PendingAck>,
+) {
+    while let Some(ack) = pending.recv().await {
+        let acked = match ack.deleted().await {
+            Ok(acked) => acked,
+            Err(e) => {
+                e.context("acknowledging envelopes").log_if_internal();
+                continue;
+            }
+        };
+        let at = now();
+        for envelope in acked {
+            let Some(conversation_id) = envelope.conversation_id else {
+                continue;
+            };
+            let receipt = Event::DeliveryReceipt {
+                message_id: envelope.message_id,
+                conversation_id,
+                recipient_id: user,
+                delivered_at: at,
+                device_id: Some(device),
+            };
+            state
+                .hub
+                .send_receipt(envelope.sender_id, &receipt.encode());
+        }
+    }
 }
 
 /// Where `device`'s queue stands; a device that is not registered has an empty one.

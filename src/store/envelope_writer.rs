@@ -101,6 +101,15 @@ impl PendingEnvelopes {
     }
 }
 
+/// A device's ack queued for a batch: `deleted` waits for its commit.
+pub struct PendingAck(oneshot::Receiver<Result<Vec<AckedEnvelope>>>);
+
+impl PendingAck {
+    pub async fn deleted(self) -> Result<Vec<AckedEnvelope>> {
+        self.0.await.map_err(|_| stopped())?
+    }
+}
+
 /// The queue of the one task that writes envelopes.
 #[derive(Clone, Debug)]
 pub(super) struct EnvelopeWriter(mpsc::Sender<Job>);
@@ -129,13 +138,14 @@ impl EnvelopeWriter {
         Ok(PendingEnvelopes(answer))
     }
 
-    /// Deletes what `device` of `user` acknowledges; returns what was deleted.
-    pub(super) async fn ack(
+    /// Queues the deletion of what `device` of `user` acknowledges for the next batch; the
+    /// answer (what was deleted) comes once committed.
+    pub(super) async fn queue_ack(
         &self,
         user: UserId,
         device: i64,
         target: AckTarget,
-    ) -> Result<Vec<AckedEnvelope>> {
+    ) -> Result<PendingAck> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Ack {
             user,
@@ -144,7 +154,7 @@ impl EnvelopeWriter {
             reply,
         };
         self.0.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(PendingAck(answer))
     }
 }
 
@@ -297,7 +307,9 @@ impl OnDb {
             let mut wanted: BTreeMap<(UserId, i64), (i64, i64)> = BTreeMap::new();
             for &(_, m, max) in &fresh {
                 for e in &m.envelopes {
-                    let entry = wanted.entry((m.recipient_id, e.device_id)).or_insert((0, max));
+                    let entry = wanted
+                        .entry((m.recipient_id, e.device_id))
+                        .or_insert((0, max));
                     entry.0 += 1;
                 }
             }
@@ -377,9 +389,8 @@ impl OnDb {
                     terms.push_bind_unseparated(*device);
                     terms.push_unseparated(")");
                 }
-                delete.push(
-                    " RETURNING user_id, device_id, message_id, sender_id, conversation_id",
-                );
+                delete
+                    .push(" RETURNING user_id, device_id, message_id, sender_id, conversation_id");
                 let rows: Vec<DeletedRow> = delete.build_query_as().fetch_all(&mut *tx).await?;
                 deleted.extend(rows.into_iter().map(|r| {
                     let acked = AckedEnvelope {

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{AckTarget, AckedEnvelope, EnvelopeMessage, Envelopes, PendingEnvelopes, with_pool};
+use super::{AckTarget, EnvelopeMessage, Envelopes, PendingAck, PendingEnvelopes, with_pool};
 use crate::{
     error::Result,
     model::{ConversationId, MessageId, UserId},
@@ -43,14 +43,15 @@ impl Envelopes<'_> {
         self.0.envelopes.queue(message, queue_max).await
     }
 
-    /// Deletes what `device` of `user` acknowledges; returns what was deleted.
-    pub async fn ack(
+    /// Queues the deletion of what `device` of `user` acknowledges, without waiting for it:
+    /// a device's acks (and other devices') share commits.
+    pub async fn queue_ack(
         self,
         user: UserId,
         device: i64,
         target: AckTarget,
-    ) -> Result<Vec<AckedEnvelope>> {
-        self.0.envelopes.ack(user, device, target).await
+    ) -> Result<PendingAck> {
+        self.0.envelopes.queue_ack(user, device, target).await
     }
 
     /// Where `device`'s queue stands (`None`: no such device).

@@ -46,7 +46,7 @@ pub use contents::StoredContent;
 pub use db::{Engine, PoolStats};
 pub use devices::{DeviceRecord, Unlinked};
 pub use envelope_writer::{
-    AckTarget, AckedEnvelope, EnvelopeMessage, NewEnvelope, PendingEnvelopes, Stored,
+    AckTarget, AckedEnvelope, EnvelopeMessage, NewEnvelope, PendingAck, PendingEnvelopes, Stored,
 };
 pub use envelopes::{QueueState, QueuedEnvelope};
 pub use group::{FirstDelivery, NewMessage};

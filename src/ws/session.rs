@@ -18,7 +18,7 @@ use super::{
 use crate::{
     AppState,
     auth::TokenClaims,
-    domain::{self, messages::Acks},
+    domain::{self, envelopes::DeviceAcks, messages::Acks},
     error::{Error, Result},
     events::{CloseReason, Event},
     hub::{self, CloseSignal, EphemeralSlots, Outgoing, SocketSlot},
@@ -36,6 +36,8 @@ struct Socket {
     limits: FrameLimits,
     /// This socket's messages on their way to commit and ack (the domain's).
     acks: Acks,
+    /// This socket's device acks on their way to commit (the domain's).
+    device_acks: DeviceAcks,
 }
 
 impl Socket {
@@ -119,16 +121,20 @@ pub async fn run(
         close: close.clone(),
         limits: FrameLimits::new(&state.config),
         acks: Acks::default(),
+        device_acks: DeviceAcks::default(),
     };
     // A device that was offline while its one-time prekeys ran low learns it now.
     if let Some(low) = Box::pin(domain::keys::low_prekeys(&state, user, device)).await {
         socket.reply(&low);
     }
     read_loop(&state, &socket, stream).await;
-    // Messages already queued still commit and reach their recipients. (The braces move the
-    // whole socket: its queue sender and limits are dropped before the wait, as before.)
-    let Socket { acks, .. } = { socket };
+    // Messages and device acks already queued still commit (and reach their recipients). (The
+    // braces move the whole socket: its queue sender and limits are dropped before the wait.)
+    let Socket {
+        acks, device_acks, ..
+    } = { socket };
     acks.finish().await;
+    device_acks.finish().await;
     close.close(CloseReason::PeerGone);
     let _ = writer.await;
 
@@ -282,7 +288,9 @@ async fn answer(state: &AppState, socket: &Socket, inbound: Inbound) -> Result<(
                 (None, Some(cursor)) => AckTarget::Upto(cursor),
                 _ => return Err(Error::invalid("ack names an id or a cursor")),
             };
-            domain::envelopes::ack(state, user, socket.device, target).await?;
+            (socket.device_acks)
+                .ack(state, user, socket.device, target)
+                .await?;
         }
         Inbound::Heartbeat => socket.reply(&Event::HeartbeatResponse { timestamp: now() }),
         Inbound::ChannelMessage(frame) => {
