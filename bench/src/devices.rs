@@ -104,13 +104,14 @@ impl Report {
         let load = &self.load;
         let devices = u64::from(load.devices);
         let seconds = self.elapsed.as_secs_f64();
+        let plural = if load.devices == 1 { "" } else { "s" };
         let mode = match load.rate {
             Some(rate) => format!(
-                "{} pairs × {} devices at {rate} msg/s for {:?}",
+                "{} pairs × {} device{plural} at {rate} msg/s for {:?}",
                 load.pairs, load.devices, load.duration
             ),
             None => format!(
-                "{} pairs × {} devices saturated (window {}) for {:?}",
+                "{} pairs × {} device{plural} saturated (window {}) for {:?}",
                 load.pairs, load.devices, load.window, load.duration
             ),
         };
