@@ -209,6 +209,21 @@ impl Broker {
         }
     }
 
+    /// Queues envelope `seq` of `device`'s queue for publication on `user`'s channel; the
+    /// device and the number travel in the number's place (`device.seq`).
+    pub fn publish_envelope(&self, user: UserId, device: i64, seq: i64, frame: &Frame) {
+        if !self.is_up() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let payload = format!("{} d {device}.{seq} {}", self.node, frame.as_str());
+        if self.outbox.try_send((user, payload)).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            // Stored, but the device's sockets elsewhere would only look at its next one.
+            self.control.push(Control::Refill(user));
+        }
+    }
+
     /// Queues a delivery receipt for publication on `user`'s channel (see `Hub::send_receipt`).
     pub fn publish_receipt(&self, user: UserId, frame: &Frame) {
         if !self.is_up() {
@@ -475,6 +490,13 @@ impl Broker {
         if kind == "e" {
             if let Some(key) = EphemeralKey::decode(seq) {
                 state.hub.send_ephemeral_local(user, key, &frame);
+            }
+            return;
+        }
+        if kind == "d" {
+            let numbers = seq.split_once('.');
+            if let Some((Ok(device), Ok(seq))) = numbers.map(|(d, s)| (d.parse(), s.parse())) {
+                state.hub.send_envelope_local(user, device, seq, &frame);
             }
             return;
         }

@@ -35,6 +35,11 @@ pub enum Error {
     /// what the user stored is gone.
     #[error("{0}")]
     QuotaExceeded(&'static str),
+    /// Envelopes that do not match the recipient's devices: some missing or extra (409
+    /// `mismatched_devices`), or some addressed to a registration the device replaced (410
+    /// `stale_devices`). The lists tell the sender what to fix.
+    #[error("{}", .0.explain())]
+    Devices(DeviceMismatch),
     /// Answered with `Retry-After: <retry_after>` (seconds).
     #[error("too many requests: retry in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
@@ -59,6 +64,8 @@ impl Error {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Devices(d) if d.is_stale() => StatusCode::GONE,
+            Self::Devices(_) => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -73,6 +80,8 @@ impl Error {
             Self::NotFound(_) => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
             Self::QuotaExceeded(_) => "quota_exceeded",
+            Self::Devices(d) if d.is_stale() => "stale_devices",
+            Self::Devices(_) => "mismatched_devices",
             Self::TooManyRequests { .. } => "rate_limited",
             Self::Internal(_) => "internal",
         }
@@ -125,10 +134,57 @@ impl Error {
             Self::Conflict { code, message } => Self::Conflict { code, message },
             Self::PayloadTooLarge => Self::PayloadTooLarge,
             Self::QuotaExceeded(why) => Self::QuotaExceeded(why),
+            Self::Devices(d) => Self::Devices(d.clone()),
             Self::TooManyRequests { retry_after } => Self::TooManyRequests {
                 retry_after: *retry_after,
             },
             Self::Internal(e) => Self::Internal(anyhow::anyhow!("{e:#}")),
+        }
+    }
+}
+
+/// How a message's envelopes differ from the recipient's devices.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceMismatch {
+    /// Devices of the recipient the message has no envelope for.
+    pub missing_devices: Vec<i64>,
+    /// Envelopes for devices the recipient does not have.
+    pub extra_devices: Vec<i64>,
+    /// Envelopes for a registration id the device no longer has.
+    pub stale_devices: Vec<i64>,
+}
+
+impl DeviceMismatch {
+    pub fn is_stale(&self) -> bool {
+        self.missing_devices.is_empty()
+            && self.extra_devices.is_empty()
+            && !self.stale_devices.is_empty()
+    }
+
+    fn explain(&self) -> &'static str {
+        if self.is_stale() {
+            "some devices have a new registration: fetch their keys again"
+        } else {
+            "the envelopes do not match the recipient's devices"
+        }
+    }
+
+    /// The lists that apply, under both key styles (as in every frame).
+    pub fn describe(&self, into: &mut serde_json::Value) {
+        let lists: [(&str, &str, &Vec<i64>); 2] = if self.is_stale() {
+            [
+                ("stale_devices", "staleDevices", &self.stale_devices),
+                ("", "", &Vec::new()),
+            ]
+        } else {
+            [
+                ("missing_devices", "missingDevices", &self.missing_devices),
+                ("extra_devices", "extraDevices", &self.extra_devices),
+            ]
+        };
+        for (snake, camel, list) in lists.into_iter().filter(|(k, ..)| !k.is_empty()) {
+            into[snake] = json!(list);
+            into[camel] = json!(list);
         }
     }
 }
@@ -174,7 +230,10 @@ impl IntoResponse for Error {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
-        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        if let Self::Devices(devices) = &self {
+            devices.describe(&mut body["error"]);
+        }
         let mut response = (status, Json(body)).into_response();
         if let Self::TooManyRequests { retry_after } = self {
             response

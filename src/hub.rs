@@ -108,6 +108,10 @@ pub enum Outgoing {
     /// Write the user's inbox event number `seq` (a message or a read receipt), unless it was
     /// already written; an event that skips a number makes the writer fetch the missing ones.
     Inbox { seq: i64, frame: Frame },
+    /// Write envelope number `seq` of the socket's device's queue, unless it was already
+    /// written; one that skips a number makes the writer fetch the missing ones. Sockets of
+    /// other devices never get it.
+    Envelope { seq: i64, frame: Frame },
     /// Write again every inbox event after `since` (the client's `sync` frame).
     Resync { since: i64 },
     /// Write every inbox event after the last one written, up to the inbox's end now: pushes
@@ -362,6 +366,30 @@ impl Hub {
             seq,
             frame: frame.clone(),
         })
+    }
+
+    /// Queues envelope `seq` of `device`'s queue on that device's sockets (here and
+    /// elsewhere).
+    pub fn send_envelope(&self, user: UserId, device: i64, seq: i64, frame: &Frame) -> usize {
+        if let Some(broker) = &self.broker {
+            broker.publish_envelope(user, device, seq, frame);
+        }
+        self.send_envelope_local(user, device, seq, frame)
+    }
+
+    /// `send_envelope`, to this node's sockets only (what another node published).
+    pub fn send_envelope_local(&self, user: UserId, device: i64, seq: i64, frame: &Frame) -> usize {
+        let Some(sockets) = self.users.get(&user) else {
+            return 0;
+        };
+        let envelope = || Outgoing::Envelope {
+            seq,
+            frame: frame.clone(),
+        };
+        (sockets.iter())
+            .filter(|socket| socket.device == device)
+            .filter(|socket| push(&socket.queue, &socket.close, envelope()))
+            .count()
     }
 
     /// Has every socket of `user` on this node read what it may have missed from the inbox.

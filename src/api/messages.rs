@@ -1,7 +1,8 @@
-//! `/api/messages`: read state and the encrypted content mailbox.
+//! `/api/messages`: read state, the encrypted content mailbox, and messages with envelopes
+//! (one ciphertext per device of the recipient) sent over HTTP.
 
 use axum::{extract::State, http::StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     docs::ErrorBody,
@@ -10,13 +11,85 @@ use super::{
 use crate::{
     AppState,
     auth::AuthUser,
+    auth::AuthSession,
     domain::{
         content::{self, ContentBody, ContentUpload},
-        messages,
+        envelopes::EnvelopeIn,
+        messages::{self, SendMessage},
     },
     error::Result,
-    model::{Message, MessageId},
+    model::{ConversationId, Message, MessageId, UserId},
 };
+
+/// A message for every device of the recipient, as `PUT /messages/{recipient_id}` takes it
+/// (the same fields as a `message` frame with envelopes).
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct EnvelopeMessageBody {
+    /// Chosen by the client: makes retries idempotent and becomes the message's id.
+    #[serde(default)]
+    id: Option<MessageId>,
+    #[serde(alias = "messageType")]
+    message_type: String,
+    #[serde(default, alias = "conversationId")]
+    conversation_id: Option<ConversationId>,
+    /// One per device of the recipient (for oneself: one per other device of one's own).
+    envelopes: Vec<EnvelopeIn>,
+}
+
+/// What `PUT /messages/{recipient_id}` answers: as the `message_ack` frame.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EnvelopeMessageSent {
+    id: MessageId,
+    /// Absent for a message to oneself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    conversation_id: Option<ConversationId>,
+    timestamp: chrono::DateTime<chrono::Utc>,
+}
+
+/// Sends a message with one envelope per device of the recipient (Signal's
+/// `PUT /v1/messages/{destination}`): the door for messages too large for a socket frame.
+#[utoipa::path(
+    put,
+    path = "/messages/{recipient_id}",
+    tag = "messages",
+    summary = "Send a message with one end-to-end-encrypted envelope per device of the recipient",
+    params(("recipient_id" = Uuid, Path, description = "the recipient (the caller: a copy for their other devices)")),
+    request_body = EnvelopeMessageBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "stored in each device's queue (or already, for a retry)", body = EnvelopeMessageSent),
+        (status = 400, description = "invalid input (bad base64, a device id out of 1..=127, twice the same device)", body = ErrorBody),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "no such user", body = ErrorBody),
+        (status = 409, description = "`mismatched_devices` (with `missing_devices` and `extra_devices`), or `id_taken`: nothing stored", body = ErrorBody),
+        (status = 410, description = "`stale_devices` (with `stale_devices`): nothing stored", body = ErrorBody),
+        (status = 413, description = "an envelope above ENVELOPE_MAX_BYTES", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
+)]
+pub async fn send_envelopes(
+    State(state): State<AppState>,
+    AuthSession(claims): AuthSession,
+    Path(recipient): Path<UserId>,
+    Json(body): Json<EnvelopeMessageBody>,
+) -> Result<axum::Json<EnvelopeMessageSent>> {
+    let request = SendMessage {
+        recipient_id: recipient,
+        message_type: body.message_type,
+        session_id: None,
+        id: body.id,
+        conversation_id: body.conversation_id,
+        envelopes: Some(body.envelopes),
+    };
+    let device = 1;
+    let sent = messages::send_envelopes(&state, claims.user_id, device, request).await?;
+    Ok(axum::Json(EnvelopeMessageSent {
+        id: sent.id,
+        conversation_id: sent.conversation_id,
+        timestamp: sent.timestamp,
+    }))
+}
 
 /// Marks the message read (when the caller is its recipient) and returns it.
 #[utoipa::path(

@@ -108,6 +108,10 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::messages))
         .routes(routes!(messages::mark_read))
         .routes(
+            routes!(messages::send_envelopes)
+                .layer(DefaultBodyLimit::max(state.config.ws_max_envelope_frame_bytes)),
+        )
+        .routes(
             routes!(messages::put_content, messages::get_content)
                 .layer(DefaultBodyLimit::max(content_body_limit)),
         )

@@ -107,6 +107,19 @@ settings! {
     /// Largest WebSocket text frame accepted; above it the socket is closed with 1009.
     "WS_MAX_FRAME_BYTES" ws_max_frame_bytes: Count<usize> = Value("65536"),
         "larger frames close the socket with 1009";
+    /// Largest `message` frame that carries envelopes (one per device of the recipient);
+    /// every other frame stays within `WS_MAX_FRAME_BYTES`.
+    "WS_MAX_ENVELOPE_FRAME_BYTES" ws_max_envelope_frame_bytes: Count<usize> = Value("1048576"),
+        "largest message frame with envelopes (other frames: WS_MAX_FRAME_BYTES)";
+    /// Largest decoded envelope (one device's ciphertext).
+    "ENVELOPE_MAX_BYTES" envelope_max_bytes: Count<usize> = Value("65536"),
+        "largest envelope content (one device's ciphertext), in bytes";
+    /// How long an envelope waits for its device's ack before it is dropped.
+    "ENVELOPE_TTL" envelope_ttl: Seconds = Value("2592000"),
+        "seconds an envelope waits for its device to acknowledge it (30 days)";
+    /// Envelopes a device's queue keeps: past it the oldest are dropped (the device is told).
+    "DEVICE_QUEUE_MAX" device_queue_max: Count<i64> = Value("10000"),
+        "envelopes a device's queue keeps; past it the oldest are dropped";
     /// Outgoing frames queued per socket before it is considered too slow and closed.
     "WS_QUEUE_LEN" ws_queue_len: Count<usize> = Value("1024"),
         "frames queued per socket before it is closed with 1013";

@@ -183,6 +183,7 @@ pub async fn run(state: AppState) {
                 conversation_id: message.conversation_id,
                 recipient_id: message.recipient_id,
                 delivered_at: message.delivered_at,
+                device_id: None,
             };
             (state.hub).send_receipt(message.sender_id, &receipt.encode());
         }

@@ -34,22 +34,65 @@ pub struct SendMessage {
     pub id: Option<MessageId>,
     #[serde(default)]
     pub conversation_id: Option<ConversationId>,
+    /// One end-to-end-encrypted envelope per device of the recipient (see `envelopes`): the
+    /// message then waits in each device's queue instead of the recipient's inbox.
+    #[serde(default)]
+    pub envelopes: Option<Vec<super::envelopes::EnvelopeIn>>,
 }
 
-/// Stores a message and pushes it to the recipient's sockets. Returns the message and whether
-/// it is new (`false`: a retry of a stored message, which is not pushed again).
-pub async fn send(
+/// Stores a message with envelopes in its recipient's device queues and pushes each to its
+/// device's sockets; `sender_device` is the device that sent it.
+pub async fn send_envelopes(
     state: &AppState,
     sender: UserId,
+    sender_device: i64,
     request: SendMessage,
-) -> Result<(Message, bool)> {
-    submit(state, sender, request).await?.complete(state).await
+) -> Result<super::envelopes::Sent> {
+    match submit(state, sender, sender_device, request).await? {
+        Submitted::Envelopes(submitted) => submitted.complete(state).await,
+        Submitted::Inbox(_) => Err(Error::invalid("envelopes are required")),
+    }
 }
 
-/// A message checked and queued for commit; `complete` finishes sending it.
-pub struct Submitted(PendingMessage);
+/// A message checked and queued for commit: for the recipient's inbox (the current app's
+/// single-blob flow), or for their devices' queues (envelopes).
+pub enum Submitted {
+    Inbox(InboxSubmitted),
+    Envelopes(super::envelopes::Submitted),
+}
 
 impl Submitted {
+    /// The message's id: the client's, or the one the server made.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Self::Inbox(s) => s.id(),
+            Self::Envelopes(s) => s.id(),
+        }
+    }
+
+    /// Finishes sending it; returns the sender's `message_ack`.
+    async fn acknowledge(self, state: &AppState, client_id: Option<MessageId>) -> Result<Event> {
+        Ok(match self {
+            Self::Inbox(s) => {
+                let (message, _) = s.complete(state).await?;
+                Event::MessageAck {
+                    id: message.id,
+                    client_id,
+                    conversation_id: Some(message.conversation_id),
+                    timestamp: message.created_at,
+                    seq: Some(message.seq),
+                }
+            }
+            Self::Envelopes(s) => s.complete(state).await?.ack(client_id),
+        })
+    }
+}
+
+/// A message checked and queued for commit into its recipient's inbox; `complete` finishes
+/// sending it.
+pub struct InboxSubmitted(PendingMessage);
+
+impl InboxSubmitted {
     /// The message's id: the client's, or the one the server made.
     pub fn id(&self) -> MessageId {
         self.0.id()
@@ -91,12 +134,13 @@ impl Acks {
         &self,
         state: &AppState,
         sender: UserId,
+        sender_device: i64,
         request: SendMessage,
         replies: &mpsc::Sender<Outgoing>,
         close: &Arc<CloseSignal>,
     ) -> Result<()> {
         let client_id = request.id;
-        let submitted = submit(state, sender, request).await?;
+        let submitted = submit(state, sender, sender_device, request).await?;
         let (acks, _) = self.0.get_or_init(|| {
             let (acks, pending) = mpsc::channel(MESSAGES_IN_FLIGHT);
             let task = ack_in_order(state.clone(), pending, replies.clone(), close.clone());
@@ -128,14 +172,8 @@ async fn ack_in_order(
     while let Some(pending_ack) = pending.recv().await {
         let (submitted, client_id) = *pending_ack;
         let id = submitted.id();
-        let answer = match Box::pin(submitted.complete(&state)).await {
-            Ok((message, _)) => Event::MessageAck {
-                id: message.id,
-                client_id,
-                conversation_id: message.conversation_id,
-                timestamp: message.created_at,
-                seq: message.seq,
-            },
+        let answer = match Box::pin(submitted.acknowledge(&state, client_id)).await {
+            Ok(ack) => ack,
             Err(e) => {
                 let e = e.context(format!("sending message {id}"));
                 e.log_if_internal();
@@ -146,15 +184,67 @@ async fn ack_in_order(
     }
 }
 
-/// Checks a message and queues it for the next group commit, without waiting for the commit:
-/// a socket's later messages can join the same commit.
-pub async fn submit(state: &AppState, sender: UserId, request: SendMessage) -> Result<Submitted> {
-    let message_type = request.message_type.trim();
+/// Checks a message and queues it for commit, without waiting for the commit: a socket's
+/// later messages can join the same commit. `sender_device` sent it (the source of its
+/// envelopes, if it has some).
+pub async fn submit(
+    state: &AppState,
+    sender: UserId,
+    sender_device: i64,
+    mut request: SendMessage,
+) -> Result<Submitted> {
+    let Some(envelopes) = request.envelopes.take() else {
+        return Ok(Submitted::Inbox(
+            submit_to_inbox(state, sender, request).await?,
+        ));
+    };
+    let message_type = check_message_type(&request.message_type)?;
+    // To oneself: a copy of what one sent for one's other devices, in no conversation.
+    let conversation_id = if request.recipient_id == sender {
+        None
+    } else {
+        let (conversation, _) =
+            super::conversations::with_participant(state, sender, request.recipient_id).await?;
+        Some(conversation.id)
+    };
+    if request.conversation_id.is_some() && request.conversation_id != conversation_id {
+        return Err(Error::invalid(
+            "conversationId does not match the recipient",
+        ));
+    }
+    let outgoing = super::envelopes::Outgoing {
+        id: request.id.unwrap_or_else(|| MessageId(Uuid::now_v7())),
+        sender,
+        sender_device,
+        recipient: request.recipient_id,
+        conversation_id,
+        message_type,
+        envelopes,
+    };
+    Ok(Submitted::Envelopes(
+        super::envelopes::submit(state, outgoing).await?,
+    ))
+}
+
+/// The message type, trimmed, if it is 1 to 32 bytes long.
+fn check_message_type(raw: &str) -> Result<&str> {
+    let message_type = raw.trim();
     if message_type.is_empty() || message_type.len() > MAX_MESSAGE_TYPE_LEN {
         return Err(Error::invalid(format!(
             "messageType must be 1 to {MAX_MESSAGE_TYPE_LEN} characters"
         )));
     }
+    Ok(message_type)
+}
+
+/// `submit` for a message without envelopes: into the recipient's inbox, through the next
+/// group commit.
+async fn submit_to_inbox(
+    state: &AppState,
+    sender: UserId,
+    request: SendMessage,
+) -> Result<InboxSubmitted> {
+    let message_type = check_message_type(&request.message_type)?;
     if request
         .session_id
         .as_ref()
@@ -187,7 +277,7 @@ pub async fn submit(state: &AppState, sender: UserId, request: SendMessage) -> R
             created_at: now(),
         })
         .await?;
-    Ok(Submitted(pending))
+    Ok(InboxSubmitted(pending))
 }
 
 /// Marks a message read on behalf of its recipient and tells the sender. Idempotent; a call by

@@ -1,5 +1,6 @@
 //! Retention: a background sweep deletes message metadata, call history and expired stories
-//! older than configured, and sessions whose refresh token expired.
+//! older than configured, sessions whose refresh token expired, and envelopes no device
+//! acknowledged within `ENVELOPE_TTL`.
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub async fn run(state: AppState) {
                 calls = swept.calls,
                 stories = swept.stories,
                 sessions = swept.sessions,
+                envelopes = swept.envelopes,
                 "retention sweep"
             ),
             Ok(_) => {}
@@ -50,5 +52,9 @@ pub async fn sweep(state: &AppState, at: DateTime<Utc>) -> Result<Swept> {
         stories_expired_before: before(config.retention_stories),
         now: at,
     };
-    state.store.security().sweep_retention(&cut).await
+    let mut swept = state.store.security().sweep_retention(&cut).await?;
+    swept.envelopes = (state.store.envelopes())
+        .expire(at - state.config.envelope_ttl)
+        .await?;
+    Ok(swept)
 }

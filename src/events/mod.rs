@@ -22,16 +22,30 @@ use crate::model::{
 pub enum Event {
     /// A new message, for the recipient's sockets only (never echoed to the sender).
     Message(MessagePayload),
-    /// The sender's message is stored.
+    /// One device's envelope of an end-to-end-encrypted message, for that device's sockets
+    /// only; it stays queued until the device sends `ack`.
+    #[serde(rename = "message")]
+    Envelope(EnvelopePayload),
+    /// The sender's message is stored. A message with envelopes has no `seq` (it is in no
+    /// conversation's history), and no `conversation_id` when sent to oneself.
     MessageAck {
         id: MessageId,
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schema(nullable = false)]
         client_id: Option<MessageId>,
-        conversation_id: ConversationId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        conversation_id: Option<ConversationId>,
         timestamp: DateTime<Utc>,
-        seq: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        seq: Option<i64>,
     },
+    /// The device's queue is drained: every envelope waiting when the socket opened was sent.
+    QueueEmpty {},
+    /// Envelopes of this device were dropped unacknowledged (its queue was full, or they
+    /// expired) since it last heard: their senders' messages are lost to it.
+    EnvelopesDropped { device_id: i64, count: i64 },
     TypingIndicator {
         user_id: UserId,
         conversation_id: ConversationId,
@@ -51,12 +65,16 @@ pub enum Event {
         read_at: DateTime<Utc>,
         cursor: i64,
     },
-    /// The sender's message reached a socket of the recipient for the first time.
+    /// The sender's message reached a socket of the recipient for the first time; for a
+    /// message with envelopes, device `device_id` acknowledged its envelope.
     DeliveryReceipt {
         message_id: MessageId,
         conversation_id: ConversationId,
         recipient_id: UserId,
         delivered_at: DateTime<Utc>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        device_id: Option<i64>,
     },
     /// An incoming call, for the recipient's sockets.
     CallRequestFull {
@@ -116,7 +134,53 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schema(nullable = false)]
         client_id: Option<MessageId>,
+        /// `mismatched_devices`: the recipient's devices the message had no envelope for.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        missing_devices: Option<Vec<i64>>,
+        /// `mismatched_devices`: envelopes for devices the recipient does not have.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        extra_devices: Option<Vec<i64>>,
+        /// `stale_devices`: devices whose registration id changed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        stale_devices: Option<Vec<i64>>,
     },
+}
+
+/// A device's envelope and the message's metadata.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EnvelopePayload {
+    pub id: MessageId,
+    pub message_id: MessageId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub conversation_id: Option<ConversationId>,
+    pub sender_id: UserId,
+    pub recipient_id: UserId,
+    pub message_type: String,
+    pub timestamp: DateTime<Utc>,
+    /// The recipient's device this envelope is for.
+    pub device_id: i64,
+    pub envelope: EnvelopeBody,
+}
+
+/// The ciphertext for one device, as its sender's device made it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EnvelopeBody {
+    /// The Signal ciphertext type, as the sender gave it.
+    #[serde(rename = "type")]
+    pub kind: i64,
+    /// Standard base64 of the ciphertext.
+    pub content: String,
+    /// The sender's device.
+    pub source_device_id: i64,
+    #[serde(rename = "sourceDeviceId")]
+    pub source_device_id_camel: i64,
+    /// The envelope's number in its device's queue: `ack` with `cursor` acknowledges every
+    /// envelope up to it.
+    pub cursor: i64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -156,12 +220,7 @@ impl Event {
 impl Event {
     /// The `error` frame that answers a frame failing with `error`.
     pub fn error(error: &crate::error::Error) -> Self {
-        Self::Error {
-            code: error.code(),
-            message: error.to_string(),
-            id: None,
-            client_id: None,
-        }
+        Self::message_error(error, None, None)
     }
 
     /// The `error` frame for a `message` frame that failed with `error`: the message's `id`
@@ -171,11 +230,25 @@ impl Event {
         id: Option<MessageId>,
         client_id: Option<MessageId>,
     ) -> Self {
+        let (missing_devices, extra_devices, stale_devices) = match error {
+            crate::error::Error::Devices(d) if d.is_stale() => {
+                (None, None, Some(d.stale_devices.clone()))
+            }
+            crate::error::Error::Devices(d) => (
+                Some(d.missing_devices.clone()),
+                Some(d.extra_devices.clone()),
+                None,
+            ),
+            _ => (None, None, None),
+        };
         Self::Error {
             code: error.code(),
             message: error.to_string(),
             id: id.or(client_id),
             client_id,
+            missing_devices,
+            extra_devices,
+            stale_devices,
         }
     }
 }

@@ -20,6 +20,7 @@ mod contract_tests;
 mod conversation_cache;
 mod conversations;
 mod db;
+mod envelopes;
 mod faults;
 pub use faults::is_about_rows;
 mod group;
@@ -41,6 +42,9 @@ pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::StoredContent;
 pub use db::{Engine, PoolStats};
+pub use envelopes::{
+    AckTarget, AckedEnvelope, EnvelopeMessage, NewEnvelope, QueueState, QueuedEnvelope, Stored,
+};
 pub use group::{FirstDelivery, NewMessage};
 pub use inbox::InboxEntry;
 pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
@@ -63,6 +67,8 @@ pub struct Store {
     conversations: std::sync::Arc<conversation_cache::ConversationCache>,
     /// Message inserts, committed in groups.
     batcher: batch::Batcher,
+    /// Envelope stores and acks, committed in batches.
+    envelopes: envelopes::EnvelopeWriter,
 }
 
 // The surface by concern: `store.users().create_user(..)`, `store.inbox().inbox_entries(..)`.
@@ -98,6 +104,8 @@ areas! {
     contents => Contents,
     /// One-to-one conversations and their summaries (`conversations.rs`).
     conversations => Conversations,
+    /// Each device's queue of end-to-end-encrypted envelopes (`envelopes.rs`).
+    envelopes => Envelopes,
     /// Each user's numbered inbox and its delivery marks (`inbox.rs`).
     inbox => Inbox,
     /// Devices and their Signal keys (`keys.rs`).
@@ -158,6 +166,7 @@ impl Store {
         };
         Self {
             batcher: batch::Batcher::spawn(db.clone(), writers),
+            envelopes: envelopes::EnvelopeWriter::spawn(db.clone()),
             db,
             conversations: Default::default(),
         }

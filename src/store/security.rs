@@ -34,6 +34,8 @@ pub struct Swept {
     pub calls: u64,
     pub stories: u64,
     pub sessions: u64,
+    /// Envelopes no device acknowledged within `ENVELOPE_TTL`.
+    pub envelopes: u64,
 }
 
 /// Cut-off instants for a retention sweep; `None` keeps those rows.

@@ -60,6 +60,7 @@ pub async fn upgrade(
                 .map_err(|_| Error::invalid("device_id must be a number"))
         })
         .transpose()?;
+    let device_named = device.is_some();
     let device = keys::device_id(device)?;
     let start = match query.as_deref().and_then(|q| param(q, "since")) {
         // Read before the socket is attached: later events are live for it (see `StartFrom`).
@@ -72,7 +73,8 @@ pub async fn upgrade(
         ),
     };
     let upgrade = upgrade.map_err(|_| Error::invalid("expected a WebSocket upgrade request"))?;
-    let max = state.config.ws_max_frame_bytes;
+    // A message with envelopes may be larger than other frames (checked once decoded).
+    let max = (state.config.ws_max_frame_bytes).max(state.config.ws_max_envelope_frame_bytes);
     Ok(upgrade
         .protocols([BEARER_PROTOCOL])
         .max_message_size(max)
@@ -81,7 +83,7 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
-            session::run(state, socket, claims, revocations, device, start, slot)
+            session::run(state, socket, claims, revocations, device, device_named, start, slot)
         }))
 }
 

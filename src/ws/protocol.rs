@@ -20,7 +20,9 @@ use crate::{
 
 /// Deepest nesting of objects and arrays in a frame (`{"payload": {...}}` needs 2).
 pub const MAX_DEPTH: usize = 8;
-/// Longest JSON string in a frame, in bytes as sent (ids, types, session ids are far shorter).
+/// Longest JSON string in a frame, in bytes as sent (ids, types, session ids are far shorter),
+/// but for the `content` of a `message`'s envelopes (ciphertexts, bounded by
+/// `ENVELOPE_MAX_BYTES` and the frame's own limit).
 pub const MAX_STRING: usize = 1024;
 #[derive(Debug)]
 pub enum Inbound {
@@ -33,6 +35,7 @@ pub enum Inbound {
     Sync(SyncFrame),
     Heartbeat,
     ChannelMessage(ChannelFrame),
+    Ack(AckFrame),
 }
 
 impl Inbound {
@@ -48,6 +51,7 @@ impl Inbound {
             Self::Sync(_) => "sync",
             Self::Heartbeat => "heartbeat",
             Self::ChannelMessage(_) => "channel_message",
+            Self::Ack(_) => "ack",
         }
     }
 }
@@ -58,6 +62,16 @@ pub struct ChannelFrame {
     pub channel_id: ChannelId,
     #[serde(flatten)]
     pub post: ChannelPost,
+}
+
+/// `ack` `{id}` or `{cursor}`: this device has the envelope of message `id`, or every envelope
+/// of its queue up to `cursor` (an envelope's `cursor`); they are deleted from its queue.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AckFrame {
+    #[serde(default)]
+    pub id: Option<MessageId>,
+    #[serde(default)]
+    pub cursor: Option<i64>,
 }
 
 /// `sync` `{since}`: send me again every inbox event after this cursor.
@@ -133,6 +147,7 @@ pub fn frame_schemas(
         ("channel_message", schema::<ChannelFrame>(components)),
         ("sync", schema::<SyncFrame>(components)),
         ("heartbeat", schema::<Heartbeat>(components)),
+        ("ack", schema::<AckFrame>(components)),
     ]
 }
 
@@ -158,6 +173,7 @@ pub fn decode(text: &str) -> Result<Inbound, Error> {
         .into_iter()
         .map(|(key, value)| (camel_to_snake(&key), value))
         .collect();
+    check_strings(&kind, &payload)?;
     Ok(match kind.as_str() {
         "message" => Inbound::Message(parse(&kind, payload)?),
         "typing_indicator" => Inbound::TypingIndicator(parse(&kind, payload)?),
@@ -168,6 +184,7 @@ pub fn decode(text: &str) -> Result<Inbound, Error> {
         "sync" => Inbound::Sync(parse(&kind, payload)?),
         "heartbeat" => Inbound::Heartbeat,
         "channel_message" => Inbound::ChannelMessage(parse(&kind, payload)?),
+        "ack" => Inbound::Ack(parse(&kind, payload)?),
         _ => {
             return Err(Error::Invalid {
                 code: "unknown_type",
@@ -209,22 +226,53 @@ fn truncate(s: &str) -> &str {
     s.char_indices().nth(40).map_or(s, |(i, _)| &s[..i])
 }
 
-/// Refuses a frame nested deeper than `MAX_DEPTH` or with a string above `MAX_STRING` bytes,
-/// without building it (a cheap scan; the parser then only sees bounded input).
-fn check_shape(text: &str) -> Result<(), Error> {
-    let too_big = |what: &str| Error::Invalid {
+fn too_complex(what: &str) -> Error {
+    Error::Invalid {
         code: "frame_too_complex",
         message: format!(
             "frames may nest {MAX_DEPTH} levels and strings {MAX_STRING} bytes: {what}"
         ),
-    };
-    let (mut depth, mut in_string, mut escaped, mut string_len) = (0usize, false, false, 0usize);
+    }
+}
+
+/// Refuses a payload with a string above `MAX_STRING` bytes, but for the ciphertexts of a
+/// `message`'s envelopes (`envelopes[].content`).
+fn check_strings(kind: &str, payload: &Map<String, Value>) -> Result<(), Error> {
+    fn walk(value: &Value, allowed_long: bool) -> Result<(), Error> {
+        match value {
+            Value::String(s) if s.len() > MAX_STRING && !allowed_long => {
+                Err(too_complex("string too long"))
+            }
+            Value::Array(items) => items.iter().try_for_each(|v| walk(v, false)),
+            Value::Object(fields) => fields.values().try_for_each(|v| walk(v, false)),
+            _ => Ok(()),
+        }
+    }
+    for (key, value) in payload {
+        match (kind, key.as_str(), value) {
+            ("message", "envelopes", Value::Array(envelopes)) => {
+                for envelope in envelopes {
+                    match envelope {
+                        Value::Object(fields) => fields
+                            .iter()
+                            .try_for_each(|(k, v)| walk(v, k == "content"))?,
+                        other => walk(other, false)?,
+                    }
+                }
+            }
+            _ => walk(value, false)?,
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a frame nested deeper than `MAX_DEPTH`, without building it (a cheap scan; the
+/// parser then only sees bounded input). Strings are checked once parsed (`check_strings`):
+/// the frame's size bounds them meanwhile.
+fn check_shape(text: &str) -> Result<(), Error> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for byte in text.bytes() {
         if in_string {
-            string_len += 1;
-            if string_len > MAX_STRING {
-                return Err(too_big("string too long"));
-            }
             match (escaped, byte) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
@@ -234,14 +282,11 @@ fn check_shape(text: &str) -> Result<(), Error> {
             continue;
         }
         match byte {
-            b'"' => {
-                in_string = true;
-                string_len = 0;
-            }
+            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
-                    return Err(too_big("nested too deeply"));
+                    return Err(too_complex("nested too deeply"));
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
@@ -260,8 +305,19 @@ mod tests {
         assert!(check_shape(r#"{"type":"heartbeat","payload":{"a":[1,{"b":"\"}"}]}}"#).is_ok());
         assert!(check_shape(&"[".repeat(MAX_DEPTH + 1)).is_err());
         assert!(check_shape(&"[".repeat(MAX_DEPTH)).is_ok());
-        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(MAX_STRING + 1));
-        assert!(check_shape(&long).is_err());
+        let long = "x".repeat(MAX_STRING + 1);
+        let typing = format!(r#"{{"type":"message","payload":{{"messageType":"{long}"}}}}"#);
+        assert_eq!(decode(&typing).expect_err("long").code(), "frame_too_complex");
+        // An envelope's ciphertext may be long; nothing else in it may.
+        let user = uuid::Uuid::new_v4();
+        let envelope = |key: &str| {
+            format!(
+                r#"{{"type":"message","payload":{{"recipientId":"{user}","messageType":"t","envelopes":[{{"deviceId":1,"type":1,"{key}":"{long}"}}]}}}}"#
+            )
+        };
+        assert!(matches!(decode(&envelope("content")), Ok(Inbound::Message(_))));
+        let other = decode(&envelope("other")).expect_err("long elsewhere");
+        assert_eq!(other.code(), "frame_too_complex");
     }
 
     #[test]
@@ -300,6 +356,8 @@ mod tests {
             "identity_changed",
             "prekeys_low",
             "heartbeat_response",
+            "queue_empty",
+            "envelopes_dropped",
             "error",
             "typingIndicator",
             "Message",

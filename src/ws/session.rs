@@ -23,11 +23,14 @@ use crate::{
     events::{CloseReason, Event},
     hub::{self, CloseSignal, EphemeralSlots, Outgoing, SocketSlot},
     model::{MessageId, Presence, UserId, now},
+    store::AckTarget,
 };
 
 /// What a session's reader needs to answer its own socket.
 struct Socket {
     user: UserId,
+    /// The device it speaks for: the source of its envelopes, the queue its acks empty.
+    device: i64,
     replies: mpsc::Sender<Outgoing>,
     close: Arc<CloseSignal>,
     limits: FrameLimits,
@@ -50,6 +53,7 @@ pub async fn run(
     claims: TokenClaims,
     revocations: u64,
     device: i64,
+    device_named: bool,
     start: StartFrom,
     _slot: SocketSlot,
 ) {
@@ -90,6 +94,8 @@ pub async fn run(
         close: close.clone(),
         state: state.clone(),
         user,
+        device,
+        device_named,
         expires_at: Instant::now() + expires_in,
     };
     // Online before the socket is sent anything: whoever hears from this user sees them online.
@@ -104,6 +110,7 @@ pub async fn run(
 
     let socket = Socket {
         user,
+        device,
         replies: queue,
         close: close.clone(),
         limits: FrameLimits::new(&state.config),
@@ -197,7 +204,15 @@ impl From<Error> for Refused {
 
 /// Answers one text frame.
 async fn handle(state: &AppState, socket: &Socket, text: &str) -> Result<(), Refused> {
-    let inbound = protocol::decode(text)?;
+    let decoded = protocol::decode(text);
+    // Only a message with envelopes (one ciphertext per device) may exceed the frame limit.
+    if text.len() > state.config.ws_max_frame_bytes
+        && !matches!(&decoded, Ok(Inbound::Message(m)) if m.envelopes.is_some())
+    {
+        socket.close.close(CloseReason::TooBig);
+        return Ok(());
+    }
+    let inbound = decoded?;
     let kind = inbound.kind();
     crate::metrics::frame_received(kind);
     let client_id = match &inbound {
@@ -223,7 +238,14 @@ async fn answer(state: &AppState, socket: &Socket, inbound: Inbound) -> Result<(
         Inbound::Message(request) => {
             // Queued, not awaited: the socket's next messages can share the same commit.
             (socket.acks)
-                .send(state, user, request, &socket.replies, &socket.close)
+                .send(
+                    state,
+                    user,
+                    socket.device,
+                    request,
+                    &socket.replies,
+                    &socket.close,
+                )
                 .await?;
         }
         Inbound::TypingIndicator(t) => {
@@ -249,6 +271,14 @@ async fn answer(state: &AppState, socket: &Socket, inbound: Inbound) -> Result<(
                 &socket.close,
                 Outgoing::Resync { since: sync.since },
             );
+        }
+        Inbound::Ack(ack) => {
+            let target = match (ack.id, ack.cursor) {
+                (Some(id), None) => AckTarget::Message(id),
+                (None, Some(cursor)) => AckTarget::Upto(cursor),
+                _ => return Err(Error::invalid("ack names an id or a cursor")),
+            };
+            domain::envelopes::ack(state, user, socket.device, target).await?;
         }
         Inbound::Heartbeat => socket.reply(&Event::HeartbeatResponse { timestamp: now() }),
         Inbound::ChannelMessage(frame) => {

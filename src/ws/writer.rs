@@ -15,9 +15,12 @@ use tokio::{
 use super::limits::Bucket;
 use crate::{
     AppState,
-    domain::delivery::{self, SocketReports},
+    domain::{
+        delivery::{self, SocketReports},
+        envelopes,
+    },
     error::Result,
-    events::{CloseReason, Frame},
+    events::{CloseReason, Event, Frame},
     hub::{CloseSignal, EphemeralSlots, Outgoing},
     model::UserId,
 };
@@ -49,6 +52,11 @@ pub struct Writer {
     pub close: Arc<CloseSignal>,
     pub state: AppState,
     pub user: UserId,
+    /// The device whose envelopes this socket gets.
+    pub device: i64,
+    /// Whether the client named its device (a query `device_id`, or a device-bound session):
+    /// only such clients know of device queues, and are told `queue_empty`.
+    pub device_named: bool,
     pub expires_at: Instant,
 }
 
@@ -61,6 +69,8 @@ enum Stop {
 struct Progress {
     /// Number of the last inbox event this socket accounted for.
     last_sent: i64,
+    /// Number of the last envelope of the device's queue this socket accounted for.
+    envelope_last: i64,
     /// What it wrote, on its way to the domain's delivery log.
     reports: SocketReports,
 }
@@ -69,13 +79,18 @@ impl Writer {
     pub async fn run(mut self, start: StartFrom) {
         let mut progress = Progress {
             last_sent: 0,
+            envelope_last: 0,
             reports: SocketReports::default(),
         };
         let mut reason = if self.close.is_closed() {
             // Closed before it started (its session was revoked meanwhile): nothing to write.
             Some(self.close.reason_or(CloseReason::PeerGone))
         } else {
-            match Box::pin(self.catch_up(&mut progress, start)).await {
+            let caught_up = async {
+                self.catch_up(&mut progress, start).await?;
+                self.catch_up_envelopes(&mut progress, 0, true).await
+            };
+            match Box::pin(caught_up).await {
                 Ok(()) => None,
                 Err(stop) => Some(self.stop_reason(stop)),
             }
@@ -194,6 +209,58 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes the device's envelopes after number `after` (its whole queue from 0), then, on
+    /// connect (`connecting`) to a client that named its device, how many were dropped since
+    /// it last heard (if any) and `queue_empty`.
+    async fn catch_up_envelopes(
+        &mut self,
+        progress: &mut Progress,
+        after: i64,
+        connecting: bool,
+    ) -> Result<(), Stop> {
+        let queue = envelopes::queue_state(&self.state, self.user, self.device);
+        let queue = self.store(queue).await?;
+        let announce = connecting && self.device_named;
+        if announce && queue.dropped > 0 {
+            let dropped = Event::EnvelopesDropped {
+                device_id: self.device,
+                count: queue.dropped,
+            };
+            self.feed(dropped.encode()).await?;
+            let told = envelopes::forget_dropped(&self.state, self.user, self.device, queue.dropped);
+            self.store(told).await?;
+        }
+        self.write_queue(after, queue.head).await?;
+        progress.envelope_last = progress.envelope_last.max(queue.head);
+        if announce {
+            self.feed(Event::QueueEmpty {}.encode()).await?;
+        }
+        self.flush(progress).await
+    }
+
+    /// Writes the device's envelopes numbered in `(after, upto]` from the store, in order.
+    async fn write_queue(&mut self, mut after: i64, upto: i64) -> Result<(), Stop> {
+        while after < upto {
+            let page = envelopes::queue_frames(
+                &self.state,
+                self.user,
+                self.device,
+                after,
+                upto,
+                CATCH_UP_PAGE,
+            );
+            let frames = self.store(page).await?;
+            let Some(last) = frames.last().map(|(seq, _)| *seq) else {
+                break;
+            };
+            for (_, frame) in frames {
+                self.feed(frame).await?;
+            }
+            after = last;
+        }
+        Ok(())
+    }
+
     /// Writes the inbox events numbered in `(after, upto]` from the store, in order.
     async fn write_inbox(
         &mut self,
@@ -251,9 +318,24 @@ impl Writer {
                     progress.last_sent = seq;
                     progress.reports.accounted_upto(seq);
                 }
+                Outgoing::Envelope { seq, frame } => {
+                    if seq <= progress.envelope_last {
+                        continue; // already written while catching up
+                    }
+                    if seq > progress.envelope_last + 1 {
+                        // An earlier envelope's push is late or lost: the store has it.
+                        let after = progress.envelope_last;
+                        Box::pin(self.write_queue(after, seq)).await?;
+                    } else {
+                        self.feed(frame).await?;
+                    }
+                    progress.envelope_last = seq;
+                }
                 Outgoing::Resync { since } => {
                     self.flush(progress).await?;
                     Box::pin(self.catch_up(progress, StartFrom::Cursor(since))).await?;
+                    // Every envelope not acknowledged yet, again.
+                    Box::pin(self.catch_up_envelopes(progress, 0, false)).await?;
                 }
                 Outgoing::Refill => {
                     let head =
@@ -265,6 +347,8 @@ impl Writer {
                         progress.last_sent = head;
                         progress.reports.accounted_upto(head);
                     }
+                    let after = progress.envelope_last;
+                    Box::pin(self.catch_up_envelopes(progress, after, false)).await?;
                 }
             }
         }
