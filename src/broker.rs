@@ -527,6 +527,11 @@ impl Broker {
             Control::RevokeUser(user) => {
                 tokio::spawn(close_revoked(state.clone(), Some(user)));
             }
+            Control::CloseDevice(user, device) => {
+                state
+                    .hub
+                    .close_device_here(user, device, CloseReason::Revoked);
+            }
             Control::AccountDeleted(user) => {
                 state.store.conversations().forget_conversations_of(user);
                 state.hub.close_user_here(user, CloseReason::Revoked);

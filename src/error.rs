@@ -20,6 +20,12 @@ pub enum Error {
     Unauthorized,
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A 403 with its own stable code, for refusals a client tells apart.
+    #[error("{message}")]
+    Refused {
+        code: &'static str,
+        message: &'static str,
+    },
     /// Also used for "exists but is not yours", so that the answer reveals nothing.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -59,7 +65,7 @@ impl Error {
         match self {
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::Refused { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -74,7 +80,9 @@ impl Error {
     /// Stable machine-readable code, shared by HTTP bodies and WebSocket `error` frames.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Invalid { code, .. } | Self::Conflict { code, .. } => code,
+            Self::Invalid { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Refused { code, .. } => code,
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
@@ -130,6 +138,7 @@ impl Error {
             },
             Self::Unauthorized => Self::Unauthorized,
             Self::Forbidden(why) => Self::Forbidden(why),
+            Self::Refused { code, message } => Self::Refused { code, message },
             Self::NotFound(what) => Self::NotFound(what),
             Self::Conflict { code, message } => Self::Conflict { code, message },
             Self::PayloadTooLarge => Self::PayloadTooLarge,

@@ -499,6 +499,15 @@ impl Hub {
         }
     }
 
+    /// Closes every socket of one of `user`'s devices, on every node (the device was
+    /// unlinked), whichever session opened it.
+    pub fn close_device(&self, user: UserId, device: i64, reason: CloseReason) {
+        self.close_device_here(user, device, reason);
+        if let Some(broker) = &self.broker {
+            broker.control(Control::CloseDevice(user, device));
+        }
+    }
+
     /// `user`'s account was deleted: closes their sockets on every node, and has the other
     /// nodes forget what they cached about it (the caller forgets this node's).
     pub fn account_deleted(&self, user: UserId) {
@@ -620,6 +629,21 @@ mod tests {
         assert!(close.is_closed());
         drop(tracked);
         assert!(hub.sessions_to_check(None).is_empty());
+    }
+
+    #[test]
+    fn closing_a_device_closes_only_its_sockets() {
+        let hub = Hub::default();
+        let user = UserId(Uuid::new_v4());
+        let (tx, _rx) = mpsc::channel(4);
+        let (one, two) = (
+            Arc::new(CloseSignal::default()),
+            Arc::new(CloseSignal::default()),
+        );
+        hub.attach(user, 1, tx.clone(), Arc::default(), one.clone());
+        hub.attach(user, 2, tx, Arc::default(), two.clone());
+        hub.close_device(user, 2, CloseReason::Revoked);
+        assert!(two.is_closed() && !one.is_closed());
     }
 
     #[test]

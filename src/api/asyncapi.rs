@@ -54,6 +54,9 @@ pub fn document() -> Value {
                 .into_iter()
                 .map(|(kind, payload)| (Direction::Server, kind, payload)),
         );
+    // A type sent with two shapes (`message`: an inbox message, or one device's envelope) is
+    // one message whose payload is either shape.
+    let mut shapes: Vec<(Direction, String, Value, Option<Value>)> = Vec::new();
     for (direction, kind, payload) in frames {
         let payload = flatten(&payload, &schemas);
         let description = payload.get("description").cloned();
@@ -61,6 +64,23 @@ pub fn document() -> Value {
             Direction::Client => either_key_style(payload),
             Direction::Server => both_key_styles(payload),
         };
+        match shapes
+            .iter_mut()
+            .find(|(d, k, ..)| *d == direction && *k == kind)
+        {
+            Some((_, _, first, first_description)) => {
+                *first = json!({"oneOf": [first.take(), payload]});
+                if let (Some(Value::String(a)), Some(Value::String(b))) =
+                    (first_description.as_mut(), description)
+                {
+                    a.push_str(" Or: ");
+                    a.push_str(&b);
+                }
+            }
+            None => shapes.push((direction, kind, payload, description)),
+        }
+    }
+    for (direction, kind, payload, description) in shapes {
         let (side, action, title) = match direction {
             Direction::Client => ("client", "receive", "client → server"),
             Direction::Server => ("server", "send", "server → client"),
@@ -151,7 +171,7 @@ pub fn document() -> Value {
     })
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     /// Client → server: the server receives it.
     Client,

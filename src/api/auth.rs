@@ -92,7 +92,7 @@ pub async fn register(
     request_body = Credentials,
     responses(
         (status = 200, description = "a new session", body = SessionBody),
-        (status = 400, description = "not a JSON object with both fields", body = ErrorBody),
+        (status = 400, description = "not a JSON object with both fields, or a device_id out of 1..=127 (`invalid_device`) or a device_name too long", body = ErrorBody),
         (status = 401, description = "unknown email or wrong password (empty body)"),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 429, description = "too many failed logins for this account from this address, or too many requests from it (Retry-After)", body = ErrorBody),
@@ -197,11 +197,14 @@ pub async fn logout_all(
 )]
 pub async fn change_password(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    AuthSession(claims): AuthSession,
     Json(form): Json<PasswordChange>,
 ) -> Result<axum::Json<SessionBody>> {
+    // The caller's new session speaks for the same device as the one it replaces.
     Ok(axum::Json(
-        accounts::change_password(&state, user, form).await?.into(),
+        accounts::change_password(&state, claims.user_id, claims.device, form)
+            .await?
+            .into(),
     ))
 }
 

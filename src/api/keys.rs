@@ -16,11 +16,14 @@ use super::{
 };
 use crate::{
     AppState,
-    auth::AuthUser,
-    domain::keys::{self, KeyCount, KeyUpload},
+    auth::{AuthSession, AuthUser},
+    domain::{
+        devices::{self, DeviceInfo},
+        keys::{self, KeyCount, KeyUpload},
+    },
     error::{Error, Result},
     model::UserId,
-    store::{Bundle, DeviceInfo, PreKey, SignedPreKey},
+    store::{Bundle, PreKey, SignedPreKey},
 };
 
 /// Standard alphabet; padding optional, since some encoders drop it.
@@ -108,7 +111,7 @@ impl utoipa::PartialSchema for UploadBody {
         let schema = json!({
             "type": "object",
             "properties": {
-                "device_id": {"type": ["integer", "null"], "minimum": 1, "maximum": keys::MAX_DEVICE_ID, "description": "default 1"},
+                "device_id": {"type": ["integer", "null"], "minimum": 1, "maximum": keys::MAX_DEVICE_ID, "description": "default: the session's device, or 1"},
                 "registration_id": {"type": ["integer", "null"], "minimum": 0, "maximum": u32::MAX},
                 "identity_key": {"type": ["string", "null"], "pattern": KEY, "description": "with it, a full upload that replaces every key of the device"},
                 "signed_prekey": signed(KEY),
@@ -146,7 +149,8 @@ impl utoipa::PartialSchema for UploadBody {
 impl utoipa::ToSchema for UploadBody {}
 
 impl UploadBody {
-    fn decode(self) -> Result<KeyUpload> {
+    /// `bound`: the device the caller's session is signed in as, if any.
+    fn decode(self, bound: Option<i64>) -> Result<KeyUpload> {
         let one_time_prekeys = self.one_time_prekeys.unwrap_or_default();
         if one_time_prekeys.len() > keys::MAX_PREKEYS_PER_UPLOAD {
             // Refused before decoding anything.
@@ -156,7 +160,7 @@ impl UploadBody {
             )));
         }
         Ok(KeyUpload {
-            device_id: keys::device_id(self.device_id)?,
+            device_id: keys::own_device(bound, self.device_id)?,
             registration_id: self.registration_id.map(i64::from),
             identity_key: self
                 .identity_key
@@ -195,6 +199,7 @@ impl UploadBody {
         (status = 200, description = "the one-time prekeys the device now has", body = KeyCount),
         (status = 400, description = "invalid input", body = ErrorBody),
         (status = 401, description = "missing or bad token (empty body)"),
+        (status = 403, description = "a device_id other than the one the session is signed in as (`wrong_device`)", body = ErrorBody),
         (status = 404, description = "refresh of an unknown device", body = ErrorBody),
         (status = 409, description = "prekey id already stored", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
@@ -203,11 +208,12 @@ impl UploadBody {
 )]
 pub async fn upload(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    AuthSession(claims): AuthSession,
     Json(body): Json<UploadBody>,
 ) -> Result<axum::Json<KeyCount>> {
+    let upload = body.decode(claims.device)?;
     Ok(axum::Json(
-        keys::upload(&state, user, body.decode()?).await?,
+        keys::upload(&state, claims.user_id, upload).await?,
     ))
 }
 
@@ -222,21 +228,24 @@ pub struct DeviceQuery {
     path = "/keys/count",
     tag = "keys",
     summary = "One-time prekeys left on the caller's device",
-    params(("device_id" = Option<i64>, Query, minimum = 1, maximum = 127, description = "default 1")),
+    params(("device_id" = Option<i64>, Query, minimum = 1, maximum = 127, description = "default: the session's device, or 1")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "the one-time prekeys left", body = KeyCount),
         (status = 400, description = "a device_id out of 1..=127", body = ErrorBody),
         (status = 401, description = "missing or bad token (empty body)"),
+        (status = 403, description = "a device_id other than the one the session is signed in as (`wrong_device`)", body = ErrorBody),
     )
 )]
 pub async fn count(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    AuthSession(claims): AuthSession,
     Query(query): Query<DeviceQuery>,
 ) -> Result<axum::Json<KeyCount>> {
-    let device = keys::device_id(query.device_id)?;
-    Ok(axum::Json(keys::count(&state, user, device).await?))
+    let device = keys::own_device(claims.device, query.device_id)?;
+    Ok(axum::Json(
+        keys::count(&state, claims.user_id, device).await?,
+    ))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -327,15 +336,15 @@ pub async fn fetch_device(
     Ok(bundles_body(target, &bundles))
 }
 
-/// `GET /api/devices`: the caller's devices that published keys.
+/// `GET /api/devices`: the caller's registered devices.
 #[utoipa::path(
     get,
     path = "/devices",
     tag = "keys",
-    summary = "The caller's devices",
+    summary = "The caller's devices (registered by a key upload or a login as the device)",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "devices", body = Vec<DeviceInfo>),
+        (status = 200, description = "devices, by id", body = Vec<DeviceInfo>),
         (status = 401, description = "missing or bad token (empty body)"),
     )
 )]
@@ -343,29 +352,31 @@ pub async fn devices(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<axum::Json<Vec<DeviceInfo>>> {
-    Ok(axum::Json(keys::devices(&state, user).await?))
+    Ok(axum::Json(devices::list(&state, user).await?))
 }
 
-/// `DELETE /api/devices/{device_id}`: forget a device and all its keys.
+/// `DELETE /api/devices/{device_id}`: unlink a device: its keys, queue and bound sessions go,
+/// its sockets close (4001) on every node.
 #[utoipa::path(
     delete,
     path = "/devices/{device_id}",
     tag = "keys",
-    summary = "Delete one of the caller's devices and its keys",
-    params(("device_id" = i64, Path, description = "1..=127")),
+    summary = "Unlink one of the caller's devices (keys, envelope queue, bound sessions; its sockets close with 4001)",
+    params(("device_id" = i64, Path, description = "2..=127 (1, the primary, cannot be unlinked)")),
     security(("bearer" = [])),
     responses(
-        (status = 204, description = "deleted"),
+        (status = 204, description = "unlinked"),
         (status = 401, description = "missing or bad token (empty body)"),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 403, description = "the primary device (`primary_device`), or another device than the caller's own linked device (`wrong_device`)", body = ErrorBody),
+        (status = 404, description = "no such device of the caller", body = ErrorBody),
         (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
     )
 )]
 pub async fn delete_device(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    AuthSession(claims): AuthSession,
     Path(device): Path<i64>,
 ) -> Result<StatusCode> {
-    keys::delete_device(&state, user, device).await?;
+    devices::unlink(&state, &claims, device).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,8 +10,8 @@ use super::{
 };
 use crate::{
     AppState,
-    auth::AuthUser,
     auth::AuthSession,
+    auth::AuthUser,
     domain::{
         content::{self, ContentBody, ContentUpload},
         envelopes::EnvelopeIn,
@@ -82,7 +82,8 @@ pub async fn send_envelopes(
         conversation_id: body.conversation_id,
         envelopes: Some(body.envelopes),
     };
-    let device = 1;
+    // A device-bound session speaks for its device; an unbound one for device 1.
+    let device = claims.device.unwrap_or(1);
     let sent = messages::send_envelopes(&state, claims.user_id, device, request).await?;
     Ok(axum::Json(EnvelopeMessageSent {
         id: sent.id,

@@ -108,8 +108,9 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::messages))
         .routes(routes!(messages::mark_read))
         .routes(
-            routes!(messages::send_envelopes)
-                .layer(DefaultBodyLimit::max(state.config.ws_max_envelope_frame_bytes)),
+            routes!(messages::send_envelopes).layer(DefaultBodyLimit::max(
+                state.config.ws_max_envelope_frame_bytes,
+            )),
         )
         .routes(
             routes!(messages::put_content, messages::get_content)

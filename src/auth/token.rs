@@ -21,6 +21,10 @@ struct Claims {
     /// The session the token was issued for; tokens without one are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sid: Option<Uuid>,
+    /// The device a device-bound session signed in as; absent: unbound (device 1). Tokens
+    /// issued before devices existed have none and keep working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dev: Option<i64>,
 }
 
 /// What a valid token says.
@@ -28,6 +32,9 @@ struct Claims {
 pub struct TokenClaims {
     pub user_id: UserId,
     pub session_id: SessionId,
+    /// The device the session is bound to (`POST /api/auth/login` with `device_id`); `None`
+    /// for an unbound session, which speaks for device 1 unless its socket names another.
+    pub device: Option<i64>,
     /// Expiry, in seconds since the Unix epoch.
     pub expires_at: i64,
 }
@@ -58,8 +65,19 @@ impl TokenKeys {
         self.lifetime
     }
 
-    pub fn issue(&self, user: UserId, session: SessionId) -> anyhow::Result<String> {
-        self.issue_as(user, session, Utc::now().timestamp(), Uuid::new_v4())
+    pub fn issue(
+        &self,
+        user: UserId,
+        session: SessionId,
+        device: Option<i64>,
+    ) -> anyhow::Result<String> {
+        self.issue_as(
+            user,
+            session,
+            device,
+            Utc::now().timestamp(),
+            Uuid::new_v4(),
+        )
     }
 
     /// A token issued at `iat` (seconds since the epoch) with the id `jti`: the same arguments
@@ -68,6 +86,7 @@ impl TokenKeys {
         &self,
         user: UserId,
         session: SessionId,
+        device: Option<i64>,
         iat: i64,
         jti: Uuid,
     ) -> anyhow::Result<String> {
@@ -77,6 +96,7 @@ impl TokenKeys {
             exp: iat.saturating_add(i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX)),
             jti,
             sid: Some(session.0),
+            dev: device,
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -91,6 +111,11 @@ impl TokenKeys {
         Some(TokenClaims {
             user_id: UserId(data.claims.sub),
             session_id: SessionId(data.claims.sid?),
+            // Signed by us, so in range; a token naming an impossible device is refused anyway.
+            device: match data.claims.dev {
+                Some(device) if !(1..=127).contains(&device) => return None,
+                device => device,
+            },
             expires_at: data.claims.exp,
         })
     }
@@ -108,19 +133,31 @@ mod tests {
     fn issued_tokens_verify_and_are_url_safe() {
         let keys = keys("0123456789abcdef0123456789abcdef");
         let user = UserId(Uuid::new_v4());
-        let token = keys.issue(user, SessionId(Uuid::new_v4())).expect("issue");
+        let token = keys
+            .issue(user, SessionId(Uuid::new_v4()), None)
+            .expect("issue");
         assert!(
             token
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         );
         assert_eq!(keys.verify(&token).map(|c| c.user_id), Some(user));
+        assert_eq!(keys.verify(&token).and_then(|c| c.device), None);
+    }
+
+    #[test]
+    fn a_bound_session_token_carries_its_device() {
+        let keys = keys("0123456789abcdef0123456789abcdef");
+        let token = keys
+            .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()), Some(3))
+            .expect("issue");
+        assert_eq!(keys.verify(&token).and_then(|c| c.device), Some(3));
     }
 
     #[test]
     fn foreign_and_unsigned_tokens_are_refused() {
         let token = keys("0123456789abcdef0123456789abcdef")
-            .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()))
+            .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()), None)
             .expect("issue");
         assert!(
             keys("another secret of thirty-two bytes!")

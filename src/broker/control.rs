@@ -1,5 +1,5 @@
 //! What one node asks all the others to do, on `{prefix}:control` (every node subscribes to
-//! it): close revoked sockets, forget a deleted account, re-read a user's inbox.
+//! it): close revoked sockets and unlinked devices' sockets, forget a deleted account, re-read a user's inbox.
 //!
 //! Unlike a frame's doorbell, a control message is not dropped when Redis is down or the
 //! publish queue is full: revocations wait (within bounds) for Redis to come back, and the
@@ -27,6 +27,8 @@ pub enum Control {
     RevokeSession(SessionId),
     /// Close every socket of this user (logout everywhere, password change).
     RevokeUser(UserId),
+    /// This device of the user was unlinked: close its sockets, whichever session opened them.
+    CloseDevice(UserId, i64),
     /// The account is gone: close its sockets and forget its cached conversations, so that a
     /// message to it is refused instead of reaching the commit.
     AccountDeleted(UserId),
@@ -43,6 +45,7 @@ impl Control {
             Self::RevokeSession(session) => format!("{node} revoke-session {session}"),
             Self::RevokeUser(user) => format!("{node} revoke-user {user}"),
             Self::AccountDeleted(user) => format!("{node} account-deleted {user}"),
+            Self::CloseDevice(user, device) => format!("{node} close-device {user}/{device}"),
             Self::Refill(user) => format!("{node} refill {user}"),
             Self::RefillAll => format!("{node} refill-all -"),
         }
@@ -55,11 +58,17 @@ impl Control {
         if parts.next().is_some() {
             return None;
         }
+        let raw = id;
         let id = || id.parse::<Uuid>().ok();
         let control = match kind {
             "revoke-session" => Self::RevokeSession(SessionId(id()?)),
             "revoke-user" => Self::RevokeUser(UserId(id()?)),
             "account-deleted" => Self::AccountDeleted(UserId(id()?)),
+            "close-device" => {
+                let (user, device) = raw.split_once('/')?;
+                let device = device.parse().ok().filter(|d| (1..=127).contains(d))?;
+                Self::CloseDevice(UserId(user.parse().ok()?), device)
+            }
             "refill" => Self::Refill(UserId(id()?)),
             "refill-all" => Self::RefillAll,
             _ => return None,
@@ -153,6 +162,7 @@ mod tests {
             Control::RevokeSession(session),
             Control::RevokeUser(user),
             Control::AccountDeleted(user),
+            Control::CloseDevice(user, 7),
             Control::Refill(user),
             Control::RefillAll,
         ] {
@@ -161,13 +171,23 @@ mod tests {
                 Some(("node1", control))
             );
         }
-        for junk in [
+        let bad_devices = [
+            format!("n close-device {user}/0"),
+            format!("n close-device {user}/128"),
+            format!("n close-device {user}"),
+        ];
+        let junk = [
             "",
             "node1",
             "node1 revoke-user",
             "n revoke-user x",
             "n nuke -",
-        ] {
+            "n close-device x/2",
+        ];
+        for junk in junk
+            .into_iter()
+            .chain(bad_devices.iter().map(String::as_str))
+        {
             assert_eq!(Control::decode(junk), None, "{junk:?}");
         }
     }

@@ -5,7 +5,10 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::sessions::{self, Tokens};
+use super::{
+    devices,
+    sessions::{self, Tokens},
+};
 use crate::{
     AppState,
     auth::Check,
@@ -48,6 +51,14 @@ pub struct Credentials {
     pub email: String,
     #[schema(example = "correct horse")]
     pub password: String,
+    /// Signs in as this device (1..=127): the session is bound to it (its sockets are that
+    /// device) and the device is registered. Without it, an unbound session (device 1).
+    #[schema(minimum = 1, maximum = 127, nullable = false)]
+    pub device_id: Option<i64>,
+    /// The device's name, shown in the list of devices (trimmed, at most 64 characters); only
+    /// with `device_id`.
+    #[schema(max_length = 64, nullable = false, example = "Ada's laptop")]
+    pub device_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -103,7 +114,7 @@ pub async fn register(state: &AppState, form: Registration) -> Result<Session> {
             created_at: now(),
         })
         .await?;
-    let tokens = sessions::start(state, user.id).await?;
+    let tokens = sessions::start(state, user.id, None).await?;
     Ok(Session { tokens, user })
 }
 
@@ -114,6 +125,8 @@ pub async fn register(state: &AppState, form: Registration) -> Result<Session> {
 /// address meets a 429 while the owner, elsewhere, still gets in; and per account, a much
 /// higher ceiling against guesses spread over many addresses. A success resets its pair.
 pub async fn login(state: &AppState, form: Credentials, client: Option<IpAddr>) -> Result<Session> {
+    // Checked before the password: a malformed request costs no hashing and no attempt.
+    let device = devices::login_device(form.device_id, form.device_name)?;
     let email = normalize_email(&form.email);
     let account = email.clone().unwrap_or_default();
     let pair = (account.clone(), client);
@@ -136,7 +149,10 @@ pub async fn login(state: &AppState, form: Credentials, client: Option<IpAddr>) 
         }
     }
     let user = outcome?;
-    let tokens = sessions::start(state, user.id).await?;
+    if let Some((device, name)) = &device {
+        devices::register(state, user.id, *device, name.as_deref()).await?;
+    }
+    let tokens = sessions::start(state, user.id, device.map(|(device, _)| device)).await?;
     Ok(Session { tokens, user })
 }
 
@@ -191,10 +207,11 @@ async fn reauthenticate(state: &AppState, user: UserId, password: String) -> Res
 }
 
 /// Changes the password: every session of the user is revoked (their sockets closed), and a
-/// new session is started for the caller.
+/// new session is started for the caller, bound to the caller's `device` if theirs was.
 pub async fn change_password(
     state: &AppState,
     user: UserId,
+    device: Option<i64>,
     form: PasswordChange,
 ) -> Result<Session> {
     check_password(&form.new_password)?;
@@ -215,7 +232,7 @@ pub async fn change_password(
         .user(user)
         .await?
         .ok_or(Error::Unauthorized)?;
-    let tokens = sessions::start(state, user).await?;
+    let tokens = sessions::start(state, user, device).await?;
     Ok(Session {
         tokens,
         user: profile,

@@ -88,7 +88,11 @@ impl Submitted {
         if message.envelopes.is_empty() {
             return Ok(sent); // nobody to send it to (oneself, with no other device)
         }
-        let stored = state.store.envelopes().store(message.clone(), queue_max).await?;
+        let stored = state
+            .store
+            .envelopes()
+            .store(message.clone(), queue_max)
+            .await?;
         let Stored::New(numbered) = stored else {
             return Ok(sent);
         };
@@ -208,7 +212,9 @@ pub async fn ack(state: &AppState, user: UserId, device: i64, target: AckTarget)
             delivered_at: at,
             device_id: Some(device),
         };
-        state.hub.send_receipt(envelope.sender_id, &receipt.encode());
+        state
+            .hub
+            .send_receipt(envelope.sender_id, &receipt.encode());
     }
     Ok(())
 }

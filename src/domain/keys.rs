@@ -11,7 +11,7 @@ use crate::{
     error::{Error, Result},
     events::Event,
     model::{UserId, now},
-    store::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey},
+    store::{Bundle, DeviceKeys, KeyRefresh, PreKey, SignedPreKey},
 };
 
 /// The device of clients that do not name one.
@@ -61,7 +61,23 @@ pub fn device_id(raw: Option<i64>) -> Result<i64> {
     }
 }
 
-/// Stores `upload` for the caller's device. A changed identity key is announced to the
+/// The device a request acts for: the one a device-bound session (`bound`) is signed in as,
+/// which a request may not name another than (403 `wrong_device`); else the one `named`, or
+/// device 1.
+pub fn own_device(bound: Option<i64>, named: Option<i64>) -> Result<i64> {
+    let named = named.map(|d| device_id(Some(d))).transpose()?;
+    match (bound, named) {
+        (Some(bound), Some(named)) if named != bound => Err(Error::Refused {
+            code: "wrong_device",
+            message: "this session is signed in as another device",
+        }),
+        (Some(bound), _) => Ok(bound),
+        (None, named) => Ok(named.unwrap_or(DEFAULT_DEVICE_ID)),
+    }
+}
+
+/// Stores `upload` for the caller's device, which joins the device registry (or is marked
+/// seen there). A changed identity key is announced to the
 /// caller's contacts (`identity_changed`): their safety number with this device changed.
 pub async fn upload(state: &AppState, user: UserId, upload: KeyUpload) -> Result<KeyCount> {
     upload.validate()?;
@@ -117,6 +133,13 @@ pub async fn upload(state: &AppState, user: UserId, upload: KeyUpload) -> Result
                 .ok_or(Error::NotFound("device"))?
         }
     };
+    // After the keys: a refresh of a device without keys (404) registers nothing. A device
+    // whose keys were stored but whose registration failed is registered at its next upload.
+    state
+        .store
+        .devices()
+        .upsert(user, device_id, None, at)
+        .await?;
     Ok(KeyCount {
         device_id,
         count,
@@ -203,19 +226,6 @@ pub async fn low_prekeys(state: &AppState, user: UserId, device: i64) -> Option<
             e.context("counting prekeys").log_if_internal();
             None
         }
-    }
-}
-
-pub async fn devices(state: &AppState, user: UserId) -> Result<Vec<DeviceInfo>> {
-    state.store.keys().devices(user).await
-}
-
-/// Deletes one of the caller's devices and every key it published.
-pub async fn delete_device(state: &AppState, user: UserId, device: i64) -> Result<()> {
-    if state.store.keys().delete_device(user, device).await? {
-        Ok(())
-    } else {
-        Err(Error::NotFound("device"))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod channels;
 pub mod content;
 pub mod conversations;
 pub mod delivery;
+pub mod devices;
 pub mod envelopes;
 pub(crate) mod input;
 pub mod keys;

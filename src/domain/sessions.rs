@@ -35,8 +35,8 @@ pub struct Tokens {
     pub session_id: SessionId,
 }
 
-/// Starts a new session for `user`.
-pub async fn start(state: &AppState, user: UserId) -> Result<Tokens> {
+/// Starts a new session for `user`, bound to `device` when given (its tokens carry it).
+pub async fn start(state: &AppState, user: UserId, device: Option<i64>) -> Result<Tokens> {
     let session = SessionId(Uuid::now_v7());
     let refresh_token = new_refresh_token();
     let at = now();
@@ -46,12 +46,13 @@ pub async fn start(state: &AppState, user: UserId) -> Result<Tokens> {
         .create_session(
             session,
             user,
+            device,
             &hash_refresh_token(&refresh_token),
             at,
             refresh_expiry(state, at),
         )
         .await?;
-    tokens(state, user, session, refresh_token)
+    tokens(state, user, session, device, refresh_token)
 }
 
 /// Exchanges a refresh token for new tokens; the presented token cannot be used again, except
@@ -81,15 +82,21 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<(Tokens, U
             grace,
         )
         .await?;
-    let (session, user, issued_at) = match rotation {
-        Rotation::Rotated { session, user } => (session, user, at),
+    // The device comes from the session row, so a refreshed token stays bound to it.
+    let (session, user, device, issued_at) = match rotation {
+        Rotation::Rotated {
+            session,
+            user,
+            device,
+        } => (session, user, device, at),
         Rotation::Repeated {
             session,
             user,
+            device,
             rotated_at,
         } => {
             tracing::info!(%user, %session, "refresh repeated within the grace: same tokens");
-            (session, user, rotated_at)
+            (session, user, device, rotated_at)
         }
         Rotation::Reused { session, user } => {
             tracing::warn!(%user, %session, "a used refresh credential came back: session revoked");
@@ -113,7 +120,7 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<(Tokens, U
     let tokens = Tokens {
         token: state
             .tokens
-            .issue_as(user, session, issued_at.timestamp(), jti)?,
+            .issue_as(user, session, device, issued_at.timestamp(), jti)?,
         refresh_token: next,
         expires_in: state.tokens.lifetime().as_secs(),
         session_id: session,
@@ -158,10 +165,11 @@ fn tokens(
     state: &AppState,
     user: UserId,
     session: SessionId,
+    device: Option<i64>,
     refresh_token: String,
 ) -> Result<Tokens> {
     Ok(Tokens {
-        token: state.tokens.issue(user, session)?,
+        token: state.tokens.issue(user, session, device)?,
         refresh_token,
         expires_in: state.tokens.lifetime().as_secs(),
         session_id: session,

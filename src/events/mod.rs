@@ -45,7 +45,10 @@ pub enum Event {
     QueueEmpty {},
     /// Envelopes of this device were dropped unacknowledged (its queue was full, or they
     /// expired) since it last heard: their senders' messages are lost to it.
-    EnvelopesDropped { device_id: i64, count: i64 },
+    EnvelopesDropped {
+        device_id: i64,
+        count: i64,
+    },
     TypingIndicator {
         user_id: UserId,
         conversation_id: ConversationId,
@@ -353,9 +356,9 @@ mod tests {
         let ack = Event::MessageAck {
             id,
             client_id: None,
-            conversation_id: ConversationId(Uuid::new_v4()),
+            conversation_id: Some(ConversationId(Uuid::new_v4())),
             timestamp: at,
-            seq: 7,
+            seq: Some(7),
         }
         .encode();
         let value: Value = serde_json::from_str(ack.as_str()).expect("json");
@@ -379,9 +382,38 @@ mod tests {
             Event::MessageAck {
                 id: message,
                 client_id: Some(message),
-                conversation_id: conversation,
+                conversation_id: Some(conversation),
                 timestamp: at,
-                seq: 1,
+                seq: Some(1),
+            },
+            Event::MessageAck {
+                id: message,
+                client_id: None,
+                conversation_id: None,
+                timestamp: at,
+                seq: None,
+            },
+            Event::Envelope(EnvelopePayload {
+                id: message,
+                message_id: message,
+                conversation_id: Some(conversation),
+                sender_id: user,
+                recipient_id: user,
+                message_type: "signal".into(),
+                timestamp: at,
+                device_id: 2,
+                envelope: EnvelopeBody {
+                    kind: 3,
+                    content: "AAE=".into(),
+                    source_device_id: 1,
+                    source_device_id_camel: 1,
+                    cursor: 5,
+                },
+            }),
+            Event::QueueEmpty {},
+            Event::EnvelopesDropped {
+                device_id: 2,
+                count: 3,
             },
             Event::TypingIndicator {
                 user_id: user,
@@ -401,6 +433,14 @@ mod tests {
                 conversation_id: conversation,
                 recipient_id: user,
                 delivered_at: at,
+                device_id: None,
+            },
+            Event::DeliveryReceipt {
+                message_id: message,
+                conversation_id: conversation,
+                recipient_id: user,
+                delivered_at: at,
+                device_id: Some(2),
             },
             Event::CallRequestFull {
                 call_id: "c1".into(),
@@ -442,12 +482,18 @@ mod tests {
                 message: "bad \n input".into(),
                 id: None,
                 client_id: None,
+                missing_devices: None,
+                extra_devices: None,
+                stale_devices: None,
             },
             Event::Error {
                 code: "internal",
                 message: "internal error".into(),
                 id: Some(message),
                 client_id: Some(message),
+                missing_devices: Some(vec![2]),
+                extra_devices: Some(vec![]),
+                stale_devices: None,
             },
         ];
         for event in &events {

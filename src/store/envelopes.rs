@@ -141,7 +141,11 @@ async fn run(on: OnDb, mut queue: mpsc::Receiver<Job>) {
             Err(e) if batch.len() > 1 && (is_about_rows(&e) || gone_device(&e).is_some()) => {
                 for job in batch.drain(..) {
                     let answer = on.write(std::slice::from_ref(&job)).await;
-                    job.answer(answer.and_then(|mut a| a.remove(0)).map_err(name_gone_device));
+                    job.answer(
+                        answer
+                            .and_then(|mut a| a.remove(0))
+                            .map_err(name_gone_device),
+                    );
                 }
             }
             Err(e) => {
@@ -196,7 +200,9 @@ fn gone_device(e: &Error) -> Option<i64> {
     let Error::Internal(e) = e else {
         return None;
     };
-    e.chain().find_map(|c| c.downcast_ref::<DeviceGone>()).map(|g| g.0)
+    e.chain()
+        .find_map(|c| c.downcast_ref::<DeviceGone>())
+        .map(|g| g.0)
 }
 
 /// A job alone that named a device unlinked meanwhile: the sender's device list is stale.
@@ -281,7 +287,8 @@ impl OnDb {
                                 *n += 1;
                                 *n - 1
                             });
-                            let seq = seq.ok_or_else(|| Error::Internal(DeviceGone(e.device_id).into()))?;
+                            let seq =
+                                seq.ok_or_else(|| Error::Internal(DeviceGone(e.device_id).into()))?;
                             sqlx::query(
                                 "INSERT INTO envelopes (user_id, device_id, seq, message_id,
                                      sender_id, sender_device, conversation_id, message_type,

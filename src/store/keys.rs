@@ -58,16 +58,6 @@ pub struct Bundle {
     pub remaining: i64,
 }
 
-/// A device of the caller, as listed to them.
-#[derive(Clone, Debug, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct DeviceInfo {
-    pub device_id: i64,
-    pub registration_id: Option<i64>,
-    pub one_time_prekeys: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
 #[derive(sqlx::FromRow)]
 struct DeviceRow {
     device_id: i64,
@@ -347,32 +337,5 @@ impl Keys<'_> {
             .fetch_optional(pool)
             .await
         })?)
-    }
-
-    pub async fn devices(self, user: UserId) -> Result<Vec<DeviceInfo>> {
-        Ok(with_pool!(self.0, read, |pool| {
-            sqlx::query_as::<_, DeviceInfo>(
-                "SELECT d.device_id, d.registration_id, d.created_at, d.updated_at,
-                     (SELECT COUNT(*) FROM one_time_prekeys p
-                      WHERE p.user_id = d.user_id AND p.device_id = d.device_id) AS one_time_prekeys
-                 FROM devices d WHERE d.user_id = $1 ORDER BY d.device_id",
-            )
-            .bind(user)
-            .fetch_all(pool)
-            .await
-        })?)
-    }
-
-    /// Deletes a device and (by cascade) its keys. `false` if it did not exist.
-    pub async fn delete_device(self, user: UserId, device: i64) -> Result<bool> {
-        let deleted = with_pool!(self.0, write, |pool| {
-            sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
-                .bind(user)
-                .bind(device)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected() > 0)
-        })?;
-        Ok(deleted)
     }
 }

@@ -20,6 +20,7 @@ mod contract_tests;
 mod conversation_cache;
 mod conversations;
 mod db;
+mod devices;
 mod envelopes;
 mod faults;
 pub use faults::is_about_rows;
@@ -45,9 +46,10 @@ pub use db::{Engine, PoolStats};
 pub use envelopes::{
     AckTarget, AckedEnvelope, EnvelopeMessage, NewEnvelope, QueueState, QueuedEnvelope, Stored,
 };
+pub use devices::{DeviceRecord, Unlinked};
 pub use group::{FirstDelivery, NewMessage};
 pub use inbox::InboxEntry;
-pub use keys::{Bundle, DeviceInfo, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
+pub use keys::{Bundle, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::PendingMessage;
 pub use security::{RetentionCutoffs, Rotation, Swept};
 pub use stories::NewStory;
@@ -108,6 +110,8 @@ areas! {
     envelopes => Envelopes,
     /// Each user's numbered inbox and its delivery marks (`inbox.rs`).
     inbox => Inbox,
+    /// The device registry: names, last seen, unlinking (`devices.rs`).
+    devices => Devices,
     /// Devices and their Signal keys (`keys.rs`).
     keys => Keys,
     /// Messages: the group commit, history pages, read marks (`messages.rs`).

@@ -13,12 +13,18 @@ use crate::{
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotation {
     /// The token was current: it is now used, and `new_hash` is the session's next one.
-    Rotated { session: SessionId, user: UserId },
+    Rotated {
+        session: SessionId,
+        user: UserId,
+        /// The session's device, if it is bound to one (kept across refreshes).
+        device: Option<i64>,
+    },
     /// The token was used at `rotated_at`, within the grace, and the token it was traded for
     /// is still unused: nothing changed (a client retrying after a lost answer).
     Repeated {
         session: SessionId,
         user: UserId,
+        device: Option<i64>,
         rotated_at: DateTime<Utc>,
     },
     /// The token had already been used: the whole session is now revoked.
@@ -48,11 +54,13 @@ pub struct RetentionCutoffs {
 }
 
 impl Security<'_> {
-    /// Starts a session whose first refresh token hashes to `refresh_hash`.
+    /// Starts a session whose first refresh token hashes to `refresh_hash`, bound to `device`
+    /// when given.
     pub async fn create_session(
         self,
         session: SessionId,
         user: UserId,
+        device: Option<i64>,
         refresh_hash: &str,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
@@ -60,13 +68,14 @@ impl Security<'_> {
         with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             sqlx::query(
-                "INSERT INTO sessions (id, user_id, created_at, refreshed_at, expires_at)
-                 VALUES ($1, $2, $3, $3, $4)",
+                "INSERT INTO sessions (id, user_id, created_at, refreshed_at, expires_at, device_id)
+                 VALUES ($1, $2, $3, $3, $4, $5)",
             )
             .bind(session)
             .bind(user)
             .bind(now)
             .bind(expires_at)
+            .bind(device)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -105,9 +114,10 @@ impl Security<'_> {
             .fetch_optional(&mut *tx)
             .await?;
             let outcome = if let Some(session) = fresh {
-                let user: Option<UserId> = sqlx::query_scalar(
+                let user: Option<(UserId, Option<i64>)> = sqlx::query_as(
                     "UPDATE sessions SET refreshed_at = $2, expires_at = $3
-                     WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 RETURNING user_id",
+                     WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2
+                     RETURNING user_id, device_id",
                 )
                 .bind(session)
                 .bind(now)
@@ -115,7 +125,7 @@ impl Security<'_> {
                 .fetch_optional(&mut *tx)
                 .await?;
                 match user {
-                    Some(user) => {
+                    Some((user, device)) => {
                         sqlx::query(
                             "INSERT INTO refresh_tokens (token_hash, session_id, created_at)
                              VALUES ($1, $2, $3)",
@@ -125,7 +135,11 @@ impl Security<'_> {
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
-                        Rotation::Rotated { session, user }
+                        Rotation::Rotated {
+                            session,
+                            user,
+                            device,
+                        }
                     }
                     None => Rotation::Invalid,
                 }
@@ -140,8 +154,8 @@ impl Security<'_> {
                 // that pair's refresh token is still unused and its session alive.
                 let repeat = match (known, grace_since) {
                     (Some((session, Some(used_at))), Some(since)) if used_at >= since => {
-                        let user: Option<UserId> = sqlx::query_scalar(
-                            "SELECT s.user_id FROM refresh_tokens t
+                        let user: Option<(UserId, Option<i64>)> = sqlx::query_as(
+                            "SELECT s.user_id, s.device_id FROM refresh_tokens t
                              JOIN sessions s ON s.id = t.session_id
                              WHERE t.token_hash = $1 AND t.session_id = $2 AND t.used_at IS NULL
                                AND s.revoked_at IS NULL AND s.expires_at > $3",
@@ -151,9 +165,10 @@ impl Security<'_> {
                         .bind(now)
                         .fetch_optional(&mut *tx)
                         .await?;
-                        user.map(|user| Rotation::Repeated {
+                        user.map(|(user, device)| Rotation::Repeated {
                             session,
                             user,
+                            device,
                             rotated_at: used_at,
                         })
                     }

@@ -17,7 +17,7 @@ use axum::{
 use self::writer::StartFrom;
 use crate::{
     AppState, auth,
-    domain::{delivery, keys},
+    domain::{delivery, devices},
     error::Error,
 };
 
@@ -31,7 +31,8 @@ const READ_BUFFER: usize = 1024;
 /// `Authorization: Bearer <jwt>`, or in `Sec-WebSocket-Protocol: bearer, <jwt>` (answered with
 /// the `bearer` subprotocol), which keep it out of URLs. A missing or bad token is refused with
 /// an empty 401 before the upgrade; a user with `MAX_SOCKETS_PER_USER` sockets open gets 429.
-/// `device_id` (or `deviceId`, default 1) names the device, for the frames about its keys.
+/// `device_id` (or `deviceId`, default 1) names the device, for the frames about its keys and
+/// its envelopes; a device-bound session's socket is its device (naming another is a 400).
 /// `since` is the `cursor` of the last message or read receipt this device got: it is sent
 /// everything after it first; without it, everything no device of the user was sent yet.
 pub async fn upgrade(
@@ -52,7 +53,7 @@ pub async fn upgrade(
     let slot = (state.hub)
         .reserve_socket(claims.user_id, state.config.max_sockets_per_user)
         .ok_or(Error::TooManyRequests { retry_after: 10 })?;
-    let device = query
+    let named = query
         .as_deref()
         .and_then(|q| param(q, "device_id").or_else(|| param(q, "deviceId")))
         .map(|raw| {
@@ -60,8 +61,7 @@ pub async fn upgrade(
                 .map_err(|_| Error::invalid("device_id must be a number"))
         })
         .transpose()?;
-    let device_named = device.is_some();
-    let device = keys::device_id(device)?;
+    let (device, device_named) = devices::socket_device(&claims, named)?;
     let start = match query.as_deref().and_then(|q| param(q, "since")) {
         // Read before the socket is attached: later events are live for it (see `StartFrom`).
         None => StartFrom::Undelivered {
@@ -73,6 +73,8 @@ pub async fn upgrade(
         ),
     };
     let upgrade = upgrade.map_err(|_| Error::invalid("expected a WebSocket upgrade request"))?;
+    // Before the answer, so that a device listed right after its connect shows it.
+    devices::seen(&state, claims.user_id, device).await;
     // A message with envelopes may be larger than other frames (checked once decoded).
     let max = (state.config.ws_max_frame_bytes).max(state.config.ws_max_envelope_frame_bytes);
     Ok(upgrade
@@ -83,7 +85,16 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
-            session::run(state, socket, claims, revocations, device, device_named, start, slot)
+            session::run(
+                state,
+                socket,
+                claims,
+                revocations,
+                device,
+                device_named,
+                start,
+                slot,
+            )
         }))
 }
 

@@ -307,7 +307,10 @@ mod tests {
         assert!(check_shape(&"[".repeat(MAX_DEPTH)).is_ok());
         let long = "x".repeat(MAX_STRING + 1);
         let typing = format!(r#"{{"type":"message","payload":{{"messageType":"{long}"}}}}"#);
-        assert_eq!(decode(&typing).expect_err("long").code(), "frame_too_complex");
+        assert_eq!(
+            decode(&typing).expect_err("long").code(),
+            "frame_too_complex"
+        );
         // An envelope's ciphertext may be long; nothing else in it may.
         let user = uuid::Uuid::new_v4();
         let envelope = |key: &str| {
@@ -315,7 +318,10 @@ mod tests {
                 r#"{{"type":"message","payload":{{"recipientId":"{user}","messageType":"t","envelopes":[{{"deviceId":1,"type":1,"{key}":"{long}"}}]}}}}"#
             )
         };
-        assert!(matches!(decode(&envelope("content")), Ok(Inbound::Message(_))));
+        assert!(matches!(
+            decode(&envelope("content")),
+            Ok(Inbound::Message(_))
+        ));
         let other = decode(&envelope("other")).expect_err("long elsewhere");
         assert_eq!(other.code(), "frame_too_complex");
     }

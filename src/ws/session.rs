@@ -47,6 +47,10 @@ impl Socket {
 
 /// Runs a socket until it closes; `_slot` (one of the user's socket slots, taken before the
 /// upgrade) is given back when it returns.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "what the upgrade resolved, handed over once; a struct would only rename them"
+)]
 pub async fn run(
     state: AppState,
     socket: WebSocket,

@@ -227,7 +227,8 @@ impl Writer {
                 count: queue.dropped,
             };
             self.feed(dropped.encode()).await?;
-            let told = envelopes::forget_dropped(&self.state, self.user, self.device, queue.dropped);
+            let told =
+                envelopes::forget_dropped(&self.state, self.user, self.device, queue.dropped);
             self.store(told).await?;
         }
         self.write_queue(after, queue.head).await?;

@@ -132,13 +132,13 @@ async fn me_refuses_missing_bad_and_orphan_tokens_with_an_empty_401(engine: Engi
         &Secret::new(crate::common::JWT_SECRET),
         std::time::Duration::from_secs(60),
     )
-    .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()))
+    .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()), None)
     .expect("token");
     let foreign = TokenKeys::new(
         &Secret::new("some-other-secret-of-32-bytes-or-more"),
         std::time::Duration::from_secs(60),
     )
-    .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()))
+    .issue(UserId(Uuid::new_v4()), SessionId(Uuid::new_v4()), None)
     .expect("token");
     for token in [
         None,

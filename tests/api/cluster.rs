@@ -636,6 +636,28 @@ async fn a_message_to_a_deleted_account_is_refused_on_every_node_and_others_flow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlinking_a_device_on_one_node_closes_its_sockets_on_the_other() {
+    let Some(c) = cluster().await else { return };
+    let alice = c.a.register("alice").await;
+    let (laptop, _) = crate::devices::login_as(&c.a, &alice, 2, Some("Laptop")).await;
+    // On node B: the linked device's own session, an unbound session naming device 2, and
+    // the primary.
+    let mut bound = connect(&c.b, &laptop, "").await;
+    let mut unbound = connect(&c.b, &alice, "&device_id=2").await;
+    let mut primary = connect(&c.b, &alice, "").await;
+
+    let (status, body) =
+        c.a.request(Method::DELETE, "/api/devices/2", Some(&alice.token), None)
+            .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(bound.closed().await, Some(CloseCode::Library(4001)));
+    assert_eq!(unbound.closed().await, Some(CloseCode::Library(4001)));
+    primary.expect_quiet().await;
+    let (status, _) = c.b.get("/api/auth/me", &laptop.token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_revoked_while_its_socket_opens_gets_the_socket_closed() {
     let Some(c) = cluster().await else { return };
     let alice = c.a.register("alice").await;

@@ -37,7 +37,10 @@ pub async fn link_device(app: &TestApp, user: &TestUser, device: i64) {
     let (status, body) = app
         .request(Method::PUT, "/api/keys", Some(&user.token), Some(upload))
         .await;
-    assert!(status.is_success(), "upload keys of device {device}: {status} {body}");
+    assert!(
+        status.is_success(),
+        "upload keys of device {device}: {status} {body}"
+    );
 }
 
 /// A socket of `device` of `user`, naming its device.
@@ -143,7 +146,12 @@ async fn a_device_list_that_does_not_match_stores_nothing_on_either_door(engine:
     let mut sender = device_socket(&app, &alice, 1).await;
     sender.expect("queue_empty").await;
     let cases = [
-        (vec![envelope(1, b"x")], "mismatched_devices", "missingDevices", json!([2])),
+        (
+            vec![envelope(1, b"x")],
+            "mismatched_devices",
+            "missingDevices",
+            json!([2]),
+        ),
         (
             vec![envelope(1, b"x"), envelope(2, b"y"), envelope(3, b"z")],
             "mismatched_devices",
@@ -168,7 +176,11 @@ async fn a_device_list_that_does_not_match_stores_nothing_on_either_door(engine:
         let error = sender.expect("error").await;
         assert_eq!(error["code"], *code, "{error}");
         assert_eq!(error[*list], *devices, "{error}");
-        assert_eq!(error["clientId"], id.to_string(), "the error names the message");
+        assert_eq!(
+            error["clientId"],
+            id.to_string(),
+            "the error names the message"
+        );
 
         let path = format!("/api/messages/{}", bob.id);
         let body = json!({"messageType": "signal", "envelopes": envelopes});
@@ -224,7 +236,10 @@ async fn a_message_to_oneself_reaches_ones_other_devices_only(engine: Engine) {
     let others = vec![envelope(2, b"b"), envelope(3, b"c")];
     phone.send("message", message(&alice, id, others)).await;
     let ack = phone.expect("message_ack").await;
-    assert!(ack.get("conversationId").is_none(), "no conversation: {ack}");
+    assert!(
+        ack.get("conversationId").is_none(),
+        "no conversation: {ack}"
+    );
     let (bytes, frame) = expect_envelope(&mut laptop, 2, id).await;
     assert_eq!(bytes, b"b");
     assert!(frame.get("conversationId").is_none(), "{frame}");
@@ -291,7 +306,10 @@ async fn a_full_queue_drops_the_oldest_and_the_device_is_told(engine: Engine) {
     }
     let mut socket = device_socket(&app, &bob, 1).await;
     let dropped = socket.expect("envelopes_dropped").await;
-    assert_eq!((dropped["count"].as_i64(), dropped["deviceId"].as_i64()), (Some(2), Some(1)));
+    assert_eq!(
+        (dropped["count"].as_i64(), dropped["deviceId"].as_i64()),
+        (Some(2), Some(1))
+    );
     for id in &ids[2..] {
         expect_envelope(&mut socket, 1, *id).await;
     }
@@ -333,15 +351,31 @@ async fn bad_envelopes_and_acks_are_refused_and_change_nothing(engine: Engine) {
     let mut sender = device_socket(&app, &alice, 1).await;
     sender.expect("queue_empty").await;
     let bad = [
-        (json!([{"deviceId": 1, "type": 1, "content": "not base64!"}]), "invalid_input"),
-        (json!([{"deviceId": 0, "type": 1, "content": "eQ=="}]), "invalid_input"),
-        (json!([envelope(1, b"a"), envelope(1, b"b")]), "invalid_input"),
-        (json!([{"deviceId": 1, "type": 1, "content": ""}]), "invalid_input"),
-        (json!([{"deviceId": 1, "content": "eQ=="}]), "invalid_payload"),
+        (
+            json!([{"deviceId": 1, "type": 1, "content": "not base64!"}]),
+            "invalid_input",
+        ),
+        (
+            json!([{"deviceId": 0, "type": 1, "content": "eQ=="}]),
+            "invalid_input",
+        ),
+        (
+            json!([envelope(1, b"a"), envelope(1, b"b")]),
+            "invalid_input",
+        ),
+        (
+            json!([{"deviceId": 1, "type": 1, "content": ""}]),
+            "invalid_input",
+        ),
+        (
+            json!([{"deviceId": 1, "content": "eQ=="}]),
+            "invalid_payload",
+        ),
         (json!([envelope(1, &vec![7; 100_001])]), "payload_too_large"),
     ];
     for (envelopes, code) in bad {
-        let payload = json!({"recipientId": bob.id, "messageType": "signal", "envelopes": envelopes});
+        let payload =
+            json!({"recipientId": bob.id, "messageType": "signal", "envelopes": envelopes});
         sender.send("message", payload).await;
         assert_eq!(sender.expect("error").await["code"], code);
     }
@@ -359,7 +393,8 @@ async fn bad_envelopes_and_acks_are_refused_and_change_nothing(engine: Engine) {
     sender.send("message", message(&bob, id, big)).await;
     assert_eq!(sender.expect("message_ack").await["id"], id.to_string());
     // ...no other frame may.
-    let typing = json!({"conversationId": Uuid::now_v7(), "isTyping": true, "pad": "x".repeat(70_000)});
+    let typing =
+        json!({"conversationId": Uuid::now_v7(), "isTyping": true, "pad": "x".repeat(70_000)});
     sender.send("typing_indicator", typing).await;
     assert_eq!(sender.closed().await, Some(CloseCode::Size));
 
@@ -378,13 +413,25 @@ async fn the_current_apps_flow_is_unchanged_beside_envelopes(engine: Engine) {
     let mut app_socket = app.ws(&bob).await;
     let mut sender = app.ws(&alice).await;
     sender
-        .send("message", json!({"recipientId": bob.id, "messageType": "text", "sessionId": "s"}))
+        .send(
+            "message",
+            json!({"recipientId": bob.id, "messageType": "text", "sessionId": "s"}),
+        )
         .await;
     let ack = sender.expect("message_ack").await;
-    assert!(ack["seq"].is_i64() && ack["conversationId"].is_string(), "{ack}");
+    assert!(
+        ack["seq"].is_i64() && ack["conversationId"].is_string(),
+        "{ack}"
+    );
     let frame = app_socket.expect("message").await;
-    assert!(frame["cursor"].is_i64() && frame.get("envelope").is_none(), "{frame}");
-    assert_eq!(sender.expect("delivery_receipt").await.get("deviceId"), None);
+    assert!(
+        frame["cursor"].is_i64() && frame.get("envelope").is_none(),
+        "{frame}"
+    );
+    assert_eq!(
+        sender.expect("delivery_receipt").await.get("deviceId"),
+        None
+    );
     // An envelope for device 1 reaches the app's socket too (it is device 1).
     let id = Uuid::now_v7();
     sender

@@ -14,6 +14,7 @@ mod content;
 mod conversations;
 mod database_outage;
 mod delivery;
+mod devices;
 mod envelopes;
 mod group_commit;
 mod hostile;

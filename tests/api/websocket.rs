@@ -627,7 +627,7 @@ impl Checked {
 /// (`identity_changed`, `prekeys_low`) and every other variant go through the real encoder.
 async fn real_frames_match_their_schemas_in_the_asyncapi_document(engine: Engine) {
     use kisse_backend::{
-        events::Event,
+        events::{EnvelopeBody, EnvelopePayload, Event},
         model::{
             CallStatus, ChannelId, ChannelMessage, ChannelMessageId, ConversationId, MessageId,
             Presence, UserId,
@@ -748,10 +748,32 @@ async fn real_frames_match_their_schemas_in_the_asyncapi_document(engine: Engine
         Event::MessageAck {
             id: message,
             client_id: None,
-            conversation_id: conversation,
+            conversation_id: Some(conversation),
             timestamp: at,
-            seq: 1,
+            seq: Some(1),
         },
+        Event::QueueEmpty {},
+        Event::EnvelopesDropped {
+            device_id: 1,
+            count: 2,
+        },
+        Event::Envelope(EnvelopePayload {
+            id: message,
+            message_id: message,
+            conversation_id: None,
+            sender_id: user,
+            recipient_id: user,
+            message_type: "signal".into(),
+            timestamp: at,
+            device_id: 2,
+            envelope: EnvelopeBody {
+                kind: 1,
+                content: "AAE=".into(),
+                source_device_id: 3,
+                source_device_id_camel: 3,
+                cursor: 4,
+            },
+        }),
         Event::ReadReceipt {
             message_id: message,
             conversation_id: conversation,
@@ -764,6 +786,7 @@ async fn real_frames_match_their_schemas_in_the_asyncapi_document(engine: Engine
             conversation_id: conversation,
             recipient_id: user,
             delivered_at: at,
+            device_id: Some(2),
         },
         Event::TypingIndicator {
             user_id: user,
@@ -813,6 +836,9 @@ async fn real_frames_match_their_schemas_in_the_asyncapi_document(engine: Engine
             message: "internal error".into(),
             id: Some(message),
             client_id: None,
+            missing_devices: Some(vec![2]),
+            extra_devices: Some(vec![3]),
+            stale_devices: None,
         },
     ];
     for event in &encoded {
