@@ -53,11 +53,11 @@ pub struct Credentials {
     pub password: String,
     /// Signs in as this device (1..=127): the session is bound to it (its sockets are that
     /// device) and the device is registered. Without it, an unbound session (device 1).
-    #[schema(minimum = 1, maximum = 127, nullable = false)]
+    #[schema(minimum = 1, maximum = 127)]
     pub device_id: Option<i64>,
     /// The device's name, shown in the list of devices (trimmed, at most 64 characters); only
     /// with `device_id`.
-    #[schema(max_length = 64, nullable = false, example = "Ada's laptop")]
+    #[schema(max_length = 64, example = "Ada's laptop")]
     pub device_name: Option<String>,
 }
 

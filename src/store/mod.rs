@@ -7,8 +7,8 @@
 
 // Inside, files depend one way (scripts/check-layers): the types a group commit passes around
 // (`group`, `upload`, `columns`, `faults`) and the engine's pools (`db`) import nothing of the
-// store; the engines (`sqlite/`, `postgres/`) only those; then the group commit (`batch`) and
-// the conversation cache; then this file (`Store`); the area files, on top, implement its
+// store; the engines (`sqlite/`, `postgres/`) only those; then the group commit (`batch`), the
+// envelope writer (`envelope_writer`) and the conversation cache; then this file (`Store`); the area files, on top, implement its
 // accessors.
 mod batch;
 mod calls;
@@ -21,6 +21,7 @@ mod conversation_cache;
 mod conversations;
 mod db;
 mod devices;
+mod envelope_writer;
 mod envelopes;
 mod faults;
 pub use faults::is_about_rows;
@@ -43,10 +44,9 @@ pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::StoredContent;
 pub use db::{Engine, PoolStats};
-pub use envelopes::{
-    AckTarget, AckedEnvelope, EnvelopeMessage, NewEnvelope, QueueState, QueuedEnvelope, Stored,
-};
 pub use devices::{DeviceRecord, Unlinked};
+pub use envelope_writer::{AckTarget, AckedEnvelope, EnvelopeMessage, NewEnvelope, Stored};
+pub use envelopes::{QueueState, QueuedEnvelope};
 pub use group::{FirstDelivery, NewMessage};
 pub use inbox::InboxEntry;
 pub use keys::{Bundle, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
@@ -70,7 +70,7 @@ pub struct Store {
     /// Message inserts, committed in groups.
     batcher: batch::Batcher,
     /// Envelope stores and acks, committed in batches.
-    envelopes: envelopes::EnvelopeWriter,
+    envelopes: envelope_writer::EnvelopeWriter,
 }
 
 // The surface by concern: `store.users().create_user(..)`, `store.inbox().inbox_entries(..)`.
@@ -170,7 +170,7 @@ impl Store {
         };
         Self {
             batcher: batch::Batcher::spawn(db.clone(), writers),
-            envelopes: envelopes::EnvelopeWriter::spawn(db.clone()),
+            envelopes: envelope_writer::EnvelopeWriter::spawn(db.clone()),
             db,
             conversations: Default::default(),
         }

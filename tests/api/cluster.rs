@@ -805,3 +805,61 @@ async fn a_revocation_published_while_a_node_was_unsubscribed_still_closes_its_s
     // Node B missed it, but checks its sessions when it subscribes again.
     assert_eq!(on_b.closed().await, Some(CloseCode::Library(4001)));
 }
+
+/// A device's envelope sent on one node reaches that device's socket on the other at once (and
+/// no other device's socket); its ack there deletes it for every node and tells the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_crosses_nodes_to_its_device_only_and_an_ack_anywhere_deletes_it() {
+    let Some(c) = cluster().await else { return };
+    let (alice, bob, _) = alice_and_bob(&c.a).await;
+    for device in [1, 2] {
+        crate::envelopes::link_device(&c.a, &bob, device).await;
+    }
+    // Named sockets: `queue_empty` first, then the heartbeat proves the node routes to them.
+    let open = |addr, user, query| async move {
+        let mut ws = reconnect_to(addr, user, query).await;
+        ws.expect("queue_empty").await;
+        ws.expect_quiet().await;
+        ws
+    };
+    let mut phone = open(c.a.addr, &bob, "&device_id=1").await;
+    let mut tablet = open(c.b.addr, &bob, "&device_id=2").await;
+    let mut sender = open(c.a.addr, &alice, "&device_id=1").await;
+
+    let id = Uuid::now_v7();
+    let envelope = |device: i64| json!({"deviceId": device, "type": 1, "content": STANDARD_B64[device as usize]});
+    sender
+        .send(
+            "message",
+            json!({"recipientId": bob.id, "messageType": "signal", "id": id,
+                   "envelopes": [envelope(1), envelope(2)]}),
+        )
+        .await;
+    sender.expect("message_ack").await;
+    for (socket, device) in [(&mut tablet, 2), (&mut phone, 1)] {
+        let frame = socket.expect("message").await;
+        assert_eq!(frame["id"], id.to_string());
+        assert_eq!(frame["deviceId"], device);
+        assert_eq!(frame["envelope"]["content"], STANDARD_B64[device as usize]);
+        socket.expect_silent().await;
+    }
+
+    tablet.send("ack", json!({"id": id})).await;
+    let receipt = sender.expect("delivery_receipt").await;
+    assert_eq!(
+        (receipt["messageId"].as_str(), receipt["deviceId"].as_i64()),
+        (Some(id.to_string().as_str()), Some(2))
+    );
+    tablet.expect_quiet().await;
+    tablet.close().await;
+    phone.close().await;
+    // Acknowledged on B: gone on A too. Not acknowledged on A: sent again on B.
+    let mut tablet = reconnect_to(c.a.addr, &bob, "&device_id=2").await;
+    tablet.expect("queue_empty").await;
+    let mut phone = reconnect_to(c.b.addr, &bob, "&device_id=1").await;
+    assert_eq!(phone.expect("message").await["id"], id.to_string());
+    phone.expect("queue_empty").await;
+}
+
+/// Base64 ciphertexts of devices 1 and 2 (index 0 unused).
+const STANDARD_B64: [&str; 3] = ["", "AQEBAQ==", "AgICAg=="];

@@ -32,7 +32,10 @@ pub async fn link_device(app: &TestApp, user: &TestUser, device: i64) {
         "registration_id": 1000 + device,
         "identity_key": key(tag, 33),
         "signed_prekey": {"key_id": 1, "public_key": key(tag ^ 0x10, 33), "signature": key(tag ^ 0x20, 64)},
-        "one_time_prekeys": [{"key_id": 1, "public_key": key(tag ^ 0x30, 33)}],
+        // Above the low-prekey threshold: no `prekeys_low` frame in the way.
+        "one_time_prekeys": (1..=20)
+            .map(|id| json!({"key_id": id, "public_key": key(tag ^ id as u8, 33)}))
+            .collect::<Vec<_>>(),
     });
     let (status, body) = app
         .request(Method::PUT, "/api/keys", Some(&user.token), Some(upload))
@@ -89,6 +92,7 @@ async fn each_device_gets_only_its_own_envelope_until_it_acknowledges_it(engine:
         socket.expect("queue_empty").await;
     }
     let mut sender = device_socket(&app, &alice, 1).await;
+    sender.expect("queue_empty").await;
     let id = Uuid::now_v7();
     let envelopes = vec![envelope(1, &ciphertext(1)), envelope(2, &ciphertext(2))];
     sender.send("message", message(&bob, id, envelopes)).await;
