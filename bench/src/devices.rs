@@ -183,10 +183,9 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
     for device in devices {
-        let socket = connect_device(server, &device.token, device.id)
+        let mut socket = connect_device(server, &device.token, device.id)
             .await
             .with_context(|| format!("device {} of recipient {}", device.id, device.pair))?;
-        let (mut socket, stop) = (socket, stop.clone());
         match until_queue_empty(&mut socket, FIRST_CONNECT_WAIT).await {
             Some(0) => {}
             Some(n) => bail!("a new device had {n} envelopes queued"),
@@ -194,7 +193,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                 "no queue_empty on a device socket within {FIRST_CONNECT_WAIT:?}: does this server have envelopes (issue 19)?"
             ),
         }
-        receivers.push(tokio::spawn(receive(socket, device, clock, stop)));
+        receivers.push(tokio::spawn(receive(socket, device, clock, stop.clone())));
     }
 
     let sent = Arc::new(AtomicU64::new(0));
