@@ -32,7 +32,8 @@ CREATE TABLE envelopes (
     PRIMARY KEY (user_id, device_id, seq),
     FOREIGN KEY (user_id, device_id) REFERENCES user_devices (user_id, device_id) ON DELETE CASCADE
 );
-CREATE UNIQUE INDEX envelopes_message ON envelopes (user_id, device_id, message_id);
+-- A retry is found by (recipient, message id), an ack by id within one device.
+CREATE UNIQUE INDEX envelopes_message ON envelopes (user_id, message_id, device_id);
 CREATE INDEX envelopes_created_at ON envelopes (created_at);
 
 -- A session signed in as one device (`POST /api/auth/login` with `device_id`); NULL: device 1.

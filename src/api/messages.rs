@@ -61,7 +61,7 @@ pub struct EnvelopeMessageSent {
         (status = 200, description = "stored in each device's queue (or already, for a retry)", body = EnvelopeMessageSent),
         (status = 400, description = "invalid input (bad base64, a device id out of 1..=127, twice the same device)", body = ErrorBody),
         (status = 401, description = "missing or bad token (empty body)"),
-        (status = 404, description = "no such user", body = ErrorBody),
+        (status = 404, description = "no such user, or another user with no device", body = ErrorBody),
         (status = 409, description = "`mismatched_devices` (with `missing_devices` and `extra_devices`), or `id_taken`: nothing stored", body = ErrorBody),
         (status = 410, description = "`stale_devices` (with `stale_devices`): nothing stored", body = ErrorBody),
         (status = 413, description = "an envelope above ENVELOPE_MAX_BYTES", body = ErrorBody),

@@ -144,12 +144,17 @@ pub async fn submit(state: &AppState, out: Outgoing<'_>) -> Result<Submitted> {
             content,
         });
     }
-    let devices = state.store.envelopes().devices_of(out.recipient).await?;
+    let devices = state.store.devices().registrations(out.recipient).await?;
     // To oneself: a copy for each of one's other devices.
     let expected: BTreeMap<i64, Option<i64>> = devices
         .into_iter()
         .filter(|(device, _)| out.recipient != out.sender || *device != out.sender_device)
         .collect();
+    // Someone else with no device at all cannot be sent envelopes (the current app's flow,
+    // without them, still reaches them).
+    if expected.is_empty() && out.recipient != out.sender {
+        return Err(Error::NotFound("recipient device"));
+    }
     check_devices(&expected, &sent_to)?;
     Ok(Submitted {
         message: EnvelopeMessage {

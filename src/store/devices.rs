@@ -96,6 +96,20 @@ impl Devices<'_> {
         Ok(())
     }
 
+    /// Each registered device of `user`, with the registration id its keys carry (if any).
+    pub async fn registrations(self, user: UserId) -> Result<Vec<(i64, Option<i64>)>> {
+        Ok(with_pool!(self.0, read, |pool| {
+            sqlx::query_as(
+                "SELECT r.device_id, k.registration_id FROM user_devices r
+                 LEFT JOIN devices k ON k.user_id = r.user_id AND k.device_id = r.device_id
+                 WHERE r.user_id = $1 ORDER BY r.device_id",
+            )
+            .bind(user)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
     /// The registered devices of `user`, by device id, with what the key directory knows.
     pub async fn list(self, user: UserId) -> Result<Vec<DeviceRecord>> {
         Ok(with_pool!(self.0, read, |pool| {

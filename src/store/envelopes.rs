@@ -36,20 +36,6 @@ pub struct QueueState {
 }
 
 impl Envelopes<'_> {
-    /// Each registered device of `user`, with the registration id its keys carry (if any).
-    pub async fn devices_of(self, user: UserId) -> Result<Vec<(i64, Option<i64>)>> {
-        Ok(with_pool!(self.0, read, |pool| {
-            sqlx::query_as(
-                "SELECT r.device_id, k.registration_id FROM user_devices r
-                 LEFT JOIN devices k ON k.user_id = r.user_id AND k.device_id = r.device_id
-                 WHERE r.user_id = $1 ORDER BY r.device_id",
-            )
-            .bind(user)
-            .fetch_all(pool)
-            .await
-        })?)
-    }
-
     /// Stores `message`'s envelopes, each numbered in its device's queue, which keeps its
     /// latest `queue_max` numbers. Waits for the commit.
     pub async fn store(self, message: EnvelopeMessage, queue_max: i64) -> Result<Stored> {

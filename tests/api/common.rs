@@ -490,8 +490,9 @@ impl WsClient {
     }
 
     /// The payload of the next frame, which must be of type `kind`; frames that come on their
-    /// own schedule (`presence_update` of contacts, `delivery_receipt` of messages sent) are
-    /// skipped unless `kind` is one of them.
+    /// own schedule (`presence_update` of contacts, `delivery_receipt` of messages sent, the
+    /// `queue_empty` that ends the connect of a socket naming its device) are skipped unless
+    /// `kind` is one of them.
     pub async fn expect(&mut self, kind: &str) -> Value {
         loop {
             let frame = self.recv().await;
@@ -499,14 +500,15 @@ impl WsClient {
                 return frame["payload"].clone();
             }
             assert!(
-                frame["type"] == "presence_update" || frame["type"] == "delivery_receipt",
+                ["presence_update", "delivery_receipt", "queue_empty"]
+                    .contains(&frame["type"].as_str().unwrap_or_default()),
                 "expected {kind}, got {frame}"
             );
         }
     }
 
-    /// Proves that nothing but presence changes and delivery receipts was queued for this
-    /// socket so far: a heartbeat
+    /// Proves that nothing but presence changes, delivery receipts and `queue_empty` was
+    /// queued for this socket so far: a heartbeat
     /// goes through the same queue, so its answer comes after anything queued before it.
     /// Ephemeral frames (typing, presence, unanswered calls, channel posts) do not use that
     /// queue and may come after the answer.

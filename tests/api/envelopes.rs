@@ -20,6 +20,7 @@ scenarios!(
     expired_envelopes_are_dropped_and_the_device_is_told,
     bad_envelopes_and_acks_are_refused_and_change_nothing,
     the_current_apps_flow_is_unchanged_beside_envelopes,
+    an_unlinked_device_loses_its_queue_and_a_device_bound_session_sends_as_its_device,
 );
 
 /// Publishes keys for `device` of `user` (which registers the device), with registration id
@@ -197,6 +198,15 @@ async fn a_device_list_that_does_not_match_stores_nothing_on_either_door(engine:
         let snake = list.replace("Devices", "_devices");
         assert_eq!(body["error"][snake.as_str()], *devices, "{body}");
     }
+    // Someone with no device at all cannot be sent envelopes.
+    let carol = app.register("carol").await;
+    sender
+        .send(
+            "message",
+            message(&carol, Uuid::now_v7(), vec![envelope(1, b"x")]),
+        )
+        .await;
+    assert_eq!(sender.expect("error").await["code"], "not_found");
     // The right registration id is accepted.
     let right = vec![
         envelope(1, b"x"),
@@ -444,4 +454,41 @@ async fn the_current_apps_flow_is_unchanged_beside_envelopes(engine: Engine) {
     sender.expect("message_ack").await;
     expect_envelope(&mut app_socket, 1, id).await;
     app_socket.expect_silent().await;
+}
+
+async fn an_unlinked_device_loses_its_queue_and_a_device_bound_session_sends_as_its_device(
+    engine: Engine,
+) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    link_device(&app, &bob, 1).await;
+    let (tablet, _) = crate::devices::login_as(&app, &bob, 2, Some("Tablet")).await;
+    // Alice's laptop, a device-bound session: its socket and its REST sends are device 2.
+    link_device(&app, &alice, 1).await;
+    let (laptop, _) = crate::devices::login_as(&app, &alice, 2, None).await;
+    let path = format!("/api/messages/{}", bob.id);
+    let body =
+        json!({"messageType": "signal", "envelopes": [envelope(1, b"p"), envelope(2, b"t")]});
+    let (status, sent) = app
+        .request(Method::PUT, &path, Some(&laptop.token), Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let mut socket = app.ws(&tablet).await;
+    let frame = socket.expect("message").await;
+    assert_eq!(frame["envelope"]["sourceDeviceId"], 2, "sent by the laptop");
+    socket.expect("queue_empty").await;
+
+    let (status, _) = app
+        .request(Method::DELETE, "/api/devices/2", Some(&bob.token), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(socket.closed().await, Some(CloseCode::Library(4001)));
+    // Linked again, device 2 starts with an empty queue; device 1 still has its envelope.
+    let (tablet, _) = crate::devices::login_as(&app, &bob, 2, None).await;
+    let mut socket = app.ws(&tablet).await;
+    socket.expect("queue_empty").await;
+    socket.expect_silent().await;
+    let mut phone = device_socket(&app, &bob, 1).await;
+    assert_eq!(phone.expect("message").await["id"], sent["id"]);
 }

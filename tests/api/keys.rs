@@ -243,6 +243,8 @@ async fn a_device_running_low_on_prekeys_is_told_over_its_socket(engine: Engine)
         .ws_url(&format!("/ws?token={}&device_id=2", alice.token))
         .await
         .expect("socket opens");
+    // A socket naming its device is told its (empty) queue is drained; nothing else.
+    other.expect("queue_empty").await;
     other.expect_silent().await;
 
     // Once it uploads more, it is left alone.
