@@ -89,6 +89,9 @@ pub struct Report {
     dropped: u64,
     /// `delivery_receipt`s the senders got: one per device ack the server processed.
     receipts: u64,
+    /// When sending stopped: envelopes stored (messages acknowledged × devices), and device
+    /// acks the server had processed by then; the difference is the queues' backlog.
+    at_stop: (u64, u64),
     elapsed: Duration,
     latencies: Latencies,
     server_cpu: Option<Duration>,
@@ -145,6 +148,12 @@ impl Report {
             self.queues_left.1,
             self.queues_silent,
             QUEUE_EMPTY_WAIT,
+        );
+        println!(
+            "  when sending stopped: {} envelopes stored, {} device acks processed ({} behind)",
+            self.at_stop.0,
+            self.at_stop.1,
+            self.at_stop.0.saturating_sub(self.at_stop.1),
         );
         if self.device_errors > 0 || self.dropped > 0 {
             println!(
@@ -287,6 +296,10 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     let mut elapsed = clock.elapsed();
     stop.store(true, Ordering::Relaxed);
     let total_acked = || acked.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
+    let at_stop = (
+        total_acked() * u64::from(load.devices),
+        receipts.load(Ordering::Relaxed),
+    );
     let expected = sent.load(Ordering::Relaxed);
     let deadline = Instant::now() + DRAIN;
     while total_acked() + refused.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
@@ -325,6 +338,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         device_errors: 0,
         dropped: 0,
         receipts: receipts.load(Ordering::Relaxed),
+        at_stop,
         elapsed,
         latencies: Latencies::new(Vec::new()),
         server_cpu,
