@@ -28,7 +28,9 @@ pub struct EnvelopeMessageBody {
     /// Chosen by the client: makes retries idempotent and becomes the message's id.
     #[serde(default)]
     id: Option<MessageId>,
+    /// Not blank; at most 32 bytes once trimmed.
     #[serde(alias = "messageType")]
+    #[schema(max_length = 32, pattern = "\\S")]
     message_type: String,
     #[serde(default, alias = "conversationId")]
     conversation_id: Option<ConversationId>,

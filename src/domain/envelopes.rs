@@ -13,7 +13,10 @@ use crate::{
     error::{DeviceMismatch, Error, Result},
     events::{EnvelopeBody, EnvelopePayload, Event, Frame},
     model::{ConversationId, MessageId, UserId, now},
-    store::{AckTarget, EnvelopeMessage, NewEnvelope, QueueState, QueuedEnvelope, Stored},
+    store::{
+        AckTarget, EnvelopeMessage, NewEnvelope, PendingEnvelopes, QueueState, QueuedEnvelope,
+        Stored,
+    },
 };
 
 use super::keys::MAX_DEVICE_ID;
@@ -23,6 +26,7 @@ use super::keys::MAX_DEVICE_ID;
 pub struct EnvelopeIn {
     /// The recipient's device (1–127).
     #[serde(alias = "deviceId")]
+    #[schema(minimum = 1, maximum = 127)]
     pub device_id: i64,
     /// The registration id the sender's session with that device knows; a device whose
     /// registration changed since is `stale`.
@@ -31,7 +35,8 @@ pub struct EnvelopeIn {
     /// The Signal ciphertext type; not interpreted.
     #[serde(rename = "type")]
     pub kind: i64,
-    /// Standard base64 of the ciphertext.
+    /// Standard base64 of the ciphertext (not empty; at most `ENVELOPE_MAX_BYTES` decoded).
+    #[schema(min_length = 4)]
     pub content: String,
 }
 
@@ -68,7 +73,8 @@ impl Sent {
 /// An envelope message checked and queued for commit; `complete` finishes sending it.
 pub struct Submitted {
     message: EnvelopeMessage,
-    queue_max: i64,
+    /// `None` when there is nobody to send it to (oneself, with no other device).
+    pending: Option<PendingEnvelopes>,
 }
 
 impl Submitted {
@@ -76,24 +82,19 @@ impl Submitted {
         self.message.id
     }
 
-    /// Stores the envelopes, then queues each on its device's sockets (once: a retry is not
-    /// pushed again).
+    /// Waits for the envelopes' commit, then queues each on its device's sockets (once: a
+    /// retry is not pushed again).
     pub async fn complete(self, state: &AppState) -> Result<Sent> {
-        let Submitted { message, queue_max } = self;
+        let Submitted { message, pending } = self;
         let sent = Sent {
             id: message.id,
             conversation_id: message.conversation_id,
             timestamp: message.created_at,
         };
-        if message.envelopes.is_empty() {
-            return Ok(sent); // nobody to send it to (oneself, with no other device)
-        }
-        let stored = state
-            .store
-            .envelopes()
-            .store(message.clone(), queue_max)
-            .await?;
-        let Stored::New(numbered) = stored else {
+        let Some(pending) = pending else {
+            return Ok(sent);
+        };
+        let Stored::New(numbered) = pending.stored().await? else {
             return Ok(sent);
         };
         for (envelope, (device, seq)) in message.envelopes.iter().zip(numbered) {
@@ -156,19 +157,26 @@ pub async fn submit(state: &AppState, out: Outgoing<'_>) -> Result<Submitted> {
         return Err(Error::NotFound("recipient device"));
     }
     check_devices(&expected, &sent_to)?;
-    Ok(Submitted {
-        message: EnvelopeMessage {
-            id: out.id,
-            sender_id: out.sender,
-            sender_device: out.sender_device,
-            recipient_id: out.recipient,
-            conversation_id: out.conversation_id,
-            message_type: out.message_type.to_owned(),
-            created_at: now(),
-            envelopes,
-        },
-        queue_max: state.config.device_queue_max,
-    })
+    let message = EnvelopeMessage {
+        id: out.id,
+        sender_id: out.sender,
+        sender_device: out.sender_device,
+        recipient_id: out.recipient,
+        conversation_id: out.conversation_id,
+        message_type: out.message_type.to_owned(),
+        created_at: now(),
+        envelopes,
+    };
+    // Queued now, not when its ack is due: a socket's messages share commits.
+    let pending = match message.envelopes.is_empty() {
+        true => None,
+        false => Some(
+            (state.store.envelopes())
+                .queue(message.clone(), state.config.device_queue_max)
+                .await?,
+        ),
+    };
+    Ok(Submitted { message, pending })
 }
 
 /// The devices a message must reach (`expected`, with their registration ids) against those

@@ -5,9 +5,10 @@
 //! order (`user_devices.queue_head`, bumped in the inserting transaction, whose row lock orders
 //! a device's commits).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use sqlx::QueryBuilder;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -23,6 +24,10 @@ use crate::{
 const MAX_BATCH: usize = 512;
 /// Jobs waiting for the writer before callers wait to queue.
 const QUEUE: usize = 4096;
+/// Envelope rows one INSERT carries (11 parameters each: SQLite takes 32,766 at most).
+const ROWS_PER_INSERT: usize = 1000;
+/// (recipient, message) pairs one lookup or delete names (2 or 3 parameters each).
+const PAIRS_PER_STATEMENT: usize = 1000;
 
 /// One device's copy of a message, as sent.
 #[derive(Clone, Debug)]
@@ -87,6 +92,15 @@ enum Job {
     },
 }
 
+/// A message's envelopes queued for a batch: `stored` waits for its commit.
+pub struct PendingEnvelopes(oneshot::Receiver<Result<Stored>>);
+
+impl PendingEnvelopes {
+    pub async fn stored(self) -> Result<Stored> {
+        self.0.await.map_err(|_| stopped())?
+    }
+}
+
 /// The queue of the one task that writes envelopes.
 #[derive(Clone, Debug)]
 pub(super) struct EnvelopeWriter(mpsc::Sender<Job>);
@@ -98,9 +112,13 @@ impl EnvelopeWriter {
         Self(jobs)
     }
 
-    /// Stores `message`'s envelopes, each numbered in its device's queue, which keeps its
-    /// latest `queue_max` numbers. Waits for the commit.
-    pub(super) async fn store(&self, message: EnvelopeMessage, queue_max: i64) -> Result<Stored> {
+    /// Queues `message`'s envelopes for the next batch, each to be numbered in its device's
+    /// queue, which keeps its latest `queue_max` numbers; the answer comes once committed.
+    pub(super) async fn queue(
+        &self,
+        message: EnvelopeMessage,
+        queue_max: i64,
+    ) -> Result<PendingEnvelopes> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Store {
             message,
@@ -108,7 +126,7 @@ impl EnvelopeWriter {
             reply,
         };
         self.0.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(PendingEnvelopes(answer))
     }
 
     /// Deletes what `device` of `user` acknowledges; returns what was deleted.
@@ -224,47 +242,69 @@ fn name_gone_device(e: Error) -> Error {
 }
 
 impl OnDb {
-    /// Writes `jobs` in one transaction; answers in their order (a job whose id another sender
-    /// holds is refused alone).
+    /// Writes `jobs` in one transaction, a few statements for the whole batch; answers in
+    /// their order (a job whose id another sender holds is refused alone).
     async fn write(&self, jobs: &[Job]) -> Result<Vec<Result<Answer>>> {
+        let stores: Vec<(usize, &EnvelopeMessage, i64)> = (jobs.iter().enumerate())
+            .filter_map(|(i, job)| match job {
+                Job::Store {
+                    message, queue_max, ..
+                } => Some((i, message, *queue_max)),
+                Job::Ack { .. } => None,
+            })
+            .collect();
         let answers = with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
-            // Retries first: a message id this recipient already holds (or that an earlier
-            // job of this batch stores) is stored once.
-            let mut retry = vec![false; jobs.len()];
-            let mut taken = vec![false; jobs.len()];
-            let mut seen = std::collections::HashSet::new();
-            for (i, job) in jobs.iter().enumerate() {
-                let Job::Store { message: m, .. } = job else {
-                    continue;
-                };
-                let held: Option<UserId> = sqlx::query_scalar(
-                    "SELECT sender_id FROM envelopes WHERE user_id = $1 AND message_id = $2 LIMIT 1",
-                )
-                .bind(m.recipient_id)
-                .bind(m.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                match held {
-                    Some(sender) if sender != m.sender_id => (retry[i], taken[i]) = (true, true),
-                    Some(_) => retry[i] = true,
-                    None => retry[i] = !seen.insert((m.recipient_id, m.id)),
+            let mut answers: Vec<Option<Result<Answer>>> = jobs.iter().map(|_| None).collect();
+
+            // Retries: a message id this recipient already holds is stored once; another
+            // sender's is refused.
+            let mut held: HashMap<(UserId, MessageId), UserId> = HashMap::new();
+            for chunk in stores.chunks(PAIRS_PER_STATEMENT) {
+                let mut select = QueryBuilder::new(
+                    "SELECT DISTINCT user_id, message_id, sender_id FROM envelopes WHERE ",
+                );
+                let mut terms = select.separated(" OR ");
+                for (_, m, _) in chunk {
+                    terms.push("(user_id = ");
+                    terms.push_bind_unseparated(m.recipient_id);
+                    terms.push_unseparated(" AND message_id = ");
+                    terms.push_bind_unseparated(m.id);
+                    terms.push_unseparated(")");
+                }
+                let rows: Vec<(UserId, MessageId, UserId)> =
+                    select.build_query_as().fetch_all(&mut *tx).await?;
+                held.extend(rows.into_iter().map(|(u, m, s)| ((u, m), s)));
+            }
+            let mut fresh = Vec::with_capacity(stores.len());
+            for &(i, m, max) in &stores {
+                match held.insert((m.recipient_id, m.id), m.sender_id) {
+                    Some(sender) if sender != m.sender_id => {
+                        held.insert((m.recipient_id, m.id), sender);
+                        answers[i] = Some(Err(Error::Conflict {
+                            code: "id_taken",
+                            message: "this message id is taken",
+                        }));
+                    }
+                    Some(_) => answers[i] = Some(Ok(Answer::Stored(Stored::Retry))),
+                    None => fresh.push((i, m, max)),
                 }
             }
+
             // Numbers: each device's row is bumped once for the batch, in (user, device)
             // order, so that concurrent batches (other nodes) never lock two rows in opposite
             // orders.
-            let mut wanted: BTreeMap<(UserId, i64), i64> = BTreeMap::new();
-            for (job, _) in jobs.iter().zip(&retry).filter(|(_, r)| !**r) {
-                if let Job::Store { message: m, .. } = job {
-                    for e in &m.envelopes {
-                        *wanted.entry((m.recipient_id, e.device_id)).or_default() += 1;
-                    }
+            let mut wanted: BTreeMap<(UserId, i64), (i64, i64)> = BTreeMap::new();
+            for &(_, m, max) in &fresh {
+                for e in &m.envelopes {
+                    let entry = wanted.entry((m.recipient_id, e.device_id)).or_insert((0, max));
+                    entry.0 += 1;
                 }
             }
-            let mut next: BTreeMap<(UserId, i64), i64> = BTreeMap::new();
-            let mut heads: BTreeMap<(UserId, i64), i64> = BTreeMap::new();
-            for (&(user, device), &count) in &wanted {
+            // Per device: the next number to give, and the head and queue bound after the batch.
+            let mut next: HashMap<(UserId, i64), i64> = HashMap::with_capacity(wanted.len());
+            let mut heads = Vec::with_capacity(wanted.len());
+            for (&(user, device), &(count, max)) in &wanted {
                 let head: Option<i64> = sqlx::query_scalar(
                     "UPDATE user_devices SET queue_head = queue_head + $3
                      WHERE user_id = $1 AND device_id = $2 RETURNING queue_head",
@@ -276,118 +316,146 @@ impl OnDb {
                 .await?;
                 let head = head.ok_or_else(|| Error::Internal(DeviceGone(device).into()))?;
                 next.insert((user, device), head - count + 1);
-                heads.insert((user, device), head);
+                heads.push((user, device, head, max));
             }
-            let mut answers = Vec::with_capacity(jobs.len());
-            for ((job, retry), taken) in jobs.iter().zip(retry).zip(taken) {
-                match job {
-                    Job::Store { .. } if taken => answers.push(Err(Error::Conflict {
-                        code: "id_taken",
-                        message: "this message id is taken",
-                    })),
-                    Job::Store { .. } if retry => answers.push(Ok(Answer::Stored(Stored::Retry))),
-                    Job::Store { message: m, .. } => {
-                        let mut numbered = Vec::with_capacity(m.envelopes.len());
-                        for e in &m.envelopes {
-                            let seq = next.get_mut(&(m.recipient_id, e.device_id));
-                            let seq = seq.map(|n| {
-                                *n += 1;
-                                *n - 1
-                            });
-                            let seq =
-                                seq.ok_or_else(|| Error::Internal(DeviceGone(e.device_id).into()))?;
-                            sqlx::query(
-                                "INSERT INTO envelopes (user_id, device_id, seq, message_id,
-                                     sender_id, sender_device, conversation_id, message_type,
-                                     kind, content, created_at)
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                            )
-                            .bind(m.recipient_id)
-                            .bind(e.device_id)
-                            .bind(seq)
-                            .bind(m.id)
-                            .bind(m.sender_id)
-                            .bind(m.sender_device)
-                            .bind(m.conversation_id)
-                            .bind(&m.message_type)
-                            .bind(e.kind)
-                            .bind(&e.content)
-                            .bind(m.created_at)
-                            .execute(&mut *tx)
-                            .await?;
-                            numbered.push((e.device_id, seq));
-                        }
-                        answers.push(Ok(Answer::Stored(Stored::New(numbered))));
-                    }
+            let mut rows = Vec::new();
+            for &(i, m, _) in &fresh {
+                let mut numbered = Vec::with_capacity(m.envelopes.len());
+                for e in &m.envelopes {
+                    let Some(seq) = next.get_mut(&(m.recipient_id, e.device_id)) else {
+                        return Err(Error::Internal(DeviceGone(e.device_id).into()));
+                    };
+                    rows.push((m, e, *seq));
+                    numbered.push((e.device_id, *seq));
+                    *seq += 1;
+                }
+                answers[i] = Some(Ok(Answer::Stored(Stored::New(numbered))));
+            }
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::new(
+                    "INSERT INTO envelopes (user_id, device_id, seq, message_id, sender_id,
+                         sender_device, conversation_id, message_type, kind, content, created_at) ",
+                );
+                insert.push_values(chunk, |mut row, (m, e, seq)| {
+                    row.push_bind(m.recipient_id)
+                        .push_bind(e.device_id)
+                        .push_bind(*seq)
+                        .push_bind(m.id)
+                        .push_bind(m.sender_id)
+                        .push_bind(m.sender_device)
+                        .push_bind(m.conversation_id)
+                        .push_bind(&m.message_type)
+                        .push_bind(e.kind)
+                        .push_bind(&e.content)
+                        .push_bind(m.created_at);
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
+
+            // Acks by id, in one statement (per chunk); acks up to a number, one each.
+            let by_id: Vec<(usize, UserId, i64, MessageId)> = (jobs.iter().enumerate())
+                .filter_map(|(i, job)| match job {
                     Job::Ack {
                         user,
                         device,
-                        target,
+                        target: AckTarget::Message(id),
                         ..
-                    } => {
-                        let acked = match *target {
-                            AckTarget::Message(id) => {
-                                sqlx::query_as::<_, AckedEnvelope>(
-                                    "DELETE FROM envelopes
-                                     WHERE user_id = $1 AND device_id = $2 AND message_id = $3
-                                     RETURNING message_id, sender_id, conversation_id",
-                                )
-                                .bind(user)
-                                .bind(device)
-                                .bind(id)
-                                .fetch_all(&mut *tx)
-                                .await?
-                            }
-                            AckTarget::Upto(cursor) => {
-                                sqlx::query_as::<_, AckedEnvelope>(
-                                    "DELETE FROM envelopes
-                                     WHERE user_id = $1 AND device_id = $2 AND seq <= $3
-                                     RETURNING message_id, sender_id, conversation_id",
-                                )
-                                .bind(user)
-                                .bind(device)
-                                .bind(cursor)
-                                .fetch_all(&mut *tx)
-                                .await?
-                            }
-                        };
-                        answers.push(Ok(Answer::Acked(acked)));
-                    }
+                    } => Some((i, *user, *device, *id)),
+                    _ => None,
+                })
+                .collect();
+            let mut deleted: HashMap<(UserId, i64, MessageId), AckedEnvelope> = HashMap::new();
+            for chunk in by_id.chunks(PAIRS_PER_STATEMENT) {
+                let mut delete = QueryBuilder::new("DELETE FROM envelopes WHERE ");
+                let mut terms = delete.separated(" OR ");
+                for (_, user, device, id) in chunk {
+                    terms.push("(user_id = ");
+                    terms.push_bind_unseparated(*user);
+                    terms.push_unseparated(" AND message_id = ");
+                    terms.push_bind_unseparated(*id);
+                    terms.push_unseparated(" AND device_id = ");
+                    terms.push_bind_unseparated(*device);
+                    terms.push_unseparated(")");
                 }
+                delete.push(
+                    " RETURNING user_id, device_id, message_id, sender_id, conversation_id",
+                );
+                let rows: Vec<DeletedRow> = delete.build_query_as().fetch_all(&mut *tx).await?;
+                deleted.extend(rows.into_iter().map(|r| {
+                    let acked = AckedEnvelope {
+                        message_id: r.message_id,
+                        sender_id: r.sender_id,
+                        conversation_id: r.conversation_id,
+                    };
+                    ((r.user_id, r.device_id, r.message_id), acked)
+                }));
             }
-            // A queue holds its latest `queue_max` numbers: older envelopes are dropped, and
-            // counted for the device to be told.
-            let queue_max = jobs.iter().find_map(|j| match j {
-                Job::Store { queue_max, .. } => Some(*queue_max),
-                Job::Ack { .. } => None,
-            });
-            if let Some(max) = queue_max {
-                for (&(user, device), &head) in heads.iter().filter(|(_, h)| **h > max) {
-                    let dropped = sqlx::query(
-                        "DELETE FROM envelopes WHERE user_id = $1 AND device_id = $2 AND seq <= $3",
+            for (i, user, device, id) in by_id {
+                let acked = deleted.remove(&(user, device, id)).into_iter().collect();
+                answers[i] = Some(Ok(Answer::Acked(acked)));
+            }
+            for (i, job) in jobs.iter().enumerate() {
+                if let Job::Ack {
+                    user,
+                    device,
+                    target: AckTarget::Upto(cursor),
+                    ..
+                } = job
+                {
+                    let acked = sqlx::query_as::<_, AckedEnvelope>(
+                        "DELETE FROM envelopes
+                         WHERE user_id = $1 AND device_id = $2 AND seq <= $3
+                         RETURNING message_id, sender_id, conversation_id",
                     )
                     .bind(user)
                     .bind(device)
-                    .bind(head - max)
+                    .bind(cursor)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    answers[i] = Some(Ok(Answer::Acked(acked)));
+                }
+            }
+
+            // A queue holds its latest `queue_max` numbers: older envelopes are dropped, and
+            // counted for the device to be told.
+            for &(user, device, head, max) in heads.iter().filter(|(.., head, max)| head > max) {
+                let dropped = sqlx::query(
+                    "DELETE FROM envelopes WHERE user_id = $1 AND device_id = $2 AND seq <= $3",
+                )
+                .bind(user)
+                .bind(device)
+                .bind(head - max)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if dropped > 0 {
+                    sqlx::query(
+                        "UPDATE user_devices SET dropped = dropped + $3
+                         WHERE user_id = $1 AND device_id = $2",
+                    )
+                    .bind(user)
+                    .bind(device)
+                    .bind(dropped as i64)
                     .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if dropped > 0 {
-                        sqlx::query(
-                            "UPDATE user_devices SET dropped = dropped + $3
-                             WHERE user_id = $1 AND device_id = $2",
-                        )
-                        .bind(user)
-                        .bind(device)
-                        .bind(dropped as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                    .await?;
                 }
             }
             tx.commit().await?;
             Ok::<_, Error>(answers)
         })?;
-        Ok(answers)
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(mixed_up())))
+            .collect())
     }
+}
+
+/// An envelope an ack deleted, with the device it was for.
+#[derive(sqlx::FromRow)]
+struct DeletedRow {
+    user_id: UserId,
+    device_id: i64,
+    message_id: MessageId,
+    sender_id: UserId,
+    conversation_id: Option<ConversationId>,
 }

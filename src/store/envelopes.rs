@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{AckTarget, AckedEnvelope, EnvelopeMessage, Envelopes, Stored, with_pool};
+use super::{AckTarget, AckedEnvelope, EnvelopeMessage, Envelopes, PendingEnvelopes, with_pool};
 use crate::{
     error::Result,
     model::{ConversationId, MessageId, UserId},
@@ -36,10 +36,11 @@ pub struct QueueState {
 }
 
 impl Envelopes<'_> {
-    /// Stores `message`'s envelopes, each numbered in its device's queue, which keeps its
-    /// latest `queue_max` numbers. Waits for the commit.
-    pub async fn store(self, message: EnvelopeMessage, queue_max: i64) -> Result<Stored> {
-        self.0.envelopes.store(message, queue_max).await
+    /// Queues `message`'s envelopes for the next batch, without waiting for it: a socket's
+    /// next messages can share the commit. Each is numbered in its device's queue, which keeps
+    /// its latest `queue_max` numbers.
+    pub async fn queue(self, message: EnvelopeMessage, queue_max: i64) -> Result<PendingEnvelopes> {
+        self.0.envelopes.queue(message, queue_max).await
     }
 
     /// Deletes what `device` of `user` acknowledges; returns what was deleted.

@@ -45,7 +45,9 @@ pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::StoredContent;
 pub use db::{Engine, PoolStats};
 pub use devices::{DeviceRecord, Unlinked};
-pub use envelope_writer::{AckTarget, AckedEnvelope, EnvelopeMessage, NewEnvelope, Stored};
+pub use envelope_writer::{
+    AckTarget, AckedEnvelope, EnvelopeMessage, NewEnvelope, PendingEnvelopes, Stored,
+};
 pub use envelopes::{QueueState, QueuedEnvelope};
 pub use group::{FirstDelivery, NewMessage};
 pub use inbox::InboxEntry;
