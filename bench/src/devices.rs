@@ -35,6 +35,9 @@ const ENVELOPE_TYPE: u8 = 1;
 /// How long a device may take to say `queue_empty` after it connects: its queue is empty or
 /// short, so this is only a bound for a server that never says it.
 const QUEUE_EMPTY_WAIT: Duration = Duration::from_secs(2);
+/// The longest the bench waits for the device acks to be processed once the envelopes are all
+/// delivered (while the server makes progress on them).
+const ACK_CATCH_UP_MAX: Duration = Duration::from_secs(120);
 /// At the start, the first connect of a device also waits for the server's setup work.
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(10);
 
@@ -71,7 +74,8 @@ struct Tally {
     /// Envelopes the server reported dropped (`envelopes_dropped`).
     dropped: u64,
     last: Duration,
-    socket: Socket,
+    /// The socket, whole again once its acks are written (`None` if that failed).
+    socket: Option<Socket>,
 }
 
 pub struct Report {
@@ -92,6 +96,9 @@ pub struct Report {
     /// When sending stopped: envelopes stored (messages acknowledged × devices), and device
     /// acks the server had processed by then; the difference is the queues' backlog.
     at_stop: (u64, u64),
+    /// How long after sending stopped every delivered envelope's ack was processed (`None`:
+    /// never, within the bench's patience).
+    acks_done: Option<Duration>,
     elapsed: Duration,
     latencies: Latencies,
     server_cpu: Option<Duration>,
@@ -142,7 +149,7 @@ impl Report {
         }
         let queues = self.queues_empty + self.queues_left.0 + self.queues_silent;
         println!(
-            "  device queues at the end: {}/{queues} empty | {} with envelopes left ({} envelopes: acks lost) | {} without queue_empty within {:?}",
+            "  device queues at the end: {}/{queues} empty | {} with envelopes left ({} envelopes: their acks were lost) | {} without queue_empty within {:?}",
             self.queues_empty,
             self.queues_left.0,
             self.queues_left.1,
@@ -150,10 +157,20 @@ impl Report {
             QUEUE_EMPTY_WAIT,
         );
         println!(
-            "  when sending stopped: {} envelopes stored, {} device acks processed ({} behind)",
+            "  when sending stopped: {} envelopes stored, {} device acks processed ({} behind); {}",
             self.at_stop.0,
             self.at_stop.1,
             self.at_stop.0.saturating_sub(self.at_stop.1),
+            match self.acks_done {
+                Some(after) => format!(
+                    "all acks processed {:.1} s after sending stopped",
+                    after.as_secs_f64()
+                ),
+                None => format!(
+                    "{} acks never processed",
+                    self.delivered.saturating_sub(self.receipts)
+                ),
+            },
         );
         if self.device_errors > 0 || self.dropped > 0 {
             println!(
@@ -294,6 +311,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         open.push(sender.await?);
     }
     let mut elapsed = clock.elapsed();
+    let stopped = elapsed;
     stop.store(true, Ordering::Relaxed);
     let total_acked = || acked.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
     let at_stop = (
@@ -311,11 +329,19 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     }
     let delivered: u64 = tallies.iter().map(|t| t.latencies.len() as u64).sum();
     // A receipt means the server processed the device's ack: waiting for them all is waiting
-    // for the acks in flight, before the queues are checked.
-    let deadline = Instant::now() + DRAIN;
-    while receipts.load(Ordering::Relaxed) < delivered && Instant::now() < deadline {
+    // for the acks in flight, before the queues are checked. A server behind on acks gets as
+    // long as it makes progress, so that what is left in the queues is acks it dropped, not
+    // acks it was slow to process.
+    let (mut seen, mut progress) = (receipts.load(Ordering::Relaxed), Instant::now());
+    let give_up = Instant::now() + ACK_CATCH_UP_MAX;
+    while seen < delivered && progress.elapsed() < DRAIN && Instant::now() < give_up {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = receipts.load(Ordering::Relaxed);
+        if now != seen {
+            (seen, progress) = (now, Instant::now());
+        }
     }
+    let acks_done = (seen >= delivered).then(|| clock.elapsed().saturating_sub(stopped));
     let server_cpu = server
         .pid()
         .and_then(crate::server::cpu_time)
@@ -339,6 +365,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         dropped: 0,
         receipts: receipts.load(Ordering::Relaxed),
         at_stop,
+        acks_done,
         elapsed,
         latencies: Latencies::new(Vec::new()),
         server_cpu,
@@ -358,7 +385,9 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         report.dropped += tally.dropped;
         elapsed = elapsed.max(tally.last);
         latencies.append(&mut tally.latencies);
-        let _ = tally.socket.close(None).await;
+        if let Some(mut socket) = tally.socket.take() {
+            let _ = socket.close(None).await;
+        }
         let base = server.ws_base();
         checks.push(tokio::spawn(async move {
             let mut socket = connect_url(&device_url(&base, &tally.token, tally.id))
@@ -460,13 +489,28 @@ async fn until_queue_empty(socket: &mut Socket, wait: Duration) -> Option<u64> {
     }
 }
 
-/// One device socket: checks each envelope is its own, times it, acknowledges it.
-async fn receive(
-    mut socket: Socket,
-    device: Device,
-    clock: Instant,
-    stop: Arc<AtomicBool>,
-) -> Tally {
+/// One device socket: checks each envelope is its own, times it, acknowledges it. Acks are
+/// written by a task of their own, as a client does: a server slow to read them does not hold
+/// back the reading (and timing) of the next envelopes.
+async fn receive(socket: Socket, device: Device, clock: Instant, stop: Arc<AtomicBool>) -> Tally {
+    let (mut sink, mut stream) = socket.split();
+    let (acks, mut to_write) = tokio::sync::mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(async move {
+        while let Some(ack) = to_write.recv().await {
+            if sink.feed(ack).await.is_err() {
+                break;
+            }
+            while let Ok(more) = to_write.try_recv() {
+                if sink.feed(more).await.is_err() {
+                    return sink;
+                }
+            }
+            if sink.flush().await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
     let mut seen = HashSet::new();
     let (mut latencies, mut last) = (Vec::new(), Duration::ZERO);
     let (mut duplicates, mut misdirected, mut errors, mut dropped) = (0, 0, 0, 0);
@@ -476,7 +520,7 @@ async fn receive(
         } else {
             Duration::from_secs(60)
         };
-        let Ok(Some(Ok(message))) = tokio::time::timeout(wait, socket.next()).await else {
+        let Ok(Some(Ok(message))) = tokio::time::timeout(wait, stream.next()).await else {
             break;
         };
         let Message::Text(text) = message else {
@@ -503,22 +547,26 @@ async fn receive(
         {
             misdirected += 1;
         }
-        // An ack of an id already acked is accepted: acknowledge duplicates too, or the server
-        // keeps them.
-        let ack = json!({"type": "ack", "payload": {"id": id}});
-        let first = seen.insert(id.to_owned());
-        if first {
+        if seen.insert(id.to_owned()) {
             let now = clock.elapsed().as_micros() as u64;
             let sent_at = stamp.map_or(now, |(at, _)| at);
             latencies.push(now.saturating_sub(sent_at));
         } else {
             duplicates += 1;
         }
-        if socket.send(Message::text(ack.to_string())).await.is_err() {
+        // An ack of an id already acked is accepted: acknowledge duplicates too, or the server
+        // keeps them.
+        let ack = json!({"type": "ack", "payload": {"id": id}});
+        if acks.send(Message::text(ack.to_string())).is_err() {
             break;
         }
         last = clock.elapsed();
     }
+    drop(acks);
+    let socket = match writer.await {
+        Ok(sink) => stream.reunite(sink).ok(),
+        Err(_) => None,
+    };
     Tally {
         pair: device.pair,
         id: device.id,
