@@ -35,6 +35,8 @@ const ENVELOPE_TYPE: u8 = 1;
 /// How long a device may take to say `queue_empty` after it connects: its queue is empty or
 /// short, so this is only a bound for a server that never says it.
 const QUEUE_EMPTY_WAIT: Duration = Duration::from_secs(2);
+/// How often an idle device socket looks whether sending has stopped.
+const POLL: Duration = Duration::from_millis(100);
 /// The longest the bench waits for the device acks to be processed once the envelopes are all
 /// delivered (while the server makes progress on them).
 const ACK_CATCH_UP_MAX: Duration = Duration::from_secs(120);
@@ -225,6 +227,8 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     let sent = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let receipts = Arc::new(AtomicU64::new(0));
+    // When the last `delivery_receipt` came (microseconds on `clock`).
+    let last_receipt = Arc::new(AtomicU64::new(0));
     let first_refusal = Arc::new(std::sync::Mutex::new(None::<String>));
     let acked: Vec<Arc<AtomicU64>> = (0..load.pairs).map(|_| Arc::default()).collect();
     let per_sender_interval = load
@@ -242,6 +246,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         let (ack_window, ack_count) = (window.clone(), acked[pair].clone());
         let (refused, receipts, first_refusal) =
             (refused.clone(), receipts.clone(), first_refusal.clone());
+        let last_receipt = last_receipt.clone();
         let answers = tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
                 let Message::Text(text) = message else {
@@ -253,6 +258,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                     ack_window.add_permits(1);
                 } else if text.contains("\"type\":\"delivery_receipt\"") {
                     receipts.fetch_add(1, Ordering::Relaxed);
+                    last_receipt.fetch_max(clock.elapsed().as_micros() as u64, Ordering::Relaxed);
                 } else if text.contains("\"type\":\"error\"") {
                     // A refused message (mismatched_devices, say) is no longer in flight.
                     refused.fetch_add(1, Ordering::Relaxed);
@@ -341,7 +347,9 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
             (seen, progress) = (now, Instant::now());
         }
     }
-    let acks_done = (seen >= delivered).then(|| clock.elapsed().saturating_sub(stopped));
+    let acks_done = (seen >= delivered).then(|| {
+        Duration::from_micros(last_receipt.load(Ordering::Relaxed)).saturating_sub(stopped)
+    });
     let server_cpu = server
         .pid()
         .and_then(crate::server::cpu_time)
@@ -514,15 +522,24 @@ async fn receive(socket: Socket, device: Device, clock: Instant, stop: Arc<Atomi
     let mut seen = HashSet::new();
     let (mut latencies, mut last) = (Vec::new(), Duration::ZERO);
     let (mut duplicates, mut misdirected, mut errors, mut dropped) = (0, 0, 0, 0);
+    // Reads until the socket has been quiet for `DRAIN` since sending stopped (or since its
+    // last frame after that), looking at the stop flag every `POLL`.
+    let (mut heard, mut stop_seen) = (Instant::now(), None);
     loop {
-        let wait = if stop.load(Ordering::Relaxed) {
-            DRAIN
-        } else {
-            Duration::from_secs(60)
+        let message = match tokio::time::timeout(POLL, stream.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(_) => break,
+            Err(_) => {
+                if stop.load(Ordering::Relaxed) {
+                    let since = *stop_seen.get_or_insert_with(Instant::now);
+                    if since.max(heard).elapsed() >= DRAIN {
+                        break;
+                    }
+                }
+                continue;
+            }
         };
-        let Ok(Some(Ok(message))) = tokio::time::timeout(wait, stream.next()).await else {
-            break;
-        };
+        heard = Instant::now();
         let Message::Text(text) = message else {
             continue;
         };
