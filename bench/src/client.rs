@@ -22,10 +22,10 @@ use crate::{
     stats::Latencies,
 };
 
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How long to wait for stragglers once sending stops.
-const DRAIN: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy)]
 pub struct Load {
@@ -172,7 +172,7 @@ impl Report {
     }
 }
 
-async fn connect(server: &Running, user: &User) -> anyhow::Result<Socket> {
+pub(crate) async fn connect(server: &Running, user: &User) -> anyhow::Result<Socket> {
     let url = if server.relay {
         format!("{}/?u={}", server.ws_base(), user.id)
     } else {
@@ -187,7 +187,7 @@ async fn connect(server: &Running, user: &User) -> anyhow::Result<Socket> {
 }
 
 /// The value of `"key":"..."` in a frame, without parsing all of it.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     let start = text.find(&format!("\"{key}\":\""))? + key.len() + 4;
     let len = text[start..].find('"')?;
     Some(&text[start..start + len])

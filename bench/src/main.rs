@@ -6,6 +6,7 @@
 //! `target/release/kisse-bench routing --pairs 50 --saturate --seconds 10`.
 
 mod client;
+mod devices;
 mod relay;
 mod server;
 mod stats;
@@ -82,6 +83,16 @@ struct RoutingArgs {
     /// Skip the relay run.
     #[arg(long)]
     no_relay: bool,
+    /// Devices per recipient (1..=127). Above 1, each recipient logs in once per device
+    /// (device-bound sessions) and keeps a socket per device, senders send one ~200-byte
+    /// envelope per device (issue 19), and each device acknowledges its own; no relay run.
+    /// 1 (the default) is the one-device run above, unchanged.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=127))]
+    devices: u8,
+    /// With --devices 1: send the one device an envelope anyway (the envelope path without
+    /// the fan-out), instead of the app's plain message.
+    #[arg(long)]
+    envelopes: bool,
 }
 
 #[derive(Args)]
@@ -108,6 +119,33 @@ struct FanoutArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Relay { port } => relay::serve(port).await,
+        Command::Routing(args) if args.devices > 1 || args.envelopes => {
+            if args.read_receipts || args.content || args.login_storm > 0 {
+                anyhow::bail!(
+                    "--devices/--envelopes runs take no --read-receipts, --content or --login-storm"
+                );
+            }
+            let load = devices::Load {
+                pairs: args.pairs,
+                devices: args.devices,
+                rate: (!args.saturate).then_some(args.rate),
+                window: args.window,
+                duration: Duration::from_secs(args.seconds),
+                client_ids: args.client_ids,
+            };
+            let server = server::Running::start(&args.target).await?;
+            let report = devices::routing(&server, &load).await?;
+            report.print(&format!("kisse ({})", server.engine));
+            if !args.no_relay && args.target.url.is_none() {
+                println!("(no relay run: the relay has no devices; compare with --devices 1)");
+            }
+            if !report.clean() {
+                anyhow::bail!(
+                    "envelopes were refused, lost, duplicated, misdirected or left queued"
+                );
+            }
+            Ok(())
+        }
         Command::Routing(args) => {
             let load = client::Load {
                 pairs: args.pairs,
