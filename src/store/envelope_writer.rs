@@ -1,7 +1,7 @@
 //! Writing the per-device envelope queues (`envelopes.rs` reads them): stores and acks go
-//! through one task (`EnvelopeWriter`) that commits whatever queued meanwhile in one
-//! transaction (one fsync on SQLite); a batch the database refuses is written again job by
-//! job, so one bad job fails alone. Each envelope is numbered in its device's queue in commit
+//! through a writing task (`EnvelopeWriter`; the recipient's) that commits whatever queued
+//! meanwhile in one transaction (one fsync on SQLite); a batch the database refuses is written
+//! again job by job, so one bad job fails alone. Each envelope is numbered in its device's queue in commit
 //! order (`user_devices.queue_head`, bumped in the inserting transaction, whose row lock orders
 //! a device's commits).
 
@@ -110,15 +110,29 @@ impl PendingAck {
     }
 }
 
-/// The queue of the one task that writes envelopes.
+/// The queues of the tasks that write envelopes: one on SQLite (one writer), as many as the
+/// group commit's writers on PostgreSQL, where a batch's round trips would otherwise bound the
+/// rate. A user's stores and acks always go to the same task.
 #[derive(Clone, Debug)]
-pub(super) struct EnvelopeWriter(mpsc::Sender<Job>);
+pub(super) struct EnvelopeWriter(Vec<mpsc::Sender<Job>>);
 
 impl EnvelopeWriter {
-    pub(super) fn spawn(db: Db) -> Self {
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(OnDb { db }, queue));
-        Self(jobs)
+    pub(super) fn spawn(db: Db, writers: usize) -> Self {
+        let queues = (0..writers.max(1))
+            .map(|_| {
+                let (jobs, queue) = mpsc::channel(QUEUE);
+                tokio::spawn(run(OnDb { db: db.clone() }, queue));
+                jobs
+            })
+            .collect();
+        Self(queues)
+    }
+
+    /// The writer of `user`'s queues.
+    fn writer(&self, user: UserId) -> &mpsc::Sender<Job> {
+        // The random half of the id spreads users evenly over the writers.
+        let (_, random) = user.0.as_u64_pair();
+        &self.0[(random % self.0.len() as u64) as usize]
     }
 
     /// Queues `message`'s envelopes for the next batch, each to be numbered in its device's
@@ -129,12 +143,13 @@ impl EnvelopeWriter {
         queue_max: i64,
     ) -> Result<PendingEnvelopes> {
         let (reply, answer) = oneshot::channel();
+        let writer = self.writer(message.recipient_id);
         let job = Job::Store {
             message,
             queue_max,
             reply,
         };
-        self.0.send(job).await.map_err(|_| stopped())?;
+        writer.send(job).await.map_err(|_| stopped())?;
         Ok(PendingEnvelopes(answer))
     }
 
@@ -153,7 +168,7 @@ impl EnvelopeWriter {
             target,
             reply,
         };
-        self.0.send(job).await.map_err(|_| stopped())?;
+        self.writer(user).send(job).await.map_err(|_| stopped())?;
         Ok(PendingAck(answer))
     }
 }
@@ -263,6 +278,7 @@ impl OnDb {
                 Job::Ack { .. } => None,
             })
             .collect();
+        let locks_rows = matches!(self.db, Db::Postgres(_));
         let answers = with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
             let mut answers: Vec<Option<Result<Answer>>> = jobs.iter().map(|_| None).collect();
@@ -301,9 +317,10 @@ impl OnDb {
                 }
             }
 
-            // Numbers: each device's row is bumped once for the batch, in (user, device)
-            // order, so that concurrent batches (other nodes) never lock two rows in opposite
-            // orders.
+            // Numbers: each device's row is bumped once for the batch, all in one statement.
+            // PostgreSQL locks the rows in (user, device) order first, so that concurrent
+            // batches (other nodes) never lock two rows in opposite orders; SQLite's single
+            // writer locks nothing.
             let mut wanted: BTreeMap<(UserId, i64), (i64, i64)> = BTreeMap::new();
             for &(_, m, max) in &fresh {
                 for e in &m.envelopes {
@@ -316,19 +333,55 @@ impl OnDb {
             // Per device: the next number to give, and the head and queue bound after the batch.
             let mut next: HashMap<(UserId, i64), i64> = HashMap::with_capacity(wanted.len());
             let mut heads = Vec::with_capacity(wanted.len());
-            for (&(user, device), &(count, max)) in &wanted {
-                let head: Option<i64> = sqlx::query_scalar(
-                    "UPDATE user_devices SET queue_head = queue_head + $3
-                     WHERE user_id = $1 AND device_id = $2 RETURNING queue_head",
-                )
-                .bind(user)
-                .bind(device)
-                .bind(count)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let head = head.ok_or_else(|| Error::Internal(DeviceGone(device).into()))?;
-                next.insert((user, device), head - count + 1);
-                heads.push((user, device, head, max));
+            let wanted: Vec<_> = wanted.into_iter().collect();
+            for chunk in wanted.chunks(PAIRS_PER_STATEMENT / 4) {
+                let pairs = |sql: &mut QueryBuilder<_>| {
+                    let mut terms = sql.separated(" OR ");
+                    for ((user, device), _) in chunk {
+                        terms.push("(user_id = ");
+                        terms.push_bind_unseparated(*user);
+                        terms.push_unseparated(" AND device_id = ");
+                        terms.push_bind_unseparated(*device);
+                        terms.push_unseparated(")");
+                    }
+                };
+                let mut update = QueryBuilder::new("");
+                if locks_rows {
+                    update.push("WITH locked AS (SELECT user_id FROM user_devices WHERE ");
+                    pairs(&mut update);
+                    update.push(" ORDER BY user_id, device_id FOR UPDATE) ");
+                }
+                update.push("UPDATE user_devices SET queue_head = queue_head + CASE");
+                for ((user, device), (count, _)) in chunk {
+                    update.push(" WHEN user_id = ");
+                    update.push_bind(*user);
+                    update.push(" AND device_id = ");
+                    update.push_bind(*device);
+                    update.push(" THEN CAST(");
+                    update.push_bind(*count);
+                    update.push(" AS BIGINT)");
+                }
+                update.push(" END WHERE (");
+                pairs(&mut update);
+                update.push(")");
+                if locks_rows {
+                    // Read first, so the locks above are taken before this scan's.
+                    update.push(" AND (SELECT COUNT(*) FROM locked) >= 0");
+                }
+                update.push(" RETURNING user_id, device_id, queue_head");
+                let bumped: Vec<(UserId, i64, i64)> =
+                    update.build_query_as().fetch_all(&mut *tx).await?;
+                let bumped: HashMap<(UserId, i64), i64> = bumped
+                    .into_iter()
+                    .map(|(u, d, head)| ((u, d), head))
+                    .collect();
+                for &((user, device), (count, max)) in chunk {
+                    let Some(&head) = bumped.get(&(user, device)) else {
+                        return Err(Error::Internal(DeviceGone(device).into()));
+                    };
+                    next.insert((user, device), head - count + 1);
+                    heads.push((user, device, head, max));
+                }
             }
             let mut rows = Vec::new();
             for &(i, m, _) in &fresh {

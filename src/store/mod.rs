@@ -172,7 +172,7 @@ impl Store {
         };
         Self {
             batcher: batch::Batcher::spawn(db.clone(), writers),
-            envelopes: envelope_writer::EnvelopeWriter::spawn(db.clone()),
+            envelopes: envelope_writer::EnvelopeWriter::spawn(db.clone(), writers),
             db,
             conversations: Default::default(),
         }
