@@ -20,6 +20,24 @@ use crate::{
     model::{ConversationId, MessageId, UserId},
 };
 
+/// Appends `(a = $1 AND b = $2) OR (...)`, one group of column values per row: a batch's
+/// keys in one statement, in SQL both engines read (PostgreSQL types the values from the
+/// columns they are compared with).
+macro_rules! any_of {
+    ($sql:expr, $rows:expr, |$row:pat_param| $first:literal = $value:expr $(, $column:literal = $more:expr)*) => {{
+        let mut terms = $sql.separated(" OR ");
+        for $row in $rows {
+            terms.push(concat!("(", $first, " = "));
+            terms.push_bind_unseparated($value);
+            $(
+                terms.push_unseparated(concat!(" AND ", $column, " = "));
+                terms.push_bind_unseparated($more);
+            )*
+            terms.push_unseparated(")");
+        }
+    }};
+}
+
 /// Jobs committed together at most.
 const MAX_BATCH: usize = 512;
 /// Jobs waiting for the writer before callers wait to queue.
@@ -290,14 +308,12 @@ impl OnDb {
                 let mut select = QueryBuilder::new(
                     "SELECT DISTINCT user_id, message_id, sender_id FROM envelopes WHERE ",
                 );
-                let mut terms = select.separated(" OR ");
-                for (_, m, _) in chunk {
-                    terms.push("(user_id = ");
-                    terms.push_bind_unseparated(m.recipient_id);
-                    terms.push_unseparated(" AND message_id = ");
-                    terms.push_bind_unseparated(m.id);
-                    terms.push_unseparated(")");
-                }
+                any_of!(
+                    select,
+                    chunk,
+                    |(_, m, _)| "user_id" = m.recipient_id,
+                    "message_id" = m.id
+                );
                 let rows: Vec<(UserId, MessageId, UserId)> =
                     select.build_query_as().fetch_all(&mut *tx).await?;
                 held.extend(rows.into_iter().map(|(u, m, s)| ((u, m), s)));
@@ -336,14 +352,12 @@ impl OnDb {
             let wanted: Vec<_> = wanted.into_iter().collect();
             for chunk in wanted.chunks(PAIRS_PER_STATEMENT / 4) {
                 let pairs = |sql: &mut QueryBuilder<_>| {
-                    let mut terms = sql.separated(" OR ");
-                    for ((user, device), _) in chunk {
-                        terms.push("(user_id = ");
-                        terms.push_bind_unseparated(*user);
-                        terms.push_unseparated(" AND device_id = ");
-                        terms.push_bind_unseparated(*device);
-                        terms.push_unseparated(")");
-                    }
+                    any_of!(
+                        sql,
+                        chunk,
+                        |((user, device), _)| "user_id" = *user,
+                        "device_id" = *device
+                    );
                 };
                 let mut update = QueryBuilder::new("");
                 if locks_rows {
@@ -432,16 +446,13 @@ impl OnDb {
             let mut deleted: HashMap<(UserId, i64, MessageId), AckedEnvelope> = HashMap::new();
             for chunk in by_id.chunks(PAIRS_PER_STATEMENT) {
                 let mut delete = QueryBuilder::new("DELETE FROM envelopes WHERE ");
-                let mut terms = delete.separated(" OR ");
-                for (_, user, device, id) in chunk {
-                    terms.push("(user_id = ");
-                    terms.push_bind_unseparated(*user);
-                    terms.push_unseparated(" AND message_id = ");
-                    terms.push_bind_unseparated(*id);
-                    terms.push_unseparated(" AND device_id = ");
-                    terms.push_bind_unseparated(*device);
-                    terms.push_unseparated(")");
-                }
+                any_of!(
+                    delete,
+                    chunk,
+                    |(_, user, device, id)| "user_id" = *user,
+                    "message_id" = *id,
+                    "device_id" = *device
+                );
                 delete
                     .push(" RETURNING user_id, device_id, message_id, sender_id, conversation_id");
                 let rows: Vec<DeletedRow> = delete.build_query_as().fetch_all(&mut *tx).await?;
