@@ -73,24 +73,31 @@ impl Sent {
 
 /// An envelope message checked and queued for commit; `complete` finishes sending it.
 pub struct Submitted {
-    message: EnvelopeMessage,
+    header: Header,
+    /// Each envelope's device, type and content as the client sent it (canonical base64,
+    /// checked by decoding): the live frames carry it as is, with no copy or re-encoding.
+    bodies: Vec<(i64, i64, String)>,
     /// `None` when there is nobody to send it to (oneself, with no other device).
     pending: Option<PendingEnvelopes>,
 }
 
 impl Submitted {
     pub fn id(&self) -> MessageId {
-        self.message.id
+        self.header.id
     }
 
     /// Waits for the envelopes' commit, then queues each on its device's sockets (once: a
     /// retry is not pushed again).
     pub async fn complete(self, state: &AppState) -> Result<Sent> {
-        let Submitted { message, pending } = self;
+        let Submitted {
+            header,
+            bodies,
+            pending,
+        } = self;
         let sent = Sent {
-            id: message.id,
-            conversation_id: message.conversation_id,
-            timestamp: message.created_at,
+            id: header.id,
+            conversation_id: header.conversation_id,
+            timestamp: header.created_at,
         };
         let Some(pending) = pending else {
             return Ok(sent);
@@ -98,15 +105,27 @@ impl Submitted {
         let Stored::New(numbered) = pending.stored().await? else {
             return Ok(sent);
         };
-        for (envelope, (device, seq)) in message.envelopes.iter().zip(numbered) {
-            let frame = frame(&message, envelope.kind, &envelope.content, seq, device);
+        // The store numbers the envelopes in the order they were given.
+        for ((device, kind, content), (_, seq)) in bodies.into_iter().zip(numbered) {
+            let frame = frame(&header, kind, content, seq, device);
             state
                 .hub
-                .send_envelope(message.recipient_id, device, seq, &frame);
+                .send_envelope(header.recipient_id, device, seq, &frame);
         }
-        crate::metrics::message_routed("envelopes", message.created_at);
+        crate::metrics::message_routed("envelopes", header.created_at);
         Ok(sent)
     }
+}
+
+/// What each device's frame of a message says besides its envelope.
+struct Header {
+    id: MessageId,
+    conversation_id: Option<ConversationId>,
+    sender_id: UserId,
+    sender_device: i64,
+    recipient_id: UserId,
+    message_type: String,
+    created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Checks an envelope message against its recipient's devices; nothing is stored when they
@@ -114,6 +133,7 @@ impl Submitted {
 pub async fn submit(state: &AppState, out: Outgoing<'_>) -> Result<Submitted> {
     let max = state.config.envelope_max_bytes;
     let mut envelopes = Vec::with_capacity(out.envelopes.len());
+    let mut bodies = Vec::with_capacity(out.envelopes.len());
     let mut sent_to = BTreeMap::new();
     for e in out.envelopes {
         if !(1..=MAX_DEVICE_ID).contains(&e.device_id) {
@@ -145,6 +165,7 @@ pub async fn submit(state: &AppState, out: Outgoing<'_>) -> Result<Submitted> {
             kind: e.kind,
             content,
         });
+        bodies.push((e.device_id, e.kind, e.content));
     }
     let devices = state.store.devices().registrations(out.recipient).await?;
     // To oneself: a copy for each of one's other devices.
@@ -158,26 +179,41 @@ pub async fn submit(state: &AppState, out: Outgoing<'_>) -> Result<Submitted> {
         return Err(Error::NotFound("recipient device"));
     }
     check_devices(&expected, &sent_to)?;
-    let message = EnvelopeMessage {
+    let header = Header {
         id: out.id,
+        conversation_id: out.conversation_id,
         sender_id: out.sender,
         sender_device: out.sender_device,
         recipient_id: out.recipient,
-        conversation_id: out.conversation_id,
         message_type: out.message_type.to_owned(),
         created_at: now(),
-        envelopes,
     };
     // Queued now, not when its ack is due: a socket's messages share commits.
-    let pending = match message.envelopes.is_empty() {
+    let pending = match envelopes.is_empty() {
         true => None,
-        false => Some(
-            (state.store.envelopes())
-                .queue(message.clone(), state.config.device_queue_max)
-                .await?,
-        ),
+        false => {
+            let message = EnvelopeMessage {
+                id: header.id,
+                sender_id: header.sender_id,
+                sender_device: header.sender_device,
+                recipient_id: header.recipient_id,
+                conversation_id: header.conversation_id,
+                message_type: header.message_type.clone(),
+                created_at: header.created_at,
+                envelopes,
+            };
+            let queue = state
+                .store
+                .envelopes()
+                .queue(message, state.config.device_queue_max);
+            Some(queue.await?)
+        }
     };
-    Ok(Submitted { message, pending })
+    Ok(Submitted {
+        header,
+        bodies,
+        pending,
+    })
 }
 
 /// The devices a message must reach (`expected`, with their registration ids) against those
@@ -323,35 +359,41 @@ pub async fn queue_frames(
 }
 
 fn queued_frame(e: &QueuedEnvelope) -> Frame {
-    let message = EnvelopeMessage {
+    let header = Header {
         id: e.message_id,
+        conversation_id: e.conversation_id,
         sender_id: e.sender_id,
         sender_device: e.sender_device,
         recipient_id: e.recipient_id,
-        conversation_id: e.conversation_id,
         message_type: e.message_type.clone(),
         created_at: e.created_at,
-        envelopes: Vec::new(),
     };
-    frame(&message, e.kind, &e.content, e.seq, e.device_id)
+    frame(
+        &header,
+        e.kind,
+        STANDARD.encode(&e.content),
+        e.seq,
+        e.device_id,
+    )
 }
 
-/// The `message` frame that puts `device`'s envelope (number `seq` in its queue) in front of it.
-fn frame(message: &EnvelopeMessage, kind: i64, content: &[u8], seq: i64, device: i64) -> Frame {
+/// The `message` frame that puts `device`'s envelope (number `seq` in its queue, `content`
+/// in base64) in front of it.
+fn frame(header: &Header, kind: i64, content: String, seq: i64, device: i64) -> Frame {
     Event::Envelope(EnvelopePayload {
-        id: message.id,
-        message_id: message.id,
-        conversation_id: message.conversation_id,
-        sender_id: message.sender_id,
-        recipient_id: message.recipient_id,
-        message_type: message.message_type.clone(),
-        timestamp: message.created_at,
+        id: header.id,
+        message_id: header.id,
+        conversation_id: header.conversation_id,
+        sender_id: header.sender_id,
+        recipient_id: header.recipient_id,
+        message_type: header.message_type.clone(),
+        timestamp: header.created_at,
         device_id: device,
         envelope: EnvelopeBody {
             kind,
-            content: STANDARD.encode(content),
-            source_device_id: message.sender_device,
-            source_device_id_camel: message.sender_device,
+            content,
+            source_device_id: header.sender_device,
+            source_device_id_camel: header.sender_device,
             cursor: seq,
         },
     })
