@@ -12,6 +12,7 @@ pub mod events;
 pub mod hub;
 pub mod metrics;
 pub mod model;
+pub mod push;
 pub mod rate_limit;
 pub mod store;
 pub mod ws;

@@ -341,3 +341,34 @@ impl Kind for ForwardedHeader {
         .to_owned()
     }
 }
+
+/// `true` or `false` (also `1`/`0`, `yes`/`no`).
+pub struct Flag;
+
+impl Kind for Flag {
+    type Value = bool;
+    fn parse(raw: &str) -> Result<bool, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" | "" => Ok(false),
+            _ => Err("must be true or false".to_owned()),
+        }
+    }
+    fn show(value: &bool) -> String {
+        value.to_string()
+    }
+}
+
+/// Optional text (a path, an id), surrounding blanks dropped.
+pub struct OptionalText;
+
+impl Kind for OptionalText {
+    type Value = Option<String>;
+    fn parse(raw: &str) -> Result<Option<String>, String> {
+        let raw = raw.trim();
+        Ok((!raw.is_empty()).then(|| raw.to_owned()))
+    }
+    fn show(value: &Option<String>) -> String {
+        value.clone().unwrap_or_else(|| NONE.to_owned())
+    }
+}

@@ -15,8 +15,8 @@ use rand::RngCore;
 
 pub use file::ConfigFile;
 use kinds::{
-    Address, Count, DatabaseUrl, DaysOrForever, Hours, Key, Kind, Millis, Networks, Origins,
-    RedisUrl, Seconds, SecondsOrZero, Text, Token,
+    Address, Count, DatabaseUrl, DaysOrForever, Flag, Hours, Key, Kind, Millis, Networks,
+    OptionalText, Origins, RedisUrl, Seconds, SecondsOrZero, Text, Token,
 };
 pub use setting::{Fallback, Setting};
 pub use values::{AppEnv, ForwardedHeader, LogFormat, Secret, redact_url};
@@ -231,6 +231,41 @@ settings! {
     /// A device with fewer one-time prekeys left than this is told to upload more.
     "PREKEY_LOW_THRESHOLD" prekey_low_threshold: Count<i64> = Value("10"),
         "fewer one-time prekeys than this sends prekeys_low";
+    /// After a device is woken by a push, further events wait this long (or until the device
+    /// connects) before it is pushed again.
+    "PUSH_MIN_INTERVAL" push_min_interval: Seconds = Value("30"),
+        "seconds between two pushes to a device that did not connect in between";
+    /// Lets devices register plain-http and loopback/private push endpoints (tests, private
+    /// deployments); otherwise only https endpoints on public addresses are accepted.
+    "PUSH_ALLOW_INSECURE_ENDPOINTS" push_allow_insecure_endpoints: Flag = Value("false"),
+        "allow http:// and private-address push endpoints (tests, private networks)";
+    /// Wake-ups waiting to be sent; past it new ones are dropped (counted), never blocking.
+    "PUSH_QUEUE" push_queue: Count<usize> = Value("10000"),
+        "wake-ups queued for the push services before new ones are dropped";
+    /// Longest a push request may take (connecting included).
+    "PUSH_TIMEOUT" push_timeout: Seconds = Value("10"),
+        "seconds a request to a push service may take";
+    /// The VAPID key (RFC 8292) as base64url of its 32-byte P-256 secret; when unset, one is
+    /// generated on first start and kept in the database (shared by a cluster's nodes).
+    "VAPID_PRIVATE_KEY" vapid_private_key: Token = Unset,
+        "base64url P-256 secret for Web Push; default: generated once, kept in the database";
+    /// Who push services may contact about this server's pushes (`mailto:` or `https:`).
+    "VAPID_SUBJECT" vapid_subject: Text = Value("mailto:admin@localhost"),
+        "contact sent in VAPID tokens (mailto: or https: URL)";
+    /// A Google service-account JSON key: enables FCM registrations.
+    "FCM_SERVICE_ACCOUNT_FILE" fcm_service_account_file: OptionalText = Unset,
+        "path of the FCM service-account JSON key; enables kind fcm";
+    "FCM_BASE_URL" fcm_base_url: Text = Value("https://fcm.googleapis.com"),
+        "FCM HTTP v1 base URL";
+    /// An APNs token-auth key (.p8): enables APNs registrations, with the three below.
+    "APNS_KEY_FILE" apns_key_file: OptionalText = Unset,
+        "path of the APNs .p8 signing key; enables kind apns";
+    "APNS_KEY_ID" apns_key_id: OptionalText = Unset, "the .p8 key's id";
+    "APNS_TEAM_ID" apns_team_id: OptionalText = Unset, "the Apple developer team id";
+    "APNS_TOPIC" apns_topic: OptionalText = Unset,
+        "the app's bundle id (a registration may name its own topic)";
+    "APNS_BASE_URL" apns_base_url: Text = Value("https://api.push.apple.com"),
+        "APNs base URL (https://api.sandbox.push.apple.com for development builds)";
 }
 
 /// The settings as a help text (for `--help`).
