@@ -128,11 +128,13 @@ fn client(timeout: Duration, allow_insecure: bool) -> anyhow::Result<reqwest::Cl
     let _ = rustls::crypto::ring::default_provider().install_default();
     let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // reqwest offers HTTP/2 only on TLS it configures itself: APNs speaks nothing else.
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let mut builder = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
