@@ -21,6 +21,7 @@ mod hostile;
 mod keys;
 mod limits;
 mod ops;
+mod push_native;
 mod secrets;
 mod sessions;
 mod stories;
