@@ -38,7 +38,8 @@ fn found_in(haystack: &str, secret: &str) -> bool {
 
 async fn no_secret_is_stored_or_logged(engine: Engine) {
     let capture = LogCapture::start();
-    let app = TestApp::spawn(engine).await;
+    // Push endpoints on loopback: a closed port, so the push below fails.
+    let app = TestApp::spawn_with(engine, &[("PUSH_ALLOW_INSECURE_ENDPOINTS", "true")]).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let mut secrets: Vec<String> = vec![
@@ -99,6 +100,27 @@ async fn no_secret_is_stored_or_logged(engine: Engine) {
     .await;
     a.expect("message_ack").await;
     b.expect("message").await;
+
+    // Carol is woken by a push (to an endpoint that refuses it): the endpoint is stored, since
+    // the device needs it, but never logged.
+    let carol = app.register("carol").await;
+    let endpoint = format!("http://127.0.0.1:9/up/{}", uuid::Uuid::new_v4().simple());
+    let registration = json!({"kind": "unifiedpush", "endpoint": endpoint});
+    let (status, _) = app
+        .request(
+            Method::PUT,
+            "/api/devices/1/push",
+            Some(&carol.token),
+            Some(registration),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    a.send(
+        "message",
+        json!({"recipientId": carol.id, "messageType": "text"}),
+    )
+    .await;
+    a.expect("message_ack").await;
 
     // Content: 48 random bytes, the only thing allowed in `message_contents`.
     let content: Vec<u8> = (0..48).map(|_| rand::random::<u8>()).collect();
@@ -185,6 +207,8 @@ async fn no_secret_is_stored_or_logged(engine: Engine) {
         assert!(!logs.contains(secret.as_str()), "a secret was logged");
     }
     assert!(!logs.contains(&encoded) && !logs.to_lowercase().contains(&hex(&content)));
+    assert!(logs.contains("push registered"), "the push was logged");
+    assert!(!logs.contains(&endpoint), "a push endpoint was logged");
     assert!(
         !logs.contains("token="),
         "no URL with its query string was logged"
@@ -192,7 +216,7 @@ async fn no_secret_is_stored_or_logged(engine: Engine) {
 }
 
 async fn deleting_an_account_removes_every_row_that_names_it(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
+    let app = TestApp::spawn_with(engine, &[("PUSH_ALLOW_INSECURE_ENDPOINTS", "true")]).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
@@ -219,6 +243,16 @@ async fn deleting_an_account_removes_every_row_that_names_it(engine: Engine) {
     )
     .await;
     b.expect("message_ack").await;
+    let push = json!({"kind": "unifiedpush", "endpoint": "http://127.0.0.1:9/up/alice"});
+    let (status, _) = app
+        .request(
+            Method::PUT,
+            "/api/devices/1/push",
+            Some(&alice.token),
+            Some(push),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let content = json!({"message_id": id, "content_data": "q83vEjRWeJA=", "content_hash": null, "expires_at": null});
     assert_eq!(
         app.post(
@@ -314,6 +348,7 @@ async fn deleting_an_account_removes_every_row_that_names_it(engine: Engine) {
         "calls",
         "devices",
         "one_time_prekeys",
+        "push_registrations",
     ] {
         let named = tables.contains(table)
             || before
