@@ -311,6 +311,18 @@ impl Broker {
             .ignore();
     }
 
+    /// Adds to `pipe` the presence key of `user` on this node: its value lists the devices
+    /// with a socket here (`1,2`), for the push wake-ups of the others.
+    fn set_online(&self, pipe: &mut redis::Pipeline, user: UserId, devices: &[i64]) {
+        let devices: Vec<String> = devices.iter().map(i64::to_string).collect();
+        pipe.cmd("SET")
+            .arg(self.online_key(user, &self.node))
+            .arg(devices.join(","))
+            .arg("PX")
+            .arg(self.ttl_ms())
+            .ignore();
+    }
+
     /// Marks Redis unreachable, logging only the transition.
     fn went_down(&self, what: &str, error: &dyn std::fmt::Display) {
         if self.up.swap(false, Ordering::Relaxed) {
@@ -351,12 +363,13 @@ impl Broker {
     }
 
     /// Subscribes `user`'s channel (so that what other nodes send them from now on arrives)
-    /// and sets their presence key on this node, with this node's own keys.
-    pub async fn announce(&self, user: UserId) {
+    /// and sets their presence key on this node (naming the `devices` with a socket here),
+    /// with this node's own keys. Called again when those devices change.
+    pub async fn announce(&self, user: UserId, devices: &[i64]) {
         self.subscribed(user).await;
         let mut con = self.commands.clone();
         let mut pipe = redis::pipe();
-        self.set_alive(&mut pipe, self.online_key(user, &self.node));
+        self.set_online(&mut pipe, user, devices);
         pipe.sadd(self.node_users_key(&self.node), user.0.to_string())
             .ignore();
         self.set_alive(&mut pipe, self.node_key(&self.node));
@@ -397,11 +410,34 @@ impl Broker {
             .is_some_and(|n| n > 0)
     }
 
-    /// Refreshes this node's keys and the presence keys of its users.
-    async fn refresh(&self, users: &[UserId]) -> bool {
+    /// The devices of `user` with a socket on another live node (`None` when Redis cannot
+    /// tell). A node that died keeps its keys until they expire (`PRESENCE_TTL`).
+    pub async fn devices_on_other_nodes(&self, user: UserId) -> Option<Vec<i64>> {
+        let mut con = self.commands.clone();
+        let nodes: Vec<String> = self.run("presence", con.smembers(self.nodes_key())).await?;
+        let keys: Vec<String> = nodes
+            .iter()
+            .filter(|n| **n != self.node)
+            .map(|n| self.online_key(user, n))
+            .collect();
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        let values: Vec<Option<String>> = self.run("presence", con.mget(keys)).await?;
+        Some(
+            values
+                .iter()
+                .flatten()
+                .flat_map(|devices| devices.split(',').filter_map(|d| d.parse().ok()))
+                .collect(),
+        )
+    }
+
+    /// Refreshes this node's keys and the presence keys of its users (with their devices).
+    async fn refresh(&self, users: &[(UserId, Vec<i64>)]) -> bool {
         let mut con = self.commands.clone();
         let mut pipe = redis::pipe();
-        let members: Vec<String> = users.iter().map(|u| u.0.to_string()).collect();
+        let members: Vec<String> = users.iter().map(|(u, _)| u.0.to_string()).collect();
         pipe.atomic();
         self.set_alive(&mut pipe, self.node_key(&self.node));
         pipe.sadd(self.nodes_key(), &self.node)
@@ -412,8 +448,8 @@ impl Broker {
             pipe.sadd(self.node_users_key(&self.node), &members)
                 .ignore();
         }
-        for user in users {
-            self.set_alive(&mut pipe, self.online_key(*user, &self.node));
+        for (user, devices) in users {
+            self.set_online(&mut pipe, *user, devices);
         }
         self.run("refresh", pipe.exec_async(&mut con))
             .await
@@ -536,6 +572,7 @@ impl Broker {
                 state.store.conversations().forget_conversations_of(user);
                 state.hub.close_user_here(user, CloseReason::Revoked);
             }
+            Control::PushChanged(user) => state.store.push().forget(user),
             Control::Refill(user) => state.hub.refill(user),
             Control::RefillAll => state.hub.refill_all(),
         }
@@ -781,10 +818,11 @@ async fn check_recovery(state: &AppState) {
     if !matches!(ping, Ok(Ok(_))) {
         return;
     }
-    let users = state.hub.local_users();
+    let users = state.hub.local_user_devices();
     if !broker.refresh(&users).await || !broker.came_up() {
         return;
     }
+    let users = users.into_iter().map(|(user, _)| user).collect();
     state.hub.refill_all();
     // The doorbells this node dropped while down were for sockets on other nodes too: they
     // refill as well. Revocations made meanwhile go out with it.
@@ -812,7 +850,7 @@ async fn upkeep(state: AppState) {
             continue;
         }
         if refreshed.is_none_or(|at| at.elapsed() >= every) {
-            if !broker.refresh(&state.hub.local_users()).await {
+            if !broker.refresh(&state.hub.local_user_devices()).await {
                 continue;
             }
             refreshed = Some(Instant::now());

@@ -285,6 +285,33 @@ impl Hub {
         self.users.iter().map(|entry| *entry.key()).collect()
     }
 
+    /// Each user with a socket open on this node, with their devices (see `local_devices`).
+    pub fn local_user_devices(&self) -> Vec<(UserId, Vec<i64>)> {
+        self.local_users()
+            .into_iter()
+            .map(|user| (user, self.local_devices(user)))
+            .collect()
+    }
+
+    /// Whether `device` of `user` has a socket open on this node.
+    pub fn has_device(&self, user: UserId, device: i64) -> bool {
+        self.users
+            .get(&user)
+            .is_some_and(|sockets| sockets.iter().any(|s| s.device == device))
+    }
+
+    /// The devices of `user` with a socket open on this node, in order, without repeats.
+    pub fn local_devices(&self, user: UserId) -> Vec<i64> {
+        let mut devices: Vec<i64> = self
+            .users
+            .get(&user)
+            .map(|sockets| sockets.iter().map(|s| s.device).collect())
+            .unwrap_or_default();
+        devices.sort_unstable();
+        devices.dedup();
+        devices
+    }
+
     /// Queues `frame` on every socket of `user` (here, and through the broker elsewhere);
     /// returns how many sockets of this node took it.
     pub fn send(&self, user: UserId, frame: &Frame) -> usize {
@@ -406,10 +433,11 @@ impl Hub {
         }
     }
 
-    /// Records that `user`'s first socket on this node opened (cluster presence).
+    /// Records that `user` has sockets on this node, and of which devices (cluster presence):
+    /// when their first socket here opens, and when the set of their devices here changes.
     pub async fn announce(&self, user: UserId) {
         if let Some(broker) = &self.broker {
-            broker.announce(user).await;
+            broker.announce(user, &self.local_devices(user)).await;
         }
     }
 

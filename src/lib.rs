@@ -70,6 +70,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Checked by `/ready` when `REDIS_URL` is set.
     pub redis: Option<redis::Client>,
+    /// Push wake-ups for devices without a socket.
+    pub push: domain::push::Waker,
     /// When the process started serving (for `/health`).
     pub started: std::time::Instant,
 }
@@ -104,7 +106,23 @@ impl App {
                 None
             }
         };
+        let vapid = match &config.vapid_private_key {
+            Some(key) => push::Vapid::from_base64(&String::from_utf8_lossy(key.expose()))
+                .context("VAPID_PRIVATE_KEY")?,
+            None => {
+                let stored = (store.push())
+                    .server_key(
+                        "vapid",
+                        || push::Vapid::generate().to_base64(),
+                        model::now(),
+                    )
+                    .await?;
+                push::Vapid::from_base64(&stored).context("the stored VAPID key")?
+            }
+        };
+        let pushers = push::Pushers::new(&config, vapid)?;
         Ok(Arc::new(Self {
+            push: domain::push::Waker::new(pushers, config.push_queue, config.push_min_interval),
             redis,
             started: std::time::Instant::now(),
             tokens: TokenKeys::new(&config.jwt_secret, config.jwt_expiration),
@@ -139,6 +157,7 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
             .checkpoint_periodically(state.shutdown.clone()),
     );
     tokio::spawn(domain::retention::run(state.clone()));
+    tokio::spawn(domain::push::run(state.clone()));
     tokio::spawn(metrics::upkeep(state.shutdown.clone()));
     if let Some(node_changes) = broker::spawn(&state) {
         tokio::spawn(domain::presence::follow_nodes(state.clone(), node_changes));

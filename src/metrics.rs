@@ -123,6 +123,45 @@ fn describe() {
         "kisse_db_pool_max_connections",
         "Database pool size limit, by pool"
     );
+    describe_counter!(
+        "kisse_push_total",
+        "Wake-up pushes, by kind (webpush, unifiedpush, fcm, apns) and outcome (sent, failed, retried, removed: the service said the registration is gone)"
+    );
+    describe_counter!(
+        "kisse_push_dropped_total",
+        "Wake-ups dropped because the push queue was full (PUSH_QUEUE)"
+    );
+    describe_gauge!("kisse_push_queue", "Wake-ups waiting to be handled");
+}
+
+/// A push of `kind` ended (or will be tried again) with `outcome`.
+fn push(kind: &'static str, outcome: &'static str) {
+    counter!("kisse_push_total", "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+pub fn push_sent(kind: &'static str) {
+    push(kind, "sent");
+}
+
+pub fn push_failed(kind: &'static str) {
+    push(kind, "failed");
+}
+
+pub fn push_retried(kind: &'static str) {
+    push(kind, "retried");
+}
+
+/// The push service said the registration is gone: it was removed.
+pub fn push_removed(kind: &'static str) {
+    push(kind, "removed");
+}
+
+pub fn push_dropped() {
+    counter!("kisse_push_dropped_total").increment(1);
+}
+
+pub fn push_queue(waiting: usize) {
+    gauge!("kisse_push_queue").set(waiting as f64);
 }
 
 /// Open sockets and users with one, on this node (read from the hub by the scrape handler).

@@ -31,6 +31,7 @@ use utoipa::{
         (name = "calls", description = "Call signalling records"),
         (name = "presence", description = "Online status"),
         (name = "keys", description = "Signal prekey directory (public keys only)"),
+        (name = "push", description = "Wake-ups for devices without a socket (contentless pushes)"),
         (name = "stories", description = "24-hour stories"),
         (name = "channels", description = "Channels and their message metadata"),
         (name = "websocket", description = "Real-time frames (docs/PROTOCOL.md)"),

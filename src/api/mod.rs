@@ -14,6 +14,7 @@ mod limits;
 mod messages;
 mod paging;
 mod presence;
+mod push;
 mod stories;
 mod users;
 
@@ -129,6 +130,8 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(keys::fetch_device))
         .routes(routes!(keys::devices))
         .routes(routes!(keys::delete_device))
+        .routes(routes!(push::register, push::unregister))
+        .routes(routes!(push::vapid))
         .routes(routes!(stories::list, stories::create))
         .routes(routes!(stories::view))
         .routes(routes!(channels::list, channels::create))

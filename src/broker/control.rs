@@ -1,5 +1,6 @@
 //! What one node asks all the others to do, on `{prefix}:control` (every node subscribes to
-//! it): close revoked sockets and unlinked devices' sockets, forget a deleted account, re-read a user's inbox.
+//! it): close revoked sockets and unlinked devices' sockets, forget a deleted account or a
+//! user's cached push registrations, re-read a user's inbox.
 //!
 //! Unlike a frame's doorbell, a control message is not dropped when Redis is down or the
 //! publish queue is full: revocations wait (within bounds) for Redis to come back, and the
@@ -32,6 +33,8 @@ pub enum Control {
     /// The account is gone: close its sockets and forget its cached conversations, so that a
     /// message to it is refused instead of reaching the commit.
     AccountDeleted(UserId),
+    /// This user's push registrations changed: forget what was cached about them.
+    PushChanged(UserId),
     /// A doorbell of this user was dropped: their sockets re-read the inbox.
     Refill(UserId),
     /// Too many doorbells were dropped to name their users: every socket re-reads.
@@ -46,6 +49,7 @@ impl Control {
             Self::RevokeUser(user) => format!("{node} revoke-user {user}"),
             Self::AccountDeleted(user) => format!("{node} account-deleted {user}"),
             Self::CloseDevice(user, device) => format!("{node} close-device {user}/{device}"),
+            Self::PushChanged(user) => format!("{node} push-changed {user}"),
             Self::Refill(user) => format!("{node} refill {user}"),
             Self::RefillAll => format!("{node} refill-all -"),
         }
@@ -69,6 +73,7 @@ impl Control {
                 let device = device.parse().ok().filter(|d| (1..=127).contains(d))?;
                 Self::CloseDevice(UserId(user.parse().ok()?), device)
             }
+            "push-changed" => Self::PushChanged(UserId(id()?)),
             "refill" => Self::Refill(UserId(id()?)),
             "refill-all" => Self::RefillAll,
             _ => return None,
@@ -163,6 +168,7 @@ mod tests {
             Control::RevokeUser(user),
             Control::AccountDeleted(user),
             Control::CloseDevice(user, 7),
+            Control::PushChanged(user),
             Control::Refill(user),
             Control::RefillAll,
         ] {

@@ -9,11 +9,13 @@ use std::{
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::push::Devices;
 use crate::{
     AppState,
     error::{Error, Result},
     events::{EphemeralKey, Event},
     model::{Call, CallId, CallStatus, CallType, UserId, now},
+    push::Urgency,
     store::{CallRecord, CallRefused, NewCall},
 };
 
@@ -323,6 +325,7 @@ async fn ring(state: &AppState, call: &Call) -> Result<()> {
         EphemeralKey::Call(call.id),
         &event,
     );
+    super::push::wake(state, call.recipient_id, Devices::All, Urgency::High);
     Ok(())
 }
 

@@ -42,6 +42,10 @@ pub struct DeviceInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How it is woken when it has no socket (`PUT /api/devices/{id}/push`): `webpush`,
+    /// `unifiedpush`, `fcm`, `apns`, or null.
+    #[schema(nullable = true)]
+    pub push: Option<String>,
 }
 
 impl From<DeviceRecord> for DeviceInfo {
@@ -55,6 +59,7 @@ impl From<DeviceRecord> for DeviceInfo {
             registration_id: d.registration_id,
             one_time_prekeys: d.one_time_prekeys,
             updated_at: d.keys_updated_at,
+            push: d.push,
         }
     }
 }

@@ -9,11 +9,13 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde::Deserialize;
 use tokio::{sync::mpsc, task::JoinHandle};
 
+use super::push::Devices;
 use crate::{
     AppState,
     error::{DeviceMismatch, Error, Result},
     events::{EnvelopeBody, EnvelopePayload, Event, Frame},
     model::{ConversationId, MessageId, UserId, now},
+    push::Urgency,
     store::{
         AckTarget, EnvelopeMessage, NewEnvelope, PendingAck, PendingEnvelopes, QueueState,
         QueuedEnvelope, Stored,
@@ -111,6 +113,12 @@ impl Submitted {
             state
                 .hub
                 .send_envelope(header.recipient_id, device, seq, &frame);
+            super::push::wake(
+                state,
+                header.recipient_id,
+                Devices::One(device),
+                Urgency::Normal,
+            );
         }
         crate::metrics::message_routed("envelopes", header.created_at);
         Ok(sent)

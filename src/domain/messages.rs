@@ -10,12 +10,14 @@ use serde::Deserialize;
 use tokio::{sync::mpsc, task::JoinHandle};
 use uuid::Uuid;
 
+use super::push::Devices;
 use crate::{
     AppState,
     error::{Error, Result},
     events::Event,
     hub::{self, CloseSignal, Outgoing},
     model::{ConversationId, InboxKind, Message, MessageId, UserId, now},
+    push::Urgency,
     store::{Engine, NewMessage, PendingMessage},
 };
 
@@ -107,6 +109,7 @@ impl InboxSubmitted {
             state
                 .hub
                 .send_inbox(message.recipient_id, cursor, &event.encode());
+            super::push::wake(state, message.recipient_id, Devices::All, Urgency::Normal);
             crate::metrics::message_routed("direct", message.created_at);
         }
         Ok((message, cursor.is_some()))
@@ -316,5 +319,6 @@ pub async fn mark_read(state: &AppState, reader: UserId, id: MessageId) -> Resul
     state
         .hub
         .send_inbox(updated.sender_id, cursor, &receipt.encode());
+    super::push::wake(state, updated.sender_id, Devices::All, Urgency::Normal);
     Ok(updated)
 }

@@ -13,6 +13,7 @@ pub(crate) mod input;
 pub mod keys;
 pub mod messages;
 pub mod presence;
+pub mod push;
 pub mod retention;
 pub mod sessions;
 pub mod stories;

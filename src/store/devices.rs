@@ -24,6 +24,8 @@ pub struct DeviceRecord {
     pub keys_updated_at: Option<DateTime<Utc>>,
     /// One-time prekeys left (0 without keys).
     pub one_time_prekeys: i64,
+    /// The kind of its push registration, if any.
+    pub push: Option<String>,
 }
 
 /// What unlinking a device removed.
@@ -118,7 +120,9 @@ impl Devices<'_> {
                      d.updated_at AS keys_updated_at,
                      (SELECT COUNT(*) FROM one_time_prekeys p
                       WHERE p.user_id = u.user_id AND p.device_id = u.device_id)
-                         AS one_time_prekeys
+                         AS one_time_prekeys,
+                     (SELECT kind FROM push_registrations r
+                      WHERE r.user_id = u.user_id AND r.device_id = u.device_id) AS push
                  FROM user_devices u
                  LEFT JOIN devices d ON d.user_id = u.user_id AND d.device_id = u.device_id
                  WHERE u.user_id = $1 ORDER BY u.device_id",

@@ -33,6 +33,8 @@ pub struct QueueState {
     pub head: i64,
     /// Envelopes dropped (queue full, expired) it was not told about yet.
     pub dropped: i64,
+    /// It was woken by a push and has not connected since.
+    pub push_pending: bool,
 }
 
 impl Envelopes<'_> {
@@ -58,8 +60,11 @@ impl Envelopes<'_> {
     pub async fn queue_state(self, user: UserId, device: i64) -> Result<Option<QueueState>> {
         Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as(
-                "SELECT queue_head AS head, dropped FROM user_devices
-                 WHERE user_id = $1 AND device_id = $2",
+                "SELECT queue_head AS head, dropped,
+                     EXISTS (SELECT 1 FROM push_registrations p
+                             WHERE p.user_id = $1 AND p.device_id = $2 AND p.pushed_at IS NOT NULL)
+                         AS push_pending
+                 FROM user_devices WHERE user_id = $1 AND device_id = $2",
             )
             .bind(user)
             .bind(device)

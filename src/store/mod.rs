@@ -30,6 +30,8 @@ mod inbox;
 mod keys;
 mod messages;
 mod postgres;
+mod push;
+mod push_cache;
 mod security;
 mod sqlite;
 mod stories;
@@ -73,6 +75,9 @@ pub struct Store {
     batcher: batch::Batcher,
     /// Envelope stores and acks, committed in batches.
     envelopes: envelope_writer::EnvelopeWriter,
+    /// Which devices of a user registered for pushes, remembered for a while: every durable
+    /// event asks, and most users have none.
+    push_devices: std::sync::Arc<push_cache::PushDevices>,
 }
 
 // The surface by concern: `store.users().create_user(..)`, `store.inbox().inbox_entries(..)`.
@@ -120,6 +125,8 @@ areas! {
     messages => Messages,
     /// Stories and their views (`stories.rs`).
     stories => Stories,
+    /// Push registrations and the server's own keys (`push.rs`).
+    push => Push,
 }
 
 impl Store {
@@ -175,6 +182,7 @@ impl Store {
             envelopes: envelope_writer::EnvelopeWriter::spawn(db.clone(), writers),
             db,
             conversations: Default::default(),
+            push_devices: Default::default(),
         }
     }
 

@@ -104,9 +104,13 @@ pub async fn run(
         device_named,
         expires_at: Instant::now() + expires_in,
     };
+    domain::push::socket_opened(&state, user, device);
     // Online before the socket is sent anything: whoever hears from this user sees them online.
     if first {
         Box::pin(domain::presence::connected(&state, user)).await;
+    } else {
+        // Other nodes learn which of the user's devices are here (for push wake-ups).
+        state.hub.announce(user).await;
     }
     // Attached before catching up: whatever is committed later reaches the queue, and the
     // writer skips what the catch-up already wrote.
@@ -140,6 +144,8 @@ pub async fn run(
 
     if state.hub.detach(user, socket_id) {
         Box::pin(domain::presence::disconnected(&state, user)).await;
+    } else {
+        state.hub.announce(user).await;
     }
     let reason = crate::metrics::socket_closed(close.reason_or(CloseReason::PeerGone));
     let duration_ms = opened.elapsed().as_millis() as u64;

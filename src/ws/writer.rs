@@ -17,7 +17,7 @@ use crate::{
     AppState,
     domain::{
         delivery::{self, SocketReports},
-        envelopes,
+        envelopes, push,
     },
     error::Result,
     events::{CloseReason, Event, Frame},
@@ -220,6 +220,11 @@ impl Writer {
     ) -> Result<(), Stop> {
         let queue = envelopes::queue_state(&self.state, self.user, self.device);
         let queue = self.store(queue).await?;
+        if connecting && queue.push_pending {
+            // Woken by a push, now here: its next wake-up needs no wait.
+            let woken = push::connected(&self.state, self.user, self.device);
+            self.store(woken).await?;
+        }
         let announce = connecting && self.device_named;
         if announce && queue.dropped > 0 {
             let dropped = Event::EnvelopesDropped {
