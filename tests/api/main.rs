@@ -21,6 +21,7 @@ mod hostile;
 mod keys;
 mod limits;
 mod ops;
+mod push;
 mod push_receiver;
 mod secrets;
 mod sessions;
