@@ -117,6 +117,8 @@ struct FanoutArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Already installed is fine: any provider serves the bench's plain-HTTP clients.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Relay { port } => relay::serve(port).await,
         Command::Routing(args) if args.devices > 1 || args.envelopes => {

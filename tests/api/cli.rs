@@ -406,7 +406,7 @@ async fn serve_writes_json_logs_without_secrets_and_shuts_down_gracefully() {
         .as_str()
         .expect("address field")
         .to_owned();
-    let http = reqwest::Client::new();
+    let http = crate::common::http_client();
     let base = format!("http://{addr}");
 
     let password = "a-password-that-must-not-leak";

@@ -69,6 +69,13 @@ macro_rules! scenarios {
     };
 }
 
+/// An HTTP client for the tests. reqwest shares the server's build, whose TLS comes without a
+/// crypto provider (the server brings ring's): install it for the process first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// Where a test's data lives; removed when the test ends.
 enum Database {
     SqliteFile(PathBuf),
@@ -140,7 +147,7 @@ impl TestApp {
         Self {
             addr,
             state,
-            http: reqwest::Client::new(),
+            http: http_client(),
             database,
             config,
             settings,
