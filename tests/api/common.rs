@@ -141,7 +141,6 @@ impl TestApp {
     }
 
     async fn start_with(settings: HashMap<String, String>, database: Database) -> Self {
-        install_crypto_provider();
         let config = Config::from_lookup(|key| settings.get(key).cloned()).expect("test config");
         let (addr, state, server) = start(config.clone()).await;
         Self {
@@ -278,16 +277,6 @@ impl TestApp {
             .expect("ws request");
         WsClient::connect(request).await
     }
-}
-
-/// reqwest is built without a TLS provider of its own (`rustls-no-provider`, for the server's
-/// push client, which brings ring): a client built without one panics, even for plain HTTP. The
-/// tests' clients use ring, process-wide.
-pub fn install_crypto_provider() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 /// Server errors show up in a failing test's output (RUST_LOG widens the filter); while a

@@ -55,7 +55,6 @@ impl PushReceiver {
     /// Starts a receiver on 127.0.0.1 (an ephemeral port), installing its packages first if
     /// needed.
     pub async fn start() -> Self {
-        crate::common::install_crypto_provider();
         let python = python().await;
         let mut child = Command::new(&python)
             .arg(script())
@@ -80,10 +79,7 @@ impl PushReceiver {
             .unwrap_or_else(|| panic!("the push receiver printed {line:?}, not {{\"port\": N}}"));
         Self {
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("client"),
+            http: crate::common::http_client(),
             _child: child,
         }
     }
@@ -173,7 +169,8 @@ impl PushReceiver {
     }
 
     async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = (self.http.request(method, format!("{}{path}", self.base)))
+            .timeout(Duration::from_secs(10));
         if let Some(body) = body {
             request = request.json(&body);
         }
