@@ -180,6 +180,19 @@ impl TestApp {
         (self.addr, self.state, self.server) = (addr, state, server);
     }
 
+    /// `restart`, with this server's settings overridden by `settings` from now on (a setting
+    /// an operator changed between two runs).
+    pub async fn restart_with(&mut self, settings: &[(&str, &str)]) {
+        self.settings.extend(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self.config =
+            Config::from_lookup(|key| self.settings.get(key).cloned()).expect("test config");
+        self.restart().await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
