@@ -355,21 +355,9 @@ mod tests {
         path
     }
 
-    /// A plain client: the tests speak http:// to 127.0.0.1, which the push client's
-    /// resolver refuses (reqwest still wants a TLS configuration, never used here).
+    /// The push client, allowed to reach 127.0.0.1.
     fn http() -> reqwest::Client {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client")
+        super::super::http::client(Duration::from_secs(10), true).expect("client")
     }
 
     fn header<'a>(received: &'a Received, name: &str) -> &'a str {

@@ -14,11 +14,10 @@
 mod apns;
 pub mod endpoint;
 mod fcm;
+mod http;
 mod target;
 pub mod vapid;
 pub mod webpush;
-
-use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 
@@ -45,7 +44,7 @@ impl Pushers {
     /// Builds the client and the services `config` enables; `vapid` is the deployment's key
     /// (from the settings or the database).
     pub fn new(config: &Config, vapid: Vapid) -> anyhow::Result<Self> {
-        let http = client(config.push_timeout, config.push_allow_insecure_endpoints)?;
+        let http = http::client(config.push_timeout, config.push_allow_insecure_endpoints)?;
         let fcm = match &config.fcm_service_account_file {
             Some(path) => Some(Fcm::from_file(path, &config.fcm_base_url).context("FCM settings")?),
             None => None,
@@ -117,34 +116,4 @@ impl Pushers {
             },
         }
     }
-}
-
-/// The client every push goes through: tight timeouts, no redirects (a redirect could lead
-/// anywhere), no proxy from the environment, and names resolved through `endpoint`'s filter so
-/// that a name cannot be re-pointed at a private address between the check and the connect.
-fn client(timeout: Duration, allow_insecure: bool) -> anyhow::Result<reqwest::Client> {
-    // reqwest is built without a provider of its own (it would bring aws-lc): ring, which
-    // sqlx's TLS already uses, serves this client and any other in the process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    // reqwest offers HTTP/2 only on TLS it configures itself: APNs speaks nothing else.
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mut builder = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("kisse/", env!("CARGO_PKG_VERSION")));
-    if !allow_insecure {
-        builder = builder.dns_resolver(Arc::new(endpoint::PublicOnly));
-    }
-    builder.build().context("building the push HTTP client")
 }
