@@ -115,6 +115,8 @@ pub struct Report {
     latencies: Latencies,
     mode: String,
     logins: u64,
+    /// Messages sent to users who never connect (push runs): acknowledged, never delivered.
+    offline: u64,
     /// Read receipts that reached the senders (when recipients send them).
     receipts: Option<u64>,
     /// Content uploads (stored, refused, latency from the ack) and recipients' fetches (got,
@@ -133,14 +135,21 @@ impl Report {
 
     pub fn print(&self, what: &str) {
         println!(
-            "{what}: {} | sent {} acked {} delivered {} ({:.0}/s) lost {} duplicates {}{}{} | {}",
+            "{what}: {} | sent {} acked {} delivered {} ({:.0}/s) lost {} duplicates {}{}{}{} | {}",
             self.mode,
             self.sent,
             self.acked,
             self.delivered,
             self.delivered_per_second(),
-            self.acked.saturating_sub(self.delivered),
+            self.acked
+                .saturating_sub(self.offline)
+                .saturating_sub(self.delivered),
             self.duplicates,
+            if self.offline > 0 {
+                format!(" | to offline users {}", self.offline)
+            } else {
+                String::new()
+            },
             if self.logins > 0 {
                 format!(" | logins {}", self.logins)
             } else {
@@ -194,6 +203,25 @@ pub(crate) fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 }
 
 pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
+    routing_with(server, load, None).await
+}
+
+/// The run above with push wake-ups (issue 20): the recipients' device 1 registered with
+/// `push`'s sink before the run, and with `push.offline` users who never connect, each
+/// sender's every `OFFLINE_EVERY`th message going to one of them.
+pub async fn routing_with_push(
+    server: &Running,
+    load: &Load,
+    push: &crate::push::Plan,
+) -> anyhow::Result<Report> {
+    routing_with(server, load, Some(push)).await
+}
+
+async fn routing_with(
+    server: &Running,
+    load: &Load,
+    push: Option<&crate::push::Plan>,
+) -> anyhow::Result<Report> {
     let users: Vec<User> = if server.relay {
         (0..2 * load.pairs)
             .map(|i| User {
@@ -205,6 +233,14 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     } else {
         server.register(2 * load.pairs + 1).await?
     };
+    let offline: Arc<[String]> = match push {
+        Some(push) => {
+            push.prepare(server, &users[load.pairs..2 * load.pairs])
+                .await?
+        }
+        None => Arc::from([]),
+    };
+    let offline_sent = Arc::new(AtomicU64::new(0));
     let clock = Instant::now();
     let cpu_at_start = server.pid().and_then(crate::server::cpu_time);
     let stop = Arc::new(AtomicBool::new(false));
@@ -299,9 +335,10 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         .rate
         .map(|rate| Duration::from_secs_f64(load.pairs as f64 / rate.max(1) as f64));
     let mut senders = Vec::new();
-    for (sender, recipient) in users[..load.pairs]
+    for (index, (sender, recipient)) in users[..load.pairs]
         .iter()
         .zip(&users[load.pairs..2 * load.pairs])
+        .enumerate()
     {
         let socket = connect(server, sender).await?;
         let (mut sink, mut stream) = socket.split();
@@ -339,7 +376,9 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         });
         let (to, relay, duration) = (recipient.id.clone(), server.relay, load.duration);
         let client_ids = load.client_ids;
+        let (offline, offline_sent) = (offline.clone(), offline_sent.clone());
         senders.push(tokio::spawn(async move {
+            let mut numbered = 0u64;
             let mut tick = per_sender_interval.map(tokio::time::interval);
             while clock.elapsed() < duration {
                 match tick.as_mut() {
@@ -352,6 +391,21 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                     },
                 }
                 let at = clock.elapsed().as_micros();
+                // With offline users (push runs), every OFFLINE_EVERY-th message is theirs,
+                // in turn; none otherwise.
+                let to = match offline.len() {
+                    0 => &to,
+                    n => {
+                        numbered += 1;
+                        if numbered.is_multiple_of(crate::push::OFFLINE_EVERY) {
+                            offline_sent.fetch_add(1, Ordering::Relaxed);
+                            let turn = index + (numbered / crate::push::OFFLINE_EVERY) as usize;
+                            &offline[turn % n]
+                        } else {
+                            &to
+                        }
+                    }
+                };
                 let mut payload = json!({"recipientId": to, "messageType": "text", "sessionId": at.to_string()});
                 // The relay has no store to name messages: the recipients count them by id.
                 if client_ids || relay {
@@ -458,6 +512,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
             ),
         },
         logins,
+        offline: offline_sent.load(Ordering::Relaxed),
         receipts: read.then(|| receipts.load(Ordering::Relaxed)),
         content: content.then(|| [uploads.tally(), fetches.tally()]),
         server_cpu,

@@ -7,6 +7,7 @@
 
 mod client;
 mod devices;
+mod push;
 mod relay;
 mod server;
 mod stats;
@@ -93,6 +94,39 @@ struct RoutingArgs {
     /// the fan-out), instead of the app's plain message.
     #[arg(long)]
     envelopes: bool,
+    /// Push wake-ups (issue 20), one-device runs only: the server may push to plain-http
+    /// loopback endpoints, every recipient's device 1 is registered with a push sink inside the
+    /// bench, and the sink's count is reported (expected 0: the recipients are online). No
+    /// relay run.
+    #[arg(long, conflicts_with_all = ["envelopes", "url"])]
+    push: bool,
+    /// As --push, and K more registered users who never connect: each sender's every 50th
+    /// message goes to one of them, in turn, so that they are woken by pushes during the run.
+    #[arg(long, value_name = "K", conflicts_with_all = ["envelopes", "url"])]
+    push_offline: Option<usize>,
+    /// --push-offline's baseline: the same K users who never connect and the same messages to
+    /// them, on the same server settings, but no push registration at all (nobody is woken).
+    #[arg(long, value_name = "K", conflicts_with_all = ["envelopes", "url", "push", "push_offline"])]
+    offline: Option<usize>,
+    /// With --push/--push-offline/--offline: the server's PUSH_MIN_INTERVAL, in seconds.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    push_interval: u64,
+}
+
+impl RoutingArgs {
+    /// The one-device run's load.
+    fn load(&self) -> client::Load {
+        client::Load {
+            pairs: self.pairs,
+            rate: (!self.saturate).then_some(self.rate),
+            window: self.window,
+            duration: Duration::from_secs(self.seconds),
+            login_storm: self.login_storm,
+            read_receipts: self.read_receipts,
+            client_ids: self.client_ids,
+            content: self.content,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -127,6 +161,9 @@ async fn main() -> anyhow::Result<()> {
                     "--devices/--envelopes runs take no --read-receipts, --content or --login-storm"
                 );
             }
+            if args.push || args.push_offline.is_some() || args.offline.is_some() {
+                anyhow::bail!("--push runs are one-device runs (no --devices)");
+            }
             let load = devices::Load {
                 pairs: args.pairs,
                 devices: args.devices,
@@ -148,17 +185,27 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Routing(args) => {
-            let load = client::Load {
-                pairs: args.pairs,
-                rate: (!args.saturate).then_some(args.rate),
-                window: args.window,
-                duration: Duration::from_secs(args.seconds),
-                login_storm: args.login_storm,
-                read_receipts: args.read_receipts,
-                client_ids: args.client_ids,
-                content: args.content,
+        Command::Routing(args)
+            if args.push || args.push_offline.is_some() || args.offline.is_some() =>
+        {
+            let load = args.load();
+            let interval = Duration::from_secs(args.push_interval);
+            let plan = match args.offline {
+                Some(offline) => push::Plan::start(offline, false, interval).await?,
+                None => push::Plan::start(args.push_offline.unwrap_or(0), true, interval).await?,
             };
+            let server =
+                server::Running::start_with(&args.target, &push::server_env(interval)).await?;
+            let report = client::routing_with_push(&server, &load, &plan).await?;
+            report.print(&format!("kisse ({}, push)", server.engine));
+            plan.print(args.pairs, load.duration);
+            if !args.no_relay {
+                println!("(no relay run with --push: compare with the plain run)");
+            }
+            Ok(())
+        }
+        Command::Routing(args) => {
+            let load = args.load();
             let server = server::Running::start(&args.target).await?;
             let report = client::routing(&server, &load).await?;
             report.print(&format!("kisse ({})", server.engine));

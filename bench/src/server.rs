@@ -32,6 +32,12 @@ pub struct Running {
 
 impl Running {
     pub async fn start(target: &Target) -> anyhow::Result<Self> {
+        Self::start_with(target, &[]).await
+    }
+
+    /// Starts the server with `settings` added to its environment (they override the
+    /// caller's); with `--url`, the running server is taken as it is.
+    pub async fn start_with(target: &Target, settings: &[(&str, String)]) -> anyhow::Result<Self> {
         if let Some(url) = &target.url {
             return Ok(Self {
                 base: url.trim_end_matches('/').to_owned(),
@@ -71,6 +77,7 @@ impl Running {
                 command.env(key, value);
             }
         }
+        command.envs(settings.iter().cloned());
         let child = command
             .env("SERVER_ADDRESS", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", &database_url)
