@@ -410,7 +410,14 @@ async fn target(state: &AppState, registration: Registration) -> Result<Target> 
             token: checked_token(token)?,
         },
         Registration::Apns { token, topic } => Target::Apns {
-            token: checked_token(token)?,
+            token: checked_token(token).and_then(|token| {
+                // APNs device tokens are hexadecimal (they go into the request's path).
+                if token.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    Ok(token)
+                } else {
+                    Err(Error::invalid("an APNs token is hexadecimal"))
+                }
+            })?,
             topic: topic.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
         },
     };
