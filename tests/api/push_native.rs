@@ -146,6 +146,15 @@ async fn an_offline_device_gets_one_fcm_or_apns_wake_and_a_ring_is_urgent(engine
         app.register("carol").await,
     );
     register(&app, &bob, json!({"kind": "fcm", "token": "fcm-token-bob"})).await;
+    let (status, answer) = app
+        .request(
+            reqwest::Method::PUT,
+            "/api/devices/1/push",
+            Some(&carol.token),
+            Some(json!({"kind": "apns", "token": "../../3/device/other"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{answer}");
     register(
         &app,
         &carol,
