@@ -65,10 +65,42 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(invalid("the body must be a JSON object".into()));
         }
-        serde_json::from_slice(&body)
-            .map(Self)
-            .map_err(|e| invalid(e.to_string()))
+        match serde_json::from_slice(&body) {
+            Ok(value) => Ok(Self(value)),
+            // JSON has one number type: `79.0` is the integer 79 (JSON Schema says so too), while
+            // serde refuses it for an integer field. Tried again with such numbers made
+            // integers, only when the plain reading failed: the usual body is read once.
+            Err(e) => integral_floats_as_integers(&body)
+                .and_then(|value| T::deserialize(value).ok())
+                .map(Self)
+                .ok_or_else(|| invalid(e.to_string())),
+        }
     }
+}
+
+/// `body` parsed, with every number that is a float of integral value (within `i64`) made an
+/// integer; `None` when there is no such number (nothing would change) or it is not JSON.
+fn integral_floats_as_integers(body: &[u8]) -> Option<serde_json::Value> {
+    fn walk(value: &mut serde_json::Value, changed: &mut bool) {
+        match value {
+            serde_json::Value::Number(n) => {
+                if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                    && f.fract() == 0.0
+                    && f.abs() < 9.0e15
+                {
+                    *value = serde_json::Value::from(f as i64);
+                    *changed = true;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, changed)),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(|v| walk(v, changed)),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut changed = false;
+    walk(&mut value, &mut changed);
+    changed.then_some(value)
 }
 
 /// Query-string parameters.

@@ -10,7 +10,7 @@ use super::{
 use crate::{
     AppState,
     auth::AuthSession,
-    domain::push::{self, Registered, Registration},
+    domain::push::{self, PushRegistered, PushRegistration},
     error::Result,
 };
 
@@ -21,10 +21,10 @@ use crate::{
     tag = "push",
     summary = "Register how one of the caller's devices is woken when it has no socket (Web Push, UnifiedPush, FCM, APNs)",
     params(("device_id" = i64, Path, description = "the device (1..=127); a device-bound session may name only its own")),
-    request_body = Registration,
+    request_body = PushRegistration,
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "registered (replacing any earlier registration)", body = Registered),
+        (status = 200, description = "registered (replacing any earlier registration)", body = PushRegistered),
         (status = 400, description = "bad registration (`invalid_input`), an endpoint that is not https or not public (`unsafe_endpoint`), a kind this server does not send (`push_unavailable`)", body = ErrorBody),
         (status = 401, description = "missing or bad token (empty body)"),
         (status = 403, description = "another device than the session's own (`wrong_device`)", body = ErrorBody),
@@ -36,8 +36,8 @@ pub async fn register(
     State(state): State<AppState>,
     AuthSession(claims): AuthSession,
     Path(device): Path<i64>,
-    Json(registration): Json<Registration>,
-) -> Result<axum::Json<Registered>> {
+    Json(registration): Json<PushRegistration>,
+) -> Result<axum::Json<PushRegistered>> {
     push::check_device(&claims, device)?;
     let registered = push::register(&state, &claims, device, registration).await?;
     Ok(axum::Json(registered))

@@ -298,7 +298,7 @@ fn forget_old_claims(state: &AppState) {
 /// A push registration as a device sends it.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Registration {
+pub enum PushRegistration {
     /// Web Push (RFC 8030/8291/8292); also UnifiedPush distributors that take Web Push.
     Webpush { endpoint: String, keys: WebPushKeys },
     /// A UnifiedPush endpoint taking plain POSTs.
@@ -325,7 +325,7 @@ pub struct WebPushKeys {
 
 /// A device's push registration, as stored.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Registered {
+pub struct PushRegistered {
     pub device_id: i64,
     /// `webpush`, `unifiedpush`, `fcm` or `apns`.
     pub kind: &'static str,
@@ -352,8 +352,8 @@ pub async fn register(
     state: &AppState,
     claims: &TokenClaims,
     device: i64,
-    registration: Registration,
-) -> Result<Registered> {
+    registration: PushRegistration,
+) -> Result<PushRegistered> {
     let user = claims.user_id;
     let target = target(state, registration).await?;
     // The session's own device (the app's is 1) may register before it uploaded keys.
@@ -368,7 +368,7 @@ pub async fn register(
     }
     push_changed(state, user);
     tracing::info!(%user, device, kind = target.kind(), "push registered");
-    Ok(Registered {
+    Ok(PushRegistered {
         device_id: device,
         kind: target.kind(),
     })
@@ -382,13 +382,13 @@ pub async fn unregister(state: &AppState, user: UserId, device: i64) -> Result<(
     Ok(())
 }
 
-async fn target(state: &AppState, registration: Registration) -> Result<Target> {
+async fn target(state: &AppState, registration: PushRegistration) -> Result<Target> {
     let pushers = &state.push.pushers;
     let kind = match &registration {
-        Registration::Webpush { .. } => "webpush",
-        Registration::Unifiedpush { .. } => "unifiedpush",
-        Registration::Fcm { .. } => "fcm",
-        Registration::Apns { .. } => "apns",
+        PushRegistration::Webpush { .. } => "webpush",
+        PushRegistration::Unifiedpush { .. } => "unifiedpush",
+        PushRegistration::Fcm { .. } => "fcm",
+        PushRegistration::Apns { .. } => "apns",
     };
     if !pushers.supports(kind) {
         return Err(Error::Invalid {
@@ -397,7 +397,7 @@ async fn target(state: &AppState, registration: Registration) -> Result<Target> 
         });
     }
     let target = match registration {
-        Registration::Webpush { endpoint, keys } => {
+        PushRegistration::Webpush { endpoint, keys } => {
             Keys::decode(&keys.p256dh, &keys.auth).map_err(Error::invalid)?;
             Target::WebPush {
                 endpoint,
@@ -405,11 +405,11 @@ async fn target(state: &AppState, registration: Registration) -> Result<Target> 
                 auth: keys.auth,
             }
         }
-        Registration::Unifiedpush { endpoint } => Target::UnifiedPush { endpoint },
-        Registration::Fcm { token } => Target::Fcm {
+        PushRegistration::Unifiedpush { endpoint } => Target::UnifiedPush { endpoint },
+        PushRegistration::Fcm { token } => Target::Fcm {
             token: checked_token(token)?,
         },
-        Registration::Apns { token, topic } => Target::Apns {
+        PushRegistration::Apns { token, topic } => Target::Apns {
             token: checked_token(token).and_then(|token| {
                 // APNs device tokens are hexadecimal (they go into the request's path).
                 if token.bytes().all(|b| b.is_ascii_hexdigit()) {

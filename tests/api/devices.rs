@@ -175,6 +175,7 @@ async fn bad_device_logins_are_refused_with_a_json_error(engine: Engine) {
         (json!(0), json!(null)),
         (json!(128), json!(null)),
         (json!(-1), json!(null)),
+        (json!(2.5), json!(null)),
         (json!("two"), json!(null)),
         (json!(2), json!(long)),
         (json!(2), json!(7)),
@@ -213,6 +214,18 @@ async fn bad_device_logins_are_refused_with_a_json_error(engine: Engine) {
         .await;
     // 64 characters is fine.
     login_as(&app, &alice, 2, Some(&"y".repeat(64))).await;
+    // JSON has one number type: 3.0 is the integer 3 (JSON Schema agrees).
+    let body = json!({"email": alice.email, "password": alice.password, "device_id": 3.0});
+    let (status, value) = app
+        .request(Method::POST, "/api/auth/login", None, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    let ids: Vec<Value> = devices(&app, &alice)
+        .await
+        .iter()
+        .map(|d| d["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(2), json!(3)]);
 }
 
 async fn devices_are_listed_with_the_day_they_were_last_seen(engine: Engine) {
