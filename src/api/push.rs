@@ -32,7 +32,7 @@ use crate::{
         (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
     )
 )]
-pub async fn register(
+pub async fn register_push(
     State(state): State<AppState>,
     AuthSession(claims): AuthSession,
     Path(device): Path<i64>,
@@ -59,7 +59,7 @@ pub async fn register(
         (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
     )
 )]
-pub async fn unregister(
+pub async fn unregister_push(
     State(state): State<AppState>,
     AuthSession(claims): AuthSession,
     Path(device): Path<i64>,
@@ -85,7 +85,7 @@ pub struct VapidKey {
     summary = "The server's VAPID public key (RFC 8292), for Web Push subscriptions",
     responses((status = 200, description = "the key", body = VapidKey))
 )]
-pub async fn vapid(State(state): State<AppState>) -> axum::Json<VapidKey> {
+pub async fn vapid_key(State(state): State<AppState>) -> axum::Json<VapidKey> {
     axum::Json(VapidKey {
         public_key: state.push.vapid_public_key().to_owned(),
     })
