@@ -72,20 +72,26 @@ impl Submitted {
         }
     }
 
-    /// Finishes sending it; returns the sender's `message_ack`.
-    async fn acknowledge(self, state: &AppState, client_id: Option<MessageId>) -> Result<Event> {
+    /// Finishes sending it; returns the sender's `message_ack`, and the recipient to wake by
+    /// push once the ack is on its way (an inbox message pushed for the first time).
+    async fn acknowledge(
+        self,
+        state: &AppState,
+        client_id: Option<MessageId>,
+    ) -> Result<(Event, Option<UserId>)> {
         Ok(match self {
             Self::Inbox(s) => {
-                let (message, _) = s.complete(state).await?;
-                Event::MessageAck {
+                let (message, new) = s.complete(state).await?;
+                let ack = Event::MessageAck {
                     id: message.id,
                     client_id,
                     conversation_id: Some(message.conversation_id),
                     timestamp: message.created_at,
                     seq: Some(message.seq),
-                }
+                };
+                (ack, new.then_some(message.recipient_id))
             }
-            Self::Envelopes(s) => s.complete(state).await?.ack(client_id),
+            Self::Envelopes(s) => (s.complete(state).await?.ack(client_id), None),
         })
     }
 }
@@ -109,7 +115,6 @@ impl InboxSubmitted {
             state
                 .hub
                 .send_inbox(message.recipient_id, cursor, &event.encode());
-            super::push::wake(state, message.recipient_id, Devices::All, Urgency::Normal);
             crate::metrics::message_routed("direct", message.created_at);
         }
         Ok((message, cursor.is_some()))
@@ -175,15 +180,20 @@ async fn ack_in_order(
     while let Some(pending_ack) = pending.recv().await {
         let (submitted, client_id) = *pending_ack;
         let id = submitted.id();
-        let answer = match Box::pin(submitted.acknowledge(&state, client_id)).await {
-            Ok(ack) => ack,
+        let (answer, to_wake) = match Box::pin(submitted.acknowledge(&state, client_id)).await {
+            Ok(acknowledged) => acknowledged,
             Err(e) => {
                 let e = e.context(format!("sending message {id}"));
                 e.log_if_internal();
-                Event::message_error(&e, Some(id), client_id)
+                (Event::message_error(&e, Some(id), client_id), None)
             }
         };
         hub::push(&replies, &close, Outgoing::Frame(answer.encode()));
+        // After the ack: the wake-up task must not delay it (the sender hears of the commit
+        // before the recipient's delivery receipt, as ever).
+        if let Some(recipient) = to_wake {
+            super::push::wake(&state, recipient, Devices::All, Urgency::Normal);
+        }
     }
 }
 
