@@ -391,17 +391,9 @@ impl Broker {
     /// Whether another live node holds a socket of `user` (`false` when Redis cannot tell).
     pub async fn online_on_other_nodes(&self, user: UserId) -> bool {
         let mut con = self.commands.clone();
-        let Some(nodes) = self
-            .run("presence", con.smembers::<_, Vec<String>>(self.nodes_key()))
-            .await
-        else {
+        let Some(keys) = self.online_keys_elsewhere(user).await else {
             return false;
         };
-        let keys: Vec<String> = nodes
-            .iter()
-            .filter(|n| **n != self.node)
-            .map(|n| self.online_key(user, n))
-            .collect();
         if keys.is_empty() {
             return false;
         }
@@ -410,16 +402,24 @@ impl Broker {
             .is_some_and(|n| n > 0)
     }
 
+    /// The presence keys `user` would have on the cluster's other nodes (`None` when Redis
+    /// cannot tell).
+    async fn online_keys_elsewhere(&self, user: UserId) -> Option<Vec<String>> {
+        let mut con = self.commands.clone();
+        let nodes: Vec<String> = self.run("presence", con.smembers(self.nodes_key())).await?;
+        Some(
+            (nodes.iter())
+                .filter(|n| **n != self.node)
+                .map(|n| self.online_key(user, n))
+                .collect(),
+        )
+    }
+
     /// The devices of `user` with a socket on another live node (`None` when Redis cannot
     /// tell). A node that died keeps its keys until they expire (`PRESENCE_TTL`).
     pub async fn devices_on_other_nodes(&self, user: UserId) -> Option<Vec<i64>> {
         let mut con = self.commands.clone();
-        let nodes: Vec<String> = self.run("presence", con.smembers(self.nodes_key())).await?;
-        let keys: Vec<String> = nodes
-            .iter()
-            .filter(|n| **n != self.node)
-            .map(|n| self.online_key(user, n))
-            .collect();
+        let keys = self.online_keys_elsewhere(user).await?;
         if keys.is_empty() {
             return Some(Vec::new());
         }
