@@ -112,6 +112,9 @@ pub struct Conversation {
     pub user_a: UserId,
     pub user_b: UserId,
     pub created_at: DateTime<Utc>,
+    /// The member who opened it, while it is a request (the other one has neither replied nor
+    /// accepted); `None` once accepted.
+    pub requested_by: Option<UserId>,
 }
 
 impl Conversation {
@@ -143,6 +146,18 @@ pub struct ConversationSummary {
     pub last_message_time: Option<DateTime<Utc>>,
     pub unread_count: i64,
     pub created_at: DateTime<Utc>,
+    /// `request` while the member who did not open it has neither replied nor accepted it.
+    pub status: ConversationStatus,
+    /// Who opened it, while it is a request (`null` once accepted).
+    pub requested_by: Option<UserId>,
+}
+
+/// Whether a conversation is still a contact request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationStatus {
+    Request,
+    Accepted,
 }
 
 /// One message's metadata.

@@ -3,7 +3,7 @@
 
 use std::{fmt::Display, marker::PhantomData, net::SocketAddr, time::Duration};
 
-use super::values::{AppEnv, ForwardedHeader, LogFormat, Secret, redact_url};
+use super::values::{AppEnv, DirectoryPolicy, ForwardedHeader, LogFormat, Secret, redact_url};
 
 /// A way of reading a setting. `parse` gets the raw text (never empty for a required value: an
 /// empty variable counts as unset); its error says what is wrong, without the setting's name,
@@ -339,6 +339,24 @@ impl Kind for ForwardedHeader {
             Self::Forwarded => "forwarded",
         }
         .to_owned()
+    }
+}
+
+impl Kind for DirectoryPolicy {
+    type Value = Self;
+    fn parse(raw: &str) -> Result<Self, String> {
+        choice(
+            raw,
+            &[
+                ("open", Self::Open),
+                ("search", Self::Search),
+                ("contacts", Self::Contacts),
+            ],
+            "open, search or contacts",
+        )
+    }
+    fn show(value: &Self) -> String {
+        format!("{value:?}").to_ascii_lowercase()
     }
 }
 

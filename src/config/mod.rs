@@ -19,7 +19,7 @@ use kinds::{
     OptionalText, Origins, RedisUrl, Seconds, SecondsOrZero, Text, Token,
 };
 pub use setting::{Fallback, Setting};
-pub use values::{AppEnv, ForwardedHeader, LogFormat, Secret, redact_url};
+pub use values::{AppEnv, DirectoryPolicy, ForwardedHeader, LogFormat, Secret, redact_url};
 
 /// Default database: an SQLite file next to the process, created on first run.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kisse.db";
@@ -72,7 +72,7 @@ macro_rules! settings {
     };
 }
 
-use Fallback::{Computed, Same, Unset, Value};
+use Fallback::{ByEnv, Computed, Same, Unset, Value};
 
 settings! {
     derived {
@@ -176,6 +176,15 @@ settings! {
     /// User searches and find-by-email lookups per signed-in user and minute (also the burst).
     "LOOKUP_RATE_PER_USER_PER_MINUTE" lookup_rate_per_user_per_minute: Count<u32> = Value("300"),
         "user searches and find-by-email lookups per signed-in user and minute (also the burst)";
+    /// Who a user search may find; another user's email is shown only to their contacts (or
+    /// to an exact find-by-email), whatever the policy.
+    "USER_DIRECTORY" user_directory: DirectoryPolicy = ByEnv("open", "search"),
+        "who GET /api/users/search finds: open (anyone, empty query too), search (a query of 3+ characters on username or name, 20 results) or contacts (users one shares a conversation with)";
+    /// A conversation one side opened is a request until the other side replies or accepts:
+    /// until then the requester sees none of the recipient's presence, stories, typing or
+    /// identity changes.
+    "CONTACTS_BY_CONSENT" contacts_by_consent: Flag = ByEnv("false", "true"),
+        "a conversation is a request until the other side replies or accepts it; until then the requester sees nothing of the recipient's presence, stories, typing or identity changes";
     /// How long a used refresh token still answers the pair it was traded for.
     "REFRESH_REUSE_GRACE" refresh_reuse_grace: SecondsOrZero = Value("10"),
         "seconds a used refresh token still returns the pair it was traded for (a retry after a lost response); 0: never";
@@ -337,6 +346,13 @@ impl Sources<'_> {
             Unset => String::new(),
             Computed(_, compute) => compute(),
             Same(other) => return self.raw(self::setting(other)?),
+            ByEnv(development, production) => {
+                let (env, _, _) = self.raw(self::setting("APP_ENV")?)?;
+                match <AppEnv as Kind>::parse(&env) {
+                    Ok(AppEnv::Production) => production.to_owned(),
+                    _ => development.to_owned(),
+                }
+            }
         };
         Ok((value, Origin::Default, setting))
     }

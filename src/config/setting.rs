@@ -20,6 +20,8 @@ pub enum Fallback {
     Computed(&'static str, fn() -> String),
     /// Whatever that other setting is (an old name kept working).
     Same(&'static str),
+    /// The first text in development, the second with `APP_ENV=production`.
+    ByEnv(&'static str, &'static str),
 }
 
 impl Setting {
@@ -35,6 +37,9 @@ impl Setting {
             Fallback::Unset => kinds::NONE.to_owned(),
             Fallback::Computed(text, _) => text.to_owned(),
             Fallback::Same(other) => format!("({other})"),
+            Fallback::ByEnv(development, production) => {
+                format!("{development} (production: {production})")
+            }
         }
     }
 }

@@ -45,6 +45,17 @@ pub enum AppEnv {
     Production,
 }
 
+/// Who `GET /api/users/search` may find (`USER_DIRECTORY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectoryPolicy {
+    /// Any user, with an empty query too (the app's "new chat" screen lists everyone).
+    Open,
+    /// Only with a query of at least 3 characters, on username and name, a few results.
+    Search,
+    /// Only users one already shares a conversation with.
+    Contacts,
+}
+
 /// Hides the password of `scheme://user:password@host/...`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

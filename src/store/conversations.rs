@@ -6,7 +6,9 @@ use uuid::Uuid;
 use super::{Conversations, with_pool};
 use crate::{
     error::Result,
-    model::{Conversation, ConversationId, ConversationSummary, Presence, UserId},
+    model::{
+        Conversation, ConversationId, ConversationStatus, ConversationSummary, Presence, UserId,
+    },
 };
 
 /// The summary query for member `$1`; `$filter` narrows it (or is empty).
@@ -15,7 +17,8 @@ macro_rules! summary_sql {
         concat!(
             "SELECT c.id, c.created_at, c.last_message_at,
                     u.id AS participant_id, u.username, u.name, u.avatar_url, u.presence,
-                    CASE WHEN c.user_a = $1 THEN c.unread_a ELSE c.unread_b END AS unread_count
+                    CASE WHEN c.user_a = $1 THEN c.unread_a ELSE c.unread_b END AS unread_count,
+                    c.requested_by
              FROM conversations c
              JOIN users u ON u.id = CASE WHEN c.user_a = $1 THEN c.user_b ELSE c.user_a END
              WHERE (c.user_a = $1 OR c.user_b = $1) ",
@@ -36,6 +39,7 @@ struct SummaryRow {
     avatar_url: Option<String>,
     presence: String,
     unread_count: i64,
+    requested_by: Option<UserId>,
 }
 
 impl From<SummaryRow> for ConversationSummary {
@@ -52,12 +56,17 @@ impl From<SummaryRow> for ConversationSummary {
             last_message_time: row.last_message_at,
             unread_count: row.unread_count,
             created_at: row.created_at,
+            status: match row.requested_by {
+                Some(_) => ConversationStatus::Request,
+                None => ConversationStatus::Accepted,
+            },
+            requested_by: row.requested_by,
         }
     }
 }
 
 impl Conversations<'_> {
-    /// The conversation between `a` and `b`, created if missing. Race-free: a unique pair
+    /// The conversation between `a` and `b`, created if missing (a request by `a`). Race-free: a unique pair
     /// constraint decides, and the loser of a race reads the winner's row. `true` if created.
     pub async fn get_or_create_conversation(
         self,
@@ -71,14 +80,16 @@ impl Conversations<'_> {
         let (user_a, user_b) = if a < b { (a, b) } else { (b, a) };
         let created = with_pool!(self.0, write, |pool| {
             sqlx::query_as::<_, Conversation>(
-                "INSERT INTO conversations (id, user_a, user_b, created_at) VALUES ($1, $2, $3, $4)
+                "INSERT INTO conversations (id, user_a, user_b, created_at, requested_by)
+                 VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (user_a, user_b) DO NOTHING
-                 RETURNING id, user_a, user_b, created_at",
+                 RETURNING id, user_a, user_b, created_at, requested_by",
             )
             .bind(ConversationId(Uuid::now_v7()))
             .bind(user_a)
             .bind(user_b)
             .bind(at)
+            .bind(a)
             .fetch_optional(pool)
             .await
         })?;
@@ -100,7 +111,7 @@ impl Conversations<'_> {
         let (user_a, user_b) = if a < b { (a, b) } else { (b, a) };
         let found = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Conversation>(
-                "SELECT id, user_a, user_b, created_at FROM conversations
+                "SELECT id, user_a, user_b, created_at, requested_by FROM conversations
                  WHERE user_a = $1 AND user_b = $2",
             )
             .bind(user_a)
@@ -120,7 +131,7 @@ impl Conversations<'_> {
         }
         let found = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Conversation>(
-                "SELECT id, user_a, user_b, created_at FROM conversations WHERE id = $1",
+                "SELECT id, user_a, user_b, created_at, requested_by FROM conversations WHERE id = $1",
             )
             .bind(id)
             .fetch_optional(pool)

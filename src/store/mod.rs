@@ -32,6 +32,7 @@ mod messages;
 mod postgres;
 mod push;
 mod push_cache;
+mod relations;
 mod security;
 mod sqlite;
 mod stories;
@@ -55,6 +56,9 @@ pub use group::{FirstDelivery, NewMessage};
 pub use inbox::InboxEntry;
 pub use keys::{Bundle, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::PendingMessage;
+pub use relations::Closeness;
+#[allow(unused_imports)] // used by the areas' queries
+pub(crate) use relations::sees;
 pub use security::{RetentionCutoffs, Rotation, Swept};
 pub use stories::NewStory;
 pub use upload::NewContent;
@@ -127,6 +131,8 @@ areas! {
     stories => Stories,
     /// Push registrations and the server's own keys (`push.rs`).
     push => Push,
+    /// Who may see what a user shows their contacts, and the settings about it (`relations.rs`).
+    relations => Relations,
 }
 
 impl Store {
