@@ -1,4 +1,4 @@
-//! `/api/conversations`: list, get-or-create, history.
+//! `/api/conversations`: list, get-or-create, history, accepting a request.
 
 use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
@@ -93,4 +93,28 @@ pub async fn messages(
 ) -> Result<axum::Json<Vec<Message>>> {
     let page = conversations::history(&state, user, id, page.before, page.limit).await?;
     Ok(axum::Json(page))
+}
+
+#[utoipa::path(
+    post,
+    path = "/conversations/{id}/accept",
+    tag = "conversations",
+    summary = "Accept a contact request",
+    description = "The member a conversation was opened with accepts it (replying in it does too). Until then, with `CONTACTS_BY_CONSENT`, the member who opened it sees none of their presence, last seen, stories, typing or identity changes. Idempotent.",
+    params(("id" = Uuid, Path, description = "conversation id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the conversation, `status: accepted`", body = ConversationSummary),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 403, description = "the caller opened it: the other member accepts", body = ErrorBody),
+        (status = 404, description = "no such conversation of the caller", body = ErrorBody),
+        (status = 429, description = "too many writes (Retry-After)", body = ErrorBody),
+    )
+)]
+pub async fn accept(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<ConversationId>,
+) -> Result<axum::Json<ConversationSummary>> {
+    Ok(axum::Json(conversations::accept(&state, user, id).await?))
 }

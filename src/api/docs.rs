@@ -30,6 +30,7 @@ use utoipa::{
         (name = "users", description = "Finding people"),
         (name = "calls", description = "Call signalling records"),
         (name = "presence", description = "Online status"),
+        (name = "settings", description = "What the caller shows others"),
         (name = "keys", description = "Signal prekey directory (public keys only)"),
         (name = "push", description = "Wake-ups for devices without a socket (contentless pushes)"),
         (name = "stories", description = "24-hour stories"),

@@ -15,6 +15,7 @@ mod messages;
 mod paging;
 mod presence;
 mod push;
+mod settings;
 mod stories;
 mod users;
 
@@ -107,6 +108,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(auth::me, auth::delete_me))
         .routes(routes!(conversations::list, conversations::open))
         .routes(routes!(conversations::messages))
+        .routes(routes!(conversations::accept))
         .routes(routes!(messages::mark_read))
         .routes(
             routes!(messages::send_envelopes).layer(DefaultBodyLimit::max(
@@ -124,6 +126,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(calls::active))
         .routes(routes!(presence::set))
         .routes(routes!(presence::get))
+        .routes(routes!(settings::get_privacy, settings::set_privacy))
         .routes(routes!(keys::upload))
         .routes(routes!(keys::count))
         .routes(routes!(keys::fetch_user))

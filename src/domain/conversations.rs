@@ -1,4 +1,10 @@
-//! Conversations: get-or-create, listing, history, and typing indicators inside them.
+//! Conversations: get-or-create, listing, history, contact requests, and typing indicators
+//! inside them.
+//!
+//! A conversation is opened by one member (`POST /api/conversations`, or a first message) and
+//! is a *request* until the other member replies in it or accepts it. With
+//! `CONTACTS_BY_CONSENT`, the requester sees nothing the other member shows their contacts
+//! (presence, last seen, stories, typing, identity changes) until then; messages flow anyway.
 
 use crate::{
     AppState,
@@ -15,13 +21,63 @@ pub async fn open(
     participant: UserId,
 ) -> Result<(ConversationSummary, bool)> {
     let (conversation, created) = with_participant(state, user, participant).await?;
-    let summary = state
+    Ok((summary(state, user, conversation.id).await?, created))
+}
+
+/// One conversation as `user` lists it.
+async fn summary(
+    state: &AppState,
+    user: UserId,
+    id: ConversationId,
+) -> Result<ConversationSummary> {
+    state
         .store
         .conversations()
-        .conversation_summary(user, conversation.id)
+        .conversation_summary(user, id, state.config.contacts_by_consent)
         .await?
-        .ok_or(Error::NotFound("conversation"))?;
-    Ok((summary, created))
+        .ok_or(Error::NotFound("conversation"))
+}
+
+/// `POST /api/conversations/{id}/accept`: the member a request was sent to accepts it
+/// (idempotent). The requester cannot accept their own request.
+pub async fn accept(
+    state: &AppState,
+    user: UserId,
+    id: ConversationId,
+) -> Result<ConversationSummary> {
+    let conversation = member_of(state, user, id).await?;
+    if conversation.requested_by == Some(user) {
+        // The cache may be behind another node's acceptance: ask the database.
+        let fresh = state.store.conversations().fresh_conversation(id).await?;
+        if fresh.is_some_and(|c| c.requested_by == Some(user)) {
+            return Err(Error::Forbidden(
+                "only the member a request was sent to can accept it",
+            ));
+        }
+    }
+    state
+        .store
+        .conversations()
+        .accept_conversation(id, user)
+        .await?;
+    summary(state, user, id).await
+}
+
+/// `sender` sent a message in `conversation`: if it is a request from the other member, that
+/// is the reply that accepts it. Costs nothing once accepted, nor for the requester's own
+/// messages.
+pub async fn replied(state: &AppState, conversation: &Conversation, sender: UserId) -> Result<()> {
+    if conversation
+        .requested_by
+        .is_some_and(|requester| requester != sender)
+    {
+        state
+            .store
+            .conversations()
+            .accept_conversation(conversation.id, sender)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The conversation between two distinct, existing users, created if needed.
@@ -56,7 +112,7 @@ pub async fn list(state: &AppState, user: UserId) -> Result<Vec<ConversationSumm
     state
         .store
         .conversations()
-        .conversation_summaries(user)
+        .conversation_summaries(user, state.config.contacts_by_consent)
         .await
 }
 
@@ -96,7 +152,8 @@ pub async fn history(
         .await
 }
 
-/// Tells the other member that `user` is (or stopped) typing.
+/// Tells the other member that `user` is (or stopped) typing, if `user` shows it to them:
+/// not to a requester (by consent) nor across a block.
 pub async fn typing(
     state: &AppState,
     user: UserId,
@@ -104,6 +161,9 @@ pub async fn typing(
     is_typing: bool,
 ) -> Result<()> {
     let conversation = member_of(state, user, id).await?;
+    if !shows_typing(state, &conversation, user).await? {
+        return Ok(());
+    }
     let event = Event::TypingIndicator {
         user_id: user,
         conversation_id: conversation.id,
@@ -116,4 +176,23 @@ pub async fn typing(
     };
     super::deliver_ephemeral(state, [conversation.other(user)], key, &event);
     Ok(())
+}
+
+/// Whether `user` shows the other member of `conversation` that they type (`store::sees!`,
+/// answered from memory in the usual case: an accepted conversation and no block).
+async fn shows_typing(state: &AppState, conversation: &Conversation, user: UserId) -> Result<bool> {
+    let other = conversation.other(user);
+    if state.config.contacts_by_consent
+        && conversation.requested_by == Some(other)
+        // Another node may have seen the reply that accepted it.
+        && state
+            .store
+            .conversations()
+            .fresh_conversation(conversation.id)
+            .await?
+            .is_some_and(|c| c.requested_by == Some(other))
+    {
+        return Ok(false);
+    }
+    Ok(true)
 }

@@ -101,7 +101,14 @@ pub async fn upload(state: &AppState, user: UserId, upload: KeyUpload) -> Result
                 .replace_device_keys(user, &keys, &upload.one_time_prekeys, at)
                 .await?;
             if previous.is_some_and(|old| old != keys.identity_key) {
-                let contacts = state.store.users().contacts(user).await?;
+                // Everyone who may see this user as a contact (a requester's safety number
+                // matters to the one they asked too), not across a block.
+                let audience = state
+                    .store
+                    .relations()
+                    .audience(user, state.config.contacts_by_consent)
+                    .await?;
+                let contacts = audience.into_iter().map(|(contact, _)| contact);
                 let event = Event::IdentityChanged {
                     user_id: user,
                     device_id,

@@ -218,6 +218,7 @@ pub async fn submit(
     } else {
         let (conversation, _) =
             super::conversations::with_participant(state, sender, request.recipient_id).await?;
+        super::conversations::replied(state, &conversation, sender).await?;
         Some(conversation.id)
     };
     if request.conversation_id.is_some() && request.conversation_id != conversation_id {
@@ -269,6 +270,7 @@ async fn submit_to_inbox(
     }
     let (conversation, _) =
         super::conversations::with_participant(state, sender, request.recipient_id).await?;
+    super::conversations::replied(state, &conversation, sender).await?;
     if request
         .conversation_id
         .is_some_and(|id| id != conversation.id)

@@ -1,5 +1,16 @@
 //! Presence: what a user shows their contacts (and only them).
+//!
+//! Who sees what (`store::sees!` decides who is a contact):
+//! - an accepted contact (any conversation partner without `CONTACTS_BY_CONSENT`): the status
+//!   and last seen as they are, live (`presence_update` frames);
+//! - the one a request was sent to, looking at the requester: last seen by the day, shown
+//!   `offline`, no live frames (as Signal stores last seen: a day, nothing finer);
+//! - everyone, when the user hides their last seen: `offline`, last seen at the Unix epoch
+//!   (the app reads `lastSeen` unguarded, so it is always a time), no live frames;
+//! - anyone else (strangers, the requester looking at the one asked, either side of a
+//!   block): "not found", as for an unknown user.
 
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -8,9 +19,10 @@ use crate::{
     error::{Error, Result},
     events::{EphemeralKey, Event},
     model::{Presence, PresenceState, UserId, now},
+    store::{Closeness, StoredPresence},
 };
 
-/// Records `status` for `user` and tells their contacts.
+/// Records `status` for `user` and tells their contacts (unless they hide it).
 pub async fn set(state: &AppState, user: UserId, status: Presence) -> Result<PresenceState> {
     let presence = state
         .store
@@ -18,40 +30,114 @@ pub async fn set(state: &AppState, user: UserId, status: Presence) -> Result<Pre
         .set_presence(user, status, now())
         .await?
         .ok_or(Error::NotFound("user"))?;
-    let contacts = state.store.users().contacts(user).await?;
+    if !presence.hidden {
+        tell_contacts(state, &presence.state).await?;
+    }
+    Ok(presence.state)
+}
+
+/// Sends `presence` (of its user) to their accepted contacts who are online.
+async fn tell_contacts(state: &AppState, presence: &PresenceState) -> Result<()> {
+    let user = presence.user_id;
+    let audience = state
+        .store
+        .relations()
+        .audience(user, state.config.contacts_by_consent)
+        .await?;
     let event = Event::PresenceUpdate {
         user_id: user,
-        status,
+        status: presence.status,
         last_seen: presence.last_seen,
     };
     super::deliver_ephemeral(
         state,
-        contacts.into_iter().filter(|c| state.hub.is_online(*c)),
+        audience
+            .into_iter()
+            .filter(|(c, closeness)| *closeness == Closeness::Contact && state.hub.is_online(*c))
+            .map(|(c, _)| c),
         EphemeralKey::Presence(user),
         &event,
     );
-    Ok(presence)
+    Ok(())
 }
 
-/// `user`'s presence, for themself or a contact; anyone else gets "not found", as for an
+/// `user`'s presence as `viewer` may see it; anyone who may not gets "not found", as for an
 /// unknown user.
 pub async fn get(state: &AppState, viewer: UserId, user: UserId) -> Result<PresenceState> {
-    if viewer != user
-        && state
+    let closeness = if viewer == user {
+        None
+    } else {
+        let closeness = state
             .store
-            .conversations()
-            .conversation_between(viewer, user)
-            .await?
-            .is_none()
-    {
-        return Err(Error::NotFound("user"));
-    }
-    state
+            .relations()
+            .closeness(viewer, user, state.config.contacts_by_consent)
+            .await?;
+        Some(closeness.ok_or(Error::NotFound("user"))?)
+    };
+    let StoredPresence {
+        state: presence,
+        hidden,
+    } = state
         .store
         .users()
         .presence(user)
         .await?
-        .ok_or(Error::NotFound("user"))
+        .ok_or(Error::NotFound("user"))?;
+    Ok(match closeness {
+        None => presence,
+        Some(_) if hidden => shown_as(presence, DateTime::UNIX_EPOCH),
+        Some(Closeness::Contact) => presence,
+        Some(Closeness::Requested) => {
+            let day = presence
+                .last_seen
+                .date_naive()
+                .and_time(chrono::NaiveTime::MIN);
+            shown_as(presence, day.and_utc())
+        }
+    })
+}
+
+/// `presence` with its live parts replaced: `offline`, seen last at `last_seen`.
+fn shown_as(presence: PresenceState, last_seen: DateTime<Utc>) -> PresenceState {
+    PresenceState {
+        status: Presence::Offline,
+        last_seen,
+        updated_at: last_seen,
+        ..presence
+    }
+}
+
+/// Whether `user` hides their last seen (and status) from everyone.
+pub async fn hides_last_seen(state: &AppState, user: UserId) -> Result<bool> {
+    state.store.relations().hides_last_seen(user).await
+}
+
+/// Hides (or shows again) `user`'s last seen and status from everyone; their contacts are told
+/// at once (`offline` at the epoch, or the real presence again).
+pub async fn set_hide_last_seen(state: &AppState, user: UserId, hide: bool) -> Result<bool> {
+    if !state
+        .store
+        .relations()
+        .set_hide_last_seen(user, hide)
+        .await?
+    {
+        return Err(Error::NotFound("user"));
+    }
+    let StoredPresence {
+        state: presence, ..
+    } = state
+        .store
+        .users()
+        .presence(user)
+        .await?
+        .ok_or(Error::NotFound("user"))?;
+    let shown = if hide {
+        shown_as(presence, DateTime::UNIX_EPOCH)
+    } else {
+        presence
+    };
+    tell_contacts(state, &shown).await?;
+    Ok(hide)
 }
 
 /// `user`'s first socket on this node opened: they are online.
@@ -78,7 +164,7 @@ pub async fn disconnected(state: &AppState, user: UserId) {
 /// unless already shown so.
 async fn lost(state: &AppState, user: UserId) {
     match state.store.users().presence(user).await {
-        Ok(Some(p)) if p.status != Presence::Offline => {
+        Ok(Some(p)) if p.state.status != Presence::Offline => {
             log(set(state, user, Presence::Offline).await);
         }
         Ok(_) => {}
@@ -93,7 +179,7 @@ async fn reassert(state: &AppState, user: UserId) {
         return;
     }
     match state.store.users().presence(user).await {
-        Ok(Some(p)) if p.status == Presence::Offline => {
+        Ok(Some(p)) if p.state.status == Presence::Offline => {
             log(set(state, user, Presence::Online).await);
         }
         Ok(_) => {}

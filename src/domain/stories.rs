@@ -1,4 +1,5 @@
-//! Stories: posted by a user, visible to them and their contacts for 24 hours.
+//! Stories: posted by a user, visible to them and their contacts for 24 hours (contacts as
+//! `store::sees!` defines them: no block, and by consent when `CONTACTS_BY_CONSENT`).
 
 use chrono::TimeDelta;
 use serde::Deserialize;
@@ -93,7 +94,7 @@ pub async fn create(state: &AppState, user: UserId, request: NewStoryRequest) ->
     state
         .store
         .stories()
-        .visible_story(user, id, created_at)
+        .visible_story(user, id, created_at, state.config.contacts_by_consent)
         .await?
         .ok_or(Error::NotFound("story"))
 }
@@ -112,7 +113,7 @@ pub async fn list(
             state
                 .store
                 .stories()
-                .story_cursor(user, cursor)
+                .story_cursor(user, cursor, state.config.contacts_by_consent)
                 .await?
                 .ok_or_else(|| Error::invalid("`before` is not a story you can see"))?,
         ),
@@ -120,7 +121,13 @@ pub async fn list(
     state
         .store
         .stories()
-        .visible_stories(user, now(), before_seq, page_limit(limit))
+        .visible_stories(
+            user,
+            now(),
+            before_seq,
+            page_limit(limit),
+            state.config.contacts_by_consent,
+        )
         .await
 }
 
@@ -131,7 +138,7 @@ pub async fn view(state: &AppState, user: UserId, id: StoryId) -> Result<Story> 
     let mut story = state
         .store
         .stories()
-        .visible_story(user, id, at)
+        .visible_story(user, id, at, state.config.contacts_by_consent)
         .await?
         .ok_or(Error::NotFound("story"))?;
     state

@@ -8,7 +8,9 @@ use crate::model::{Conversation, ConversationId, UserId};
 const CACHED_CONVERSATIONS: usize = 100_000;
 
 /// Conversations already read, by id and by member pair. Members never change, so entries
-/// only go when an account is deleted (or when the cache is full).
+/// only go when an account is deleted (or when the cache is full). A request's acceptance
+/// (`requested_by` cleared) may be unknown here when another node made it: readers that
+/// depend on it re-read a cached request (`fresh_conversation`); it never goes back.
 #[derive(Debug, Default)]
 pub(super) struct ConversationCache {
     pub(super) by_id: DashMap<ConversationId, Conversation>,
@@ -29,6 +31,12 @@ impl ConversationCache {
         self.by_pair
             .insert((conversation.user_a, conversation.user_b), conversation.id);
         self.by_id.insert(conversation.id, conversation.clone());
+    }
+
+    pub(super) fn forget(&self, id: ConversationId) {
+        if let Some((_, c)) = self.by_id.remove(&id) {
+            self.by_pair.remove(&(c.user_a, c.user_b));
+        }
     }
 
     pub(super) fn forget_all(&self) {

@@ -18,10 +18,16 @@ macro_rules! summary_sql {
             "SELECT c.id, c.created_at, c.last_message_at,
                     u.id AS participant_id, u.username, u.name, u.avatar_url, u.presence,
                     CASE WHEN c.user_a = $1 THEN c.unread_a ELSE c.unread_b END AS unread_count,
-                    c.requested_by
+                    c.requested_by,
+                    (u.hide_last_seen OR EXISTS (SELECT 1 FROM blocks b
+                        WHERE (b.blocker_id = $1 AND b.blocked_id = u.id)
+                           OR (b.blocker_id = u.id AND b.blocked_id = $1))) AS hides_status
              FROM conversations c
              JOIN users u ON u.id = CASE WHEN c.user_a = $1 THEN c.user_b ELSE c.user_a END
-             WHERE (c.user_a = $1 OR c.user_b = $1) ",
+             WHERE (c.user_a = $1 OR c.user_b = $1)
+               -- A request from someone the member blocks is never shown to them.
+               AND NOT (c.requested_by = u.id AND EXISTS (SELECT 1 FROM blocks b
+                        WHERE b.blocker_id = $1 AND b.blocked_id = u.id)) ",
             $filter,
             " ORDER BY c.last_message_at DESC NULLS LAST, c.created_at DESC"
         )
@@ -40,27 +46,37 @@ struct SummaryRow {
     presence: String,
     unread_count: i64,
     requested_by: Option<UserId>,
+    /// The participant hides their status, or one of the two blocks the other.
+    hides_status: bool,
 }
 
-impl From<SummaryRow> for ConversationSummary {
-    fn from(row: SummaryRow) -> Self {
-        let participant_name = crate::model::display_name(row.username.clone(), row.name);
-        Self {
-            id: row.id,
-            participant_id: row.participant_id,
+impl SummaryRow {
+    /// The row as `member` lists it; `consent` is `CONTACTS_BY_CONSENT`. The participant's
+    /// status shows only as it would to an accepted contact: not hidden by them, no block,
+    /// and (by consent) not a request, whichever side opened it (the one asked sees the
+    /// requester's last seen by the day only, so not their live status either).
+    fn shown_to(self, consent: bool) -> ConversationSummary {
+        let status_shown = !self.hides_status && !(consent && self.requested_by.is_some());
+        let participant_name = crate::model::display_name(self.username.clone(), self.name);
+        ConversationSummary {
+            id: self.id,
+            participant_id: self.participant_id,
             participant_name,
-            participant_username: row.username,
-            participant_avatar: row.avatar_url,
-            participant_status: Presence::parse(&row.presence).unwrap_or(Presence::Offline),
+            participant_username: self.username,
+            participant_avatar: self.avatar_url,
+            participant_status: match Presence::parse(&self.presence) {
+                Some(status) if status_shown => status,
+                _ => Presence::Offline,
+            },
             last_message: None,
-            last_message_time: row.last_message_at,
-            unread_count: row.unread_count,
-            created_at: row.created_at,
-            status: match row.requested_by {
+            last_message_time: self.last_message_at,
+            unread_count: self.unread_count,
+            created_at: self.created_at,
+            status: match self.requested_by {
                 Some(_) => ConversationStatus::Request,
                 None => ConversationStatus::Accepted,
             },
-            requested_by: row.requested_by,
+            requested_by: self.requested_by,
         }
     }
 }
@@ -153,15 +169,20 @@ impl Conversations<'_> {
         self.0.conversations.forget_all();
     }
 
-    /// Every conversation of `user`, most recently active first.
-    pub async fn conversation_summaries(self, user: UserId) -> Result<Vec<ConversationSummary>> {
+    /// Every conversation of `user`, most recently active first; `consent` is
+    /// `CONTACTS_BY_CONSENT`.
+    pub async fn conversation_summaries(
+        self,
+        user: UserId,
+        consent: bool,
+    ) -> Result<Vec<ConversationSummary>> {
         let rows = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, SummaryRow>(summary_sql!(""))
                 .bind(user)
                 .fetch_all(pool)
                 .await
         })?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(rows.into_iter().map(|row| row.shown_to(consent)).collect())
     }
 
     /// One conversation as `user` sees it in their list (`None` if they are not a member).
@@ -169,6 +190,7 @@ impl Conversations<'_> {
         self,
         user: UserId,
         id: ConversationId,
+        consent: bool,
     ) -> Result<Option<ConversationSummary>> {
         let row = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, SummaryRow>(summary_sql!("AND c.id = $2"))
@@ -177,6 +199,38 @@ impl Conversations<'_> {
                 .fetch_optional(pool)
                 .await
         })?;
-        Ok(row.map(Into::into))
+        Ok(row.map(|row| row.shown_to(consent)))
+    }
+
+    /// Accepts the request `id` on behalf of `member`, the one it was sent to. `None` if it
+    /// was not such a request (already accepted, or opened by `member`).
+    pub async fn accept_conversation(
+        self,
+        id: ConversationId,
+        member: UserId,
+    ) -> Result<Option<Conversation>> {
+        let accepted = with_pool!(self.0, write, |pool| {
+            sqlx::query_as::<_, Conversation>(
+                "UPDATE conversations SET requested_by = NULL
+                 WHERE id = $1 AND requested_by IS NOT NULL AND requested_by <> $2
+                   AND (user_a = $2 OR user_b = $2)
+                 RETURNING id, user_a, user_b, created_at, requested_by",
+            )
+            .bind(id)
+            .bind(member)
+            .fetch_optional(pool)
+            .await
+        })?;
+        if let Some(conversation) = &accepted {
+            self.0.conversations.remember(conversation);
+        }
+        Ok(accepted)
+    }
+
+    /// The conversation as stored now, bypassing (and refreshing) the cache: a request may
+    /// have been accepted through another node of a cluster.
+    pub async fn fresh_conversation(self, id: ConversationId) -> Result<Option<Conversation>> {
+        self.0.conversations.forget(id);
+        self.conversation(id).await
     }
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Stories, with_pool};
+use super::{Stories, sees, with_pool};
 use crate::{
     error::Result,
     model::{Story, StoryId, UserId, social::display_name},
@@ -19,13 +19,15 @@ macro_rules! story_select {
     };
 }
 
-/// Stories viewer `$1` may see: their own and those of users sharing a conversation with them.
+/// Stories viewer `$1` may see: their own and those of users who show them what they show
+/// their contacts (`sees!`; `$consent` is the placeholder of `CONTACTS_BY_CONSENT`).
 macro_rules! visible_to_viewer {
-    () => {
-        " (s.user_id = $1 OR EXISTS (
-              SELECT 1 FROM conversations c
-              WHERE (c.user_a = $1 AND c.user_b = s.user_id)
-                 OR (c.user_b = $1 AND c.user_a = s.user_id))) "
+    ($consent:literal) => {
+        concat!(
+            " (s.user_id = $1 OR ",
+            sees!("$1", "s.user_id", $consent),
+            ") "
+        )
     };
 }
 
@@ -103,22 +105,25 @@ impl Stories<'_> {
         Ok(())
     }
 
-    /// The story if `viewer` may see it and it has not expired at `now`.
+    /// The story if `viewer` may see it and it has not expired at `now`; `consent` is
+    /// `CONTACTS_BY_CONSENT`.
     pub async fn visible_story(
         self,
         viewer: UserId,
         id: StoryId,
         now: DateTime<Utc>,
+        consent: bool,
     ) -> Result<Option<Story>> {
         let row = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, StoryRow>(concat!(
                 story_select!(),
                 "WHERE s.id = $2 AND s.expires_at > $3 AND",
-                visible_to_viewer!()
+                visible_to_viewer!("$4")
             ))
             .bind(viewer)
             .bind(id)
             .bind(now)
+            .bind(consent)
             .fetch_optional(pool)
             .await
         })?;
@@ -132,18 +137,20 @@ impl Stories<'_> {
         now: DateTime<Utc>,
         before_seq: Option<i64>,
         limit: i64,
+        consent: bool,
     ) -> Result<Vec<Story>> {
         let rows = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, StoryRow>(concat!(
                 story_select!(),
                 "WHERE s.expires_at > $2 AND s.seq < $3 AND",
-                visible_to_viewer!(),
+                visible_to_viewer!("$5"),
                 "ORDER BY s.seq DESC LIMIT $4"
             ))
             .bind(viewer)
             .bind(now)
             .bind(before_seq.unwrap_or(i64::MAX))
             .bind(limit)
+            .bind(consent)
             .fetch_all(pool)
             .await
         })?;
@@ -152,14 +159,20 @@ impl Stories<'_> {
 
     /// The paging position of a story `viewer` may see, expired or not (a story may expire
     /// while the client pages past it).
-    pub async fn story_cursor(self, viewer: UserId, id: StoryId) -> Result<Option<i64>> {
+    pub async fn story_cursor(
+        self,
+        viewer: UserId,
+        id: StoryId,
+        consent: bool,
+    ) -> Result<Option<i64>> {
         Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_scalar(concat!(
                 "SELECT s.seq FROM stories s WHERE s.id = $2 AND",
-                visible_to_viewer!()
+                visible_to_viewer!("$3")
             ))
             .bind(viewer)
             .bind(id)
+            .bind(consent)
             .fetch_optional(pool)
             .await
         })?)

@@ -24,16 +24,27 @@ struct PresenceRow {
     presence: String,
     last_seen: DateTime<Utc>,
     presence_updated_at: DateTime<Utc>,
+    hide_last_seen: bool,
 }
 
-impl From<PresenceRow> for PresenceState {
+/// A user's presence as stored, and whether they hide it from everyone.
+pub struct StoredPresence {
+    pub state: PresenceState,
+    pub hidden: bool,
+}
+
+impl From<PresenceRow> for StoredPresence {
     fn from(row: PresenceRow) -> Self {
-        Self {
+        let state = PresenceState {
             user_id: row.id,
             // Only `Presence::as_str` values are written; anything else reads as offline.
             status: Presence::parse(&row.presence).unwrap_or(Presence::Offline),
             last_seen: row.last_seen,
             updated_at: row.presence_updated_at,
+        };
+        Self {
+            state,
+            hidden: row.hide_last_seen,
         }
     }
 }
@@ -158,12 +169,12 @@ impl Users<'_> {
         user: UserId,
         status: Presence,
         at: DateTime<Utc>,
-    ) -> Result<Option<PresenceState>> {
+    ) -> Result<Option<StoredPresence>> {
         let row = with_pool!(self.0, write, |pool| {
             sqlx::query_as::<_, PresenceRow>(
                 "UPDATE users SET presence = $2, last_seen = $3, presence_updated_at = $3
                  WHERE id = $1
-                 RETURNING id, presence, last_seen, presence_updated_at",
+                 RETURNING id, presence, last_seen, presence_updated_at, hide_last_seen",
             )
             .bind(user)
             .bind(status.as_str())
@@ -174,10 +185,11 @@ impl Users<'_> {
         Ok(row.map(Into::into))
     }
 
-    pub async fn presence(self, user: UserId) -> Result<Option<PresenceState>> {
+    pub async fn presence(self, user: UserId) -> Result<Option<StoredPresence>> {
         let row = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, PresenceRow>(
-                "SELECT id, presence, last_seen, presence_updated_at FROM users WHERE id = $1",
+                "SELECT id, presence, last_seen, presence_updated_at, hide_last_seen
+                 FROM users WHERE id = $1",
             )
             .bind(user)
             .fetch_optional(pool)
@@ -199,20 +211,6 @@ impl Users<'_> {
             .map(drop)
         })?;
         Ok(())
-    }
-
-    /// Users who share a conversation with `user`: those who may see their presence.
-    pub async fn contacts(self, user: UserId) -> Result<Vec<UserId>> {
-        Ok(with_pool!(self.0, read, |pool| {
-            sqlx::query_scalar(
-                "SELECT user_b FROM conversations WHERE user_a = $1
-                 UNION
-                 SELECT user_a FROM conversations WHERE user_b = $1",
-            )
-            .bind(user)
-            .fetch_all(pool)
-            .await
-        })?)
     }
 }
 

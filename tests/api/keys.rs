@@ -47,7 +47,7 @@ fn prekeys(ids: impl IntoIterator<Item = u32>) -> Value {
 }
 
 /// A full upload for `device` with identity key bytes `identity`.
-fn full_upload(device: i64, identity: u8, ids: impl IntoIterator<Item = u32>) -> Value {
+pub fn full_upload(device: i64, identity: u8, ids: impl IntoIterator<Item = u32>) -> Value {
     json!({
         "device_id": device,
         "registration_id": 4000 + device,

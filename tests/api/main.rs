@@ -10,6 +10,7 @@ mod calls;
 mod channels;
 mod cli;
 mod cluster;
+mod consent;
 mod content;
 mod conversations;
 mod database_outage;
