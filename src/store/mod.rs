@@ -62,7 +62,7 @@ pub(crate) use relations::sees;
 pub use security::{RetentionCutoffs, Rotation, Swept};
 pub use stories::NewStory;
 pub use upload::NewContent;
-pub use users::NewUser;
+pub use users::{NewUser, UserSearch};
 
 use crate::{error::Result, model::UserId};
 use db::{Db, with_pool};
