@@ -58,6 +58,8 @@ pub fn display_name(username: String, name: Option<String>) -> String {
 #[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct User {
     pub id: UserId,
+    /// Another user's email is shown only to their contacts (`CONTACTS_BY_CONSENT` decides
+    /// who counts) and to whoever typed it whole; to anyone else it is `""`.
     pub email: String,
     pub username: String,
     pub name: Option<String>,

@@ -24,11 +24,28 @@ pub struct SearchQuery {
     path = "/users/search",
     tag = "users",
     summary = "Search users",
-    params(("q" = Option<String>, Query, description = "part of a username, name or email"), ("limit" = Option<Limit>, Query, description = "page size (the app asks for 10, 50 or 1000); any integer is accepted and clamped"), ("after" = Option<String>, Query, description = "username of the last user already seen")),
+    description = "Who is found depends on the server's `USER_DIRECTORY`:\n\n\
+        - `open` (the development default): anyone; an empty `q` lists everyone, paged with \
+        `after`, `limit` up to 1000. `q` matches part of a username or name, any case, and an \
+        email only whole (part of it for the caller's contacts).\n\
+        - `search` (the production default): `q` of at least 3 characters (400 \
+        `query_too_short`), matched on username and name only (an email only through \
+        find-by-email); at most 20 users and no next page (`after` is 400 \
+        `paging_unavailable`).\n\
+        - `contacts`: only users the caller shares a conversation with, matched as under \
+        `open`.\n\n\
+        Whatever the policy, users the caller blocks are left out, and a user's `email` is \
+        `\"\"` unless the caller is their contact (see `CONTACTS_BY_CONSENT`) or typed that \
+        email whole.",
+    params(
+        ("q" = Option<String>, Query, max_length = 100, description = "part of a username or name; or an email (see above)"),
+        ("limit" = Option<Limit>, Query, description = "page size (the app asks for 10, 50 or 1000); any integer is accepted and clamped (to 20 under `search`)"),
+        ("after" = Option<String>, Query, description = "username of the last user already seen (not under `search`)"),
+    ),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "users, caller excluded", body = Vec<User>),
-        (status = 400, description = "a `limit` that is not an integer", body = ErrorBody),
+        (status = 400, description = "a `limit` that is not an integer, a `q` over 100 characters; under `search`, a `q` under 3 characters (`query_too_short`) or an `after` (`paging_unavailable`)", body = ErrorBody),
         (status = 401, description = "missing or bad token (empty body)"),
         (status = 429, description = "too many lookups (Retry-After)", body = ErrorBody),
     )
@@ -59,10 +76,11 @@ pub struct EmailQuery {
     path = "/users/find-by-email",
     tag = "users",
     summary = "Find a user by exact email",
+    description = "Answers under every `USER_DIRECTORY` policy: the way to reach someone whose address one knows.",
     params(("email" = String, Query, description = "exact email")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the user", body = User),
+        (status = 200, description = "the user, email included (whatever `USER_DIRECTORY` says)", body = User),
         (status = 400, description = "the caller's own email, or no `email`", body = ErrorBody),
         (status = 401, description = "missing or bad token (empty body)"),
         (status = 404, description = "not found", body = ErrorBody),

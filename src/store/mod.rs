@@ -57,12 +57,11 @@ pub use inbox::InboxEntry;
 pub use keys::{Bundle, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::PendingMessage;
 pub use relations::Closeness;
-#[allow(unused_imports)] // used by the areas' queries
 pub(crate) use relations::sees;
 pub use security::{RetentionCutoffs, Rotation, Swept};
 pub use stories::NewStory;
 pub use upload::NewContent;
-pub use users::{NewUser, StoredPresence};
+pub use users::{NewUser, StoredPresence, UserSearch};
 
 use crate::{error::Result, model::UserId};
 use db::{Db, with_pool};

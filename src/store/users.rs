@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Users, unique_violation, with_pool};
+use super::{Users, sees, unique_violation, with_pool};
 use crate::{
     error::{Error, Result},
     model::{Presence, PresenceState, User, UserId},
@@ -16,6 +16,23 @@ pub struct NewUser {
     pub name: Option<String>,
     pub password_hash: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// A user search, as the directory policy (`USER_DIRECTORY`) shapes it.
+pub struct UserSearch<'a> {
+    pub caller: UserId,
+    /// Matched as a substring, in any case, of usernames and names; empty matches everyone.
+    pub query: &'a str,
+    /// Whether emails match too: a whole address (any case), or a part of the address of
+    /// someone the caller may see as a contact.
+    pub match_email: bool,
+    /// Only users the caller shares a conversation with.
+    pub contacts_only: bool,
+    /// `CONTACTS_BY_CONSENT`: who sees whose email follows the request rule.
+    pub consent: bool,
+    /// The last username of the previous page.
+    pub after: Option<&'a str>,
+    pub limit: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -112,30 +129,49 @@ impl Users<'_> {
         })?)
     }
 
-    /// Users other than `caller` whose username, name or email contains `query` (any case),
-    /// by username, after the username `after` when paging.
-    pub async fn search_users(
-        self,
-        caller: UserId,
-        query: &str,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<User>> {
-        let pattern = format!("%{}%", escape_like(&query.to_lowercase()));
+    /// Users matching `search`, by username, each with their email only when the caller may
+    /// see it (`email` is `""` otherwise).
+    pub async fn search_users(self, search: &UserSearch<'_>) -> Result<Vec<User>> {
+        let exact = search.query.to_lowercase();
+        let pattern = format!("%{}%", escape_like(&exact));
         Ok(with_pool!(self.0, read, |pool| {
-            sqlx::query_as::<_, User>(
-                "SELECT id, email, username, name, avatar_url, created_at FROM users
-                  WHERE id <> $1
-                    AND (lower(username) LIKE $2 ESCAPE '!' OR lower(coalesce(name, '')) LIKE $2 ESCAPE '!'
-                         OR email LIKE $2 ESCAPE '!')
-                    AND lower(username) > $3
-                  ORDER BY lower(username)
-                  LIMIT $4",
-            )
-            .bind(caller)
+            sqlx::query_as::<_, User>(concat!(
+                // An email is shown to those who see the user as a contact, and to whoever
+                // typed it whole (they know it already); to anyone else it is "" (the app
+                // reads a non-null string).
+                "SELECT u.id,
+                        CASE WHEN u.email = $2 OR ",
+                sees!("$1", "u.id", "$5"),
+                " THEN u.email ELSE '' END AS email,
+                        u.username, u.name, u.avatar_url, u.created_at
+                 FROM users u
+                 WHERE u.id <> $1
+                   AND (lower(u.username) LIKE $3 ESCAPE '!'
+                        OR lower(coalesce(u.name, '')) LIKE $3 ESCAPE '!'
+                        -- A substring of an email matches only for those who may see it:
+                        -- anyone else could rebuild an address by probing its parts.
+                        OR ($4 AND (u.email = $2 OR (u.email LIKE $3 ESCAPE '!' AND ",
+                sees!("$1", "u.id", "$5"),
+                "))))
+                   AND (NOT $6 OR EXISTS (SELECT 1 FROM conversations c
+                        WHERE (c.user_a = $1 AND c.user_b = u.id)
+                           OR (c.user_a = u.id AND c.user_b = $1)))
+                   -- Only the caller's own blocks: leaving out those who block the caller
+                   -- would tell them so.
+                   AND NOT EXISTS (SELECT 1 FROM blocks b
+                        WHERE b.blocker_id = $1 AND b.blocked_id = u.id)
+                   AND lower(u.username) > $7
+                 ORDER BY lower(u.username)
+                 LIMIT $8"
+            ))
+            .bind(search.caller)
+            .bind(&exact)
             .bind(&pattern)
-            .bind(after.unwrap_or("").to_lowercase())
-            .bind(limit)
+            .bind(search.match_email)
+            .bind(search.consent)
+            .bind(search.contacts_only)
+            .bind(search.after.unwrap_or("").to_lowercase())
+            .bind(search.limit)
             .fetch_all(pool)
             .await
         })?)

@@ -16,6 +16,7 @@ mod conversations;
 mod database_outage;
 mod delivery;
 mod devices;
+mod directory;
 mod envelopes;
 mod group_commit;
 mod hostile;

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 scenarios!(
-    search_matches_username_name_and_email_in_any_case,
+    search_matches_username_and_name_in_any_case_and_email_whole,
     search_limits_are_clamped_and_pages_follow_the_username,
     find_by_email_answers_404_unknown_and_400_self,
     presence_set_over_rest_reaches_contacts_and_is_readable_by_them_only,
@@ -21,7 +21,7 @@ fn usernames(list: &Value) -> Vec<&str> {
         .collect()
 }
 
-async fn search_matches_username_name_and_email_in_any_case(engine: Engine) {
+async fn search_matches_username_and_name_in_any_case_and_email_whole(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let me = app.register("searcher").await;
     app.register("alice_w").await;
@@ -40,7 +40,15 @@ async fn search_matches_username_name_and_email_in_any_case(engine: Engine) {
     assert_eq!(usernames(&by_username), ["alice_w"]);
     let (_, by_name) = app.get("/api/users/search?q=builder", &me.token).await;
     assert_eq!(usernames(&by_name), ["zorro"]);
-    let (_, by_email) = app.get("/api/users/search?q=zed%40mail", &me.token).await;
+    let (_, by_part) = app.get("/api/users/search?q=zed%40mail", &me.token).await;
+    assert_eq!(
+        by_part,
+        json!([]),
+        "part of a stranger's email finds nothing (directory.rs)"
+    );
+    let (_, by_email) = app
+        .get("/api/users/search?q=zed%40mail.EXAMPLE", &me.token)
+        .await;
     assert_eq!(usernames(&by_email), ["zorro"]);
     let entry = &by_email[0];
     for key in [
