@@ -12,6 +12,7 @@ scenarios!(
     without_consent_every_conversation_partner_is_a_contact,
     hiding_last_seen_shows_everyone_offline_at_the_epoch,
     privacy_settings_refuse_bad_input,
+    a_stranger_learns_nothing_under_the_production_defaults,
 );
 
 const CONSENT: &[(&str, &str)] = &[("CONTACTS_BY_CONSENT", "true")];
@@ -212,6 +213,9 @@ async fn by_consent_the_requester_sees_nothing_of_the_recipient_until_accepted(e
     let alice_story = post_story(&app, &alice).await;
     assert!(story_ids(&app, &bob).await.contains(&alice_story));
 
+    assert_eq!(email_found(&app, &alice, "bob").await, "");
+    assert_eq!(email_found(&app, &bob, "alice").await, alice.email);
+
     // Bob accepts: from now on Alice sees him as a contact. The first typing and presence
     // frames she gets about Bob are the ones after the acceptance: the earlier ones never came.
     let (status, _) = accept(&app, &bob, &conversation).await;
@@ -238,6 +242,7 @@ async fn by_consent_the_requester_sees_nothing_of_the_recipient_until_accepted(e
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(changes[0]["type"], "identity_changed");
     assert_eq!(changes[0]["payload"]["userId"], bob.id.as_str());
+    assert_eq!(email_found(&app, &alice, "bob").await, bob.email);
     // And Bob now sees Alice's last seen as it is.
     let (_, seen) = presence(&app, &bob, &alice).await;
     assert_eq!(seen["status"], "online", "{seen}");
@@ -317,6 +322,75 @@ async fn hiding_last_seen_shows_everyone_offline_at_the_epoch(engine: Engine) {
     assert_ne!(seen["last_seen"], "1970-01-01T00:00:00Z");
 }
 
+/// `APP_ENV=production` (directory `search`, contacts by consent): someone who was never
+/// accepted learns nothing of a user's presence, last seen, stories or email, whether they
+/// wrote to them or not; their messages still arrive.
+async fn a_stranger_learns_nothing_under_the_production_defaults(engine: Engine) {
+    // The harness sets JWT_SECRET, which production requires.
+    let app = TestApp::spawn_with(engine, &[("APP_ENV", "production")]).await;
+    let bob = app.register("bob_target").await;
+    let mallory = app.register("mallory").await;
+    let mut bob_ws = app.ws(&bob).await;
+    let mut mallory_ws = app.ws(&mallory).await;
+    set_presence(&app, &bob, "busy").await;
+    let story = post_story(&app, &bob).await;
+
+    let stranger_sees_nothing = async |when: &str| {
+        assert_eq!(
+            presence(&app, &mallory, &bob).await.0,
+            StatusCode::NOT_FOUND,
+            "{when}"
+        );
+        assert!(story_ids(&app, &mallory).await.is_empty(), "{when}");
+        let (status, _) = app
+            .post(
+                &format!("/api/stories/{story}/view"),
+                &mallory.token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{when}");
+        assert_eq!(
+            email_found(&app, &mallory, "bob_target").await,
+            "",
+            "{when}"
+        );
+        let (status, _) = app.get("/api/users/search", &mallory.token).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{when}: no listing of everyone"
+        );
+    };
+    stranger_sees_nothing("before writing").await;
+
+    // Writing makes Mallory a requester, not a contact.
+    let conversation = app.conversation(&mallory, &bob).await;
+    send_message(&mut mallory_ws, &bob).await;
+    assert_eq!(
+        bob_ws.expect("message").await["senderId"],
+        mallory.id.as_str()
+    );
+    stranger_sees_nothing("after writing").await;
+    let entry = list_entry(&app, &mallory, &bob).await;
+    assert_eq!(entry["participant_status"], "offline");
+    assert_eq!(entry["status"], "request");
+    set_presence(&app, &bob, "away").await;
+    typing(&mut bob_ws, &conversation, true).await;
+    put_identity(&app, &bob, 0xB1).await;
+    put_identity(&app, &bob, 0xB2).await;
+    for frame in durable_frames(&mut mallory_ws).await {
+        assert_ne!(frame["type"], "identity_changed", "{frame}");
+    }
+    // Nor any typing or presence of Bob's, which take their own path (given a moment to come).
+    while let Some(frame) = mallory_ws
+        .try_recv(std::time::Duration::from_millis(300))
+        .await
+    {
+        assert_ne!(frame["payload"]["userId"], bob.id.as_str(), "{frame}");
+    }
+}
+
 async fn privacy_settings_refuse_bad_input(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let alice = app.register("alice").await;
@@ -354,6 +428,20 @@ async fn put_identity(app: &TestApp, user: &TestUser, identity: u8) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// The `email` of the one user a search for `query` by `viewer` finds.
+async fn email_found(app: &TestApp, viewer: &TestUser, query: &str) -> String {
+    let (status, found) = app
+        .get(&format!("/api/users/search?q={query}"), &viewer.token)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let found = found.as_array().expect("array");
+    assert_eq!(found.len(), 1, "{found:?}");
+    found[0]["email"]
+        .as_str()
+        .expect("email is a string")
+        .to_owned()
 }
 
 /// Every frame queued for `ws` so far but presence and typing (ephemeral, on their own
