@@ -214,6 +214,46 @@ async fn an_active_call_ends_only_when_both_parties_left_every_node() {
     assert_eq!(history[0]["status"], "ended");
 }
 
+/// With contacts by consent, a request accepted through one node is a contact on the other at
+/// once: the other node's memory of the conversation (a request) is not trusted for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_accepted_on_one_node_is_a_contact_on_the_other() {
+    let Some(c) = cluster_with(None, &[("CONTACTS_BY_CONSENT", "true")]).await else {
+        return;
+    };
+    // Alice opens it on node a, which remembers it as her request.
+    let (alice, bob, conversation) = alice_and_bob(&c.a).await;
+    let mut a = connect(&c.a, &alice, "").await;
+    let mut b = connect(&c.a, &bob, "").await;
+    let typing =
+        |is_typing: bool| json!({"conversationId": conversation["id"], "isTyping": is_typing});
+    b.send("typing_indicator", typing(true)).await;
+
+    let path = format!(
+        "/api/conversations/{}/accept",
+        conversation["id"].as_str().unwrap()
+    );
+    let (status, body) = c.b.post(&path, &bob.token, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    b.send("typing_indicator", typing(false)).await;
+    loop {
+        let frame = a.recv().await;
+        if frame["type"] == "typing_indicator" {
+            assert_eq!(frame["payload"]["userId"], bob.id.as_str());
+            assert_eq!(
+                frame["payload"]["isTyping"], false,
+                "the typing before acceptance leaked"
+            );
+            break;
+        }
+    }
+    let (status, presence) =
+        c.a.get(&format!("/api/presence/{}", bob.id), &alice.token)
+            .await;
+    assert_eq!(status, StatusCode::OK, "{presence}");
+    assert_eq!(presence["status"], "online");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_and_call_signalling_cross_nodes() {
     let Some(c) = cluster().await else { return };
