@@ -573,6 +573,7 @@ impl Broker {
                 state.hub.close_user_here(user, CloseReason::Revoked);
             }
             Control::PushChanged(user) => state.store.push().forget(user),
+            Control::BlocksChanged(user) => state.store.blocks().forget(user),
             Control::Refill(user) => state.hub.refill(user),
             Control::RefillAll => state.hub.refill_all(),
         }
@@ -723,10 +724,12 @@ async fn subscriber(state: AppState, mut interest: mpsc::UnboundedReceiver<Inter
 
 /// Checks the sessions with a socket here (of `user` only, if given) against the store and
 /// closes the revoked ones. Checking them all (after a (re)subscription), it also forgets the
-/// cached conversations: an account may have been deleted unheard of.
+/// cached conversations and blocks: an account may have been deleted, or a block changed,
+/// unheard of.
 async fn close_revoked(state: AppState, user: Option<UserId>) {
     if user.is_none() {
         state.store.conversations().forget_all_conversations();
+        state.store.blocks().forget_all();
     }
     let mut unchecked = state.hub.sessions_to_check(user);
     // A revocation must not be lost to a database blip: retry what could not be checked.

@@ -181,6 +181,11 @@ pub struct Message {
     pub delivered_at: Option<DateTime<Utc>>,
     /// `sent` → `delivered` → `read`.
     pub status: String,
+    /// Sent by someone its recipient blocks: kept for the sender only (never delivered to,
+    /// listed for or readable by the recipient). Never serialized: the sender must not learn
+    /// of the block.
+    #[serde(skip)]
+    pub withheld: bool,
 }
 
 /// Where a call stands. `Ringing` and `Active` are live; the others are final.
@@ -264,6 +269,10 @@ pub struct Call {
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// Made by someone the callee blocks: the callee is never rung, booked, told or shown it;
+    /// the caller sees an unanswered call. Never serialized, like `Message::withheld`.
+    #[serde(skip)]
+    pub withheld: bool,
 }
 
 impl TryFrom<String> for CallStatus {

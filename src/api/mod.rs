@@ -2,6 +2,7 @@
 
 mod asyncapi;
 mod auth;
+mod blocks;
 mod calls;
 mod channels;
 mod client_ip;
@@ -121,6 +122,8 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         )
         .routes(routes!(users::search))
         .routes(routes!(users::find_by_email))
+        .routes(routes!(blocks::block_user, blocks::unblock_user))
+        .routes(routes!(blocks::list_blocks))
         .routes(routes!(calls::start))
         .routes(routes!(calls::history))
         .routes(routes!(calls::active))

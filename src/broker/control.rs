@@ -1,6 +1,6 @@
 //! What one node asks all the others to do, on `{prefix}:control` (every node subscribes to
 //! it): close revoked sockets and unlinked devices' sockets, forget a deleted account or a
-//! user's cached push registrations, re-read a user's inbox.
+//! user's cached push registrations or blocks, re-read a user's inbox.
 //!
 //! Unlike a frame's doorbell, a control message is not dropped when Redis is down or the
 //! publish queue is full: revocations wait (within bounds) for Redis to come back, and the
@@ -35,6 +35,8 @@ pub enum Control {
     AccountDeleted(UserId),
     /// This user's push registrations changed: forget what was cached about them.
     PushChanged(UserId),
+    /// Whom this user blocks changed: forget what was cached about it.
+    BlocksChanged(UserId),
     /// A doorbell of this user was dropped: their sockets re-read the inbox.
     Refill(UserId),
     /// Too many doorbells were dropped to name their users: every socket re-reads.
@@ -50,6 +52,7 @@ impl Control {
             Self::AccountDeleted(user) => format!("{node} account-deleted {user}"),
             Self::CloseDevice(user, device) => format!("{node} close-device {user}/{device}"),
             Self::PushChanged(user) => format!("{node} push-changed {user}"),
+            Self::BlocksChanged(user) => format!("{node} blocks-changed {user}"),
             Self::Refill(user) => format!("{node} refill {user}"),
             Self::RefillAll => format!("{node} refill-all -"),
         }
@@ -74,6 +77,7 @@ impl Control {
                 Self::CloseDevice(UserId(user.parse().ok()?), device)
             }
             "push-changed" => Self::PushChanged(UserId(id()?)),
+            "blocks-changed" => Self::BlocksChanged(UserId(id()?)),
             "refill" => Self::Refill(UserId(id()?)),
             "refill-all" => Self::RefillAll,
             _ => return None,
@@ -169,6 +173,7 @@ mod tests {
             Control::AccountDeleted(user),
             Control::CloseDevice(user, 7),
             Control::PushChanged(user),
+            Control::BlocksChanged(user),
             Control::Refill(user),
             Control::RefillAll,
         ] {
@@ -188,6 +193,7 @@ mod tests {
             "node1 revoke-user",
             "n revoke-user x",
             "n nuke -",
+            "n blocks-changed x",
             "n close-device x/2",
         ];
         for junk in junk

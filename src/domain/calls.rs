@@ -1,5 +1,9 @@
 //! Calls: the ringing → active → ended state machine, with the app's two ids per call
 //! (the server's from `POST /api/calls`, the app's own from the WebSocket `call_request`).
+//!
+//! A call to someone who blocks the caller is *withheld*: recorded for the caller, who sees it
+//! ring unanswered until it is missed, while the callee is never rung, pushed, made busy, told
+//! of it or shown it (`ring`, `tell` and the store's lookups leave them out).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -49,7 +53,7 @@ pub async fn start(
     recipient: UserId,
     call_type: CallType,
 ) -> Result<Call> {
-    check_recipient(state, caller, recipient).await?;
+    let withheld = check_recipient(state, caller, recipient).await?;
     let call = create(
         state,
         caller,
@@ -57,6 +61,7 @@ pub async fn start(
         call_type,
         None,
         CallStatus::Ringing,
+        withheld,
     )
     .await?
     .map_err(|_| Error::Conflict {
@@ -81,7 +86,7 @@ pub async fn request(
             "callId must be 1 to {MAX_CLIENT_CALL_ID_LEN} characters"
         )));
     }
-    check_recipient(state, caller, recipient).await?;
+    let withheld = check_recipient(state, caller, recipient).await?;
     let known = state
         .store
         .calls()
@@ -91,8 +96,14 @@ pub async fn request(
         return Ok(()); // a repeated request
     }
     // The id already names a live call of either party with someone else: answers under it
-    // would be ambiguous, so it is refused rather than made a second call.
-    for user in [caller, recipient] {
+    // would be ambiguous, so it is refused rather than made a second call. (A withheld call
+    // never reaches the callee, so their calls are nothing to it, and must not show through.)
+    let parties = if withheld {
+        &[caller][..]
+    } else {
+        &[caller, recipient][..]
+    };
+    for &user in parties {
         if let Some(live) = state.store.calls().live_call(user).await?
             && (live.call_id == client_call_id
                 || live.client_call_id.as_deref() == Some(client_call_id.as_str()))
@@ -121,6 +132,7 @@ pub async fn request(
         call_type,
         id.clone(),
         CallStatus::Ringing,
+        withheld,
     )
     .await?
     {
@@ -131,7 +143,8 @@ pub async fn request(
         }),
         Err(CallRefused::RecipientBusy) => {
             // Kept in both histories, and the caller hears "busy" at once.
-            let call = create(state, caller, recipient, call_type, id, CallStatus::Busy)
+            let busy = CallStatus::Busy;
+            let call = create(state, caller, recipient, call_type, id, busy, false)
                 .await?
                 .map_err(|_| anyhow::anyhow!("a finished call cannot be refused"))?;
             tell(state, &call, caller, "busy");
@@ -275,14 +288,16 @@ pub async fn active(state: &AppState, user: UserId) -> Result<Call> {
         .ok_or(Error::NotFound("active call"))
 }
 
-async fn check_recipient(state: &AppState, caller: UserId, recipient: UserId) -> Result<()> {
+/// Checks that `recipient` can be called by `caller`; returns whether the call is withheld
+/// (the recipient blocks the caller).
+async fn check_recipient(state: &AppState, caller: UserId, recipient: UserId) -> Result<bool> {
     if recipient == caller {
         return Err(Error::invalid("you cannot call yourself"));
     }
     if !state.store.users().user_exists(recipient).await? {
         return Err(Error::NotFound("user"));
     }
-    Ok(())
+    super::blocks::blocks(state, recipient, caller).await
 }
 
 async fn create(
@@ -292,6 +307,7 @@ async fn create(
     call_type: CallType,
     client_call_id: Option<String>,
     status: CallStatus,
+    withheld: bool,
 ) -> Result<Result<Call, CallRefused>> {
     state
         .store
@@ -304,12 +320,16 @@ async fn create(
             call_type: call_type.as_str(),
             status,
             at: now(),
+            withheld,
         })
         .await
 }
 
-/// Rings every socket of the recipient.
+/// Rings every socket of the recipient (none for a withheld call).
 async fn ring(state: &AppState, call: &Call) -> Result<()> {
+    if call.withheld {
+        return Ok(());
+    }
     let caller = state.store.users().user(call.caller_id).await?;
     let event = Event::CallRequestFull {
         call_id: call.id_for(call.recipient_id).to_owned(),
@@ -332,8 +352,11 @@ async fn ring(state: &AppState, call: &Call) -> Result<()> {
 /// Sends `to` a `call_response_full` naming the call by the id their app knows. Until the
 /// call is answered this is ephemeral (the latest of ring, cancel, reject, busy or missed is
 /// what counts, and a flood of them must not close anyone's socket); the answer and the end
-/// of an answered call are durable.
+/// of an answered call are durable. The callee of a withheld call is told nothing.
 fn tell(state: &AppState, call: &Call, to: UserId, response: &'static str) {
+    if call.withheld && to == call.recipient_id {
+        return;
+    }
     let event = Event::CallResponseFull {
         call_id: call.id_for(to).to_owned(),
         response,

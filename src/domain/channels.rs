@@ -128,6 +128,7 @@ pub async fn leave(state: &AppState, user: UserId, id: ChannelId) -> Result<Chan
 }
 
 /// Adds `new_member` to the channel; only its creator may (the way into a private channel).
+/// A new member who blocks the creator is not added, and the creator is answered as usual.
 pub async fn add_member(
     state: &AppState,
     user: UserId,
@@ -143,11 +144,13 @@ pub async fn add_member(
     if !state.store.users().user_exists(new_member).await? {
         return Err(Error::NotFound("user"));
     }
-    state
-        .store
-        .channels()
-        .add_channel_member(id, new_member, now())
-        .await?;
+    if !super::blocks::blocks(state, new_member, user).await? {
+        state
+            .store
+            .channels()
+            .add_channel_member(id, new_member, now())
+            .await?;
+    }
     channel(state, id).await
 }
 

@@ -127,7 +127,8 @@ pub async fn store(
 /// The content of message `id` for one of its two participants, waiting a bounded time for a
 /// blob the sender has not uploaded yet.
 /// An id the caller is not a participant of gets 403 whether or not the message exists, so the
-/// answer tells nothing about other people's messages.
+/// answer tells nothing about other people's messages. The recipient of a message withheld
+/// from them (they block its sender) gets 404 at once: there is nothing for them.
 pub async fn fetch(state: &AppState, user: UserId, id: MessageId) -> Result<ContentBody> {
     let not_yours = || Error::Forbidden("not a participant of this message");
     let message = state
@@ -138,6 +139,9 @@ pub async fn fetch(state: &AppState, user: UserId, id: MessageId) -> Result<Cont
         .ok_or_else(not_yours)?;
     if message.sender_id != user && message.recipient_id != user {
         return Err(not_yours());
+    }
+    if message.withheld && message.sender_id != user {
+        return Err(Error::NotFound("content"));
     }
     let message_id = message.id;
     let deadline = Instant::now() + state.config.content_wait;

@@ -148,7 +148,7 @@ pub async fn history(
     state
         .store
         .messages()
-        .messages_page(conversation.id, before_seq, limit)
+        .messages_page(conversation.id, user, before_seq, limit)
         .await
 }
 

@@ -79,7 +79,8 @@ pub struct Submitted {
     /// Each envelope's device, type and content as the client sent it (canonical base64,
     /// checked by decoding): the live frames carry it as is, with no copy or re-encoding.
     bodies: Vec<(i64, i64, String)>,
-    /// `None` when there is nobody to send it to (oneself, with no other device).
+    /// `None` when there is nobody to send it to (oneself, with no other device), or when
+    /// its recipient blocks its sender.
     pending: Option<PendingEnvelopes>,
 }
 
@@ -137,7 +138,8 @@ struct Header {
 }
 
 /// Checks an envelope message against its recipient's devices; nothing is stored when they
-/// differ (`Error::Devices`).
+/// differ (`Error::Devices`). To a recipient who blocks the sender, the same checks answer the
+/// same, and then nothing is stored: the sender is acknowledged as usual.
 pub async fn submit(state: &AppState, out: Outgoing<'_>) -> Result<Submitted> {
     let max = state.config.envelope_max_bytes;
     let mut envelopes = Vec::with_capacity(out.envelopes.len());
@@ -196,8 +198,10 @@ pub async fn submit(state: &AppState, out: Outgoing<'_>) -> Result<Submitted> {
         message_type: out.message_type.to_owned(),
         created_at: now(),
     };
+    let withheld = out.recipient != out.sender
+        && super::blocks::blocks(state, out.recipient, out.sender).await?;
     // Queued now, not when its ack is due: a socket's messages share commits.
-    let pending = match envelopes.is_empty() {
+    let pending = match envelopes.is_empty() || withheld {
         true => None,
         false => {
             let message = EnvelopeMessage {

@@ -98,18 +98,37 @@ impl Submitted {
 
 /// A message checked and queued for commit into its recipient's inbox; `complete` finishes
 /// sending it.
-pub struct InboxSubmitted(PendingMessage);
+pub struct InboxSubmitted(Inbound);
+
+enum Inbound {
+    /// On its way to the group commit.
+    Queued(PendingMessage),
+    /// To a recipient who blocks its sender: stored for the sender alone (see `complete`).
+    Withheld(NewMessage),
+}
 
 impl InboxSubmitted {
     /// The message's id: the client's, or the one the server made.
     pub fn id(&self) -> MessageId {
-        self.0.id()
+        match &self.0 {
+            Inbound::Queued(pending) => pending.id(),
+            Inbound::Withheld(message) => message.id,
+        }
     }
 
     /// Waits for the commit, then pushes the message to the recipient's sockets (once: a retry
-    /// is not pushed again). Returns the message and whether it is new.
+    /// is not pushed again). Returns the message and whether it is to be pushed (new, and not
+    /// withheld). A withheld message is stored outside the group commit: no inbox entry, no
+    /// unread count, nothing pushed, nobody woken; its sender's ack is the same as ever.
     pub async fn complete(self, state: &AppState) -> Result<(Message, bool)> {
-        let (message, cursor) = self.0.stored(&state.store).await?;
+        let pending = match self.0 {
+            Inbound::Queued(pending) => pending,
+            Inbound::Withheld(message) => {
+                let (message, _) = state.store.messages().insert_withheld(&message).await?;
+                return Ok((message, false));
+            }
+        };
+        let (message, cursor) = pending.stored(&state.store).await?;
         if let Some(cursor) = cursor {
             let event = Event::inbox(&message, cursor, InboxKind::Message);
             state
@@ -279,24 +298,25 @@ async fn submit_to_inbox(
             "conversationId does not match the recipient",
         ));
     }
-    let pending = state
-        .store
-        .messages()
-        .queue_message(NewMessage {
-            id: request.id.unwrap_or_else(|| MessageId(Uuid::now_v7())),
-            conversation_id: conversation.id,
-            sender_id: sender,
-            recipient_id: request.recipient_id,
-            message_type: message_type.to_owned(),
-            session_id: request.session_id,
-            created_at: now(),
-        })
-        .await?;
-    Ok(InboxSubmitted(pending))
+    let message = NewMessage {
+        id: request.id.unwrap_or_else(|| MessageId(Uuid::now_v7())),
+        conversation_id: conversation.id,
+        sender_id: sender,
+        recipient_id: request.recipient_id,
+        message_type: message_type.to_owned(),
+        session_id: request.session_id,
+        created_at: now(),
+    };
+    if super::blocks::blocks(state, request.recipient_id, sender).await? {
+        return Ok(InboxSubmitted(Inbound::Withheld(message)));
+    }
+    let pending = state.store.messages().queue_message(message).await?;
+    Ok(InboxSubmitted(Inbound::Queued(pending)))
 }
 
 /// Marks a message read on behalf of its recipient and tells the sender. Idempotent; a call by
-/// the sender changes nothing; a stranger gets "not found".
+/// the sender changes nothing; a stranger, and the recipient of a message withheld from them,
+/// get "not found".
 pub async fn mark_read(state: &AppState, reader: UserId, id: MessageId) -> Result<Message> {
     // SQLite's single writer needs no conversation to lock: the mark goes first, and the usual
     // call (the recipient's first read) costs no read. Otherwise the message is read first.
@@ -308,7 +328,7 @@ pub async fn mark_read(state: &AppState, reader: UserId, id: MessageId) -> Resul
         Some(marked) => marked,
         None => {
             let message = match state.store.messages().message(id).await? {
-                Some(m) if m.sender_id == reader || m.recipient_id == reader => m,
+                Some(m) if m.sender_id == reader || (m.recipient_id == reader && !m.withheld) => m,
                 _ => return Err(Error::NotFound("message")),
             };
             if message.recipient_id != reader || message.is_read {

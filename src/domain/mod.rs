@@ -2,6 +2,7 @@
 //! functions, so each rule is written — and tested — once.
 
 pub mod accounts;
+pub mod blocks;
 pub mod calls;
 pub mod channels;
 pub mod content;

@@ -12,11 +12,12 @@ use crate::{
 macro_rules! call_cols {
     () => {
         "id, call_id, client_call_id, rung_with_client_id, caller_id, recipient_id, call_type, \
-         status, created_at, answered_at, ended_at, updated_at"
+         status, created_at, answered_at, ended_at, updated_at, withheld"
     };
     (c) => {
         "c.id, c.call_id, c.client_call_id, c.rung_with_client_id, c.caller_id, c.recipient_id, \
-         c.call_type, c.status, c.created_at, c.answered_at, c.ended_at, c.updated_at"
+         c.call_type, c.status, c.created_at, c.answered_at, c.ended_at, c.updated_at, \
+         c.withheld"
     };
 }
 
@@ -28,6 +29,8 @@ pub struct NewCall {
     pub call_type: &'static str,
     pub status: CallStatus,
     pub at: DateTime<Utc>,
+    /// The callee blocks the caller: see `Call::withheld`.
+    pub withheld: bool,
 }
 
 /// Why a call could not start.
@@ -50,14 +53,16 @@ pub struct CallRecord {
 
 impl Calls<'_> {
     /// Stores a call. A live (`Ringing`) call first books both users, so that neither can be in
-    /// two live calls at once, even under concurrent requests.
+    /// two live calls at once, even under concurrent requests. A withheld call books its caller
+    /// only: the callee never hears of it, so it must not make them busy.
     pub async fn create_call(self, new: &NewCall) -> Result<Result<Call, CallRefused>> {
         with_pool!(self.0, write, |pool| {
             let mut tx = pool.begin().await?;
             let call = sqlx::query_as::<_, Call>(concat!(
                 "INSERT INTO calls (id, call_id, client_call_id, rung_with_client_id, caller_id,
-                                    recipient_id, call_type, status, created_at, updated_at)
-                 VALUES ($1, $2, $3, $3 IS NOT NULL, $4, $5, $6, $7, $8, $8)
+                                    recipient_id, call_type, status, created_at, updated_at,
+                                    withheld)
+                 VALUES ($1, $2, $3, $3 IS NOT NULL, $4, $5, $6, $7, $8, $8, $9)
                  RETURNING ",
                 call_cols!()
             ))
@@ -69,13 +74,15 @@ impl Calls<'_> {
             .bind(new.call_type)
             .bind(new.status.as_str())
             .bind(new.at)
+            .bind(new.withheld)
             .fetch_one(&mut *tx)
             .await?;
             if new.status.is_live() {
-                for (user, refusal) in [
-                    (new.caller, CallRefused::CallerBusy),
-                    (new.recipient, CallRefused::RecipientBusy),
-                ] {
+                let mut parties = vec![(new.caller, CallRefused::CallerBusy)];
+                if !new.withheld {
+                    parties.push((new.recipient, CallRefused::RecipientBusy));
+                }
+                for (user, refusal) in parties {
                     let booked = sqlx::query(
                         "INSERT INTO call_participants (user_id, call_id) VALUES ($1, $2)
                          ON CONFLICT (user_id) DO NOTHING",
@@ -97,7 +104,8 @@ impl Calls<'_> {
 
     /// The call `user` takes part in that is known by `id` (server or client id): their live
     /// call if it is the one, else the newest. (Client ids are chosen by apps and may repeat;
-    /// another call under the same id must never shadow the call going on.)
+    /// another call under the same id must never shadow the call going on.) A call withheld
+    /// from `user` is not theirs.
     pub async fn find_call(self, user: UserId, id: &str) -> Result<Option<Call>> {
         Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Call>(concat!(
@@ -105,7 +113,7 @@ impl Calls<'_> {
                 call_cols!(c),
                 " FROM calls c
                   WHERE (c.call_id = $1 OR c.client_call_id = $1)
-                    AND (c.caller_id = $2 OR c.recipient_id = $2)
+                    AND (c.caller_id = $2 OR (c.recipient_id = $2 AND c.withheld = FALSE))
                   ORDER BY CASE WHEN c.status IN ('ringing', 'active') THEN 0 ELSE 1 END,
                            c.created_at DESC
                   LIMIT 1"
@@ -242,7 +250,8 @@ impl Calls<'_> {
         })?)
     }
 
-    /// `user`'s calls, newest first, older than the call `before` when paging.
+    /// `user`'s calls, newest first, older than the call `before` when paging; the calls
+    /// withheld from them are left out.
     pub async fn call_history(
         self,
         user: UserId,
@@ -258,7 +267,7 @@ impl Calls<'_> {
                  FROM calls c
                  JOIN users cu ON cu.id = c.caller_id
                  JOIN users ru ON ru.id = c.recipient_id
-                 WHERE (c.caller_id = $1 OR c.recipient_id = $1)
+                 WHERE (c.caller_id = $1 OR (c.recipient_id = $1 AND c.withheld = FALSE))
                    AND ($2 IS NULL OR c.id < $2)
                  ORDER BY c.id DESC
                  LIMIT $3"

@@ -36,6 +36,7 @@ impl NewMessage {
             read_at: None,
             delivered_at: None,
             status: "sent".into(),
+            withheld: false,
         }
     }
 }

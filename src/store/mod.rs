@@ -11,6 +11,8 @@
 // envelope writer (`envelope_writer`) and the conversation cache; then this file (`Store`); the area files, on top, implement its
 // accessors.
 mod batch;
+mod blocks;
+mod blocks_cache;
 mod calls;
 mod channels;
 mod columns;
@@ -43,6 +45,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+pub use blocks::BlockedUser;
 pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::StoredContent;
@@ -81,6 +84,9 @@ pub struct Store {
     /// Which devices of a user registered for pushes, remembered for a while: every durable
     /// event asks, and most users have none.
     push_devices: std::sync::Arc<push_cache::PushDevices>,
+    /// Whom each user blocks, remembered: every message asks about its recipient, and most
+    /// users block nobody.
+    blocked: std::sync::Arc<blocks_cache::BlockedUsers>,
 }
 
 // The surface by concern: `store.users().create_user(..)`, `store.inbox().inbox_entries(..)`.
@@ -132,6 +138,8 @@ areas! {
     push => Push,
     /// Who may see what a user shows their contacts, and the settings about it (`relations.rs`).
     relations => Relations,
+    /// Who blocks whom (`blocks.rs`).
+    blocks => Blocks,
 }
 
 impl Store {
@@ -188,6 +196,7 @@ impl Store {
             db,
             conversations: Default::default(),
             push_devices: Default::default(),
+            blocked: Default::default(),
         }
     }
 

@@ -320,15 +320,17 @@ impl Security<'_> {
         with_pool!(self.0, write, |pool| {
             if let Some(before) = cut.messages_before {
                 let mut tx = pool.begin().await?;
-                // Unread messages that go stop counting as unread.
+                // Unread messages that go stop counting as unread (withheld ones never counted).
                 sqlx::query(
                     "UPDATE conversations SET
                         unread_a = unread_a - (SELECT count(*) FROM messages m
                             WHERE m.conversation_id = conversations.id AND m.created_at < $1
-                              AND m.is_read = FALSE AND m.recipient_id = conversations.user_a),
+                              AND m.is_read = FALSE AND m.withheld = FALSE
+                              AND m.recipient_id = conversations.user_a),
                         unread_b = unread_b - (SELECT count(*) FROM messages m
                             WHERE m.conversation_id = conversations.id AND m.created_at < $1
-                              AND m.is_read = FALSE AND m.recipient_id <> conversations.user_a)
+                              AND m.is_read = FALSE AND m.withheld = FALSE
+                              AND m.recipient_id <> conversations.user_a)
                      WHERE id IN (SELECT conversation_id FROM messages
                                   WHERE created_at < $1 AND is_read = FALSE)",
                 )

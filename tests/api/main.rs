@@ -6,6 +6,7 @@
 mod common;
 
 mod auth;
+mod blocks;
 mod calls;
 mod channels;
 mod cli;

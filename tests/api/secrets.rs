@@ -310,6 +310,14 @@ async fn deleting_an_account_removes_every_row_that_names_it(engine: Engine) {
         .request(Method::PUT, "/api/keys", Some(&alice.token), Some(keys))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // Blocks both ways.
+    for (blocker, blocked) in [(&alice, &carol), (&carol, &alice)] {
+        let path = format!("/api/users/{}/block", blocked.id);
+        assert_eq!(
+            app.post(&path, &blocker.token, json!({})).await.0,
+            StatusCode::OK
+        );
+    }
     let (_, login) = app
         .request(
             Method::POST,
@@ -349,6 +357,7 @@ async fn deleting_an_account_removes_every_row_that_names_it(engine: Engine) {
         "devices",
         "one_time_prekeys",
         "push_registrations",
+        "blocks",
     ] {
         let named = tables.contains(table)
             || before

@@ -54,7 +54,7 @@ pub(crate) async fn write(conn: &mut PgConnection, group: Group<'_>) -> Result<W
 /// Stores `group`'s messages and marks its reads, with their conversations' counters and their
 /// inbox entries, in one statement. Returns what was stored (batch order; `None` for an id
 /// already taken) and read (`reads` order; `None` when not unread by that reader, and for a
-/// second read of the same message).
+/// second read of the same message; a message withheld from its recipient is never read).
 async fn store_and_mark_read(
     conn: &mut PgConnection,
     group: Group<'_>,
@@ -99,7 +99,8 @@ async fn store_and_mark_read(
              FROM messages m
              JOIN unnest($9::uuid[], $10::uuid[]) AS marked (message_id, reader_id)
                ON m.id = marked.message_id AND m.recipient_id = marked.reader_id
-             WHERE m.is_read = FALSE AND (SELECT count(*) FROM locked) >= 0
+             WHERE m.is_read = FALSE AND m.withheld = FALSE
+               AND (SELECT count(*) FROM locked) >= 0
              ORDER BY m.seq
              FOR NO KEY UPDATE OF m),
          marked_read AS (

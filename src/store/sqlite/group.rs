@@ -216,6 +216,7 @@ fn message(row: &Row) -> rusqlite::Result<Message> {
         read_at: time_at(row, 9)?,
         delivered_at: time_at(row, 10)?,
         status: row.get(11)?,
+        withheld: row.get(12)?,
     })
 }
 
@@ -458,10 +459,11 @@ impl Statements<'_> {
     }
 
     /// Marks the messages read that are still unread by their reader; returns those it marked.
+    /// A message withheld from its recipient (they block its sender) is not theirs to read.
     fn mark_read(&mut self, reads: &[ReadMark], at: DateTime<Utc>) -> Result<Vec<Message>> {
         let mut mark = self.0.prepare_cached(concat!(
             "UPDATE messages SET is_read = TRUE, read_at = ?3
-             WHERE id = ?1 AND recipient_id = ?2 AND is_read = FALSE
+             WHERE id = ?1 AND recipient_id = ?2 AND is_read = FALSE AND withheld = FALSE
              RETURNING ",
             message_cols!()
         ))?;

@@ -1,0 +1,701 @@
+//! Blocking: the blocker stops hearing from the blocked user, who cannot tell. Messages,
+//! envelopes and calls are answered to the sender exactly as usual, and withheld from the
+//! blocker; a channel invitation adds nobody. Blocks are kept across restarts and seen on every
+//! node of a cluster.
+
+use std::collections::BTreeSet;
+
+use crate::common::{Engine, TestApp, TestUser, WAIT, WsClient};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::envelopes::{device_socket, link_device};
+
+scenarios!(
+    blocks_are_listed_kept_once_and_lifted,
+    blocking_refuses_oneself_unknown_users_and_strangers,
+    blocking_and_unblocking_are_writes_within_the_write_budget,
+    a_blocked_users_message_is_acked_as_usual_and_never_reaches_the_blocker,
+    a_blocked_users_messages_wait_in_no_catch_up,
+    messages_flow_again_after_unblocking_and_the_withheld_stay_withheld,
+    envelopes_to_a_blocker_are_checked_and_acked_as_usual_and_never_queued,
+    a_blocked_callers_call_never_rings_and_ends_missed_for_the_caller_alone,
+    a_channel_invitation_from_a_blocked_user_adds_nobody,
+    blocks_survive_a_restart,
+);
+
+async fn block(app: &TestApp, blocker: &TestUser, blocked: &TestUser) -> Value {
+    let path = format!("/api/users/{}/block", blocked.id);
+    let (status, body) = app.post(&path, &blocker.token, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn unblock(app: &TestApp, blocker: &TestUser, blocked: &TestUser) {
+    let path = format!("/api/users/{}/block", blocked.id);
+    let (status, body) = app
+        .request(Method::DELETE, &path, Some(&blocker.token), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}
+
+/// Sends a `message` frame (with a client id) and returns its ack.
+async fn send(ws: &mut WsClient, to: &TestUser) -> Value {
+    let id = Uuid::now_v7().to_string();
+    ws.send(
+        "message",
+        json!({"recipientId": to.id, "messageType": "text", "sessionId": "s", "id": id}),
+    )
+    .await;
+    let ack = ws.expect("message_ack").await;
+    assert_eq!(ack["id"], id.as_str(), "{ack}");
+    ack
+}
+
+fn id_of(value: &Value) -> &str {
+    value["id"].as_str().expect("id")
+}
+
+fn keys(value: &Value) -> BTreeSet<String> {
+    value.as_object().expect("object").keys().cloned().collect()
+}
+
+/// The ids of the messages of the conversation between `user` and `other`, as `user` sees
+/// its history.
+async fn history(app: &TestApp, user: &TestUser, other: &TestUser) -> Vec<String> {
+    let conversation = app.conversation(user, other).await;
+    let path = format!("/api/conversations/{}/messages", id_of(&conversation));
+    let (status, page) = app.get(&path, &user.token).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page.as_array()
+        .expect("array")
+        .iter()
+        .map(|m| id_of(m).to_owned())
+        .collect()
+}
+
+/// Every frame queued for `ws` so far (see `WsClient::expect_quiet`).
+async fn frames_until_quiet(ws: &mut WsClient) -> Vec<Value> {
+    ws.send("heartbeat", json!({})).await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = ws.recv().await;
+        if frame["type"] == "heartbeat_response" {
+            return frames;
+        }
+        frames.push(frame);
+    }
+}
+
+/// The next `message` frame's id (frames of their own schedule skipped).
+async fn next_message(ws: &mut WsClient) -> String {
+    id_of(&ws.expect("message").await).to_owned()
+}
+
+async fn blocks_are_listed_kept_once_and_lifted(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+
+    let first = block(&app, &alice, &bob).await;
+    assert_eq!(first["user_id"], bob.id.as_str(), "{first}");
+    assert!(first["blocked_at"].is_string(), "{first}");
+    let again = block(&app, &alice, &bob).await;
+    assert_eq!(again, first, "blocking again keeps the first time");
+    block(&app, &alice, &carol).await;
+
+    let (status, list) = app.get("/api/blocks", &alice.token).await;
+    assert_eq!(status, StatusCode::OK);
+    let list = list.as_array().expect("array").clone();
+    let users: Vec<&str> = list
+        .iter()
+        .map(|b| b["user_id"].as_str().expect("user_id"))
+        .collect();
+    assert_eq!(users, [carol.id.as_str(), bob.id.as_str()], "latest first");
+    assert_eq!(list[1]["username"], "bob");
+    assert_eq!(list[1]["blocked_at"], first["blocked_at"]);
+    assert_eq!(
+        keys(&list[1]),
+        ["avatar_url", "blocked_at", "name", "user_id", "username"]
+            .map(String::from)
+            .into(),
+        "public fields only, never the email"
+    );
+    // A block is the blocker's own: the blocked user's list is theirs.
+    assert_eq!(app.get("/api/blocks", &bob.token).await.1, json!([]));
+
+    unblock(&app, &alice, &bob).await;
+    unblock(&app, &alice, &bob).await; // nothing to lift: the same answer
+    let (_, list) = app.get("/api/blocks", &alice.token).await;
+    let users: Vec<&str> = (list.as_array().expect("array").iter())
+        .map(|b| b["user_id"].as_str().expect("user_id"))
+        .collect();
+    assert_eq!(users, [carol.id.as_str()]);
+    let later = block(&app, &alice, &bob).await;
+    assert!(
+        later["blocked_at"].as_str() >= first["blocked_at"].as_str(),
+        "a new block starts anew: {later} {first}"
+    );
+}
+
+async fn blocking_refuses_oneself_unknown_users_and_strangers(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let own = format!("/api/users/{}/block", alice.id);
+    let unknown = format!("/api/users/{}/block", Uuid::new_v4());
+    for method in [Method::POST, Method::DELETE] {
+        let (status, body) = app
+            .request(method.clone(), &own, Some(&alice.token), None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} own: {body}");
+        assert_eq!(body["error"]["code"], "invalid_input");
+        let (status, body) = app
+            .request(method.clone(), &unknown, Some(&alice.token), None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} unknown: {body}");
+        assert_eq!(body["error"]["code"], "not_found");
+        let (status, _) = app
+            .request(
+                method.clone(),
+                "/api/users/not-a-uuid/block",
+                Some(&alice.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} not an id");
+        let (status, body) = app.request(method.clone(), &own, None, None).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::UNAUTHORIZED, Value::Null),
+            "{method} without a token"
+        );
+    }
+    let (status, _) = app.request(Method::GET, "/api/blocks", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.get("/api/blocks", &alice.token).await.1, json!([]));
+}
+
+async fn blocking_and_unblocking_are_writes_within_the_write_budget(engine: Engine) {
+    let app = TestApp::spawn_with(engine, &[("WRITE_RATE_PER_USER_PER_MINUTE", "2")]).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    block(&app, &alice, &bob).await;
+    unblock(&app, &alice, &bob).await;
+    let path = format!("/api/users/{}/block", bob.id);
+    let response = app
+        .http
+        .post(app.url(&path))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    // Refused, it changed nothing; reading the list is not a write.
+    assert_eq!(app.get("/api/blocks", &alice.token).await.1, json!([]));
+    block(&app, &bob, &alice).await; // bob's budget is his own
+}
+
+async fn a_blocked_users_message_is_acked_as_usual_and_never_reaches_the_blocker(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let (mut a, mut b, mut c) = (
+        app.ws(&alice).await,
+        app.ws(&bob).await,
+        app.ws(&carol).await,
+    );
+    let conversation = app.conversation(&alice, &bob).await;
+    block(&app, &bob, &alice).await;
+
+    // What alice is told about her message to bob looks like what she is told about one to
+    // carol, who does not block her.
+    let to_carol = send(&mut a, &carol).await;
+    c.expect("message").await;
+    let to_bob = send(&mut a, &bob).await;
+    assert_eq!(keys(&to_bob), keys(&to_carol), "{to_bob} {to_carol}");
+    assert_eq!(to_bob["conversationId"], conversation["id"]);
+    assert!(to_bob["seq"].as_i64().is_some(), "{to_bob}");
+    let withheld = id_of(&to_bob).to_owned();
+    // A retry is answered the same, and creates nothing.
+    a.send(
+        "message",
+        json!({"recipientId": bob.id, "messageType": "text", "id": withheld}),
+    )
+    .await;
+    let retry = a.expect("message_ack").await;
+    assert_eq!(
+        (&retry["id"], &retry["seq"]),
+        (&to_bob["id"], &to_bob["seq"])
+    );
+
+    // Bob's socket never gets it: carol's later message is the next one he sees.
+    let from_carol = id_of(&send(&mut c, &bob).await).to_owned();
+    assert_eq!(next_message(&mut b).await, from_carol);
+    b.expect_quiet().await;
+
+    // Alice's history keeps it; bob's does not show it, and he has nothing unread.
+    assert_eq!(history(&app, &alice, &bob).await, [withheld.as_str()]);
+    assert_eq!(history(&app, &bob, &alice).await, Vec::<String>::new());
+    let (_, list) = app.get("/api/conversations", &bob.token).await;
+    let entry = (list.as_array().expect("array").iter())
+        .find(|c| c["participant_id"] == alice.id.as_str())
+        .expect("the conversation is listed")
+        .clone();
+    assert_eq!(entry["unread_count"], 0, "{entry}");
+
+    // Her content upload works as usual; bob can neither fetch it nor mark the message read.
+    let content = format!("/api/messages/{withheld}/content");
+    let blob = json!({"message_id": withheld, "content_data": "q83vEjRWeJA=", "content_hash": null, "expires_at": null});
+    assert_eq!(
+        app.post(&content, &alice.token, blob).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(app.get(&content, &bob.token).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(app.get(&content, &alice.token).await.0, StatusCode::OK);
+    let read = format!("/api/messages/{withheld}/read");
+    let (status, body) = app.post(&read, &bob.token, json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    b.send("read_receipt", json!({"messageId": withheld})).await;
+    assert_eq!(b.expect("error").await["code"], "not_found");
+    // No delivery or read receipt ever reaches alice; her copy stays `sent`.
+    for frame in frames_until_quiet(&mut a).await {
+        assert_ne!(frame["payload"]["messageId"], withheld.as_str(), "{frame}");
+    }
+    let (_, page) = app
+        .get(
+            &format!("/api/conversations/{}/messages", id_of(&conversation)),
+            &alice.token,
+        )
+        .await;
+    assert_eq!(page[0]["status"], "sent", "{page}");
+
+    // One way only: bob can still write to alice.
+    let from_bob = id_of(&send(&mut b, &alice).await).to_owned();
+    assert_eq!(next_message(&mut a).await, from_bob);
+}
+
+async fn a_blocked_users_messages_wait_in_no_catch_up(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    block(&app, &bob, &alice).await;
+    let (mut a, mut c) = (app.ws(&alice).await, app.ws(&carol).await);
+    // Bob is offline: alice's messages, then carol's.
+    for _ in 0..3 {
+        send(&mut a, &bob).await;
+    }
+    let from_carol = id_of(&send(&mut c, &bob).await).to_owned();
+
+    // His connect catches up on carol's message alone...
+    let mut b = app.ws(&bob).await;
+    let frame = b.expect("message").await;
+    assert_eq!(
+        (id_of(&frame), &frame["cursor"]),
+        (from_carol.as_str(), &json!(1))
+    );
+    b.expect_quiet().await;
+    // ...and so does a replay of his whole inbox.
+    b.send("sync", json!({"since": 0})).await;
+    assert_eq!(next_message(&mut b).await, from_carol);
+    b.expect_quiet().await;
+    // And on another socket, too.
+    b.close().await;
+    let mut b = app.ws(&bob).await;
+    b.send("sync", json!({"since": 0})).await;
+    assert_eq!(next_message(&mut b).await, from_carol);
+    b.expect_quiet().await;
+}
+
+async fn messages_flow_again_after_unblocking_and_the_withheld_stay_withheld(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut a = app.ws(&alice).await;
+    let mut b = app.ws(&bob).await;
+    let before = id_of(&send(&mut a, &bob).await).to_owned();
+    assert_eq!(next_message(&mut b).await, before);
+
+    block(&app, &bob, &alice).await;
+    let during = id_of(&send(&mut a, &bob).await).to_owned();
+    unblock(&app, &bob, &alice).await;
+    let after = id_of(&send(&mut a, &bob).await).to_owned();
+    assert_eq!(
+        next_message(&mut b).await,
+        after,
+        "the withheld one never comes"
+    );
+    b.expect_quiet().await;
+    // A retry of the withheld message after the unblock is still a retry: not delivered.
+    a.send(
+        "message",
+        json!({"recipientId": bob.id, "messageType": "text", "id": during}),
+    )
+    .await;
+    assert_eq!(a.expect("message_ack").await["id"], during.as_str());
+    b.expect_quiet().await;
+
+    assert_eq!(
+        history(&app, &bob, &alice).await,
+        [after.clone(), before.clone()]
+    );
+    assert_eq!(
+        history(&app, &alice, &bob).await,
+        [after.clone(), during.clone(), before.clone()]
+    );
+    b.close().await;
+    let mut b = app.ws(&bob).await;
+    b.send("sync", json!({"since": 0})).await;
+    assert_eq!(next_message(&mut b).await, before);
+    assert_eq!(next_message(&mut b).await, after);
+    b.expect_quiet().await;
+}
+
+fn envelope(device: i64) -> Value {
+    json!({"deviceId": device, "type": 3, "content": "AQIDBA=="})
+}
+
+async fn envelopes_to_a_blocker_are_checked_and_acked_as_usual_and_never_queued(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    for device in [1, 2] {
+        link_device(&app, &bob, device).await;
+    }
+    block(&app, &bob, &alice).await;
+    let mut a = device_socket(&app, &alice, 1).await;
+    a.expect("queue_empty").await;
+
+    // The device list is checked as ever: a missing device is still refused.
+    let id = Uuid::now_v7();
+    a.send(
+        "message",
+        json!({"recipientId": bob.id, "messageType": "signal", "id": id, "envelopes": [envelope(1)]}),
+    )
+    .await;
+    assert_eq!(a.expect("error").await["code"], "mismatched_devices");
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            &format!("/api/messages/{}", bob.id),
+            Some(&alice.token),
+            Some(json!({"messageType": "signal", "envelopes": [envelope(2)]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["missing_devices"], json!([1]), "{body}");
+
+    // A complete one is acknowledged on both doors, as usual.
+    a.send(
+        "message",
+        json!({"recipientId": bob.id, "messageType": "signal", "id": id, "envelopes": [envelope(1), envelope(2)]}),
+    )
+    .await;
+    let ack = a.expect("message_ack").await;
+    assert_eq!(ack["id"], id.to_string());
+    assert!(ack["conversationId"].is_string(), "{ack}");
+    let (status, sent) = app
+        .request(
+            Method::PUT,
+            &format!("/api/messages/{}", bob.id),
+            Some(&alice.token),
+            Some(json!({"messageType": "signal", "envelopes": [envelope(1), envelope(2)]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    assert_eq!(sent["conversation_id"], ack["conversationId"]);
+
+    // Neither of bob's devices has anything waiting.
+    for device in [1, 2] {
+        let mut socket = device_socket(&app, &bob, device).await;
+        socket.expect("queue_empty").await;
+        socket.expect_silent().await;
+    }
+    // Once unblocked, her next envelope reaches him.
+    unblock(&app, &bob, &alice).await;
+    let next = Uuid::now_v7();
+    a.send(
+        "message",
+        json!({"recipientId": bob.id, "messageType": "signal", "id": next, "envelopes": [envelope(1), envelope(2)]}),
+    )
+    .await;
+    a.expect("message_ack").await;
+    let mut phone = device_socket(&app, &bob, 1).await;
+    let frame = phone.expect("message").await;
+    assert_eq!(frame["id"], next.to_string(), "{frame}");
+    assert_eq!(
+        frame["envelope"]["cursor"], 1,
+        "nothing was queued before: {frame}"
+    );
+    phone.expect("queue_empty").await;
+}
+
+/// `POST /api/calls` then the app's `call_request`, as the app does; returns the call.
+async fn app_call(
+    app: &TestApp,
+    caller: &TestUser,
+    ws: &mut WsClient,
+    to: &TestUser,
+    app_id: &str,
+) -> Value {
+    let (status, call) = app
+        .post(
+            "/api/calls",
+            &caller.token,
+            json!({"recipient_id": to.id, "call_type": "audio"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{call}");
+    ws.send(
+        "call_request",
+        json!({"recipientId": to.id, "callType": "audio", "callId": app_id}),
+    )
+    .await;
+    ws.expect_quiet().await;
+    call
+}
+
+async fn a_blocked_callers_call_never_rings_and_ends_missed_for_the_caller_alone(engine: Engine) {
+    let app = TestApp::spawn_with(engine, &[("CALL_RING_TIMEOUT", "2")]).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let (mut a, mut b, mut c) = (
+        app.ws(&alice).await,
+        app.ws(&bob).await,
+        app.ws(&carol).await,
+    );
+    block(&app, &bob, &alice).await;
+
+    // Alice's call looks like any call that rings.
+    let call = app_call(&app, &alice, &mut a, &bob, "9001").await;
+    assert_eq!(call["status"], "ringing");
+    let server_id = call["call_id"].as_str().expect("call_id").to_owned();
+    // Bob is not in it: he cannot answer it by either of its ids, and may call someone else
+    // meanwhile (a call that booked him would make this a 409).
+    for id in [server_id.as_str(), "9001"] {
+        b.send("call_response", json!({"callId": id, "response": "accept"}))
+            .await;
+        assert_eq!(b.expect("error").await["code"], "not_found");
+    }
+    let his = app_call(&app, &bob, &mut b, &carol, "9002").await;
+    let ring = c.expect("call_request_full").await;
+    assert_eq!(ring["callId"], his["call_id"]);
+    b.send(
+        "call_response",
+        json!({"callId": "9002", "response": "end"}),
+    )
+    .await;
+
+    // Unanswered, it is missed after the timeout, and alice is told, as for any call.
+    let missed = a.expect_within("call_response_full", WAIT * 2).await;
+    assert_eq!(
+        (
+            missed["callId"].as_str(),
+            missed["response"].as_str(),
+            missed["status"].as_str()
+        ),
+        (Some("9001"), Some("end"), Some("missed"))
+    );
+    let (_, history) = app.get("/api/calls/history", &alice.token).await;
+    assert_eq!(
+        (history[0]["status"].as_str(), history[0]["type"].as_str()),
+        (Some("missed"), Some("outgoing")),
+        "{history}"
+    );
+    // Bob's history has his own call only.
+    let (_, history) = app.get("/api/calls/history", &bob.token).await;
+    let callers: Vec<&str> = (history.as_array().expect("array").iter())
+        .map(|c| c["caller_id"].as_str().expect("caller_id"))
+        .collect();
+    assert_eq!(callers, [bob.id.as_str()], "{history}");
+
+    // A socket-only call of hers is withheld too.
+    a.send(
+        "call_request",
+        json!({"recipientId": bob.id, "callType": "audio", "callId": "9004"}),
+    )
+    .await;
+    a.expect_quiet().await;
+    let missed = a.expect_within("call_response_full", WAIT * 2).await;
+    assert_eq!(missed["callId"], "9004");
+
+    // Nothing of alice's calls ever reached bob (no ring, no end): carol's call is the first
+    // call frame about anyone else's call that he sees.
+    c.send(
+        "call_request",
+        json!({"recipientId": bob.id, "callType": "video", "callId": "9003"}),
+    )
+    .await;
+    let next = loop {
+        let frame = b.recv().await;
+        let payload = &frame["payload"];
+        assert_ne!(payload["callerId"], alice.id.as_str(), "{frame}");
+        for id in [server_id.as_str(), "9001", "9004"] {
+            assert_ne!(payload["callId"], id, "{frame}");
+        }
+        if frame["type"] == "call_request_full" {
+            break frame;
+        }
+    };
+    assert_eq!(next["payload"]["callId"], "9003", "{next}");
+    assert_eq!(next["payload"]["callerId"], carol.id.as_str());
+}
+
+async fn a_channel_invitation_from_a_blocked_user_adds_nobody(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let (status, channel) = app
+        .post(
+            "/api/channels",
+            &alice.token,
+            json!({"name": "club", "is_private": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{channel}");
+    let members = format!("/api/channels/{}/members", id_of(&channel));
+    block(&app, &bob, &alice).await;
+
+    let (status, answer) = app
+        .post(&members, &alice.token, json!({"user_id": bob.id}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "the usual success: {answer}");
+    assert_eq!(answer["id"], channel["id"]);
+    assert_eq!(app.get("/api/channels", &bob.token).await.1, json!([]));
+    let (status, _) = app
+        .get(
+            &format!("/api/channels/{}/messages", id_of(&channel)),
+            &bob.token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "still a stranger to it");
+
+    // Someone who does not block her is added.
+    let (_, added) = app
+        .post(&members, &alice.token, json!({"user_id": carol.id}))
+        .await;
+    assert_eq!(added["member_count"], 2, "{added}");
+    let (_, list) = app.get("/api/channels", &carol.token).await;
+    assert_eq!(list[0]["id"], channel["id"]);
+}
+
+async fn blocks_survive_a_restart(engine: Engine) {
+    let mut app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let blocked = block(&app, &bob, &alice).await;
+    app.restart().await;
+
+    let (_, list) = app.get("/api/blocks", &bob.token).await;
+    assert_eq!(list[0]["user_id"], alice.id.as_str(), "{list}");
+    assert_eq!(list[0]["blocked_at"], blocked["blocked_at"]);
+    let (mut a, mut b, mut c) = (
+        app.ws(&alice).await,
+        app.ws(&bob).await,
+        app.ws(&carol).await,
+    );
+    send(&mut a, &bob).await;
+    let from_carol = id_of(&send(&mut c, &bob).await).to_owned();
+    assert_eq!(next_message(&mut b).await, from_carol);
+    b.expect_quiet().await;
+}
+
+// --- two nodes: PostgreSQL and Redis ------------------------------------------------------------
+
+/// Two nodes on one PostgreSQL and one Redis (`b` drops first), or `None` without PostgreSQL.
+async fn cluster() -> Option<(TestApp, TestApp)> {
+    if !Engine::Postgres.available() {
+        eprintln!("TEST_DATABASE_URL is not set: blocks cluster test (PostgreSQL only) not run");
+        return None;
+    }
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("kt-{}", Uuid::new_v4().simple());
+    let a = TestApp::spawn_with(
+        Engine::Postgres,
+        &[
+            ("REDIS_URL", redis.as_str()),
+            ("REDIS_PREFIX", prefix.as_str()),
+            ("PRESENCE_TTL", "2"),
+        ],
+    )
+    .await;
+    let b = a.spawn_node(&[]).await;
+    for node in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + WAIT * 3;
+        loop {
+            let health: Value = match reqwest::get(node.url("/health")).await {
+                Ok(response) => response.json().await.unwrap_or_default(),
+                Err(_) => Value::Null,
+            };
+            if health["redis"]["status"] == "ok" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the node did not reach Redis"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Some((b, a))
+}
+
+/// `user`'s socket on `node`, once the node routes to it (it answers frames only then).
+async fn ready_socket(node: &TestApp, user: &TestUser) -> WsClient {
+    let mut ws = node.ws(user).await;
+    ws.expect_quiet().await;
+    ws
+}
+
+/// Node B remembered that bob blocks nobody (it routed alice's message to him); bob then
+/// blocks her through node A: node B forgets, and her next message, sent through it, is
+/// withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_block_made_on_one_node_withholds_on_the_other() {
+    let Some((b, a)) = cluster().await else {
+        return;
+    };
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let carol = a.register("carol").await;
+    let mut bob_ws = ready_socket(&a, &bob).await;
+    let mut alice_ws = ready_socket(&b, &alice).await;
+    let mut carol_ws = ready_socket(&b, &carol).await;
+    let before = id_of(&send(&mut alice_ws, &bob).await).to_owned();
+    assert_eq!(next_message(&mut bob_ws).await, before);
+
+    block(&a, &bob, &alice).await;
+    // Bob writes to her through node A after the block: node A's publisher sends the block's
+    // notice on the control channel ahead of this message, so once she has it, node B has
+    // forgotten what it remembered.
+    let from_bob = id_of(&send(&mut bob_ws, &alice).await).to_owned();
+    assert_eq!(next_message(&mut alice_ws).await, from_bob);
+
+    let withheld = send(&mut alice_ws, &bob).await;
+    assert!(
+        withheld["seq"].as_i64().is_some(),
+        "acked as usual: {withheld}"
+    );
+    let from_carol = id_of(&send(&mut carol_ws, &bob).await).to_owned();
+    assert_eq!(next_message(&mut bob_ws).await, from_carol);
+    bob_ws.expect_quiet().await;
+    assert_eq!(
+        history(&a, &bob, &alice).await,
+        [from_bob.clone(), before.clone()]
+    );
+    assert_eq!(history(&b, &bob, &alice).await, [from_bob, before]);
+
+    // Unblocked through node A, her messages through node B flow again.
+    unblock(&a, &bob, &alice).await;
+    let ping = id_of(&send(&mut bob_ws, &alice).await).to_owned();
+    assert_eq!(next_message(&mut alice_ws).await, ping);
+    let after = id_of(&send(&mut alice_ws, &bob).await).to_owned();
+    assert_eq!(next_message(&mut bob_ws).await, after);
+}
