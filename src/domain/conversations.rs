@@ -64,13 +64,13 @@ pub async fn accept(
 }
 
 /// `sender` sent a message in `conversation`: if it is a request from the other member, that
-/// is the reply that accepts it. Costs nothing once accepted, nor for the requester's own
-/// messages.
+/// is the reply that accepts it, unless the requester blocks `sender` (the reply is withheld
+/// from them). Costs nothing once accepted, nor for the requester's own messages.
 pub async fn replied(state: &AppState, conversation: &Conversation, sender: UserId) -> Result<()> {
-    if conversation
-        .requested_by
-        .is_some_and(|requester| requester != sender)
-    {
+    let Some(requester) = conversation.requested_by else {
+        return Ok(());
+    };
+    if requester != sender && !super::blocks::blocks(state, requester, sender).await? {
         state
             .store
             .conversations()
@@ -182,6 +182,11 @@ pub async fn typing(
 /// answered from memory in the usual case: an accepted conversation and no block).
 async fn shows_typing(state: &AppState, conversation: &Conversation, user: UserId) -> Result<bool> {
     let other = conversation.other(user);
+    if super::blocks::blocks(state, user, other).await?
+        || super::blocks::blocks(state, other, user).await?
+    {
+        return Ok(false);
+    }
     if state.config.contacts_by_consent
         && conversation.requested_by == Some(other)
         // Another node may have seen the reply that accepted it.

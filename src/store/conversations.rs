@@ -24,10 +24,7 @@ macro_rules! summary_sql {
                            OR (b.blocker_id = u.id AND b.blocked_id = $1))) AS hides_status
              FROM conversations c
              JOIN users u ON u.id = CASE WHEN c.user_a = $1 THEN c.user_b ELSE c.user_a END
-             WHERE (c.user_a = $1 OR c.user_b = $1)
-               -- A request from someone the member blocks is never shown to them.
-               AND NOT (c.requested_by = u.id AND EXISTS (SELECT 1 FROM blocks b
-                        WHERE b.blocker_id = $1 AND b.blocked_id = u.id)) ",
+             WHERE (c.user_a = $1 OR c.user_b = $1) ",
             $filter,
             " ORDER BY c.last_message_at DESC NULLS LAST, c.created_at DESC"
         )
@@ -177,10 +174,15 @@ impl Conversations<'_> {
         consent: bool,
     ) -> Result<Vec<ConversationSummary>> {
         let rows = with_pool!(self.0, read, |pool| {
-            sqlx::query_as::<_, SummaryRow>(summary_sql!(""))
-                .bind(user)
-                .fetch_all(pool)
-                .await
+            // A request from someone the member blocks is not listed (opening it is allowed).
+            sqlx::query_as::<_, SummaryRow>(summary_sql!(
+                "AND NOT (c.requested_by IS NOT NULL AND c.requested_by = u.id
+                          AND EXISTS (SELECT 1 FROM blocks b
+                                      WHERE b.blocker_id = $1 AND b.blocked_id = u.id))"
+            ))
+            .bind(user)
+            .fetch_all(pool)
+            .await
         })?;
         Ok(rows.into_iter().map(|row| row.shown_to(consent)).collect())
     }

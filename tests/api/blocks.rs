@@ -23,6 +23,9 @@ scenarios!(
     a_blocked_callers_call_never_rings_and_ends_missed_for_the_caller_alone,
     a_channel_invitation_from_a_blocked_user_adds_nobody,
     blocks_survive_a_restart,
+    a_block_stops_presence_typing_stories_and_identity_changes_both_ways,
+    the_blocker_no_longer_finds_the_blocked_user_nor_their_request,
+    a_withheld_reply_does_not_accept_a_request,
 );
 
 async fn block(app: &TestApp, blocker: &TestUser, blocked: &TestUser) -> Value {
@@ -209,6 +212,12 @@ async fn a_blocked_users_message_is_acked_as_usual_and_never_reaches_the_blocker
         app.ws(&carol).await,
     );
     let conversation = app.conversation(&alice, &bob).await;
+    // Accepted: a request from a user one blocks is not even listed.
+    let accept = format!("/api/conversations/{}/accept", id_of(&conversation));
+    assert_eq!(
+        app.post(&accept, &bob.token, json!({})).await.0,
+        StatusCode::OK
+    );
     block(&app, &bob, &alice).await;
 
     // What alice is told about her message to bob looks like what she is told about one to
@@ -698,4 +707,146 @@ async fn cluster_a_block_made_on_one_node_withholds_on_the_other() {
     assert_eq!(next_message(&mut alice_ws).await, ping);
     let after = id_of(&send(&mut alice_ws, &bob).await).to_owned();
     assert_eq!(next_message(&mut bob_ws).await, after);
+}
+
+/// The next `kind` frame about `user` (`userId`), skipping every other frame.
+async fn next_about(ws: &mut WsClient, kind: &str, user: &TestUser) -> Value {
+    loop {
+        let frame = ws.recv().await;
+        if frame["type"] == kind && frame["payload"]["userId"] == user.id.as_str() {
+            return frame["payload"].clone();
+        }
+    }
+}
+
+async fn story_ids(app: &TestApp, viewer: &TestUser) -> Vec<String> {
+    let (status, list) = app.get("/api/stories", &viewer.token).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|s| id_of(s).to_owned())
+        .collect()
+}
+
+async fn post_story(app: &TestApp, user: &TestUser) -> String {
+    let body = json!({"content_text": "hi", "media_type": "image"});
+    let (status, story) = app.post("/api/stories", &user.token, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{story}");
+    id_of(&story).to_owned()
+}
+
+/// Contacts who block each other (either way) stop seeing each other's presence, typing,
+/// stories and identity changes; unblocking brings them back.
+async fn a_block_stops_presence_typing_stories_and_identity_changes_both_ways(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let conversation = app.conversation(&alice, &bob).await;
+    let mut alice_ws = app.ws(&alice).await;
+    let mut bob_ws = app.ws(&bob).await;
+    send(&mut bob_ws, &alice).await; // an accepted conversation
+    let alice_story = post_story(&app, &alice).await;
+    let bob_story = post_story(&app, &bob).await;
+    block(&app, &alice, &bob).await;
+
+    let typing = |on: bool| json!({"conversationId": conversation["id"], "isTyping": on});
+    for (viewer, subject, story) in [(&alice, &bob, &bob_story), (&bob, &alice, &alice_story)] {
+        let path = format!("/api/presence/{}", subject.id);
+        assert_eq!(app.get(&path, &viewer.token).await.0, StatusCode::NOT_FOUND);
+        assert!(!story_ids(&app, viewer).await.contains(story));
+        let (_, list) = app.get("/api/conversations", &viewer.token).await;
+        assert_eq!(list[0]["participant_status"], "offline", "{list}");
+    }
+    for (ws, status) in [(&mut alice_ws, "busy"), (&mut bob_ws, "away")] {
+        ws.send("typing_indicator", typing(true)).await;
+        ws.send("presence_update", json!({"status": status})).await;
+    }
+    // Identity changes: Bob's new key is not announced to Alice, nor hers to him.
+    for (user, byte) in [(&bob, 0xB1), (&bob, 0xB2), (&alice, 0xA1), (&alice, 0xA2)] {
+        let body = crate::keys::full_upload(1, byte, 1..=2);
+        let (status, answer) = app
+            .request(Method::PUT, "/api/keys", Some(&user.token), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        for frame in frames_until_quiet(ws).await {
+            assert_ne!(frame["type"], "identity_changed", "{frame}");
+        }
+    }
+
+    // Lifted: the first typing and presence frames each gets about the other are the new ones.
+    unblock(&app, &alice, &bob).await;
+    for (ws, status) in [(&mut alice_ws, "online"), (&mut bob_ws, "online")] {
+        ws.send("typing_indicator", typing(false)).await;
+        ws.send("presence_update", json!({"status": status})).await;
+    }
+    for (ws, other) in [(&mut alice_ws, &bob), (&mut bob_ws, &alice)] {
+        let typed = next_about(ws, "typing_indicator", other).await;
+        assert_eq!(typed["isTyping"], false, "typing across the block leaked");
+    }
+    for (ws, other) in [(&mut alice_ws, &bob), (&mut bob_ws, &alice)] {
+        let presence = next_about(ws, "presence_update", other).await;
+        assert_eq!(
+            presence["status"], "online",
+            "presence across the block leaked"
+        );
+    }
+    assert!(story_ids(&app, &alice).await.contains(&bob_story));
+}
+
+/// The blocker's search leaves the blocked user out, under every directory policy; the blocked
+/// user still finds the blocker (leaving them out would reveal the block), without their email.
+/// A conversation the blocked user opens is not listed for the blocker.
+async fn the_blocker_no_longer_finds_the_blocked_user_nor_their_request(engine: Engine) {
+    for policy in ["open", "search", "contacts"] {
+        let app = TestApp::spawn_with(engine, &[("USER_DIRECTORY", policy)]).await;
+        let alice = app.register("alice_blocker").await;
+        let bob = app.register("bob_blocked").await;
+        app.conversation(&alice, &bob).await;
+        let found = async |viewer: &TestUser, q: &str| {
+            let (status, list) = app
+                .get(&format!("/api/users/search?q={q}"), &viewer.token)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{policy}: {list}");
+            list.as_array().expect("array").clone()
+        };
+        assert_eq!(found(&alice, "bob_bl").await.len(), 1, "{policy}");
+        block(&app, &alice, &bob).await;
+        assert!(found(&alice, "bob_bl").await.is_empty(), "{policy}");
+        let blocker = found(&bob, "alice_bl").await;
+        assert_eq!(blocker.len(), 1, "{policy}");
+        assert_eq!(blocker[0]["email"], "", "{policy}");
+        unblock(&app, &alice, &bob).await;
+        assert_eq!(found(&alice, "bob_bl").await.len(), 1, "{policy}");
+    }
+
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    block(&app, &alice, &bob).await;
+    let mut bob_ws = app.ws(&bob).await;
+    send(&mut bob_ws, &alice).await;
+    let (_, list) = app.get("/api/conversations", &alice.token).await;
+    assert_eq!(list, json!([]), "a blocked user's request is not listed");
+    let (_, list) = app.get("/api/conversations", &bob.token).await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "the sender sees their conversation"
+    );
+}
+
+/// A reply the requester does not get (they block its sender) does not accept their request.
+async fn a_withheld_reply_does_not_accept_a_request(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    app.conversation(&alice, &bob).await;
+    block(&app, &alice, &bob).await;
+    let mut bob_ws = app.ws(&bob).await;
+    send(&mut bob_ws, &alice).await;
+    let (_, list) = app.get("/api/conversations", &alice.token).await;
+    assert_eq!(list[0]["status"], "request", "{list}");
 }
