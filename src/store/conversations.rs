@@ -53,7 +53,7 @@ impl SummaryRow {
     /// and (by consent) not a request, whichever side opened it (the one asked sees the
     /// requester's last seen by the day only, so not their live status either).
     fn shown_to(self, consent: bool) -> ConversationSummary {
-        let status_shown = !self.hides_status && !(consent && self.requested_by.is_some());
+        let status_hidden = self.hides_status || (consent && self.requested_by.is_some());
         let participant_name = crate::model::display_name(self.username.clone(), self.name);
         ConversationSummary {
             id: self.id,
@@ -62,7 +62,7 @@ impl SummaryRow {
             participant_username: self.username,
             participant_avatar: self.avatar_url,
             participant_status: match Presence::parse(&self.presence) {
-                Some(status) if status_shown => status,
+                Some(status) if !status_hidden => status,
                 _ => Presence::Offline,
             },
             last_message: None,

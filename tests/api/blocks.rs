@@ -832,7 +832,7 @@ async fn the_blocker_no_longer_finds_the_blocked_user_nor_their_request(engine: 
     assert_eq!(list, json!([]), "a blocked user's request is not listed");
     let (_, list) = app.get("/api/conversations", &bob.token).await;
     assert_eq!(
-        list.as_array().unwrap().len(),
+        list.as_array().expect("present").len(),
         1,
         "the sender sees their conversation"
     );

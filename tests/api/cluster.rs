@@ -231,7 +231,7 @@ async fn a_request_accepted_on_one_node_is_a_contact_on_the_other() {
 
     let path = format!(
         "/api/conversations/{}/accept",
-        conversation["id"].as_str().unwrap()
+        conversation["id"].as_str().expect("present")
     );
     let (status, body) = c.b.post(&path, &bob.token, json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -40,7 +40,7 @@ async fn send_message(ws: &mut WsClient, to: &TestUser) -> Value {
 async fn accept(app: &TestApp, user: &TestUser, conversation: &Value) -> (StatusCode, Value) {
     let path = format!(
         "/api/conversations/{}/accept",
-        conversation["id"].as_str().unwrap()
+        conversation["id"].as_str().expect("present")
     );
     app.post(&path, &user.token, json!({})).await
 }
@@ -207,7 +207,10 @@ async fn by_consent_the_requester_sees_nothing_of_the_recipient_until_accepted(e
     assert_eq!(status, StatusCode::OK, "{seen}");
     assert_eq!(seen["status"], "offline", "{seen}");
     assert!(
-        seen["last_seen"].as_str().unwrap().contains("T00:00:00"),
+        seen["last_seen"]
+            .as_str()
+            .expect("present")
+            .contains("T00:00:00"),
         "by the day: {seen}"
     );
     let alice_story = post_story(&app, &alice).await;
@@ -265,7 +268,12 @@ async fn without_consent_every_conversation_partner_is_a_contact(engine: Engine)
     let (status, seen) = presence(&app, &alice, &bob).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(seen["status"], "busy");
-    assert!(!seen["last_seen"].as_str().unwrap().contains("T00:00:00"));
+    assert!(
+        !seen["last_seen"]
+            .as_str()
+            .expect("present")
+            .contains("T00:00:00")
+    );
     let story = post_story(&app, &bob).await;
     assert!(story_ids(&app, &alice).await.contains(&story));
 }
