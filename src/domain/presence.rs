@@ -77,12 +77,7 @@ pub async fn get(state: &AppState, viewer: UserId, user: UserId) -> Result<Prese
     let StoredPresence {
         state: presence,
         hidden,
-    } = state
-        .store
-        .users()
-        .presence(user)
-        .await?
-        .ok_or(Error::NotFound("user"))?;
+    } = stored(state, user).await?;
     Ok(match closeness {
         None => presence,
         Some(_) if hidden => shown_as(presence, DateTime::UNIX_EPOCH),
@@ -107,9 +102,18 @@ fn shown_as(presence: PresenceState, last_seen: DateTime<Utc>) -> PresenceState 
     }
 }
 
+async fn stored(state: &AppState, user: UserId) -> Result<StoredPresence> {
+    state
+        .store
+        .users()
+        .presence(user)
+        .await?
+        .ok_or(Error::NotFound("user"))
+}
+
 /// Whether `user` hides their last seen (and status) from everyone.
 pub async fn hides_last_seen(state: &AppState, user: UserId) -> Result<bool> {
-    state.store.relations().hides_last_seen(user).await
+    Ok(stored(state, user).await?.hidden)
 }
 
 /// Hides (or shows again) `user`'s last seen and status from everyone; their contacts are told
@@ -123,14 +127,7 @@ pub async fn set_hide_last_seen(state: &AppState, user: UserId, hide: bool) -> R
     {
         return Err(Error::NotFound("user"));
     }
-    let StoredPresence {
-        state: presence, ..
-    } = state
-        .store
-        .users()
-        .presence(user)
-        .await?
-        .ok_or(Error::NotFound("user"))?;
+    let presence = stored(state, user).await?.state;
     let shown = if hide {
         shown_as(presence, DateTime::UNIX_EPOCH)
     } else {

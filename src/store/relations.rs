@@ -108,17 +108,6 @@ impl Relations<'_> {
         Ok(exact.map(closeness))
     }
 
-    /// Whether `user` hides their last seen (and online status) from everyone.
-    pub async fn hides_last_seen(self, user: UserId) -> Result<bool> {
-        let hidden: Option<bool> = with_pool!(self.0, read, |pool| {
-            sqlx::query_scalar("SELECT hide_last_seen FROM users WHERE id = $1")
-                .bind(user)
-                .fetch_optional(pool)
-                .await
-        })?;
-        Ok(hidden.unwrap_or(false))
-    }
-
     /// Sets whether `user` hides their last seen; `false` if the user is gone.
     pub async fn set_hide_last_seen(self, user: UserId, hide: bool) -> Result<bool> {
         let done = with_pool!(self.0, write, |pool| {

@@ -10,7 +10,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::envelopes::{device_socket, link_device};
+use super::{
+    consent::{post_story, story_ids},
+    envelopes::{device_socket, link_device},
+};
 
 scenarios!(
     blocks_are_listed_kept_once_and_lifted,
@@ -76,19 +79,6 @@ async fn history(app: &TestApp, user: &TestUser, other: &TestUser) -> Vec<String
         .iter()
         .map(|m| id_of(m).to_owned())
         .collect()
-}
-
-/// Every frame queued for `ws` so far (see `WsClient::expect_quiet`).
-async fn frames_until_quiet(ws: &mut WsClient) -> Vec<Value> {
-    ws.send("heartbeat", json!({})).await;
-    let mut frames = Vec::new();
-    loop {
-        let frame = ws.recv().await;
-        if frame["type"] == "heartbeat_response" {
-            return frames;
-        }
-        frames.push(frame);
-    }
 }
 
 /// The next `message` frame's id (frames of their own schedule skipped).
@@ -271,7 +261,7 @@ async fn a_blocked_users_message_is_acked_as_usual_and_never_reaches_the_blocker
     b.send("read_receipt", json!({"messageId": withheld})).await;
     assert_eq!(b.expect("error").await["code"], "not_found");
     // No delivery or read receipt ever reaches alice; her copy stays `sent`.
-    for frame in frames_until_quiet(&mut a).await {
+    for frame in a.queued_frames().await {
         assert_ne!(frame["payload"]["messageId"], withheld.as_str(), "{frame}");
     }
     let (_, page) = app
@@ -709,33 +699,6 @@ async fn cluster_a_block_made_on_one_node_withholds_on_the_other() {
     assert_eq!(next_message(&mut bob_ws).await, after);
 }
 
-/// The next `kind` frame about `user` (`userId`), skipping every other frame.
-async fn next_about(ws: &mut WsClient, kind: &str, user: &TestUser) -> Value {
-    loop {
-        let frame = ws.recv().await;
-        if frame["type"] == kind && frame["payload"]["userId"] == user.id.as_str() {
-            return frame["payload"].clone();
-        }
-    }
-}
-
-async fn story_ids(app: &TestApp, viewer: &TestUser) -> Vec<String> {
-    let (status, list) = app.get("/api/stories", &viewer.token).await;
-    assert_eq!(status, StatusCode::OK, "{list}");
-    list.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| id_of(s).to_owned())
-        .collect()
-}
-
-async fn post_story(app: &TestApp, user: &TestUser) -> String {
-    let body = json!({"content_text": "hi", "media_type": "image"});
-    let (status, story) = app.post("/api/stories", &user.token, body).await;
-    assert_eq!(status, StatusCode::CREATED, "{story}");
-    id_of(&story).to_owned()
-}
-
 /// Contacts who block each other (either way) stop seeing each other's presence, typing,
 /// stories and identity changes; unblocking brings them back.
 async fn a_block_stops_presence_typing_stories_and_identity_changes_both_ways(engine: Engine) {
@@ -771,7 +734,7 @@ async fn a_block_stops_presence_typing_stories_and_identity_changes_both_ways(en
         assert_eq!(status, StatusCode::OK, "{answer}");
     }
     for ws in [&mut alice_ws, &mut bob_ws] {
-        for frame in frames_until_quiet(ws).await {
+        for frame in ws.queued_frames().await {
             assert_ne!(frame["type"], "identity_changed", "{frame}");
         }
     }
@@ -783,11 +746,11 @@ async fn a_block_stops_presence_typing_stories_and_identity_changes_both_ways(en
         ws.send("presence_update", json!({"status": status})).await;
     }
     for (ws, other) in [(&mut alice_ws, &bob), (&mut bob_ws, &alice)] {
-        let typed = next_about(ws, "typing_indicator", other).await;
+        let typed = ws.next_about("typing_indicator", &other.id).await;
         assert_eq!(typed["isTyping"], false, "typing across the block leaked");
     }
     for (ws, other) in [(&mut alice_ws, &bob), (&mut bob_ws, &alice)] {
-        let presence = next_about(ws, "presence_update", other).await;
+        let presence = ws.next_about("presence_update", &other.id).await;
         assert_eq!(
             presence["status"], "online",
             "presence across the block leaked"

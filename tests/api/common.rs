@@ -234,10 +234,15 @@ impl TestApp {
 
     /// Registers `username` (email `<username>@example.com`, password `password-<username>`).
     pub async fn register(&self, username: &str) -> TestUser {
-        let email = format!("{username}@example.com");
+        self.register_as(username, &format!("{username}@example.com"), None)
+            .await
+    }
+
+    /// Registers `username` with this email and display name (password `password-<username>`).
+    pub async fn register_as(&self, username: &str, email: &str, name: Option<&str>) -> TestUser {
         let password = format!("password-{username}");
         let body =
-            json!({"email": email, "username": username, "password": password, "name": null});
+            json!({"email": email, "username": username, "password": password, "name": name});
         let (status, value) = self
             .request(Method::POST, "/api/auth/register", None, Some(body))
             .await;
@@ -245,7 +250,7 @@ impl TestApp {
         TestUser {
             id: value["user"]["id"].as_str().expect("user id").to_owned(),
             token: value["token"].as_str().expect("token").to_owned(),
-            email,
+            email: email.to_lowercase(),
             password,
         }
     }
@@ -539,6 +544,31 @@ impl WsClient {
         )
         .await;
         self.expect("heartbeat_response").await;
+    }
+
+    /// Every frame queued for this socket so far (see `expect_quiet`): those before the answer
+    /// to a heartbeat sent now.
+    pub async fn queued_frames(&mut self) -> Vec<Value> {
+        self.send("heartbeat", json!({})).await;
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == "heartbeat_response" {
+                return frames;
+            }
+            frames.push(frame);
+        }
+    }
+
+    /// The payload of the next `kind` frame about the user `user_id` (its `userId`), skipping
+    /// every other frame.
+    pub async fn next_about(&mut self, kind: &str, user_id: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind && frame["payload"]["userId"] == user_id {
+                return frame["payload"].clone();
+            }
+        }
     }
 
     /// Proves that nothing at all was queued for this socket so far (see `expect_quiet`).

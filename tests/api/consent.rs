@@ -57,7 +57,7 @@ async fn set_presence(app: &TestApp, user: &TestUser, status: &str) {
     assert_eq!(code, StatusCode::OK, "{body}");
 }
 
-async fn story_ids(app: &TestApp, viewer: &TestUser) -> Vec<String> {
+pub async fn story_ids(app: &TestApp, viewer: &TestUser) -> Vec<String> {
     let (status, list) = app.get("/api/stories", &viewer.token).await;
     assert_eq!(status, StatusCode::OK, "{list}");
     list.as_array()
@@ -67,7 +67,7 @@ async fn story_ids(app: &TestApp, viewer: &TestUser) -> Vec<String> {
         .collect()
 }
 
-async fn post_story(app: &TestApp, user: &TestUser) -> String {
+pub async fn post_story(app: &TestApp, user: &TestUser) -> String {
     let (status, story) = app
         .post(
             "/api/stories",
@@ -85,16 +85,6 @@ async fn typing(ws: &mut WsClient, conversation: &Value, is_typing: bool) {
         json!({"conversationId": conversation["id"], "isTyping": is_typing}),
     )
     .await;
-}
-
-/// The next frame of type `kind` about `user` (`userId`), skipping every other frame.
-async fn next_about(ws: &mut WsClient, kind: &str, user: &TestUser) -> Value {
-    loop {
-        let frame = ws.recv().await;
-        if frame["type"] == kind && frame["payload"]["userId"] == user.id.as_str() {
-            return frame["payload"].clone();
-        }
-    }
 }
 
 async fn set_hidden(app: &TestApp, user: &TestUser, hide: bool) -> (StatusCode, Value) {
@@ -201,7 +191,7 @@ async fn by_consent_the_requester_sees_nothing_of_the_recipient_until_accepted(e
 
     // Alice shows herself to the one she asked: typing live, last seen by the day.
     typing(&mut alice_ws, &conversation, true).await;
-    let typed = next_about(&mut bob_ws, "typing_indicator", &alice).await;
+    let typed = bob_ws.next_about("typing_indicator", &alice.id).await;
     assert_eq!(typed["isTyping"], true);
     let (status, seen) = presence(&app, &bob, &alice).await;
     assert_eq!(status, StatusCode::OK, "{seen}");
@@ -224,13 +214,13 @@ async fn by_consent_the_requester_sees_nothing_of_the_recipient_until_accepted(e
     let (status, _) = accept(&app, &bob, &conversation).await;
     assert_eq!(status, StatusCode::OK);
     typing(&mut bob_ws, &conversation, false).await;
-    let typed = next_about(&mut alice_ws, "typing_indicator", &bob).await;
+    let typed = alice_ws.next_about("typing_indicator", &bob.id).await;
     assert_eq!(
         typed["isTyping"], false,
         "the typing before acceptance leaked"
     );
     set_presence(&app, &bob, "away").await;
-    let update = next_about(&mut alice_ws, "presence_update", &bob).await;
+    let update = alice_ws.next_about("presence_update", &bob.id).await;
     assert_eq!(
         update["status"], "away",
         "a presence before acceptance leaked"
@@ -262,7 +252,7 @@ async fn without_consent_every_conversation_partner_is_a_contact(engine: Engine)
     let mut alice_ws = app.ws(&alice).await;
     set_presence(&app, &bob, "busy").await;
     assert_eq!(
-        next_about(&mut alice_ws, "presence_update", &bob).await["status"],
+        alice_ws.next_about("presence_update", &bob.id).await["status"],
         "busy"
     );
     let (status, seen) = presence(&app, &alice, &bob).await;
@@ -288,7 +278,7 @@ async fn hiding_last_seen_shows_everyone_offline_at_the_epoch(engine: Engine) {
     let mut alice_ws = app.ws(&alice).await;
     let _bob_ws = app.ws(&bob).await;
     assert_eq!(
-        next_about(&mut alice_ws, "presence_update", &bob).await["status"],
+        alice_ws.next_about("presence_update", &bob.id).await["status"],
         "online"
     );
 
@@ -298,7 +288,7 @@ async fn hiding_last_seen_shows_everyone_offline_at_the_epoch(engine: Engine) {
     let (status, body) = app.get("/api/settings/privacy", &bob.token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["hide_last_seen"], true);
-    let hidden = next_about(&mut alice_ws, "presence_update", &bob).await;
+    let hidden = alice_ws.next_about("presence_update", &bob.id).await;
     assert_eq!(hidden["status"], "offline");
     assert_eq!(hidden["lastSeen"], "1970-01-01T00:00:00Z");
 
@@ -320,7 +310,7 @@ async fn hiding_last_seen_shows_everyone_offline_at_the_epoch(engine: Engine) {
     set_presence(&app, &bob, "busy").await;
     let (status, _) = set_hidden(&app, &bob, false).await;
     assert_eq!(status, StatusCode::OK);
-    let shown = next_about(&mut alice_ws, "presence_update", &bob).await;
+    let shown = alice_ws.next_about("presence_update", &bob.id).await;
     assert_eq!(
         shown["status"], "busy",
         "a presence sent while hidden leaked"
@@ -453,16 +443,12 @@ async fn email_found(app: &TestApp, viewer: &TestUser, query: &str) -> String {
 }
 
 /// Every frame queued for `ws` so far but presence and typing (ephemeral, on their own
-/// schedule): a heartbeat's answer comes after them.
+/// schedule).
 async fn durable_frames(ws: &mut WsClient) -> Vec<Value> {
-    ws.send("heartbeat", json!({})).await;
-    let mut frames = Vec::new();
-    loop {
-        let frame = ws.recv().await;
-        match frame["type"].as_str().unwrap_or_default() {
-            "heartbeat_response" => return frames,
-            "presence_update" | "typing_indicator" => {}
-            _ => frames.push(frame),
-        }
-    }
+    let ephemeral = |f: &Value| f["type"] == "presence_update" || f["type"] == "typing_indicator";
+    ws.queued_frames()
+        .await
+        .into_iter()
+        .filter(|f| !ephemeral(f))
+        .collect()
 }

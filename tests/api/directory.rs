@@ -2,7 +2,7 @@
 //! `CONTACTS_BY_CONSENT`, not the one who sent an unanswered request) and whoever typed it.
 
 use crate::common::{Engine, TestApp, TestUser};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 scenarios!(
@@ -13,22 +13,6 @@ scenarios!(
     with_consent_a_requester_does_not_see_the_recipients_email,
     production_defaults_hide_the_directory_and_strangers_emails,
 );
-
-/// Registers `username` with this email and display name.
-async fn register_as(app: &TestApp, username: &str, email: &str, name: &str) -> TestUser {
-    let password = format!("password-{username}");
-    let body = json!({"email": email, "username": username, "password": password, "name": name});
-    let (status, value) = app
-        .request(Method::POST, "/api/auth/register", None, Some(body))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "register {username}: {value}");
-    TestUser {
-        id: value["user"]["id"].as_str().expect("user id").to_owned(),
-        token: value["token"].as_str().expect("token").to_owned(),
-        email: email.to_lowercase(),
-        password,
-    }
-}
 
 /// `GET /api/users/search?{query}` as `user`.
 async fn search(app: &TestApp, user: &TestUser, query: &str) -> (StatusCode, Value) {
@@ -67,7 +51,9 @@ async fn open_lists_everyone_but_matches_a_strangers_email_only_whole(engine: En
     let app = TestApp::spawn(engine).await;
     let me = app.register("me_user").await;
     app.register("alice").await;
-    let zorro = register_as(&app, "zorro", "Zed@Mail.example", "Bob Builder").await;
+    let zorro = app
+        .register_as("zorro", "Zed@Mail.example", Some("Bob Builder"))
+        .await;
 
     assert_eq!(
         found(&app, &me, "").await,
@@ -114,7 +100,8 @@ async fn open_lists_everyone_but_matches_a_strangers_email_only_whole(engine: En
 async fn search_needs_three_characters_matches_names_only_and_is_capped(engine: Engine) {
     let app = TestApp::spawn_with(engine, &[("USER_DIRECTORY", "search")]).await;
     let me = app.register("me_user").await;
-    register_as(&app, "zorro", "zed@mail.example", "Bob Builder").await;
+    app.register_as("zorro", "zed@mail.example", Some("Bob Builder"))
+        .await;
 
     for query in ["", "q=", "q=ab", "q=%20%20ab%20%20"] {
         let (status, body) = search(&app, &me, query).await;
