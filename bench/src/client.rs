@@ -42,6 +42,8 @@ pub struct Load {
     /// Senders upload each acknowledged message's ciphertext, as the app does (under an id of
     /// their own, which the server matches to their oldest message without content).
     pub content: bool,
+    /// Each recipient blocks its sender before the run: every message is withheld.
+    pub blocked: bool,
 }
 
 /// The app's ciphertext stand-in: 256 bytes, base64.
@@ -202,6 +204,25 @@ pub(crate) fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     Some(&text[start..start + len])
 }
 
+/// Each recipient blocks its sender (`--blocked`).
+async fn block_senders(
+    server: &Running,
+    senders: &[User],
+    recipients: &[User],
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for (sender, recipient) in senders.iter().zip(recipients) {
+        let url = format!("{}/api/users/{}/block", server.base, sender.id);
+        let response = http.post(url).bearer_auth(&recipient.token).send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "block: {}",
+            response.status()
+        );
+    }
+    Ok(())
+}
+
 pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     routing_with(server, load, None).await
 }
@@ -240,6 +261,14 @@ async fn routing_with(
         }
         None => Arc::from([]),
     };
+    if load.blocked && !server.relay {
+        block_senders(
+            server,
+            &users[..load.pairs],
+            &users[load.pairs..2 * load.pairs],
+        )
+        .await?;
+    }
     let offline_sent = Arc::new(AtomicU64::new(0));
     let clock = Instant::now();
     let cpu_at_start = server.pid().and_then(crate::server::cpu_time);

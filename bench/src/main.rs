@@ -108,6 +108,12 @@ struct RoutingArgs {
     /// them, on the same server settings, but no push registration at all (nobody is woken).
     #[arg(long, value_name = "K", conflicts_with_all = ["envelopes", "url", "push", "push_offline"])]
     offline: Option<usize>,
+    /// Every recipient blocks its sender before the run (issue 21): each message is then
+    /// acknowledged and withheld (a plain insert outside the group commit, delivered to nobody).
+    /// Compare the acknowledged messages per second with a run without it; "lost" counts the
+    /// withheld ones.
+    #[arg(long, conflicts_with_all = ["envelopes", "url", "push", "push_offline", "offline", "read_receipts", "content"])]
+    blocked: bool,
     /// With --push/--push-offline/--offline: the server's PUSH_MIN_INTERVAL, in seconds.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     push_interval: u64,
@@ -125,6 +131,7 @@ impl RoutingArgs {
             read_receipts: self.read_receipts,
             client_ids: self.client_ids,
             content: self.content,
+            blocked: self.blocked,
         }
     }
 }

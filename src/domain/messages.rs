@@ -98,37 +98,19 @@ impl Submitted {
 
 /// A message checked and queued for commit into its recipient's inbox; `complete` finishes
 /// sending it.
-pub struct InboxSubmitted(Inbound);
-
-enum Inbound {
-    /// On its way to the group commit.
-    Queued(PendingMessage),
-    /// To a recipient who blocks its sender: stored for the sender alone (see `complete`).
-    Withheld(NewMessage),
-}
+pub struct InboxSubmitted(PendingMessage);
 
 impl InboxSubmitted {
     /// The message's id: the client's, or the one the server made.
     pub fn id(&self) -> MessageId {
-        match &self.0 {
-            Inbound::Queued(pending) => pending.id(),
-            Inbound::Withheld(message) => message.id,
-        }
+        self.0.id()
     }
 
     /// Waits for the commit, then pushes the message to the recipient's sockets (once: a retry
-    /// is not pushed again). Returns the message and whether it is to be pushed (new, and not
-    /// withheld). A withheld message is stored outside the group commit: no inbox entry, no
-    /// unread count, nothing pushed, nobody woken; its sender's ack is the same as ever.
+    /// is not pushed again, nor a message withheld from its recipient, which the commit answers
+    /// like a retry). Returns the message and whether it was pushed.
     pub async fn complete(self, state: &AppState) -> Result<(Message, bool)> {
-        let pending = match self.0 {
-            Inbound::Queued(pending) => pending,
-            Inbound::Withheld(message) => {
-                let (message, _) = state.store.messages().insert_withheld(&message).await?;
-                return Ok((message, false));
-            }
-        };
-        let (message, cursor) = pending.stored(&state.store).await?;
+        let (message, cursor) = self.0.stored(&state.store).await?;
         if let Some(cursor) = cursor {
             let event = Event::inbox(&message, cursor, InboxKind::Message);
             state
@@ -306,12 +288,12 @@ async fn submit_to_inbox(
         message_type: message_type.to_owned(),
         session_id: request.session_id,
         created_at: now(),
+        // The recipient blocks the sender: stored for the sender alone, in the same commit
+        // (a flood of them costs the writer what any messages cost).
+        withheld: super::blocks::blocks(state, request.recipient_id, sender).await?,
     };
-    if super::blocks::blocks(state, request.recipient_id, sender).await? {
-        return Ok(InboxSubmitted(Inbound::Withheld(message)));
-    }
     let pending = state.store.messages().queue_message(message).await?;
-    Ok(InboxSubmitted(Inbound::Queued(pending)))
+    Ok(InboxSubmitted(pending))
 }
 
 /// Marks a message read on behalf of its recipient and tells the sender. Idempotent; a call by

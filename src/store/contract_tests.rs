@@ -192,6 +192,7 @@ fn message(
         message_type: "text".into(),
         session_id: None,
         created_at: at,
+        withheld: false,
     }
 }
 
@@ -357,6 +358,62 @@ async fn groups_of_messages_reads_and_marks(
 #[tokio::test]
 async fn the_engines_answer_groups_of_messages_reads_and_marks_alike() {
     on_both_engines!(groups_of_messages_reads_and_marks);
+}
+
+/// A withheld message (its recipient blocks its sender) shares a group with ordinary ones: it
+/// is stored, answered like a retry (`None`, so nothing is pushed), and leaves no inbox entry
+/// and no unread count; it cannot be read by its recipient.
+async fn withheld_messages_in_a_group(
+    store: &Store,
+    names: &mut Names,
+    start: DateTime<Utc>,
+) -> String {
+    let (alice, bob, conversation) = alice_and_bob(store, names, start).await;
+    let plain = message(names, "plain", conversation, alice, bob, start);
+    let withheld = NewMessage {
+        withheld: true,
+        ..message(names, "withheld", conversation, alice, bob, start)
+    };
+    let withheld_id = withheld.id;
+    let written = store
+        .write_group(&[withheld, plain], &[], &[], start)
+        .await
+        .expect("group");
+    let mut out = String::new();
+    for answer in &written.inserted {
+        let _ = writeln!(out, "stored: {}", names.numbered(answer));
+    }
+    assert!(written.inserted[0].is_none() && written.inserted[1].is_some());
+    let stored = store.messages().message(withheld_id).await.expect("read");
+    let stored = stored.expect("the withheld message is stored");
+    assert!(stored.withheld);
+    let _ = writeln!(out, "withheld: {}", names.message(&stored));
+    out.push_str(&inboxes(store, names, &[alice, bob]).await);
+    let unread = store
+        .conversations()
+        .conversation_summary(bob, conversation, false)
+        .await
+        .expect("summary")
+        .expect("listed")
+        .unread_count;
+    let _ = writeln!(out, "bob's unread: {unread}");
+    assert_eq!(unread, 1, "only the plain message counts");
+    let mark = ReadMark {
+        message: withheld_id,
+        reader: bob,
+        conversation: Some(conversation),
+    };
+    let read = store
+        .write_group(&[], &[mark], &[], start)
+        .await
+        .expect("read");
+    assert!(read.read[0].is_none(), "the recipient cannot read it");
+    out
+}
+
+#[tokio::test]
+async fn the_engines_store_withheld_messages_alike() {
+    on_both_engines!(withheld_messages_in_a_group);
 }
 
 /// Through the group commit as senders use it: a message whose conversation is gone (deleted

@@ -18,6 +18,10 @@ pub struct NewMessage {
     pub message_type: String,
     pub session_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Its recipient blocks its sender: stored for the sender alone, in the same commit as any
+    /// other message (no inbox entry, no unread count, the conversation untouched), and
+    /// answered like a retry (`None`), so that nothing is pushed.
+    pub withheld: bool,
 }
 
 impl NewMessage {
@@ -36,7 +40,7 @@ impl NewMessage {
             read_at: None,
             delivered_at: None,
             status: "sent".into(),
-            withheld: false,
+            withheld: self.withheld,
         }
     }
 }

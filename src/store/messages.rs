@@ -55,43 +55,6 @@ impl Messages<'_> {
         })
     }
 
-    /// Stores a message its recipient blocks the sender of: for the sender only, outside the
-    /// group commit (no inbox entry, no unread count, the conversation untouched). Returns the
-    /// message and whether it is new; as for `PendingMessage::stored`, a retry of this sender's
-    /// id is answered with the message stored first (withheld or not), and an id taken by
-    /// another sender is a `Conflict`.
-    pub async fn insert_withheld(self, new: &NewMessage) -> Result<(Message, bool)> {
-        let inserted = with_pool!(self.0, write, |pool| {
-            sqlx::query_as::<_, Message>(concat!(
-                "INSERT INTO messages (id, conversation_id, sender_id, recipient_id,
-                                       message_type, session_id, created_at, withheld)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE)
-                 ON CONFLICT (id) DO NOTHING
-                 RETURNING ",
-                message_cols!()
-            ))
-            .bind(new.id)
-            .bind(new.conversation_id)
-            .bind(new.sender_id)
-            .bind(new.recipient_id)
-            .bind(&new.message_type)
-            .bind(&new.session_id)
-            .bind(new.created_at)
-            .fetch_optional(pool)
-            .await
-        })?;
-        if let Some(message) = inserted {
-            return Ok((message, true));
-        }
-        match self.message(new.id).await? {
-            Some(existing) if existing.sender_id == new.sender_id => Ok((existing, false)),
-            _ => Err(Error::Conflict {
-                code: "id_taken",
-                message: "this message id is already used",
-            }),
-        }
-    }
-
     pub async fn message(self, id: MessageId) -> Result<Option<Message>> {
         Ok(with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, Message>(concat!(

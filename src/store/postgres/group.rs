@@ -53,7 +53,8 @@ pub(crate) async fn write(conn: &mut PgConnection, group: Group<'_>) -> Result<W
 
 /// Stores `group`'s messages and marks its reads, with their conversations' counters and their
 /// inbox entries, in one statement. Returns what was stored (batch order; `None` for an id
-/// already taken) and read (`reads` order; `None` when not unread by that reader, and for a
+/// already taken, and for a withheld message: stored for its sender only, with no inbox entry
+/// and no count) and read (`reads` order; `None` when not unread by that reader, and for a
 /// second read of the same message; a message withheld from its recipient is never read).
 async fn store_and_mark_read(
     conn: &mut PgConnection,
@@ -86,9 +87,9 @@ async fn store_and_mark_read(
              SELECT id FROM conversations WHERE id = ANY($8) ORDER BY id FOR NO KEY UPDATE),
          stored AS (
              INSERT INTO messages (id, conversation_id, sender_id, recipient_id,
-                                   message_type, session_id, created_at)
+                                   message_type, session_id, created_at, withheld)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],
-                                  $5::text[], $6::text[], $7::timestamptz[])
+                                  $5::text[], $6::text[], $7::timestamptz[], $12::bool[])
              WHERE (SELECT count(*) FROM locked) >= 0
              ON CONFLICT (id) DO NOTHING
              RETURNING ",
@@ -117,7 +118,7 @@ async fn store_and_mark_read(
                           sum(CASE WHEN d.recipient_id = cc.user_a THEN d.delta ELSE 0 END) AS to_a,
                           sum(CASE WHEN d.recipient_id = cc.user_a THEN 0 ELSE d.delta END) AS to_b
                    FROM (SELECT conversation_id, recipient_id, created_at AS latest, 1 AS delta
-                         FROM stored
+                         FROM stored WHERE NOT withheld
                          UNION ALL
                          SELECT conversation_id, recipient_id, NULL, -1 FROM marked_read) AS d
                    JOIN conversations cc ON cc.id = d.conversation_id
@@ -126,7 +127,7 @@ async fn store_and_mark_read(
          contents_gone AS (
              DELETE FROM message_contents WHERE message_id IN (SELECT id FROM marked_read)),
          entries AS (
-             SELECT 0 AS pass, recipient_id AS owner, s.* FROM stored s
+             SELECT 0 AS pass, recipient_id AS owner, s.* FROM stored s WHERE NOT s.withheld
              UNION ALL
              SELECT 1, sender_id, r.* FROM marked_read r),
          counts AS (
@@ -175,6 +176,7 @@ async fn store_and_mark_read(
     .bind(read_column(|r| r.message.0))
     .bind(read_column(|r| r.reader.0))
     .bind(at)
+    .bind(messages.iter().map(|m| m.withheld).collect::<Vec<_>>())
     .fetch_all(conn)
     .await?;
 

@@ -392,15 +392,16 @@ impl Statements<'_> {
     }
 
     /// Inserts the messages whose id is free and touches their conversations (latest message
-    /// time, one more unread for each recipient); returns the `(id, seq)` of those inserted.
+    /// time, one more unread for each recipient); returns the `(id, seq)` of those inserted,
+    /// but for the withheld ones (stored for their sender only: nothing else is touched).
     fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(MessageId, i64)>> {
         let mut stored = Vec::with_capacity(batch.len());
         let (mut received, mut latest) = (Received::new(), None);
         {
             let mut insert = self.0.prepare_cached(
                 "INSERT INTO messages (id, conversation_id, sender_id, recipient_id, message_type,
-                                       session_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                                       session_id, created_at, withheld)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
             )?;
             for m in batch {
                 let inserted = insert.execute(params![
@@ -410,9 +411,10 @@ impl Statements<'_> {
                     m.recipient_id.0.as_bytes(),
                     m.message_type,
                     m.session_id,
-                    timestamp(m.created_at)
+                    timestamp(m.created_at),
+                    m.withheld
                 ])?;
-                if inserted == 1 {
+                if inserted == 1 && !m.withheld {
                     // `seq` is the table's row id.
                     stored.push((m.id, self.0.last_insert_rowid()));
                     *received
