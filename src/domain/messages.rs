@@ -107,8 +107,8 @@ impl InboxSubmitted {
     }
 
     /// Waits for the commit, then pushes the message to the recipient's sockets (once: a retry
-    /// is not pushed again, nor a message withheld from its recipient, which the commit answers
-    /// like a retry). Returns the message and whether it was pushed.
+    /// is not pushed again, nor a message withheld from its recipient: neither has an inbox
+    /// number). Returns the message and whether it was pushed.
     pub async fn complete(self, state: &AppState) -> Result<(Message, bool)> {
         let (message, cursor) = self.0.stored(&state.store).await?;
         if let Some(cursor) = cursor {

@@ -19,8 +19,8 @@ pub struct NewMessage {
     pub session_id: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Its recipient blocks its sender: stored for the sender alone, in the same commit as any
-    /// other message (no inbox entry, no unread count, the conversation untouched), and
-    /// answered like a retry (`None`), so that nothing is pushed.
+    /// other message (no inbox entry, no unread count, the conversation untouched), so that
+    /// nothing is pushed.
     pub withheld: bool,
 }
 
@@ -55,9 +55,9 @@ pub struct FirstDelivery {
     pub delivered_at: DateTime<Utc>,
 }
 
-/// A message as a group stored it, with its recipient's inbox number; `None` when its id was
-/// already taken.
-pub(super) type Inserted = Option<(Message, i64)>;
+/// A message as a group stored it, with its recipient's inbox number (`None` for a withheld
+/// message, which has no inbox entry); `None` when its id was already taken.
+pub(super) type Inserted = Option<(Message, Option<i64>)>;
 
 /// A recipient reading one of their messages.
 #[derive(Clone, Copy, Debug)]

@@ -19,12 +19,12 @@ impl PendingMessage {
     }
 
     /// Waits for the commit. Returns the stored message and its inbox number for the
-    /// recipient, or — when this sender already stored this id (a retry) — the existing message
-    /// and `None`. The id taken by another sender is a `Conflict`.
+    /// recipient (`None` when it is withheld from them), or — when this sender already stored
+    /// this id (a retry) — the existing message and `None`. The id taken by another sender is a
+    /// `Conflict`.
     pub async fn stored(self, store: &Store) -> Result<(Message, Option<i64>)> {
-        let inserted = self.committed.wait().await?;
-        if let Some((message, cursor)) = inserted {
-            return Ok((message, Some(cursor)));
+        if let Some(inserted) = self.committed.wait().await? {
+            return Ok(inserted);
         }
         match store.messages().message(self.id).await? {
             Some(existing) if existing.sender_id == self.sender => Ok((existing, None)),

@@ -26,7 +26,7 @@ use crate::{
 #[derive(sqlx::FromRow)]
 struct Row {
     pass: i32,
-    inbox_number: i64,
+    inbox_number: Option<i64>,
     #[sqlx(flatten)]
     message: Message,
 }
@@ -53,8 +53,7 @@ pub(crate) async fn write(conn: &mut PgConnection, group: Group<'_>) -> Result<W
 
 /// Stores `group`'s messages and marks its reads, with their conversations' counters and their
 /// inbox entries, in one statement. Returns what was stored (batch order; `None` for an id
-/// already taken, and for a withheld message: stored for its sender only, with no inbox entry
-/// and no count) and read (`reads` order; `None` when not unread by that reader, and for a
+/// already taken; no inbox number for a withheld message, stored for its sender only) and read (`reads` order; `None` when not unread by that reader, and for a
 /// second read of the same message; a message withheld from its recipient is never read).
 async fn store_and_mark_read(
     conn: &mut PgConnection,
@@ -153,7 +152,11 @@ async fn store_and_mark_read(
              FROM numbered)
          SELECT pass, inbox_number, ",
         message_cols!(),
-        " FROM numbered"
+        " FROM numbered
+         UNION ALL
+         SELECT 0, NULL, ",
+        message_cols!(),
+        " FROM stored WHERE withheld"
     ))
     .bind(column(|m| m.id.0))
     .bind(column(|m| m.conversation_id.0))
@@ -180,15 +183,20 @@ async fn store_and_mark_read(
     .fetch_all(conn)
     .await?;
 
-    let mut stored: HashMap<MessageId, (Message, i64)> = HashMap::new();
+    let mut stored: HashMap<MessageId, (Message, Option<i64>)> = HashMap::new();
     let mut read: HashMap<MessageId, (Message, i64)> = HashMap::new();
     for row in rows {
-        let into = if row.pass == 0 {
-            &mut stored
-        } else {
-            &mut read
-        };
-        into.insert(row.message.id, (row.message, row.inbox_number));
+        match (row.pass, row.inbox_number) {
+            (0, number) => {
+                stored.insert(row.message.id, (row.message, number));
+            }
+            (_, Some(number)) => {
+                read.insert(row.message.id, (row.message, number));
+            }
+            (_, None) => {
+                return Err(anyhow::anyhow!("a read receipt without an inbox number").into());
+            }
+        }
     }
     // A repeated id is stored (or read) by the first of its jobs.
     let inserted = messages.iter().map(|m| stored.remove(&m.id)).collect();

@@ -263,6 +263,7 @@ impl Statements<'_> {
         let wanted: Vec<(UserId, &'static str, i64, DateTime<Utc>)> = inserted
             .iter()
             .flatten()
+            .filter(|m| !m.withheld)
             .map(|m| (m.recipient_id, "message", m.seq, m.created_at))
             .chain(
                 read.iter()
@@ -279,7 +280,13 @@ impl Statements<'_> {
         };
         let inserted = inserted
             .into_iter()
-            .map(|m| m.map(|m| Ok((m, next_cursor()?))).transpose())
+            .map(|m| {
+                m.map(|m| match m.withheld {
+                    true => Ok((m, None)),
+                    false => Ok((m, Some(next_cursor()?))),
+                })
+                .transpose()
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut read = read
             .into_iter()
@@ -392,8 +399,8 @@ impl Statements<'_> {
     }
 
     /// Inserts the messages whose id is free and touches their conversations (latest message
-    /// time, one more unread for each recipient); returns the `(id, seq)` of those inserted,
-    /// but for the withheld ones (stored for their sender only: nothing else is touched).
+    /// time, one more unread for each recipient, but for withheld messages: stored for their
+    /// sender only); returns the `(id, seq)` of those inserted.
     fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(MessageId, i64)>> {
         let mut stored = Vec::with_capacity(batch.len());
         let (mut received, mut latest) = (Received::new(), None);
@@ -414,9 +421,11 @@ impl Statements<'_> {
                     timestamp(m.created_at),
                     m.withheld
                 ])?;
-                if inserted == 1 && !m.withheld {
+                if inserted == 1 {
                     // `seq` is the table's row id.
                     stored.push((m.id, self.0.last_insert_rowid()));
+                }
+                if inserted == 1 && !m.withheld {
                     *received
                         .entry((m.conversation_id, m.recipient_id))
                         .or_default() += 1;
