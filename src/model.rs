@@ -154,6 +154,17 @@ pub struct ConversationSummary {
     pub requested_by: Option<UserId>,
 }
 
+/// A user the caller blocks, with what anyone may see of them (never their email).
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct BlockedUser {
+    pub user_id: UserId,
+    pub username: String,
+    pub name: Option<String>,
+    pub avatar_url: Option<String>,
+    /// When the block began (blocking again keeps the first time).
+    pub blocked_at: DateTime<Utc>,
+}
+
 /// Whether a conversation is still a contact request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -6,7 +6,11 @@ use serde::Serialize;
 
 use super::{docs::ErrorBody, extract::Path};
 use crate::{
-    AppState, auth::AuthUser, domain::blocks, error::Result, model::UserId, store::BlockedUser,
+    AppState,
+    auth::AuthUser,
+    domain::blocks,
+    error::Result,
+    model::{BlockedUser, UserId},
 };
 
 /// A block: whom, and since when.
@@ -15,28 +19,6 @@ pub struct Block {
     pub user_id: UserId,
     /// When the block began (blocking again keeps the first time).
     pub blocked_at: DateTime<Utc>,
-}
-
-/// A user the caller blocks, with their public profile (never their email).
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct BlockedUserBody {
-    pub user_id: UserId,
-    pub username: String,
-    pub name: Option<String>,
-    pub avatar_url: Option<String>,
-    pub blocked_at: DateTime<Utc>,
-}
-
-impl From<BlockedUser> for BlockedUserBody {
-    fn from(user: BlockedUser) -> Self {
-        Self {
-            user_id: user.user_id,
-            username: user.username,
-            name: user.name,
-            avatar_url: user.avatar_url,
-            blocked_at: user.blocked_at,
-        }
-    }
 }
 
 /// `POST /api/users/{id}/block`: the caller stops hearing from the user.
@@ -100,14 +82,13 @@ pub async fn unblock_user(
     summary = "The users the caller blocks, the latest block first",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the blocked users", body = Vec<BlockedUserBody>),
+        (status = 200, description = "the blocked users", body = Vec<BlockedUser>),
         (status = 401, description = "missing or bad token (empty body)"),
     )
 )]
 pub async fn list_blocks(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-) -> Result<axum::Json<Vec<BlockedUserBody>>> {
-    let list = blocks::list(&state, user).await?;
-    Ok(axum::Json(list.into_iter().map(Into::into).collect()))
+) -> Result<axum::Json<Vec<BlockedUser>>> {
+    Ok(axum::Json(blocks::list(&state, user).await?))
 }

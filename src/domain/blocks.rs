@@ -10,8 +10,7 @@ use crate::{
     AppState,
     broker::Control,
     error::{Error, Result},
-    model::{UserId, now},
-    store::BlockedUser,
+    model::{BlockedUser, UserId, now},
 };
 
 /// `blocker` blocks `blocked` (again: nothing changes). Returns when the block began.

@@ -7,17 +7,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{Blocks, with_pool};
-use crate::{error::Result, model::UserId};
-
-/// A user the caller blocks, with what anyone may see of them (never their email).
-#[derive(Debug, sqlx::FromRow)]
-pub struct BlockedUser {
-    pub user_id: UserId,
-    pub username: String,
-    pub name: Option<String>,
-    pub avatar_url: Option<String>,
-    pub blocked_at: DateTime<Utc>,
-}
+use crate::{
+    error::Result,
+    model::{BlockedUser, UserId},
+};
 
 impl Blocks<'_> {
     /// `blocker` blocks `blocked` from `at`; blocking again keeps the first time. Returns when
