@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{
+    calls::app_call,
     consent::{post_story, story_ids},
     envelopes::{device_socket, link_device},
 };
@@ -431,31 +432,6 @@ async fn envelopes_to_a_blocker_are_checked_and_acked_as_usual_and_never_queued(
         "nothing was queued before: {frame}"
     );
     phone.expect("queue_empty").await;
-}
-
-/// `POST /api/calls` then the app's `call_request`, as the app does; returns the call.
-async fn app_call(
-    app: &TestApp,
-    caller: &TestUser,
-    ws: &mut WsClient,
-    to: &TestUser,
-    app_id: &str,
-) -> Value {
-    let (status, call) = app
-        .post(
-            "/api/calls",
-            &caller.token,
-            json!({"recipient_id": to.id, "call_type": "audio"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{call}");
-    ws.send(
-        "call_request",
-        json!({"recipientId": to.id, "callType": "audio", "callId": app_id}),
-    )
-    .await;
-    ws.expect_quiet().await;
-    call
 }
 
 async fn a_blocked_callers_call_never_rings_and_ends_missed_for_the_caller_alone(engine: Engine) {

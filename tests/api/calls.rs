@@ -20,7 +20,7 @@ scenarios!(
 );
 
 /// `POST /api/calls` from `caller`, then the app's WebSocket `call_request` with its own id.
-async fn app_call(
+pub async fn app_call(
     app: &TestApp,
     caller: &TestUser,
     caller_ws: &mut WsClient,
