@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
-    http::{HeaderValue, Method, StatusCode, header},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -33,6 +33,7 @@ use axum::{
 use tower_http::{
     catch_panic::CatchPanicLayer,
     cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     sensitive_headers::SetSensitiveRequestHeadersLayer,
     timeout::TimeoutLayer,
 };
@@ -81,7 +82,12 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
-        ]));
+        ]))
+        // Every request gets an `x-request-id`: the client's when it is a plain token (it goes
+        // into the logs as is), a new UUID otherwise; the response carries it back.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unusable_request_id));
     let router = match cors(&state.config.cors_allowed_origins) {
         Some(cors) => router.layer(cors),
         None => router,
@@ -173,14 +179,41 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 Method::OPTIONS,
             ])
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-            .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
+                HeaderName::from_static(REQUEST_ID),
+            ])
             .max_age(Duration::from_secs(3600)),
     )
 }
 
-/// One line per request: method, route template (never the raw URI, which may carry
-/// `?token=`), status and latency. What the handler logs (an internal error's cause) is logged
-/// inside a span that names the request the same way.
+/// The header naming a request in the logs, both ways.
+const REQUEST_ID: &str = "x-request-id";
+/// Longest request id kept from a client.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Removes a client's `x-request-id` that is not a plain token (1 to 128 letters, digits, `-`,
+/// `_`, `.`, `:`), so that a new one is made: the id is written into log lines as is.
+async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
+    let usable = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        (1..=MAX_REQUEST_ID_LEN).contains(&v.len())
+            && v.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    };
+    let headers = request.headers_mut();
+    let all_usable = headers.get_all(REQUEST_ID).iter().count() == 1
+        && headers.get(REQUEST_ID).is_some_and(usable);
+    if !all_usable {
+        headers.remove(REQUEST_ID);
+    }
+    next.run(request).await
+}
+
+/// One line per request: its id, method, route template (never the raw URI, which may carry
+/// `?token=`), status and latency. What the handler logs (an internal error's cause, and a
+/// socket's whole session) is logged inside a span that names the request the same way.
 async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -188,12 +221,20 @@ async fn log_request(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "<unmatched>".to_owned(), |p| p.as_str().to_owned());
-    let span = tracing::error_span!("request", %method, route);
+    // Set by `SetRequestIdLayer` (checked by `drop_unusable_request_id`): ASCII.
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let span = tracing::error_span!("request", %method, route, request_id);
     let response = next.run(request).instrument(span).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     crate::metrics::http_request(method.as_str(), &route, status, elapsed);
     tracing::info!(
+        request_id,
         %method,
         route,
         status,

@@ -14,6 +14,8 @@ use axum::{
     response::Response,
 };
 
+use tracing::Instrument as _;
+
 use self::writer::StartFrom;
 use crate::{
     AppState, auth,
@@ -77,6 +79,9 @@ pub async fn upgrade(
     devices::seen(&state, claims.user_id, device).await;
     // A message with envelopes may be larger than other frames (checked once decoded).
     let max = (state.config.ws_max_frame_bytes).max(state.config.ws_max_envelope_frame_bytes);
+    // The session logs under the upgrade request's span (its request id); the upgraded
+    // socket's task starts outside it.
+    let span = tracing::Span::current();
     Ok(upgrade
         .protocols([BEARER_PROTOCOL])
         .max_message_size(max)
@@ -95,6 +100,7 @@ pub async fn upgrade(
                 start,
                 slot,
             )
+            .instrument(span)
         }))
 }
 

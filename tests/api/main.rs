@@ -27,6 +27,7 @@ mod ops;
 mod push;
 mod push_native;
 mod push_receiver;
+mod request_ids;
 mod secrets;
 mod sessions;
 mod stories;
