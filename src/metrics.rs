@@ -2,7 +2,9 @@
 //! installed on first use; the helpers below are the only places metric names are spelled.
 //!
 //! Labels have bounded values only (route templates, frame types, error codes, close reasons):
-//! never a user id, a token or a raw URL.
+//! never a user id, a token or a raw URL. The process's own (`process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`, `process_open_fds`, ...) come from `metrics-process`, read
+//! at each scrape. `deploy/grafana/kisse-dashboard.json` charts them.
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -12,6 +14,11 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::events::CloseReason;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+fn process() -> &'static metrics_process::Collector {
+    PROCESS.get_or_init(metrics_process::Collector::default)
+}
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -50,6 +57,7 @@ pub fn handle() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed: /metrics stays empty");
             }
             describe();
+            process().describe();
             handle
         })
         .clone()
@@ -132,6 +140,25 @@ fn describe() {
         "Wake-ups dropped because the push queue was full (PUSH_QUEUE)"
     );
     describe_gauge!("kisse_push_queue", "Wake-ups waiting to be handled");
+    exported_from_the_start();
+}
+
+/// The series that only move under pressure (drops) or with push set up, exported at zero from
+/// the start: a dashboard then shows 0 instead of "no data", and alerts on them work.
+fn exported_from_the_start() {
+    for name in [
+        "kisse_push_dropped_total",
+        "kisse_ws_ephemeral_dropped_total",
+        "kisse_ws_receipts_dropped_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    gauge!("kisse_push_queue").set(0.0);
+    for kind in ["webpush", "unifiedpush", "fcm", "apns"] {
+        for outcome in ["sent", "failed", "retried", "removed"] {
+            counter!("kisse_push_total", "kind" => kind, "outcome" => outcome).absolute(0);
+        }
+    }
 }
 
 /// A push of `kind` ended (or will be tried again) with `outcome`.
@@ -181,6 +208,7 @@ pub fn db_pool(name: &'static str, size: u32, idle: u32, max: u32) {
 /// Drains histograms and renders the text format (the caller set the live gauges first).
 pub fn render() -> String {
     let handle = handle();
+    process().collect();
     handle.run_upkeep();
     handle.render()
 }

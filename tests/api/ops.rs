@@ -10,6 +10,7 @@ scenarios!(
     ready_reports_an_unreachable_redis,
     metrics_move_after_a_message,
     metrics_can_require_a_token,
+    the_dashboard_charts_only_metrics_the_server_exports,
     made_up_http_methods_are_counted_as_other,
     openapi_lists_every_route_and_each_one_is_served,
     openapi_bodies_are_all_typed,
@@ -81,6 +82,72 @@ async fn metrics_text(app: &TestApp) -> String {
         .to_owned();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     response.text().await.expect("metrics body")
+}
+
+/// The metric names a Prometheus query uses (`kisse_*` and `process_*`).
+fn metric_names(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|t| t.starts_with("kisse_") || t.starts_with("process_"))
+        .collect()
+}
+
+/// Every metric `deploy/grafana/kisse-dashboard.json` charts is exported by `/metrics` once the
+/// server has routed a message, closed a socket and answered an error: no panel is empty for
+/// a name the server never writes.
+async fn the_dashboard_charts_only_metrics_the_server_exports(engine: Engine) {
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/kisse-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let mut wanted: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().expect("targets").iter())
+        .flat_map(|t| metric_names(t["expr"].as_str().expect("expr")))
+        .map(str::to_owned)
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    assert!(wanted.len() >= 20, "{wanted:?}");
+    assert!(wanted.iter().any(|n| n == "process_cpu_seconds_total"));
+
+    let app = TestApp::spawn(engine).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut alice_ws = app.ws(&alice).await;
+    let mut bob_ws = app.ws(&bob).await;
+    alice_ws
+        .send(
+            "message",
+            json!({"recipientId": bob.id, "messageType": "text"}),
+        )
+        .await;
+    alice_ws.expect("message_ack").await;
+    bob_ws.expect("message").await;
+    bob_ws.close().await;
+    let (status, _) = app.get("/api/nowhere", &alice.token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The socket's close is counted by its task: given the usual wait.
+    let deadline = std::time::Instant::now() + crate::common::WAIT;
+    loop {
+        let text = metrics_text(&app).await;
+        let exported = |name: &str| {
+            text.lines().any(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+        };
+        let missing: Vec<&String> = wanted.iter().filter(|n| !exported(n)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "charted but not exported: {missing:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn metrics_move_after_a_message(engine: Engine) {
