@@ -214,14 +214,14 @@ pub async fn submit(
     };
     let message_type = check_message_type(&request.message_type)?;
     // To oneself: a copy of what one sent for one's other devices, in no conversation.
-    let conversation_id = if request.recipient_id == sender {
+    let conversation = if request.recipient_id == sender {
         None
     } else {
         let (conversation, _) =
             super::conversations::with_participant(state, sender, request.recipient_id).await?;
-        super::conversations::replied(state, &conversation, sender).await?;
-        Some(conversation.id)
+        Some(conversation)
     };
+    let conversation_id = conversation.as_ref().map(|c| c.id);
     if request.conversation_id.is_some() && request.conversation_id != conversation_id {
         return Err(Error::invalid(
             "conversationId does not match the recipient",
@@ -236,9 +236,12 @@ pub async fn submit(
         message_type,
         envelopes,
     };
-    Ok(Submitted::Envelopes(
-        super::envelopes::submit(state, outgoing).await?,
-    ))
+    let submitted = super::envelopes::submit(state, outgoing).await?;
+    // Only a message the server took is a reply (a refused one changes nothing).
+    if let Some(conversation) = &conversation {
+        super::conversations::replied(state, conversation, sender).await?;
+    }
+    Ok(Submitted::Envelopes(submitted))
 }
 
 /// The message type, trimmed, if it is 1 to 32 bytes long.
@@ -271,7 +274,6 @@ async fn submit_to_inbox(
     }
     let (conversation, _) =
         super::conversations::with_participant(state, sender, request.recipient_id).await?;
-    super::conversations::replied(state, &conversation, sender).await?;
     if request
         .conversation_id
         .is_some_and(|id| id != conversation.id)
@@ -293,6 +295,8 @@ async fn submit_to_inbox(
         withheld: super::blocks::blocks(state, request.recipient_id, sender).await?,
     };
     let pending = state.store.messages().queue_message(message).await?;
+    // Only a message the server took is a reply (a refused one changes nothing).
+    super::conversations::replied(state, &conversation, sender).await?;
     Ok(InboxSubmitted(pending))
 }
 

@@ -120,6 +120,16 @@ async fn a_conversation_is_a_request_until_the_other_member_replies(engine: Engi
         assert_eq!(entry["requested_by"], alice.id.as_str());
     }
 
+    // A reply the server refuses (it names another conversation) accepts nothing.
+    bob_ws
+        .send(
+            "message",
+            json!({"recipientId": alice.id, "messageType": "text", "conversationId": uuid::Uuid::now_v7()}),
+        )
+        .await;
+    bob_ws.expect("error").await;
+    assert_eq!(list_entry(&app, &alice, &bob).await["status"], "request");
+
     send_message(&mut bob_ws, &alice).await;
     for (user, other) in [(&alice, &bob), (&bob, &alice)] {
         let entry = list_entry(&app, user, other).await;
