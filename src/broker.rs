@@ -125,8 +125,19 @@ struct Receivers {
 pub enum NodeChange {
     /// `user` was connected to a node that stopped without saying so, and to no other node.
     Lost(UserId),
-    /// Redis answers again; another node may have taken these local users offline meanwhile.
+    /// Redis answers again, or this node found itself swept as dead: another node may have
+    /// taken these local users offline meanwhile.
     Back(Vec<UserId>),
+}
+
+/// What a refresh of this node's keys found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refreshed {
+    /// The node was in the cluster's set, as it should be.
+    Member,
+    /// The node was not in the set: it is joining, or another node took it for dead (it
+    /// refreshed later than the TTL: a stall, a slow Redis) and took its users offline.
+    Joined,
 }
 
 /// "Subscribe or unsubscribe `user` as their sockets here call for", with whom to tell once
@@ -434,14 +445,13 @@ impl Broker {
     }
 
     /// Refreshes this node's keys and the presence keys of its users (with their devices).
-    async fn refresh(&self, users: &[(UserId, Vec<i64>)]) -> bool {
+    async fn refresh(&self, users: &[(UserId, Vec<i64>)]) -> Option<Refreshed> {
         let mut con = self.commands.clone();
         let mut pipe = redis::pipe();
         let members: Vec<String> = users.iter().map(|(u, _)| u.0.to_string()).collect();
         pipe.atomic();
         self.set_alive(&mut pipe, self.node_key(&self.node));
         pipe.sadd(self.nodes_key(), &self.node)
-            .ignore()
             .del(self.node_users_key(&self.node))
             .ignore();
         if !members.is_empty() {
@@ -451,9 +461,12 @@ impl Broker {
         for (user, devices) in users {
             self.set_online(&mut pipe, *user, devices);
         }
-        self.run("refresh", pipe.exec_async(&mut con))
-            .await
-            .is_some()
+        let (added,): (u64,) = self.run("refresh", pipe.query_async(&mut con)).await?;
+        Some(if added == 0 {
+            Refreshed::Member
+        } else {
+            Refreshed::Joined
+        })
     }
 
     /// Leaves the cluster (graceful shutdown, after its sockets closed): drops this node's
@@ -822,7 +835,7 @@ async fn check_recovery(state: &AppState) {
         return;
     }
     let users = state.hub.local_user_devices();
-    if !broker.refresh(&users).await || !broker.came_up() {
+    if broker.refresh(&users).await.is_none() || !broker.came_up() {
         return;
     }
     let users = users.into_iter().map(|(user, _)| user).collect();
@@ -853,8 +866,16 @@ async fn upkeep(state: AppState) {
             continue;
         }
         if refreshed.is_none_or(|at| at.elapsed() >= every) {
-            if !broker.refresh(&state.hub.local_user_devices()).await {
+            let users = state.hub.local_user_devices();
+            let Some(found) = broker.refresh(&users).await else {
                 continue;
+            };
+            if found == Refreshed::Joined && refreshed.is_some() {
+                // Swept while alive: whoever swept it took these users offline, though their
+                // sockets are still open here.
+                tracing::warn!(node = %broker.node, users = users.len(), "this node was taken for dead (it refreshed its keys too late): its users are online again");
+                let users = users.into_iter().map(|(user, _)| user).collect();
+                let _ = broker.node_changes.send(NodeChange::Back(users));
             }
             refreshed = Some(Instant::now());
         }

@@ -163,6 +163,11 @@ async fn lost(state: &AppState, user: UserId) {
     match state.store.users().presence(user).await {
         Ok(Some(p)) if p.state.status != Presence::Offline => {
             log(set(state, user, Presence::Offline).await);
+            // The node was only late and has refreshed since (its `reassert` may have run
+            // before this write), or the user reconnected elsewhere: online after all.
+            if state.hub.online_elsewhere(user).await {
+                log(set(state, user, Presence::Online).await);
+            }
         }
         Ok(_) => {}
         Err(e) => e.context("reading presence").log_if_internal(),
