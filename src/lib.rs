@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod hub;
+pub mod jwt;
 pub mod metrics;
 pub mod model;
 pub mod push;

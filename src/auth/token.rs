@@ -49,6 +49,7 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     pub fn new(secret: &Secret, lifetime: Duration) -> Self {
+        crate::jwt::install();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);

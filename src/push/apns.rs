@@ -68,6 +68,7 @@ impl Apns {
         let der = secret
             .to_pkcs8_der()
             .map_err(|_| anyhow!("APNS_KEY_FILE {key_file} cannot be encoded"))?;
+        crate::jwt::install();
         let base_url = config.apns_base_url.trim_end_matches('/').to_owned();
         reqwest::Url::parse(&base_url).context("APNS_BASE_URL is not a URL")?;
         let apns = Self {

@@ -9,8 +9,6 @@ use std::{
 
 use anyhow::{Context, anyhow};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rsa::pkcs8::DecodePrivateKey;
-use rsa::{RsaPrivateKey, pkcs1::DecodeRsaPrivateKey, pkcs1::EncodeRsaPrivateKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -218,13 +216,15 @@ impl Fcm {
 /// The service account's `private_key` (PKCS#8 PEM; PKCS#1 accepted too) as jsonwebtoken
 /// takes an RSA key: PKCS#1 DER. Errors say what is wrong, not what was found.
 fn rsa_signing_key(pem: &str) -> anyhow::Result<EncodingKey> {
-    let key = RsaPrivateKey::from_pkcs8_pem(pem)
-        .or_else(|_| RsaPrivateKey::from_pkcs1_pem(pem))
-        .map_err(|_| anyhow!("private_key is not a PEM RSA private key"))?;
-    let der = key
-        .to_pkcs1_der()
-        .map_err(|_| anyhow!("private_key cannot be encoded"))?;
-    Ok(EncodingKey::from_rsa_der(der.as_bytes()))
+    crate::jwt::install();
+    let refused = || anyhow!("private_key is not a PEM RSA private key (2048 bits or more)");
+    let (label, der) = p256::pkcs8::der::pem::decode_vec(pem.as_bytes()).map_err(|_| refused())?;
+    let pkcs1 = match label {
+        "PRIVATE KEY" => crate::jwt::rsa_pkcs1_from_pkcs8(&der).ok_or_else(refused)?,
+        "RSA PRIVATE KEY" if crate::jwt::is_rsa_pkcs1(&der) => der,
+        _ => return Err(refused()),
+    };
+    Ok(EncodingKey::from_rsa_der(&pkcs1))
 }
 
 /// The message: data only (the app's handler wakes and connects), collapsing per device.
@@ -289,7 +289,6 @@ mod tests {
         routing::post,
     };
     use jsonwebtoken::{DecodingKey, Validation};
-    use rsa::pkcs1::EncodeRsaPublicKey;
 
     use super::*;
 
@@ -376,11 +375,11 @@ mod tests {
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let private = RsaPrivateKey::from_pkcs8_pem(KEY_PEM).expect("fixture key");
-        let public = private.to_public_key().to_pkcs1_der().expect("public key");
+        let (_, pkcs8) = p256::pkcs8::der::pem::decode_vec(KEY_PEM.as_bytes()).expect("pem");
+        let private = ring::signature::RsaKeyPair::from_pkcs8(&pkcs8).expect("fixture key");
         let google = Arc::new(Google {
             token_uri: format!("{base}/token"),
-            public: DecodingKey::from_rsa_der(public.as_bytes()),
+            public: DecodingKey::from_rsa_der(private.public().as_ref()),
             tokens_issued: AtomicUsize::new(0),
             valid: Default::default(),
             messages: Default::default(),

@@ -45,6 +45,7 @@ impl Vapid {
     }
 
     fn from_secret(secret: SecretKey) -> anyhow::Result<Self> {
+        crate::jwt::install();
         let der = secret.to_pkcs8_der().context("encoding the VAPID key")?;
         let point = secret.public_key().to_sec1_bytes();
         Ok(Self {

@@ -585,3 +585,22 @@ async fn cors_allows_only_the_configured_origins(engine: Engine) {
     );
     assert_eq!(preflight(&app, "https://evil.example").await, None);
 }
+
+/// The deployment files work as written (`scripts/check-deploy`): the systemd unit passes
+/// `systemd-analyze verify` and its hardening score, the Kubernetes manifests render and probe
+/// /health and /ready on the port the server listens on, and every setting they and
+/// docker-compose.yml give is one the server has, with values its `check-config` accepts.
+#[test]
+fn the_deployment_files_are_valid() {
+    let output = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check-deploy"))
+        .arg(env!("CARGO_BIN_EXE_kisse-backend"))
+        .output()
+        .expect("python3 runs scripts/check-deploy");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
