@@ -228,6 +228,8 @@ async fn a_request_accepted_on_one_node_is_a_contact_on_the_other() {
     let typing =
         |is_typing: bool| json!({"conversationId": conversation["id"], "isTyping": is_typing});
     b.send("typing_indicator", typing(true)).await;
+    // Handled (a socket's frames are, in order) before the acceptance below.
+    b.expect_quiet().await;
 
     let path = format!(
         "/api/conversations/{}/accept",
