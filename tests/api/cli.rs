@@ -70,6 +70,8 @@ fn help_lists_every_setting_and_command() {
         "serve",
         "migrate",
         "check-config",
+        "port-db",
+        "backup",
         "--config",
         "KISSE_CONFIG",
     ] {

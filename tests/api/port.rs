@@ -259,6 +259,61 @@ async fn a_ported_database_serves_the_same_accounts_ids_and_history_from_postgre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_db_refuses_a_target_at_other_migrations_and_changes_nothing() {
+    if !Engine::Postgres.available() {
+        eprintln!("TEST_DATABASE_URL is not set: port-db test not run");
+        return;
+    }
+    let scratch = Scratch::new();
+    let sqlite = scratch.database_url();
+    assert!(
+        kisse(&scratch, &["migrate"], &sqlite)
+            .await
+            .status
+            .success()
+    );
+    let target = PgSchema::create().await;
+    // Migrated by this binary and empty: that target is fine, and stays so for a retry.
+    assert!(
+        kisse(&scratch, &["migrate"], &target.url())
+            .await
+            .status
+            .success()
+    );
+    let target_db = sqlx::PgPool::connect(&target.url()).await.expect("target");
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&target_db)
+    .await
+    .expect("forget the last migration");
+    let refused = kisse(&scratch, &["port-db", "--to", &target.url()], &sqlite).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        text(&refused.stderr).contains("target database is at migration"),
+        "{refused:?}"
+    );
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+        .fetch_all(&target_db)
+        .await
+        .expect("versions");
+    let latest = applied.iter().max().copied().unwrap_or_default();
+    assert_eq!(applied.len() as i64, latest, "no migration was applied");
+
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         SELECT version + 1, 'back', TRUE, checksum, 0 FROM _sqlx_migrations
+         WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&target_db)
+    .await
+    .expect("put a migration back (with another checksum)");
+    let refused = kisse(&scratch, &["port-db", "--to", &target.url()], &sqlite).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    target_db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_while_the_server_writes_starts_a_server_with_what_was_acknowledged() {
     let scratch = Scratch::new();
     let live = scratch.database_url();
@@ -367,6 +422,33 @@ async fn backup_and_port_db_refuse_bad_input_and_change_nothing() {
     for output in [&refused.stdout, &refused.stderr] {
         assert!(!text(output).contains("db-password-1"), "{refused:?}");
     }
+
+    // A source behind this binary's migrations is refused, and left as it was.
+    let behind = sqlx::SqlitePool::connect(&sqlite).await.expect("open");
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&behind)
+    .await
+    .expect("forget the last migration");
+    let refused = kisse(&scratch, &["port-db", "--to", postgres], &sqlite).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        text(&refused.stderr).contains("run `kisse-backend migrate`"),
+        "{refused:?}"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&behind)
+        .await
+        .expect("count");
+    assert_eq!(
+        left as usize,
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+            .expect("dir")
+            .count()
+            - 1
+    );
+    behind.close().await;
 
     // The target must be PostgreSQL; the source must exist (and is not created).
     let refused = kisse(&scratch, &["port-db", "--to", "sqlite://other.db"], &sqlite).await;
