@@ -9,7 +9,7 @@
 // (`group`, `upload`, `columns`, `faults`) and the engine's pools (`db`) import nothing of the
 // store; the engines (`sqlite/`, `postgres/`) only those; then the group commit (`batch`), the
 // envelope writer (`envelope_writer`) and the conversation cache; then this file (`Store`); the area files, on top, implement its
-// accessors.
+// accessors, beside the whole-database commands (`port`, `backup`).
 mod backup;
 mod batch;
 mod blocks;

@@ -13,23 +13,21 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::Path,
     str::FromStr,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use rusqlite::{OpenFlags, types::ValueRef};
+use rusqlite::types::ValueRef;
 use sqlx::{
     Connection, PgConnection, Postgres,
     postgres::{PgArguments, PgConnectOptions},
     query::Query,
-    sqlite::SqliteConnectOptions,
 };
 use uuid::Uuid;
 
-use crate::store::{Engine, migrator};
+use crate::store::{Engine, migrator, sqlite};
 
 /// Rows per INSERT, at most (PostgreSQL also caps a statement at 65,535 parameters).
 const BATCH_ROWS: usize = 500;
@@ -132,22 +130,8 @@ struct SourceTable {
 
 impl Source {
     fn open(url: &str) -> anyhow::Result<Self> {
-        let options = SqliteConnectOptions::from_str(url).context("parsing DATABASE_URL")?;
-        let path = options.get_filename();
-        if url.contains(":memory:") || url.contains("mode=memory") {
-            bail!("DATABASE_URL is an in-memory SQLite database: there is nothing to port");
-        }
-        if !Path::new(path).exists() {
-            bail!("no SQLite database at {}", path.display());
-        }
-        // Read-write without create, but query_only: a read-only connection to a database in
-        // WAL mode fails when the log's index is missing, and this one never writes anyway.
-        let conn = rusqlite::Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("opening the SQLite database {}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        let conn = sqlite::open_existing(url)?;
+        // This connection never writes: the source stays the operator's copy as it was.
         conn.pragma_update(None, "query_only", true)?;
         // Every read below sees the same snapshot, even if a server writes meanwhile.
         conn.execute_batch("BEGIN")?;
