@@ -217,6 +217,36 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies the configured SQLite database into the new PostgreSQL database at `to`
+/// (`kisse-backend port-db --to <url>`), telling the operator how it goes on stdout.
+pub async fn port_db(config: &Config, to: &str) -> anyhow::Result<()> {
+    println!(
+        "porting {} into {}",
+        config::redact_url(&config.database_url),
+        config::redact_url(to)
+    );
+    println!(
+        "(stop every server on this database first: what they write once the copy has begun \
+         is not ported)"
+    );
+    store::port_to_postgres(&config.database_url, to, |line| println!("{line}")).await?;
+    println!("the PostgreSQL database is ready: start the servers with DATABASE_URL set to it");
+    Ok(())
+}
+
+/// Writes a consistent copy of the configured SQLite database, which a server may be using, to
+/// `file` (`kisse-backend backup <file>`).
+pub fn backup(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let bytes = store::backup_sqlite(&config.database_url, file)?;
+    println!(
+        "backup written to {}: {bytes} bytes in {:.2} s",
+        file.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Runs the server with `config` until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.server_address)

@@ -31,6 +31,20 @@ enum Command {
     Migrate,
     /// Validate the settings and print the effective ones, secrets redacted; exit 1 if invalid.
     CheckConfig,
+    /// Copy the SQLite database of DATABASE_URL (every table, every id) into a new PostgreSQL
+    /// database, migrating it first; refused if the target holds any row. Stop the server
+    /// first.
+    PortDb {
+        /// The PostgreSQL database to fill (postgres://...).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+    /// Write a consistent copy of the SQLite database of DATABASE_URL to FILE (a new file),
+    /// while the server runs or not; a server starts on the copy as it is.
+    Backup {
+        /// Where to write the copy; must not exist.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,14 +95,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // An operator's one-off command says why it failed on stderr, in a line of its own rather
+    // than in a log line.
+    let one_off = matches!(command, Command::PortDb { .. } | Command::Backup { .. });
     let result = runtime.block_on(async {
         match command {
             Command::Migrate => kisse_backend::migrate(&config).await,
+            Command::PortDb { to } => kisse_backend::port_db(&config, &to).await,
+            Command::Backup { file } => kisse_backend::backup(&config, &file),
             _ => kisse_backend::run(config).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if one_off => {
+            eprintln!("kisse-backend: {e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "fatal");
             ExitCode::FAILURE

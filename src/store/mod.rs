@@ -9,7 +9,8 @@
 // (`group`, `upload`, `columns`, `faults`) and the engine's pools (`db`) import nothing of the
 // store; the engines (`sqlite/`, `postgres/`) only those; then the group commit (`batch`), the
 // envelope writer (`envelope_writer`) and the conversation cache; then this file (`Store`); the area files, on top, implement its
-// accessors.
+// accessors, beside the whole-database commands (`port`, `backup`).
+mod backup;
 mod batch;
 mod blocks;
 mod blocks_cache;
@@ -31,6 +32,7 @@ mod group;
 mod inbox;
 mod keys;
 mod messages;
+mod port;
 mod postgres;
 mod push;
 mod push_cache;
@@ -45,6 +47,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+pub use backup::backup_sqlite;
 pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
 pub use contents::StoredContent;
@@ -58,6 +61,7 @@ pub use group::{FirstDelivery, NewMessage};
 pub use inbox::InboxEntry;
 pub use keys::{Bundle, DeviceKeys, KeyRefresh, PreKey, SignedPreKey};
 pub use messages::PendingMessage;
+pub use port::port_to_postgres;
 pub use relations::Closeness;
 pub(crate) use relations::sees;
 pub use security::{RetentionCutoffs, Rotation, Swept};
@@ -221,12 +225,8 @@ impl Store {
     /// Applies the migrations of `migrations/<engine>/`, embedded in the binary.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match &self.db {
-            Db::Sqlite(pools) => {
-                sqlx::migrate!("./migrations/sqlite")
-                    .run(&pools.write)
-                    .await
-            }
-            Db::Postgres(pg) => sqlx::migrate!("./migrations/postgres").run(pg).await,
+            Db::Sqlite(pools) => migrator(Engine::Sqlite).run(&pools.write).await,
+            Db::Postgres(pg) => migrator(Engine::Postgres).run(pg).await,
         }
         .context("applying database migrations")
     }
@@ -266,6 +266,16 @@ impl Store {
             }
             Db::Postgres(pg) => pg.close().await,
         }
+    }
+}
+
+/// The migrations of `engine` (`migrations/<engine>/`), embedded in the binary.
+fn migrator(engine: Engine) -> &'static sqlx::migrate::Migrator {
+    static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+    static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+    match engine {
+        Engine::Sqlite => &SQLITE,
+        Engine::Postgres => &POSTGRES,
     }
 }
 

@@ -19,15 +19,15 @@ use tokio_tungstenite::tungstenite::{
 const BIN: &str = env!("CARGO_BIN_EXE_kisse-backend");
 
 /// A scratch directory (no `.env` in it) removed at the end of the test.
-struct Scratch(PathBuf);
+pub struct Scratch(pub PathBuf);
 
 impl Scratch {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("kisse-cli-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Self(dir)
     }
-    fn database_url(&self) -> String {
+    pub fn database_url(&self) -> String {
         format!("sqlite://{}", self.0.join("kisse.db").display())
     }
 }
@@ -70,6 +70,8 @@ fn help_lists_every_setting_and_command() {
         "serve",
         "migrate",
         "check-config",
+        "port-db",
+        "backup",
         "--config",
         "KISSE_CONFIG",
     ] {

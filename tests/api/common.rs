@@ -79,9 +79,9 @@ pub fn http_client() -> reqwest::Client {
 /// Where a test's data lives; removed when the test ends.
 enum Database {
     SqliteFile(PathBuf),
+    /// Held for its drop, which removes the schema.
     PostgresSchema {
-        admin_url: String,
-        schema: String,
+        _schema: PgSchema,
     },
     /// Another node's: this node only shares it.
     Shared,
@@ -115,19 +115,8 @@ impl TestApp {
                 )
             }
             Engine::Postgres => {
-                let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
-                let schema = format!("kt_{}", Uuid::new_v4().simple());
-                let admin = sqlx::PgPool::connect(&admin_url)
-                    .await
-                    .expect("TEST_DATABASE_URL must reach PostgreSQL");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                    .execute(&admin)
-                    .await
-                    .expect("create test schema");
-                admin.close().await;
-                let sep = if admin_url.contains('?') { '&' } else { '?' };
-                let url = format!("{admin_url}{sep}options=-c%20search_path%3D{schema}");
-                (url, Database::PostgresSchema { admin_url, schema })
+                let schema = PgSchema::create().await;
+                (schema.url(), Database::PostgresSchema { _schema: schema })
             }
         };
         Self::start_with(test_env(&database_url, settings), database).await
@@ -178,6 +167,12 @@ impl TestApp {
         let _ = tokio::time::timeout(WAIT, &mut self.server).await;
         let (addr, state, server) = start(self.config.clone()).await;
         (self.addr, self.state, self.server) = (addr, state, server);
+    }
+
+    /// Stops the server as SIGTERM would, and waits until it has closed its database.
+    pub async fn stop(mut self) {
+        self.state.shutdown.cancel();
+        let _ = tokio::time::timeout(WAIT * 3, &mut self.server).await;
     }
 
     /// `restart`, with this server's settings overridden by `settings` from now on (a setting
@@ -389,30 +384,70 @@ impl Drop for TestApp {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                 }
             }
-            Database::PostgresSchema { admin_url, schema } => {
-                let (url, sql) = (
-                    admin_url.clone(),
-                    format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-                );
-                // Drop cannot await: use a short-lived runtime on its own thread.
-                let _ = std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    runtime.block_on(async {
-                        let admin = sqlx::PgPool::connect(&url).await?;
-                        sqlx::query(sqlx::AssertSqlSafe(sql))
-                            .execute(&admin)
-                            .await?;
-                        admin.close().await;
-                        Ok::<_, sqlx::Error>(())
-                    })?;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-                })
-                .join();
-            }
-            Database::Shared => {}
+            // Its own drop removes it.
+            Database::PostgresSchema { .. } | Database::Shared => {}
         }
+    }
+}
+
+/// A fresh schema of the `TEST_DATABASE_URL` database, dropped with everything in it when this
+/// is dropped.
+pub struct PgSchema {
+    admin_url: String,
+    schema: String,
+}
+
+impl PgSchema {
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+        let schema = format!("kt_{}", Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&admin_url)
+            .await
+            .expect("TEST_DATABASE_URL must reach PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .expect("create test schema");
+        admin.close().await;
+        Self { admin_url, schema }
+    }
+
+    /// A `DATABASE_URL` whose tables are this schema's.
+    pub fn url(&self) -> String {
+        let sep = if self.admin_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!(
+            "{}{sep}options=-c%20search_path%3D{}",
+            self.admin_url, self.schema
+        )
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (url, sql) = (
+            self.admin_url.clone(),
+            format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema),
+        );
+        // Drop cannot await: use a short-lived runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let admin = sqlx::PgPool::connect(&url).await?;
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&admin)
+                    .await?;
+                admin.close().await;
+                Ok::<_, sqlx::Error>(())
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
     }
 }
 

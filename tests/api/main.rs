@@ -24,6 +24,7 @@ mod hostile;
 mod keys;
 mod limits;
 mod ops;
+mod port;
 mod push;
 mod push_native;
 mod push_receiver;

@@ -60,8 +60,7 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
         .await
         .context("opening the SQLite database")?;
     // An in-memory database exists once per connection: share the writer for reads.
-    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-    let read = if in_memory {
+    let read = if in_memory(url) {
         write.clone()
     } else {
         SqlitePoolOptions::new()
@@ -72,6 +71,33 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
             .context("opening the SQLite database")?
     };
     Ok(SqlitePools { read, write })
+}
+
+fn in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// Opens the existing SQLite database file of `url` through rusqlite, for the commands that
+/// work on a whole database (`port-db`, `backup`), without creating it: a mistyped URL must
+/// not port or back up a new, empty database. Read-write even for a reader: a read-only
+/// connection to a database in WAL mode fails when the log's index file is missing.
+pub(super) fn open_existing(url: &str) -> anyhow::Result<rusqlite::Connection> {
+    if in_memory(url) {
+        anyhow::bail!("DATABASE_URL is an in-memory SQLite database, which has no file");
+    }
+    let options = SqliteConnectOptions::from_str(url).context("parsing DATABASE_URL")?;
+    let path = options.get_filename();
+    if !path.exists() {
+        anyhow::bail!("no SQLite database at {}", path.display());
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening the SQLite database {}", path.display()))?;
+    // A checkpoint of a running server may hold the database's lock for a moment.
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
 }
 
 /// `Security::dump_tables`: each column's bytes in hex.
