@@ -37,6 +37,7 @@ mod push_cache;
 mod relations;
 mod security;
 mod sqlite;
+mod stats;
 mod stories;
 mod upload;
 mod users;
@@ -139,6 +140,8 @@ areas! {
     relations => Relations,
     /// Who blocks whom (`blocks.rs`).
     blocks => Blocks,
+    /// Totals for operators (`stats.rs`).
+    stats => Stats,
 }
 
 impl Store {
