@@ -196,10 +196,10 @@ async fn ping_redis(client: &redis::Client) -> redis::RedisResult<()> {
     )
 )]
 pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Response {
-    if let Some(expected) = &state.config.metrics_token {
-        if !auth::bearer_is(&parts, expected.expose()) {
-            return Error::Unauthorized.into_response();
-        }
+    if let Some(expected) = &state.config.metrics_token
+        && !auth::bearer_is(&parts, expected.expose())
+    {
+        return Error::Unauthorized.into_response();
     }
     (
         [(

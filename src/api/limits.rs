@@ -53,10 +53,12 @@ fn budget<'a>(state: &'a AppState, method: &Method, route: &str) -> Option<&'a R
     let reads = [Method::GET, Method::HEAD, Method::OPTIONS];
     if LOOKUPS.contains(&route) {
         Some(&state.lookups)
-    } else if reads.contains(method) || PUBLIC_WRITES.contains(&route) {
+    } else if reads.contains(method)
+        || PUBLIC_WRITES.contains(&route)
+        // Not a user's: `admin.rs` limits it per client address.
+        || route.starts_with(ADMIN)
+    {
         None
-    } else if route.starts_with(ADMIN) {
-        None // not a user: `admin.rs` limits it per client address
     } else {
         route.starts_with("/api/").then_some(&state.writes)
     }
