@@ -704,13 +704,14 @@ async fn a_session_revoked_while_its_socket_opens_gets_the_socket_closed() {
     let database = c.a.settings()["DATABASE_URL"].clone();
     let db = sqlx::PgPool::connect(&database).await.expect("connect");
 
-    // The upgrade checks the token (sessions), then reads the inbox's end (users): holding
-    // `users` stops it right between the check and the socket being attached.
+    // The upgrade checks the token (sessions, and users for a suspension), reads the inbox's
+    // end, then marks the device seen (user_devices): holding `user_devices` stops it right
+    // between the check and the socket being attached.
     let mut hold = db.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE user_devices IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *hold)
         .await
-        .expect("lock users");
+        .expect("lock user_devices");
     let request = format!("ws://{}/ws?token={}", c.b.addr, alice.token)
         .into_client_request()
         .expect("ws request");
@@ -718,8 +719,8 @@ async fn a_session_revoked_while_its_socket_opens_gets_the_socket_closed() {
     eventually("node B's upgrade waits on the lock", || async {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-             WHERE NOT l.granted AND l.relation = 'users'::regclass
-               AND a.query LIKE 'SELECT inbox_seq FROM users%'",
+             WHERE NOT l.granted AND l.relation = 'user_devices'::regclass
+               AND a.query LIKE 'SELECT last_seen FROM user_devices%'",
         )
         .fetch_one(&db)
         .await
@@ -732,7 +733,7 @@ async fn a_session_revoked_while_its_socket_opens_gets_the_socket_closed() {
     let (status, _) = c.a.post("/api/auth/logout", &alice.token, json!({})).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    hold.rollback().await.expect("release users");
+    hold.rollback().await.expect("release user_devices");
 
     let mut socket = opening
         .await
