@@ -264,6 +264,9 @@ async fn revoking_sessions_signs_a_user_out_who_may_sign_in_again(engine: Engine
         .ws_url(&format!("/ws?token={token}"))
         .await
         .expect("socket opens");
+    for socket in [&mut first, &mut second] {
+        socket.expect_quiet().await;
+    }
 
     let path = format!("/api/admin/users/{}/revoke-sessions", alice.id);
     let (status, body) = admin(&app, Method::POST, &path).await;
@@ -344,6 +347,8 @@ async fn stats_move_with_users_devices_sockets_and_what_waits(engine: Engine) {
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let mut alice_ws = app.ws(&alice).await;
+    // Answered once her session runs, so her socket is counted.
+    alice_ws.expect_quiet().await;
     let before = stats(&app).await;
     assert_eq!(before["database"]["users"], 2);
     assert_eq!(before["sockets"], 1);
