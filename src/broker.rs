@@ -307,6 +307,10 @@ impl Broker {
         format!("{}:node:{node}:users", self.prefix)
     }
 
+    fn node_sockets_key(&self, node: &str) -> String {
+        format!("{}:node:{node}:sockets", self.prefix)
+    }
+
     fn ttl_ms(&self) -> u64 {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
@@ -444,13 +448,20 @@ impl Broker {
         )
     }
 
-    /// Refreshes this node's keys and the presence keys of its users (with their devices).
-    async fn refresh(&self, users: &[(UserId, Vec<i64>)]) -> Option<Refreshed> {
+    /// Refreshes this node's keys, the number of its open sockets (for any node's
+    /// `GET /api/admin/stats`) and the presence keys of its users (with their devices).
+    async fn refresh(&self, users: &[(UserId, Vec<i64>)], sockets: usize) -> Option<Refreshed> {
         let mut con = self.commands.clone();
         let mut pipe = redis::pipe();
         let members: Vec<String> = users.iter().map(|(u, _)| u.0.to_string()).collect();
         pipe.atomic();
         self.set_alive(&mut pipe, self.node_key(&self.node));
+        pipe.cmd("SET")
+            .arg(self.node_sockets_key(&self.node))
+            .arg(sockets)
+            .arg("PX")
+            .arg(self.ttl_ms())
+            .ignore();
         pipe.sadd(self.nodes_key(), &self.node)
             .del(self.node_users_key(&self.node))
             .ignore();
@@ -469,13 +480,38 @@ impl Broker {
         })
     }
 
+    /// The open sockets of every live node, as each last published them (every third of
+    /// `PRESENCE_TTL`); `None` when Redis cannot tell. A node that stopped drops out once its
+    /// count expires.
+    pub async fn sockets_per_node(&self) -> Option<Vec<(String, u64)>> {
+        let mut con = self.commands.clone();
+        let mut nodes: Vec<String> = self.run("stats", con.smembers(self.nodes_key())).await?;
+        nodes.sort();
+        if nodes.is_empty() {
+            return Some(Vec::new());
+        }
+        let keys: Vec<String> = nodes.iter().map(|n| self.node_sockets_key(n)).collect();
+        // MGET even for one key (`mget` would send GET, whose nil reads as no value at all).
+        let counts: Vec<Option<u64>> = self
+            .run("stats", redis::cmd("MGET").arg(keys).query_async(&mut con))
+            .await?;
+        Some(
+            nodes
+                .into_iter()
+                .zip(counts)
+                .filter_map(|(node, count)| Some((node, count?)))
+                .collect(),
+        )
+    }
+
     /// Leaves the cluster (graceful shutdown, after its sockets closed): drops this node's
-    /// liveness key, so that a surviving node sweeps it at once and takes offline whichever of
-    /// its users did not reconnect elsewhere (even if this node could not record it itself).
+    /// liveness key (and its socket count), so that a surviving node sweeps it at once and
+    /// takes offline whichever of its users did not reconnect elsewhere (even if this node
+    /// could not record it itself).
     pub async fn leave(&self) {
         let mut con = self.commands.clone();
-        self.run("leave", con.del::<_, ()>(self.node_key(&self.node)))
-            .await;
+        let keys = [self.node_key(&self.node), self.node_sockets_key(&self.node)];
+        self.run("leave", con.del::<_, ()>(&keys)).await;
     }
 
     /// Users of nodes that stopped refreshing their keys, claimed by this node (each dead node
@@ -835,7 +871,12 @@ async fn check_recovery(state: &AppState) {
         return;
     }
     let users = state.hub.local_user_devices();
-    if broker.refresh(&users).await.is_none() || !broker.came_up() {
+    if broker
+        .refresh(&users, state.hub.socket_count())
+        .await
+        .is_none()
+        || !broker.came_up()
+    {
         return;
     }
     let users = users.into_iter().map(|(user, _)| user).collect();
@@ -867,7 +908,7 @@ async fn upkeep(state: AppState) {
         }
         if refreshed.is_none_or(|at| at.elapsed() >= every) {
             let users = state.hub.local_user_devices();
-            let Some(found) = broker.refresh(&users).await else {
+            let Some(found) = broker.refresh(&users, state.hub.socket_count()).await else {
                 continue;
             };
             if found == Refreshed::Joined && refreshed.is_some() {

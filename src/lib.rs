@@ -67,6 +67,8 @@ pub struct App {
     pub writes: RateLimiter,
     /// User searches and find-by-email lookups per signed-in user.
     pub lookups: RateLimiter,
+    /// Admin API requests per client address (none: one shared bucket).
+    pub admin_calls: RateLimiter<Option<IpAddr>>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
     /// Checked by `/ready` when `REDIS_URL` is set.
@@ -138,6 +140,7 @@ impl App {
             login_failures: RateLimiter::with_burst(config.login_failures_per_address, 1),
             writes: RateLimiter::new(config.write_rate_per_user_per_minute),
             lookups: RateLimiter::new(config.lookup_rate_per_user_per_minute),
+            admin_calls: RateLimiter::new(config.admin_rate_per_minute),
             shutdown: CancellationToken::new(),
             store,
             config,

@@ -329,3 +329,24 @@ pub enum InboxKind {
     /// Their message was read.
     ReadReceipt,
 }
+
+/// What the database holds, counted at one moment (each number by its own subquery).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema,
+)]
+pub struct Totals {
+    pub users: i64,
+    /// Of `users`, those suspended.
+    pub suspended_users: i64,
+    /// Registered devices (`user_devices`: a device that published keys or signed in as one).
+    pub devices: i64,
+    /// Messages never written to a socket of their recipient (withheld ones excepted).
+    pub messages_pending: i64,
+    /// Envelopes waiting for their device's acknowledgement.
+    pub envelopes_pending: i64,
+    /// Bytes of the content mailbox: blobs (message bodies and attachments, encrypted) not
+    /// yet read or expired.
+    pub content_bytes: i64,
+    /// Bytes of the ciphertexts of `envelopes_pending`.
+    pub envelope_bytes: i64,
+}

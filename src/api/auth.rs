@@ -94,6 +94,7 @@ pub async fn register(
         (status = 200, description = "a new session", body = SessionBody),
         (status = 400, description = "not a JSON object with both fields, or a device_id out of 1..=127 (`invalid_device`) or a device_name too long", body = ErrorBody),
         (status = 401, description = "unknown email or wrong password (empty body)"),
+        (status = 403, description = "the right password, but the account is suspended (`suspended`)", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 429, description = "too many failed logins for this account from this address, or too many requests from it (Retry-After)", body = ErrorBody),
     )
@@ -122,6 +123,7 @@ pub async fn login(
         (status = 200, description = "the new tokens", body = SessionBody),
         (status = 400, description = "not a JSON object with `refresh_token`", body = ErrorBody),
         (status = 401, description = "unknown, expired or reused refresh token (empty body)"),
+        (status = 403, description = "the token's account is suspended (`suspended`)", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 429, description = "too many attempts from this address (Retry-After)", body = ErrorBody),
     )

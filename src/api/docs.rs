@@ -37,6 +37,7 @@ use utoipa::{
         (name = "channels", description = "Channels and their message metadata"),
         (name = "websocket", description = "Real-time frames (docs/PROTOCOL.md)"),
         (name = "operations", description = "Health, readiness and metrics"),
+        (name = "admin", description = "The operator's API: on only when ADMIN_TOKEN is set (404 otherwise), called with that token"),
     )
 )]
 pub struct ApiDoc;
@@ -81,6 +82,17 @@ impl Modify for Security {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("METRICS_TOKEN, when the server sets one"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "ADMIN_TOKEN (the admin API exists only when it is set)",
+                    ))
                     .build(),
             ),
         );

@@ -9,7 +9,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::{AppState, auth, error::Error};
@@ -197,15 +196,10 @@ async fn ping_redis(client: &redis::Client) -> redis::RedisResult<()> {
     )
 )]
 pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Response {
-    if let Some(expected) = &state.config.metrics_token {
-        let given = auth::bearer_token(&parts);
-        // Comparing digests keeps the comparison time independent of where the bytes differ.
-        let matches = given.is_some_and(|given| {
-            Sha256::digest(given.as_bytes()) == Sha256::digest(expected.expose())
-        });
-        if !matches {
-            return Error::Unauthorized.into_response();
-        }
+    if let Some(expected) = &state.config.metrics_token
+        && !auth::bearer_is(&parts, expected.expose())
+    {
+        return Error::Unauthorized.into_response();
     }
     (
         [(

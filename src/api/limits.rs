@@ -22,6 +22,8 @@ use crate::{
 const LOOKUPS: [&str; 2] = ["/api/users/search", "/api/users/find-by-email"];
 /// Writes made before there is a user: limited per client address instead (`auth.rs`).
 const PUBLIC_WRITES: [&str; 3] = ["/api/auth/register", "/api/auth/login", "/api/auth/refresh"];
+/// The admin API's routes, called with the operator's token.
+const ADMIN: &str = "/api/admin/";
 
 /// Takes one token from the caller's bucket for this route, if the route has one: 429 with
 /// `Retry-After` when it is empty. The caller is authenticated here once; the handler's
@@ -51,7 +53,11 @@ fn budget<'a>(state: &'a AppState, method: &Method, route: &str) -> Option<&'a R
     let reads = [Method::GET, Method::HEAD, Method::OPTIONS];
     if LOOKUPS.contains(&route) {
         Some(&state.lookups)
-    } else if reads.contains(method) || PUBLIC_WRITES.contains(&route) {
+    } else if reads.contains(method)
+        || PUBLIC_WRITES.contains(&route)
+        // Not a user's: `admin.rs` limits it per client address.
+        || route.starts_with(ADMIN)
+    {
         None
     } else {
         route.starts_with("/api/").then_some(&state.writes)

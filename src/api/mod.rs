@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, per-request logging, and the layers every request goes through.
 
+mod admin;
 mod asyncapi;
 mod auth;
 mod blocks;
@@ -150,7 +151,11 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(channels::join))
         .routes(routes!(channels::leave))
         .routes(routes!(channels::add_member))
-        .routes(routes!(channels::messages, channels::post));
+        .routes(routes!(channels::messages, channels::post))
+        .routes(routes!(admin::suspend, admin::unsuspend))
+        .routes(routes!(admin::revoke_sessions))
+        .routes(routes!(admin::delete_user))
+        .routes(routes!(admin::stats));
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .nest("/api", api)
         .routes(routes!(health::health))

@@ -21,6 +21,19 @@ pub fn bearer_token(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Whether the request's bearer token is `expected` (an operator's token from the settings).
+/// The SHA-256 digests are compared in constant time: neither where the bytes differ nor the
+/// token's length shows in the time taken.
+pub fn bearer_is(parts: &Parts, expected: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    bearer_token(parts).is_some_and(|given| {
+        let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let expected: [u8; 32] = Sha256::digest(expected).into();
+        bool::from(given.ct_eq(&expected))
+    })
+}
+
 /// Checks a token and that its session is still active (a revoked session's tokens, and a
 /// deleted account's, die with it).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<TokenClaims, Error> {

@@ -101,6 +101,14 @@ settings! {
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     "METRICS_TOKEN" metrics_token: Token = Unset,
         "when set, GET /metrics requires Authorization: Bearer <token>";
+    /// When set, the admin API (`/api/admin/*`) answers to `Authorization: Bearer <token>`;
+    /// unset, it does not exist (404).
+    "ADMIN_TOKEN" admin_token: Token = Unset,
+        "when set (at least 32 bytes), enables /api/admin/* for Authorization: Bearer <token>";
+    /// Admin API requests per client address and minute (also the burst), the token's guesses
+    /// included.
+    "ADMIN_RATE_PER_MINUTE" admin_rate_per_minute: Count<u32> = Value("60"),
+        "admin API requests per client address and minute (also the burst)";
     /// Origins allowed by CORS (none: no CORS headers, browsers refuse cross-origin calls).
     "CORS_ALLOWED_ORIGINS" cors_allowed_origins: Origins = Unset,
         "comma-separated origins allowed by CORS, e.g. https://app.example.com";
@@ -420,6 +428,12 @@ impl Config {
                 bail!("CORS_ALLOWED_ORIGINS=* is refused in production: list the origins");
             }
         }
+        // An operator's token must not be guessable: the admin API can delete any account.
+        if (self.admin_token.as_ref()).is_some_and(|t| t.expose().len() < MIN_SECRET_LEN) {
+            bail!(
+                "ADMIN_TOKEN must be at least {MIN_SECRET_LEN} bytes (e.g. openssl rand -hex 32)"
+            );
+        }
         // ACCESS_TOKEN_TTL is the new name; JWT_EXPIRATION (its default) still works.
         self.jwt_expiration = self.access_token_ttl;
         Ok(self)
@@ -485,6 +499,23 @@ mod tests {
         assert!(config(&[("APP_ENV", "production"), ("JWT_SECRET", "short")]).is_err());
         let long = "x".repeat(32);
         assert!(config(&[("APP_ENV", "production"), ("JWT_SECRET", &long)]).is_ok());
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused_without_being_repeated() {
+        let err = config(&[("ADMIN_TOKEN", "hunter22")]).expect_err("too short");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("ADMIN_TOKEN") && !text.contains("hunter22"),
+            "{text}"
+        );
+        let long = "a".repeat(32);
+        let c = config(&[("ADMIN_TOKEN", &long)]).expect("long enough");
+        assert_eq!(
+            c.admin_token.map(|t| t.expose().to_vec()),
+            Some(long.into_bytes())
+        );
+        assert!(config(&[]).expect("valid").admin_token.is_none());
     }
 
     #[test]

@@ -149,6 +149,10 @@ pub async fn login(state: &AppState, form: Credentials, client: Option<IpAddr>) 
         }
     }
     let user = outcome?;
+    // After the password: only the owner learns that the account is suspended.
+    if state.store.users().is_suspended(user.id).await? {
+        return Err(sessions::suspended());
+    }
     if let Some((device, name)) = &device {
         devices::register(state, user.id, *device, name.as_deref()).await?;
     }
@@ -239,15 +243,24 @@ pub async fn change_password(
     })
 }
 
-/// Deletes the account and every row that names it; its sockets are closed and its cached
-/// conversations forgotten, on every node (a message to it is then refused as not found).
+/// The owner deletes their account (see `remove`), after giving their password.
 pub async fn delete(state: &AppState, user: UserId, form: Deletion) -> Result<()> {
     reauthenticate(state, user, form.password).await?;
-    state.store.security().delete_user(user).await?;
+    remove(state, user).await?;
+    Ok(())
+}
+
+/// Deletes the account and every row that names it; its sockets are closed and its cached
+/// conversations forgotten, on every node (a message to it is then refused as not found).
+/// Whether there was such an account.
+pub async fn remove(state: &AppState, user: UserId) -> Result<bool> {
+    if !state.store.security().delete_user(user).await? {
+        return Ok(false);
+    }
     state.store.conversations().forget_conversations_of(user);
     state.hub.account_deleted(user);
     tracing::info!(%user, "account deleted");
-    Ok(())
+    Ok(true)
 }
 
 /// Trimmed, lower-cased, and shaped like `local@domain`; `None` otherwise.

@@ -2,6 +2,7 @@
 //! functions, so each rule is written — and tested — once.
 
 pub mod accounts;
+pub mod admin;
 pub mod blocks;
 pub mod calls;
 pub mod channels;

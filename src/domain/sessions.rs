@@ -64,6 +64,12 @@ pub async fn start(state: &AppState, user: UserId, device: Option<i64>) -> Resul
 /// nothing secret is stored, and every node of a cluster answers alike. A thief without the
 /// server key cannot compute a successor from a stolen token.
 pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<(Tokens, User)> {
+    // Before the rotation, which would answer a suspended user's token (its session revoked)
+    // as unknown: the app must learn why it cannot sign in again.
+    let security = state.store.security();
+    if (security.refresh_token_suspended(&hash_refresh_token(refresh_token))).await? {
+        return Err(suspended());
+    }
     let next = derive(state, SUCCESSOR, refresh_token)?;
     let next = URL_SAFE_NO_PAD.encode(next);
     let at = now();
@@ -141,6 +147,14 @@ fn derive(state: &AppState, label: &[u8], refresh_token: &str) -> Result<[u8; 32
     Ok(mac.finalize().into_bytes().into())
 }
 
+/// The answer to a suspended user's login or refresh (see `domain::admin`).
+pub fn suspended() -> Error {
+    Error::Refused {
+        code: "suspended",
+        message: "this account is suspended",
+    }
+}
+
 /// Signs out the session of `claims` (this device).
 pub async fn logout(state: &AppState, claims: TokenClaims) -> Result<()> {
     state
@@ -154,11 +168,11 @@ pub async fn logout(state: &AppState, claims: TokenClaims) -> Result<()> {
     Ok(())
 }
 
-/// Signs out every session of `user`.
-pub async fn logout_everywhere(state: &AppState, user: UserId) -> Result<()> {
-    state.store.security().revoke_sessions(user, now()).await?;
+/// Signs out every session of `user`; how many were active.
+pub async fn logout_everywhere(state: &AppState, user: UserId) -> Result<u64> {
+    let revoked = state.store.security().revoke_sessions(user, now()).await?;
     state.hub.close_user(user, CloseReason::Revoked);
-    Ok(())
+    Ok(revoked)
 }
 
 fn tokens(

@@ -39,6 +39,7 @@ mod push_cache;
 mod relations;
 mod security;
 mod sqlite;
+mod stats;
 mod stories;
 mod upload;
 mod users;
@@ -143,6 +144,8 @@ areas! {
     relations => Relations,
     /// Who blocks whom (`blocks.rs`).
     blocks => Blocks,
+    /// Totals for operators (`stats.rs`).
+    stats => Stats,
 }
 
 impl Store {

@@ -195,14 +195,34 @@ impl Security<'_> {
         })
     }
 
-    /// Whether `session` belongs to `user` (who still exists) and is not revoked.
+    /// Whether `session` belongs to `user` (who still exists and is not suspended) and is not
+    /// revoked. Suspension is read here too, not only through the sessions it revokes: a login
+    /// that passed its check just before the suspension still gets tokens nothing accepts.
     pub async fn session_active(self, session: SessionId, user: UserId) -> Result<bool> {
         let found: Option<i32> = with_pool!(self.0, read, |pool| {
             sqlx::query_scalar(
-                "SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+                "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL
+                   AND u.suspended_at IS NULL",
             )
             .bind(session)
             .bind(user)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(found.is_some())
+    }
+
+    /// Whether the refresh token hashing to `hash` (used or not) belongs to a suspended user.
+    pub async fn refresh_token_suspended(self, hash: &str) -> Result<bool> {
+        let found: Option<i32> = with_pool!(self.0, read, |pool| {
+            sqlx::query_scalar(
+                "SELECT 1 FROM refresh_tokens t
+                 JOIN sessions s ON s.id = t.session_id
+                 JOIN users u ON u.id = s.user_id
+                 WHERE t.token_hash = $1 AND u.suspended_at IS NOT NULL",
+            )
+            .bind(hash)
             .fetch_optional(pool)
             .await
         })?;

@@ -199,6 +199,44 @@ impl Users<'_> {
         Ok(found.is_some())
     }
 
+    /// Suspends `user` since `at`, or since earlier if they already were; `None` for an unknown
+    /// user, else when the suspension began.
+    pub async fn suspend(self, user: UserId, at: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let since: Option<Option<DateTime<Utc>>> = with_pool!(self.0, write, |pool| {
+            sqlx::query_scalar(
+                "UPDATE users SET suspended_at = coalesce(suspended_at, $2) WHERE id = $1
+                 RETURNING suspended_at",
+            )
+            .bind(user)
+            .bind(at)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(since.flatten())
+    }
+
+    /// Lifts the suspension of `user` (if any); whether the user exists.
+    pub async fn unsuspend(self, user: UserId) -> Result<bool> {
+        Ok(with_pool!(self.0, write, |pool| {
+            sqlx::query("UPDATE users SET suspended_at = NULL WHERE id = $1")
+                .bind(user)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected() > 0)
+        })?)
+    }
+
+    /// Whether `user` is suspended (an unknown user is not).
+    pub async fn is_suspended(self, user: UserId) -> Result<bool> {
+        let found: Option<i32> = with_pool!(self.0, read, |pool| {
+            sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1 AND suspended_at IS NOT NULL")
+                .bind(user)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(found.is_some())
+    }
+
     /// Records `status` for `user`; `last_seen` moves to `at`. `None` if the user is gone.
     pub async fn set_presence(
         self,

@@ -755,13 +755,14 @@ async fn a_session_revoked_while_its_socket_opens_gets_the_socket_closed() {
     let database = c.a.settings()["DATABASE_URL"].clone();
     let db = sqlx::PgPool::connect(&database).await.expect("connect");
 
-    // The upgrade checks the token (sessions), then reads the inbox's end (users): holding
-    // `users` stops it right between the check and the socket being attached.
+    // The upgrade checks the token (sessions, and users for a suspension), reads the inbox's
+    // end, then marks the device seen (user_devices): holding `user_devices` stops it right
+    // between the check and the socket being attached.
     let mut hold = db.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE user_devices IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *hold)
         .await
-        .expect("lock users");
+        .expect("lock user_devices");
     let request = format!("ws://{}/ws?token={}", c.b.addr, alice.token)
         .into_client_request()
         .expect("ws request");
@@ -769,8 +770,8 @@ async fn a_session_revoked_while_its_socket_opens_gets_the_socket_closed() {
     eventually("node B's upgrade waits on the lock", || async {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-             WHERE NOT l.granted AND l.relation = 'users'::regclass
-               AND a.query LIKE 'SELECT inbox_seq FROM users%'",
+             WHERE NOT l.granted AND l.relation = 'user_devices'::regclass
+               AND a.query LIKE 'SELECT last_seen FROM user_devices%'",
         )
         .fetch_one(&db)
         .await
@@ -783,7 +784,7 @@ async fn a_session_revoked_while_its_socket_opens_gets_the_socket_closed() {
     let (status, _) = c.a.post("/api/auth/logout", &alice.token, json!({})).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    hold.rollback().await.expect("release users");
+    hold.rollback().await.expect("release user_devices");
 
     let mut socket = opening
         .await
@@ -954,3 +955,49 @@ async fn an_envelope_crosses_nodes_to_its_device_only_and_an_ack_anywhere_delete
 
 /// Base64 ciphertexts of devices 1 and 2 (index 0 unused).
 const STANDARD_B64: [&str; 3] = ["", "AQEBAQ==", "AgICAg=="];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_suspension_on_one_node_closes_the_socket_on_the_other_and_stats_count_both() {
+    use super::admin::{ADMIN_TOKEN, admin, stats};
+    let Some(c) = cluster_with(None, &[("ADMIN_TOKEN", ADMIN_TOKEN)]).await else {
+        return;
+    };
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let mut alice_on_b = connect(&c.b, &alice, "").await;
+    let _bob_on_a = connect(&c.a, &bob, "").await;
+    let _bob_on_b = connect(&c.b, &bob, "").await;
+
+    // Either node answers for both: a's one socket and b's two.
+    let node_of = |node: &TestApp| broker_status(node).node;
+    for (asked, here, other, there) in [(&c.a, 1, &c.b, 2), (&c.b, 2, &c.a, 1)] {
+        let expected = json!([
+            {"node": node_of(other), "sockets": there, "this": false},
+            {"node": node_of(asked), "sockets": here, "this": true},
+        ]);
+        eventually("each node's sockets are published", || async {
+            let stats = stats(asked).await;
+            stats["nodes"] == expected && stats["sockets"] == 3
+        })
+        .await;
+    }
+
+    let suspend = format!("/api/admin/users/{}/suspend", alice.id);
+    let (status, body) = admin(&c.a, Method::POST, &suspend).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        alice_on_b.closed().await,
+        Some(CloseCode::Library(4001)),
+        "a suspension on node A closes her socket on node B"
+    );
+    let credentials = json!({"email": alice.email, "password": alice.password});
+    let (status, body) =
+        c.b.request(Method::POST, "/api/auth/login", None, Some(credentials))
+            .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "suspended");
+    eventually("node B counts one socket less", || async {
+        stats(&c.a).await["sockets"] == 2
+    })
+    .await;
+}

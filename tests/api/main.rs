@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+mod admin;
 mod auth;
 mod blocks;
 mod calls;
