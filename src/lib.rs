@@ -66,6 +66,8 @@ pub struct App {
     pub writes: RateLimiter,
     /// User searches and find-by-email lookups per signed-in user.
     pub lookups: RateLimiter,
+    /// TURN credentials handed out per signed-in user.
+    pub turn_credentials: RateLimiter,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
     /// Checked by `/ready` when `REDIS_URL` is set.
@@ -137,6 +139,7 @@ impl App {
             login_failures: RateLimiter::with_burst(config.login_failures_per_address, 1),
             writes: RateLimiter::new(config.write_rate_per_user_per_minute),
             lookups: RateLimiter::new(config.lookup_rate_per_user_per_minute),
+            turn_credentials: RateLimiter::new(domain::turn::CREDENTIALS_PER_MINUTE),
             shutdown: CancellationToken::new(),
             store,
             config,

@@ -16,7 +16,7 @@ use rand::RngCore;
 pub use file::ConfigFile;
 use kinds::{
     Address, Count, DatabaseUrl, DaysOrForever, Flag, Hours, Key, Kind, Millis, Networks,
-    OptionalText, Origins, RedisUrl, Seconds, SecondsOrZero, Text, Token,
+    OptionalText, Origins, RedisUrl, Seconds, SecondsOrZero, Text, Token, TurnUris,
 };
 pub use setting::{Fallback, Setting};
 pub use values::{AppEnv, DirectoryPolicy, ForwardedHeader, LogFormat, Secret, redact_url};
@@ -24,6 +24,8 @@ pub use values::{AppEnv, DirectoryPolicy, ForwardedHeader, LogFormat, Secret, re
 /// Default database: an SQLite file next to the process, created on first run.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kisse.db";
 const MIN_SECRET_LEN: usize = 32;
+/// Shortest `TURN_SECRET`: it signs every TURN credential, guessing it gives relays to anyone.
+const MIN_TURN_SECRET_LEN: usize = 16;
 
 fn setting(name: &str) -> anyhow::Result<&'static Setting> {
     SETTINGS
@@ -275,6 +277,15 @@ settings! {
         "the app's bundle id (a registration may name its own topic)";
     "APNS_BASE_URL" apns_base_url: Text = Value("https://api.push.apple.com"),
         "APNs base URL (https://api.sandbox.push.apple.com for development builds)";
+    /// The TURN/STUN servers handed to the app for calls, with `TURN_SECRET`: both or neither.
+    "TURN_URIS" turn_uris: TurnUris = Unset,
+        "comma-separated turn:, turns:, stun: or stuns: URIs given to clients for calls (with TURN_SECRET)";
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`).
+    "TURN_SECRET" turn_secret: Token = Unset,
+        "secret shared with the TURN server (coturn static-auth-secret), at least 16 bytes";
+    /// How long a TURN credential is valid.
+    "TURN_TTL" turn_ttl: Seconds = Value("86400"),
+        "seconds a TURN credential is valid";
 }
 
 /// The settings as a help text (for `--help`).
@@ -419,6 +430,14 @@ impl Config {
             if self.cors_allowed_origins.iter().any(|o| o == "*") {
                 bail!("CORS_ALLOWED_ORIGINS=* is refused in production: list the origins");
             }
+        }
+        match (self.turn_uris.is_empty(), &self.turn_secret) {
+            (true, Some(_)) => bail!("TURN_SECRET is set without TURN_URIS: set both or neither"),
+            (false, None) => bail!("TURN_URIS is set without TURN_SECRET: set both or neither"),
+            (_, Some(secret)) if secret.expose().len() < MIN_TURN_SECRET_LEN => {
+                bail!("TURN_SECRET must be at least {MIN_TURN_SECRET_LEN} bytes")
+            }
+            _ => {}
         }
         // ACCESS_TOKEN_TTL is the new name; JWT_EXPIRATION (its default) still works.
         self.jwt_expiration = self.access_token_ttl;
