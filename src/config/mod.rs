@@ -706,6 +706,42 @@ mod tests {
     }
 
     #[test]
+    fn turn_needs_uris_and_a_long_enough_secret_together() {
+        let secret = ("TURN_SECRET", "sixteen-bytes-ok");
+        let c = config(&[
+            (
+                "TURN_URIS",
+                "turn:turn.example.com:3478?transport=udp, TURNS:t.example.com,stun:s",
+            ),
+            secret,
+        ])
+        .expect("valid");
+        assert_eq!(c.turn_uris.len(), 3);
+        assert_eq!(c.turn_ttl, Duration::from_secs(86_400));
+        assert!(!format!("{:?}", c.describe()).contains(secret.1));
+        let c = config(&[]).expect("valid");
+        assert!(c.turn_uris.is_empty() && c.turn_secret.is_none());
+
+        let err = config(&[("TURN_URIS", "turn:t.example.com")]).expect_err("no secret");
+        assert!(err.to_string().contains("TURN_SECRET"), "{err}");
+        let err = config(&[secret]).expect_err("no URIs");
+        assert!(err.to_string().contains("TURN_URIS"), "{err}");
+        let err = config(&[("TURN_URIS", "turn:t"), ("TURN_SECRET", "short")]).expect_err("short");
+        assert!(err.to_string().contains("at least 16 bytes"), "{err}");
+        assert!(!err.to_string().contains("short\""), "{err}");
+        for bad in [
+            "turn://t.example.com",
+            "https://t.example.com",
+            "t.example.com",
+            "turn:",
+        ] {
+            let err = config(&[("TURN_URIS", bad), secret]).expect_err(bad);
+            assert!(err.to_string().contains("is not a TURN/STUN URI"), "{err}");
+        }
+        assert!(config(&[("TURN_URIS", "turn:t"), secret, ("TURN_TTL", "0")]).is_err());
+    }
+
+    #[test]
     fn trusted_proxies_are_cidrs_or_addresses() {
         let c =
             config(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1 ,::1,fd00::/8")]).expect("valid");
