@@ -211,6 +211,15 @@ impl Kind for Token {
     }
 }
 
+/// A list as it is written in a setting, or `NONE`.
+fn comma_separated(items: &[String]) -> String {
+    if items.is_empty() {
+        NONE.to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
 /// Comma-separated `scheme://host[:port]` origins, or `*` (refused in production, by
 /// `Config::check`).
 pub struct Origins;
@@ -244,11 +253,7 @@ impl Kind for Origins {
         Ok(out)
     }
     fn show(value: &Vec<String>) -> String {
-        if value.is_empty() {
-            NONE.to_owned()
-        } else {
-            value.join(",")
-        }
+        comma_separated(value)
     }
 }
 
@@ -284,11 +289,7 @@ impl Kind for TurnUris {
         Ok(out)
     }
     fn show(value: &Vec<String>) -> String {
-        if value.is_empty() {
-            NONE.to_owned()
-        } else {
-            value.join(",")
-        }
+        comma_separated(value)
     }
 }
 

@@ -39,7 +39,7 @@ async fn login_from(app: &TestApp, client: &str, email: &str, password: &str) ->
 }
 
 /// The response is a 429 with a `Retry-After` of a sane number of seconds and our error body.
-async fn assert_rate_limited(response: reqwest::Response) {
+pub async fn assert_rate_limited(response: reqwest::Response) {
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = response.headers()[header::RETRY_AFTER]
         .to_str()

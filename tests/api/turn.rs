@@ -11,11 +11,13 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
-use reqwest::{Method, StatusCode, header};
+use kisse_backend::domain::turn::CREDENTIALS_PER_MINUTE;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sha1::Sha1;
 use tokio::process::{Child, Command};
 
+use super::limits::assert_rate_limited;
 use crate::common::{Engine, LogCapture, TestApp, TestUser};
 
 scenarios!(
@@ -137,8 +139,8 @@ async fn credentials_are_rate_limited_per_user(engine: Engine) {
     .await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
-    // The burst is 30 (`domain::turn::CREDENTIALS_PER_MINUTE`).
-    for _ in 0..30 {
+    // The burst is the minute's budget.
+    for _ in 0..CREDENTIALS_PER_MINUTE {
         turn_credentials(&app, &alice).await;
     }
     let response = app
@@ -148,15 +150,7 @@ async fn credentials_are_rate_limited_per_user(engine: Engine) {
         .send()
         .await
         .expect("request");
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = response.headers()[header::RETRY_AFTER]
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("seconds");
-    assert!(retry_after >= 1);
-    let body: Value = response.json().await.expect("json");
-    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert_rate_limited(response).await;
     // Others have their own budget.
     turn_credentials(&app, &bob).await;
 }
