@@ -20,8 +20,9 @@ use crate::{
 /// until it expires: the app asks once per call, a few times at most on reconnects.
 pub const CREDENTIALS_PER_MINUTE: u32 = 30;
 
-/// What the app hands to WebRTC as its ICE servers (`urls`, `username`, `credential`).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// What the app hands to WebRTC as its ICE servers (`urls`, `username`, `credential`). No
+/// `Debug`: the credential must not end up in a log line.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TurnCredentials {
     /// `TURN_URIS`, as configured.
     pub urls: Vec<String>,
