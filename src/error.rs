@@ -29,6 +29,12 @@ pub enum Error {
     /// Also used for "exists but is not yours", so that the answer reveals nothing.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A 404 with its own stable code: something this server is not set up to offer.
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: &'static str,
+    },
     #[error("{message}")]
     Conflict {
         code: &'static str,
@@ -66,7 +72,7 @@ impl Error {
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::Refused { .. } => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::Unavailable { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,6 +88,7 @@ impl Error {
         match self {
             Self::Invalid { code, .. }
             | Self::Conflict { code, .. }
+            | Self::Unavailable { code, .. }
             | Self::Refused { code, .. } => code,
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
@@ -140,6 +147,7 @@ impl Error {
             Self::Forbidden(why) => Self::Forbidden(why),
             Self::Refused { code, message } => Self::Refused { code, message },
             Self::NotFound(what) => Self::NotFound(what),
+            Self::Unavailable { code, message } => Self::Unavailable { code, message },
             Self::Conflict { code, message } => Self::Conflict { code, message },
             Self::PayloadTooLarge => Self::PayloadTooLarge,
             Self::QuotaExceeded(why) => Self::QuotaExceeded(why),

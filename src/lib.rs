@@ -69,6 +69,8 @@ pub struct App {
     pub lookups: RateLimiter,
     /// Admin API requests per client address (none: one shared bucket).
     pub admin_calls: RateLimiter<Option<IpAddr>>,
+    /// TURN credentials handed out per signed-in user.
+    pub turn_credentials: RateLimiter,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
     /// Checked by `/ready` when `REDIS_URL` is set.
@@ -141,6 +143,7 @@ impl App {
             writes: RateLimiter::new(config.write_rate_per_user_per_minute),
             lookups: RateLimiter::new(config.lookup_rate_per_user_per_minute),
             admin_calls: RateLimiter::new(config.admin_rate_per_minute),
+            turn_credentials: RateLimiter::new(domain::turn::CREDENTIALS_PER_MINUTE),
             shutdown: CancellationToken::new(),
             store,
             config,

@@ -11,7 +11,7 @@ use super::{
 use crate::{
     AppState,
     auth::AuthUser,
-    domain::calls,
+    domain::{calls, turn},
     error::Result,
     model::{Call, CallId, CallType, UserId, display_name},
     store::CallRecord,
@@ -134,4 +134,27 @@ pub async fn active(
     AuthUser(user): AuthUser,
 ) -> Result<axum::Json<CallView>> {
     Ok(axum::Json(calls::active(&state, user).await?.into()))
+}
+
+#[utoipa::path(
+    get,
+    path = "/calls/turn",
+    tag = "calls",
+    summary = "TURN credentials for a call",
+    description = "Credentials for the TURN server shared with this one (the TURN REST API \
+        convention of coturn's `use-auth-secret`): hand `urls`, `username` and `credential` to \
+        WebRTC as an ICE server. Fetch fresh ones before each call; they expire after `ttl` seconds.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "credentials valid until `expires_at`", body = turn::TurnCredentials),
+        (status = 401, description = "missing or bad token (empty body)"),
+        (status = 404, description = "`turn_unavailable`: the server has no TURN settings", body = ErrorBody),
+        (status = 429, description = "too many credentials asked for (Retry-After)", body = ErrorBody),
+    )
+)]
+pub async fn turn(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<axum::Json<turn::TurnCredentials>> {
+    Ok(axum::Json(turn::credentials(&state, user)?))
 }

@@ -134,6 +134,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(calls::start))
         .routes(routes!(calls::history))
         .routes(routes!(calls::active))
+        .routes(routes!(calls::turn))
         .routes(routes!(presence::set))
         .routes(routes!(presence::get))
         .routes(routes!(settings::get_privacy, settings::set_privacy))

@@ -211,6 +211,15 @@ impl Kind for Token {
     }
 }
 
+/// A list as it is written in a setting, or `NONE`.
+fn comma_separated(items: &[String]) -> String {
+    if items.is_empty() {
+        NONE.to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
 /// Comma-separated `scheme://host[:port]` origins, or `*` (refused in production, by
 /// `Config::check`).
 pub struct Origins;
@@ -244,11 +253,43 @@ impl Kind for Origins {
         Ok(out)
     }
     fn show(value: &Vec<String>) -> String {
-        if value.is_empty() {
-            NONE.to_owned()
-        } else {
-            value.join(",")
+        comma_separated(value)
+    }
+}
+
+/// Comma-separated STUN/TURN URIs (RFC 7064, RFC 7065): `turn:host[:port][?transport=udp|tcp]`,
+/// `turns:`, `stun:` or `stuns:`, handed to clients as they are.
+pub struct TurnUris;
+
+impl Kind for TurnUris {
+    type Value = Vec<String>;
+    fn parse(raw: &str) -> Result<Vec<String>, String> {
+        const SCHEMES: [&str; 4] = ["turn:", "turns:", "stun:", "stuns:"];
+        let mut out = Vec::new();
+        for uri in raw.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let rest = SCHEMES.iter().find_map(|s| {
+                uri.get(..s.len())
+                    .filter(|p| p.eq_ignore_ascii_case(s))
+                    .map(|_| &uri[s.len()..])
+            });
+            // `turn://host` is a common slip: these URIs have no authority part.
+            let valid = rest.is_some_and(|host| {
+                !host.is_empty()
+                    && !host.starts_with('/')
+                    && host.chars().all(|c| c.is_ascii_graphic())
+            });
+            if !valid {
+                return Err(format!(
+                    "{uri:?} is not a TURN/STUN URI (expected turn:host[:port][?transport=udp|tcp], \
+                     turns:, stun: or stuns:)"
+                ));
+            }
+            out.push(uri.to_owned());
         }
+        Ok(out)
+    }
+    fn show(value: &Vec<String>) -> String {
+        comma_separated(value)
     }
 }
 

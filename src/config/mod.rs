@@ -16,7 +16,7 @@ use rand::RngCore;
 pub use file::ConfigFile;
 use kinds::{
     Address, Count, DatabaseUrl, DaysOrForever, Flag, Hours, Key, Kind, Millis, Networks,
-    OptionalText, Origins, RedisUrl, Seconds, SecondsOrZero, Text, Token,
+    OptionalText, Origins, RedisUrl, Seconds, SecondsOrZero, Text, Token, TurnUris,
 };
 pub use setting::{Fallback, Setting};
 pub use values::{AppEnv, DirectoryPolicy, ForwardedHeader, LogFormat, Secret, redact_url};
@@ -24,6 +24,8 @@ pub use values::{AppEnv, DirectoryPolicy, ForwardedHeader, LogFormat, Secret, re
 /// Default database: an SQLite file next to the process, created on first run.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kisse.db";
 const MIN_SECRET_LEN: usize = 32;
+/// Shortest `TURN_SECRET`: it signs every TURN credential, guessing it gives relays to anyone.
+const MIN_TURN_SECRET_LEN: usize = 16;
 
 fn setting(name: &str) -> anyhow::Result<&'static Setting> {
     SETTINGS
@@ -283,6 +285,15 @@ settings! {
         "the app's bundle id (a registration may name its own topic)";
     "APNS_BASE_URL" apns_base_url: Text = Value("https://api.push.apple.com"),
         "APNs base URL (https://api.sandbox.push.apple.com for development builds)";
+    /// The TURN/STUN servers handed to the app for calls, with `TURN_SECRET`: both or neither.
+    "TURN_URIS" turn_uris: TurnUris = Unset,
+        "comma-separated turn:, turns:, stun: or stuns: URIs given to clients for calls (with TURN_SECRET)";
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`).
+    "TURN_SECRET" turn_secret: Token = Unset,
+        "secret shared with the TURN server (coturn static-auth-secret), at least 16 bytes";
+    /// How long a TURN credential is valid.
+    "TURN_TTL" turn_ttl: Seconds = Value("86400"),
+        "seconds a TURN credential is valid";
 }
 
 /// The settings as a help text (for `--help`).
@@ -433,6 +444,14 @@ impl Config {
             bail!(
                 "ADMIN_TOKEN must be at least {MIN_SECRET_LEN} bytes (e.g. openssl rand -hex 32)"
             );
+        }
+        match (self.turn_uris.is_empty(), &self.turn_secret) {
+            (true, Some(_)) => bail!("TURN_SECRET is set without TURN_URIS: set both or neither"),
+            (false, None) => bail!("TURN_URIS is set without TURN_SECRET: set both or neither"),
+            (_, Some(secret)) if secret.expose().len() < MIN_TURN_SECRET_LEN => {
+                bail!("TURN_SECRET must be at least {MIN_TURN_SECRET_LEN} bytes")
+            }
+            _ => {}
         }
         // ACCESS_TOKEN_TTL is the new name; JWT_EXPIRATION (its default) still works.
         self.jwt_expiration = self.access_token_ttl;
@@ -715,6 +734,42 @@ mod tests {
         assert_eq!(c.retention_messages, None);
         assert_eq!(c.retention_calls, Some(Duration::from_secs(2 * 86_400)));
         assert!(config(&[("LOGIN_RATE_PER_MINUTE", "0")]).is_err());
+    }
+
+    #[test]
+    fn turn_needs_uris_and_a_long_enough_secret_together() {
+        let secret = ("TURN_SECRET", "sixteen-bytes-ok");
+        let c = config(&[
+            (
+                "TURN_URIS",
+                "turn:turn.example.com:3478?transport=udp, TURNS:t.example.com,stun:s",
+            ),
+            secret,
+        ])
+        .expect("valid");
+        assert_eq!(c.turn_uris.len(), 3);
+        assert_eq!(c.turn_ttl, Duration::from_secs(86_400));
+        assert!(!format!("{:?}", c.describe()).contains(secret.1));
+        let c = config(&[]).expect("valid");
+        assert!(c.turn_uris.is_empty() && c.turn_secret.is_none());
+
+        let err = config(&[("TURN_URIS", "turn:t.example.com")]).expect_err("no secret");
+        assert!(err.to_string().contains("TURN_SECRET"), "{err}");
+        let err = config(&[secret]).expect_err("no URIs");
+        assert!(err.to_string().contains("TURN_URIS"), "{err}");
+        let err = config(&[("TURN_URIS", "turn:t"), ("TURN_SECRET", "short")]).expect_err("short");
+        assert!(err.to_string().contains("at least 16 bytes"), "{err}");
+        assert!(!err.to_string().contains("short\""), "{err}");
+        for bad in [
+            "turn://t.example.com",
+            "https://t.example.com",
+            "t.example.com",
+            "turn:",
+        ] {
+            let err = config(&[("TURN_URIS", bad), secret]).expect_err(bad);
+            assert!(err.to_string().contains("is not a TURN/STUN URI"), "{err}");
+        }
+        assert!(config(&[("TURN_URIS", "turn:t"), secret, ("TURN_TTL", "0")]).is_err());
     }
 
     #[test]

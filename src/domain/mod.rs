@@ -20,6 +20,7 @@ pub mod retention;
 pub mod sessions;
 pub mod stories;
 pub mod sweeper;
+pub mod turn;
 pub mod users;
 
 use crate::{

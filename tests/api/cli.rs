@@ -236,6 +236,43 @@ fn check_config_rejects_a_bad_value_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("JWT_SECRET"));
 }
 
+/// Half a TURN setup would hand out credentials no TURN server checks (or none at all): the
+/// server refuses to start, naming what is missing or wrong.
+#[test]
+fn check_config_refuses_half_a_turn_setup_and_bad_turn_uris() {
+    let scratch = Scratch::new();
+    for (vars, expected) in [
+        (
+            &[("TURN_URIS", "turn:turn.example.com")][..],
+            "TURN_URIS is set without TURN_SECRET",
+        ),
+        (
+            &[("TURN_SECRET", "turn-secret-0123456789")][..],
+            "TURN_SECRET is set without TURN_URIS",
+        ),
+        (
+            &[
+                ("TURN_URIS", "turn:turn.example.com"),
+                ("TURN_SECRET", "turn-short"),
+            ][..],
+            "TURN_SECRET must be at least 16 bytes",
+        ),
+        (
+            &[
+                ("TURN_URIS", "turn://turn.example.com"),
+                ("TURN_SECRET", "turn-secret-0123456789"),
+            ][..],
+            "is not a TURN/STUN URI",
+        ),
+    ] {
+        let output = run(&scratch, &["check-config"], vars);
+        assert_eq!(output.status.code(), Some(1), "{vars:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{vars:?}: {stderr}");
+        assert!(!stderr.contains("turn-secret-0123456789") && !stderr.contains("turn-short"));
+    }
+}
+
 #[test]
 fn check_config_prints_the_settings_without_secrets() {
     let scratch = Scratch::new();
@@ -250,13 +287,21 @@ fn check_config_prints_the_settings_without_secrets() {
             ),
             ("METRICS_TOKEN", "metrics-token-1"),
             ("WS_QUEUE_LEN", "77"),
+            ("TURN_URIS", "turn:turn.example.com"),
+            ("TURN_SECRET", "turn-secret-0123456789"),
         ],
     );
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8(output.stdout).expect("utf-8");
     assert!(stdout.contains("WS_QUEUE_LEN=77"), "{stdout}");
     assert!(stdout.contains("DATABASE_URL=postgres://kisse:<redacted>@db:5432/kisse"));
-    for secret in [JWT_SECRET, "db-password-1", "metrics-token-1"] {
+    assert!(stdout.contains("TURN_SECRET=<redacted>\n"), "{stdout}");
+    for secret in [
+        JWT_SECRET,
+        "db-password-1",
+        "metrics-token-1",
+        "turn-secret-0123456789",
+    ] {
         assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
     }
 }

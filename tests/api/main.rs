@@ -33,5 +33,6 @@ mod request_ids;
 mod secrets;
 mod sessions;
 mod stories;
+mod turn;
 mod users;
 mod websocket;

@@ -280,6 +280,7 @@ const ROUTES: &[&str] = &[
     "POST /api/calls",
     "GET /api/calls/history",
     "GET /api/calls/active",
+    "GET /api/calls/turn",
     "POST /api/presence",
     "GET /api/presence/{id}",
     "GET /api/settings/privacy",
