@@ -67,7 +67,7 @@ pub struct Revoked {
     responses(
         (status = 200, description = "suspended (or already: the first time is kept)", body = Suspension),
         (status = 401, description = "missing or wrong admin token (empty body)"),
-        (status = 404, description = "no such user, or the admin API is off", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
         (status = 429, description = "too many admin calls from this address (Retry-After)", body = ErrorBody),
     )
 )]
@@ -90,7 +90,7 @@ pub async fn suspend(
     responses(
         (status = 200, description = "active (or already)", body = Suspension),
         (status = 401, description = "missing or wrong admin token (empty body)"),
-        (status = 404, description = "no such user, or the admin API is off", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
         (status = 429, description = "too many admin calls from this address (Retry-After)", body = ErrorBody),
     )
 )]
@@ -113,7 +113,7 @@ pub async fn unsuspend(
     responses(
         (status = 200, description = "revoked", body = Revoked),
         (status = 401, description = "missing or wrong admin token (empty body)"),
-        (status = 404, description = "no such user, or the admin API is off", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
         (status = 429, description = "too many admin calls from this address (Retry-After)", body = ErrorBody),
     )
 )]
@@ -140,7 +140,7 @@ pub async fn revoke_sessions(
     responses(
         (status = 204, description = "deleted"),
         (status = 401, description = "missing or wrong admin token (empty body)"),
-        (status = 404, description = "no such user, or the admin API is off", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
         (status = 429, description = "too many admin calls from this address (Retry-After)", body = ErrorBody),
     )
 )]

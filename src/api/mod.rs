@@ -152,11 +152,17 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(channels::join))
         .routes(routes!(channels::leave))
         .routes(routes!(channels::add_member))
-        .routes(routes!(channels::messages, channels::post))
-        .routes(routes!(admin::suspend, admin::unsuspend))
-        .routes(routes!(admin::revoke_sessions))
-        .routes(routes!(admin::delete_user))
-        .routes(routes!(admin::stats));
+        .routes(routes!(channels::messages, channels::post));
+    // Without ADMIN_TOKEN the admin API does not exist: not routed (404 as any unknown path)
+    // and not in the document, which describes what this server serves.
+    let api = if state.config.admin_token.is_some() {
+        api.routes(routes!(admin::suspend, admin::unsuspend))
+            .routes(routes!(admin::revoke_sessions))
+            .routes(routes!(admin::delete_user))
+            .routes(routes!(admin::stats))
+    } else {
+        api
+    };
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .nest("/api", api)
         .routes(routes!(health::health))

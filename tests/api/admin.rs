@@ -112,6 +112,24 @@ async fn the_admin_api_is_absent_without_a_token(engine: Engine) {
         app.get("/api/auth/me", &alice.token).await.0,
         StatusCode::OK
     );
+    // Nor is it in the document of what the server serves (clients and contract checkers
+    // would expect its 401s); with the token it is.
+    let admin_paths = |document: Value| -> Vec<String> {
+        let paths = document["paths"].as_object().expect("paths").keys();
+        paths
+            .filter(|p| p.starts_with("/api/admin"))
+            .cloned()
+            .collect()
+    };
+    let (_, document) = app
+        .request(Method::GET, "/api/openapi.json", None, None)
+        .await;
+    assert_eq!(admin_paths(document), Vec::<String>::new());
+    let on = admin_app(engine).await;
+    let (_, document) = on
+        .request(Method::GET, "/api/openapi.json", None, None)
+        .await;
+    assert!(admin_paths(document).contains(&"/api/admin/stats".to_owned()));
 }
 
 async fn only_the_admin_token_opens_it_and_it_is_never_logged(engine: Engine) {
