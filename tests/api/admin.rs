@@ -41,24 +41,10 @@ pub async fn stats(app: &TestApp) -> Value {
     body
 }
 
-async fn login(app: &TestApp, user: &TestUser) -> (StatusCode, Value) {
-    let body = json!({"email": user.email, "password": user.password});
-    app.request(Method::POST, "/api/auth/login", None, Some(body))
-        .await
-}
-
 async fn refresh(app: &TestApp, refresh_token: &str) -> (StatusCode, Value) {
     let body = json!({"refresh_token": refresh_token});
     app.request(Method::POST, "/api/auth/refresh", None, Some(body))
         .await
-}
-
-/// Logs `user` in again: (access token, refresh token) of the new session.
-async fn new_session(app: &TestApp, user: &TestUser) -> (String, String) {
-    let (status, body) = login(app, user).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let token = |key: &str| body[key].as_str().expect(key).to_owned();
-    (token("token"), token("refresh_token"))
 }
 
 fn assert_suspended(status: StatusCode, body: &Value) {
@@ -169,7 +155,7 @@ async fn a_suspended_user_is_signed_out_everywhere_until_unsuspended(engine: Eng
     let app = admin_app(engine).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
-    let (token, refresh_token) = new_session(&app, &alice).await;
+    let (token, refresh_token) = app.new_session(&alice).await;
     let mut socket = app.ws(&alice).await;
     let mut bob_ws = app.ws(&bob).await;
     send(&mut socket, &bob).await;
@@ -204,7 +190,7 @@ async fn a_suspended_user_is_signed_out_everywhere_until_unsuspended(engine: Eng
     // The app then refreshes, and signs in: both say why they cannot.
     let (status, body) = refresh(&app, &refresh_token).await;
     assert_suspended(status, &body);
-    let (status, body) = login(&app, &alice).await;
+    let (status, body) = app.login(&alice).await;
     assert_suspended(status, &body);
     // Only to the owner: a wrong password is the usual 401.
     let wrong = json!({"email": alice.email, "password": "not her password"});
@@ -224,7 +210,7 @@ async fn a_suspended_user_is_signed_out_everywhere_until_unsuspended(engine: Eng
     let (status, _) = admin(&app, Method::DELETE, &suspend).await;
     assert_eq!(status, StatusCode::OK, "lifting it again is no error");
     // She signs in again and writes; her old sessions stay revoked.
-    let (token, _) = new_session(&app, &alice).await;
+    let (token, _) = app.new_session(&alice).await;
     let (status, _) = refresh(&app, &refresh_token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let mut socket = app
@@ -247,7 +233,7 @@ async fn a_suspended_user_is_signed_out_everywhere_until_unsuspended(engine: Eng
 async fn a_suspended_users_surviving_session_is_refused_all_the_same(engine: Engine) {
     let app = admin_app(engine).await;
     let alice = app.register("alice").await;
-    let (_, refresh_token) = new_session(&app, &alice).await;
+    let (_, refresh_token) = app.new_session(&alice).await;
     let id = kisse_backend::model::UserId(alice.id.parse().expect("uuid"));
     let users = app.state.store.users();
     users
@@ -276,7 +262,7 @@ async fn a_suspended_users_surviving_session_is_refused_all_the_same(engine: Eng
 async fn revoking_sessions_signs_a_user_out_who_may_sign_in_again(engine: Engine) {
     let app = admin_app(engine).await;
     let alice = app.register("alice").await;
-    let (token, refresh_token) = new_session(&app, &alice).await;
+    let (token, refresh_token) = app.new_session(&alice).await;
     let mut first = app.ws(&alice).await;
     let mut second = app
         .ws_url(&format!("/ws?token={token}"))
@@ -302,7 +288,7 @@ async fn revoking_sessions_signs_a_user_out_who_may_sign_in_again(engine: Engine
     let (status, _) = refresh(&app, &refresh_token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Not a suspension: she signs in again.
-    let (token, _) = new_session(&app, &alice).await;
+    let (token, _) = app.new_session(&alice).await;
     assert_eq!(app.get("/api/auth/me", &token).await.0, StatusCode::OK);
     let (status, body) = admin(&app, Method::POST, &path).await;
     assert_eq!(body["sessions_revoked"], 1, "{status} {body}");
@@ -327,7 +313,7 @@ async fn deleting_a_user_is_the_cascade_of_self_deletion(engine: Engine) {
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert_eq!(bob_ws.closed().await, Some(CloseCode::Library(4001)));
     // Gone, as if he had deleted himself: no sign-in, no token, no conversation, no messages.
-    assert_eq!(login(&app, &bob).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.login(&bob).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(
         app.get("/api/auth/me", &bob.token).await.0,
         StatusCode::UNAUTHORIZED

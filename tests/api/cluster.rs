@@ -599,21 +599,6 @@ async fn closes_on_b_when(
     );
 }
 
-/// Logs `user` in once more; returns the new session's access and refresh tokens.
-async fn login(node: &TestApp, user: &TestUser) -> (String, String) {
-    let (status, body) = node
-        .request(
-            Method::POST,
-            "/api/auth/login",
-            None,
-            Some(json!({"email": user.email, "password": user.password})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let token = |key: &str| body[key].as_str().expect(key).to_owned();
-    (token("token"), token("refresh_token"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_revocation_on_one_node_closes_the_sockets_on_the_other() {
     let Some(c) = cluster().await else { return };
@@ -626,7 +611,7 @@ async fn every_revocation_on_one_node_closes_the_sockets_on_the_other() {
     .await;
 
     let user = c.a.register("logoutall").await;
-    let (other_session, _) = login(&c.a, &user).await;
+    let (other_session, _) = c.a.new_session(&user).await;
     closes_on_b_when(&c, &user, &other_session, "logout-all", async |a| {
         let (status, _) = a.post("/api/auth/logout-all", &user.token, json!({})).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
@@ -642,7 +627,7 @@ async fn every_revocation_on_one_node_closes_the_sockets_on_the_other() {
     .await;
 
     let user = c.a.register("reuse").await;
-    let (token, refresh) = login(&c.a, &user).await;
+    let (token, refresh) = c.a.new_session(&user).await;
     closes_on_b_when(&c, &user, &token, "refresh-token reuse", async |a| {
         let body = json!({"refresh_token": refresh});
         let (status, renewed) = a

@@ -227,6 +227,21 @@ impl TestApp {
             .await
     }
 
+    /// Logs `user` in, as the app does (email and password).
+    pub async fn login(&self, user: &TestUser) -> (StatusCode, Value) {
+        let body = json!({"email": user.email, "password": user.password});
+        self.request(Method::POST, "/api/auth/login", None, Some(body))
+            .await
+    }
+
+    /// Logs `user` in once more: the new session's access and refresh tokens.
+    pub async fn new_session(&self, user: &TestUser) -> (String, String) {
+        let (status, body) = self.login(user).await;
+        assert_eq!(status, StatusCode::OK, "login {}: {body}", user.email);
+        let token = |key: &str| body[key].as_str().expect(key).to_owned();
+        (token("token"), token("refresh_token"))
+    }
+
     /// Registers `username` (email `<username>@example.com`, password `password-<username>`).
     pub async fn register(&self, username: &str) -> TestUser {
         self.register_as(username, &format!("{username}@example.com"), None)

@@ -69,14 +69,7 @@ fn ids(list: &Value) -> Vec<Value> {
 }
 
 async fn login(app: &TestApp, user: &TestUser) -> Value {
-    let (status, session) = app
-        .request(
-            Method::POST,
-            "/api/auth/login",
-            None,
-            Some(json!({"email": user.email, "password": user.password})),
-        )
-        .await;
+    let (status, session) = app.login(user).await;
     assert_eq!(status, StatusCode::OK, "login {}: {session}", user.email);
     session
 }
