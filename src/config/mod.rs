@@ -529,6 +529,26 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn attachments_go_next_to_the_sqlite_file() {
+        for (url, dir) in [
+            (
+                "sqlite:///var/lib/kisse/kisse.db",
+                "/var/lib/kisse/attachments",
+            ),
+            ("sqlite://kisse.db", "attachments"),
+            ("sqlite:data/kisse.db?mode=rwc", "data/attachments"),
+            ("postgres://kisse@db/kisse", "attachments"),
+        ] {
+            assert_eq!(attachments_next_to(url), Path::new(dir), "{url}");
+        }
+        let set = Config::from_lookup(|k| (k == "ATTACHMENT_DIR").then(|| "/srv/files".into()));
+        assert_eq!(
+            set.expect("config").attachment_path,
+            Path::new("/srv/files")
+        );
+    }
+
     fn config(pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
         Config::from_lookup(|k| {
             pairs

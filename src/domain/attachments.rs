@@ -200,6 +200,9 @@ pub async fn append<B, E>(
 where
     B: AsRef<[u8]>,
 {
+    owned(state, user, id).await?;
+    // Read again once claimed: a PATCH that ended meanwhile moved the offset.
+    let _claim = state.uploads.claim(id)?;
     let upload = owned(state, user, id).await?;
     let mut progress = Progress::from(&upload);
     if offset != progress.offset {
@@ -212,7 +215,10 @@ where
     if declared.is_some_and(|d| d > missing) {
         return Err(Error::PayloadTooLarge);
     }
-    let _claim = state.uploads.claim(id)?;
+    if upload.completed_at.is_some() {
+        // A repeated last PATCH whose answer was lost: nothing left to write.
+        return Ok(progress);
+    }
     let files = &state.attachment_files;
     let mut file = files.resume(id, offset).await?;
     let (written, stopped) = write_body(&mut file, body, missing).await;
