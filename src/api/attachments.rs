@@ -187,10 +187,8 @@ async fn status(
     let progress = attachments::progress(&state, user, &id).await?;
     let mut headers = progress_headers(&progress);
     headers.insert(UPLOAD_LENGTH, progress.length.into());
-    if let Some(metadata) = progress.metadata.as_deref() {
-        if let Ok(value) = HeaderValue::from_str(metadata) {
-            headers.insert(UPLOAD_METADATA, value);
-        }
+    if let Some(Ok(value)) = progress.metadata.as_deref().map(HeaderValue::from_str) {
+        headers.insert(UPLOAD_METADATA, value);
     }
     Ok((StatusCode::OK, headers).into_response())
 }
