@@ -5,7 +5,7 @@
 
 use std::{
     io::{ErrorKind, SeekFrom},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use anyhow::Context;
@@ -23,10 +23,6 @@ pub struct AttachmentFiles {
 impl AttachmentFiles {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn part(&self, id: &str) -> PathBuf {
