@@ -42,6 +42,13 @@ pub enum Error {
     },
     #[error("payload too large")]
     PayloadTooLarge,
+    /// A status of its own that a protocol prescribes (tus: 412, 415; byte ranges: 416).
+    #[error("{message}")]
+    Protocol {
+        status: StatusCode,
+        code: &'static str,
+        message: &'static str,
+    },
     /// A per-user storage quota is used up: 413, which the app already treats as a refused
     /// upload (a 5xx it might retry), with its own code; the request may succeed once some of
     /// what the user stored is gone.
@@ -75,6 +82,7 @@ impl Error {
             Self::NotFound(_) | Self::Unavailable { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Protocol { status, .. } => *status,
             Self::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Devices(d) if d.is_stale() => StatusCode::GONE,
             Self::Devices(_) => StatusCode::CONFLICT,
@@ -89,6 +97,7 @@ impl Error {
             Self::Invalid { code, .. }
             | Self::Conflict { code, .. }
             | Self::Unavailable { code, .. }
+            | Self::Protocol { code, .. }
             | Self::Refused { code, .. } => code,
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
@@ -150,6 +159,15 @@ impl Error {
             Self::Unavailable { code, message } => Self::Unavailable { code, message },
             Self::Conflict { code, message } => Self::Conflict { code, message },
             Self::PayloadTooLarge => Self::PayloadTooLarge,
+            Self::Protocol {
+                status,
+                code,
+                message,
+            } => Self::Protocol {
+                status: *status,
+                code,
+                message,
+            },
             Self::QuotaExceeded(why) => Self::QuotaExceeded(why),
             Self::Devices(d) => Self::Devices(d.clone()),
             Self::TooManyRequests { retry_after } => Self::TooManyRequests {

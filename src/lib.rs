@@ -79,6 +79,10 @@ pub struct App {
     pub push: domain::push::Waker,
     /// When the process started serving (for `/health`).
     pub started: std::time::Instant,
+    /// The directory of attachment files (`ATTACHMENT_DIR`).
+    pub attachment_files: store::AttachmentFiles,
+    /// Attachment uploads being written on this node.
+    pub uploads: domain::attachments::UploadsInFlight,
 }
 
 pub type AppState = Arc<App>;
@@ -126,10 +130,13 @@ impl App {
             }
         };
         let pushers = push::Pushers::new(&config, vapid)?;
+        metrics::attachment_bytes_stored(store.attachments().stored_bytes().await?);
         Ok(Arc::new(Self {
             push: domain::push::Waker::new(pushers, config.push_queue, config.push_min_interval),
             redis,
             started: std::time::Instant::now(),
+            attachment_files: store::AttachmentFiles::new(&config.attachment_path),
+            uploads: Default::default(),
             tokens: TokenKeys::new(&config.jwt_secret, config.jwt_expiration),
             hasher: PasswordHasher::new(config.hash_concurrency)?,
             hub: Hub::new(broker),

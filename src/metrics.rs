@@ -113,6 +113,15 @@ fn describe() {
         Unit::Seconds,
         "Duration of a group commit (its transaction, fsync included)"
     );
+    describe_gauge!(
+        "kisse_attachment_bytes",
+        Unit::Bytes,
+        "Bytes of attachment files on this node's disk (finished, and what unfinished uploads received)"
+    );
+    describe_gauge!(
+        "kisse_attachment_uploads_in_flight",
+        "Attachment PATCH requests streaming bytes to disk right now"
+    );
     describe_counter!("kisse_errors_total", "Errors answered to clients, by code");
     describe_counter!(
         "kisse_http_requests_total",
@@ -154,11 +163,32 @@ fn exported_from_the_start() {
         counter!(name).absolute(0);
     }
     gauge!("kisse_push_queue").set(0.0);
+    gauge!("kisse_attachment_uploads_in_flight").set(0.0);
     for kind in ["webpush", "unifiedpush", "fcm", "apns"] {
         for outcome in ["sent", "failed", "retried", "removed"] {
             counter!("kisse_push_total", "kind" => kind, "outcome" => outcome).absolute(0);
         }
     }
+}
+
+/// The attachment bytes stored, as counted at start-up.
+pub fn attachment_bytes_stored(bytes: i64) {
+    gauge!("kisse_attachment_bytes").set(bytes as f64);
+}
+
+/// `bytes` more attachment bytes were written.
+pub fn attachment_bytes_written(bytes: u64) {
+    gauge!("kisse_attachment_bytes").increment(bytes as f64);
+}
+
+/// `bytes` attachment bytes were deleted.
+pub fn attachment_bytes_deleted(bytes: u64) {
+    gauge!("kisse_attachment_bytes").decrement(bytes as f64);
+}
+
+/// An attachment upload began (`1.0`) or ended (`-1.0`) streaming.
+pub fn attachment_upload_in_flight(change: f64) {
+    gauge!("kisse_attachment_uploads_in_flight").increment(change);
 }
 
 /// A push of `kind` ended (or will be tried again) with `outcome`.

@@ -349,4 +349,6 @@ pub struct Totals {
     pub content_bytes: i64,
     /// Bytes of the ciphertexts of `envelopes_pending`.
     pub envelope_bytes: i64,
+    /// Bytes of attachments stored (finished uploads and the received part of unfinished ones).
+    pub attachment_bytes: i64,
 }

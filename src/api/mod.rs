@@ -2,6 +2,7 @@
 
 mod admin;
 mod asyncapi;
+mod attachments;
 mod auth;
 mod blocks;
 mod calls;
@@ -17,6 +18,7 @@ mod messages;
 mod paging;
 mod presence;
 mod push;
+mod range;
 mod settings;
 mod stories;
 mod users;
@@ -78,6 +80,17 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        // Attachment uploads stream for as long as the client sends (100 MiB over a slow link
+        // takes minutes): added after the request timeout, they are bounded by silence
+        // instead (`domain::attachments`), with the same per-user budget and request log.
+        .merge(
+            attachments::routes()
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    limits::per_user,
+                ))
+                .layer(middleware::from_fn(log_request)),
+        )
         .layer(CatchPanicLayer::custom(|_| {
             Error::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
@@ -189,13 +202,28 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 Method::PUT,
                 Method::DELETE,
                 Method::OPTIONS,
+                // tus uploads (attachments.rs).
+                Method::PATCH,
+                Method::HEAD,
             ])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-            .expose_headers([
-                header::RETRY_AFTER,
-                header::WWW_AUTHENTICATE,
-                HeaderName::from_static(REQUEST_ID),
-            ])
+            .allow_headers(
+                [header::AUTHORIZATION, header::CONTENT_TYPE, header::RANGE]
+                    .into_iter()
+                    .chain(attachments::REQUEST_HEADERS.map(HeaderName::from_static))
+                    .collect::<Vec<_>>(),
+            )
+            .expose_headers(
+                [
+                    header::RETRY_AFTER,
+                    header::WWW_AUTHENTICATE,
+                    HeaderName::from_static(REQUEST_ID),
+                    header::LOCATION,
+                    header::CONTENT_RANGE,
+                ]
+                .into_iter()
+                .chain(attachments::RESPONSE_HEADERS.map(HeaderName::from_static))
+                .collect::<Vec<_>>(),
+            )
             .max_age(Duration::from_secs(3600)),
     )
 }

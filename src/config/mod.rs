@@ -80,6 +80,9 @@ settings! {
     derived {
         /// True when `jwt_secret` was generated at start-up (tokens die with the process).
         jwt_secret_generated: bool,
+        /// Where attachment files go: `ATTACHMENT_DIR`, or `attachments/` next to the SQLite
+        /// file (in the working directory with PostgreSQL).
+        attachment_path: std::path::PathBuf,
     }
 
     /// Where the server runs: development tolerates a generated secret, production does not.
@@ -155,6 +158,20 @@ settings! {
     /// How long a content GET waits for a blob the sender has not uploaded yet.
     "CONTENT_WAIT_MS" content_wait: Millis = Value("10000"),
         "milliseconds a content GET waits for a blob not yet uploaded";
+    /// Where tus attachment uploads are kept (files `<id>.part`, then `<id>` once complete);
+    /// unset: `attachments/` next to the SQLite file (with PostgreSQL: in the working directory).
+    "ATTACHMENT_DIR" attachment_dir: OptionalText = Unset,
+        "directory of attachment files (default: attachments/ next to the SQLite file, ./attachments with PostgreSQL)";
+    /// Largest attachment (`Upload-Length`) accepted.
+    "ATTACHMENT_MAX_BYTES" attachment_max_bytes: Count<u64> = Value("104857600"),
+        "largest attachment upload, in bytes (413 beyond, before any byte is stored)";
+    /// How long an attachment, finished or not, is kept after its upload began.
+    "ATTACHMENT_TTL" attachment_ttl: Seconds = Value("2592000"),
+        "seconds an attachment (or an unfinished upload) is kept";
+    /// Bytes of unexpired attachments, finished or not, a user may have at once (by their
+    /// declared lengths): one account cannot fill the disk.
+    "ATTACHMENT_QUOTA_BYTES" attachment_quota_bytes: Count<u64> = Value("1073741824"),
+        "unexpired attachments one user may have at once, in bytes (413 beyond)";
     /// An unanswered call becomes `missed` after this long.
     "CALL_RING_TIMEOUT" call_ring_timeout: Seconds = Value("60"),
         "seconds before an unanswered call is missed";
@@ -294,6 +311,20 @@ settings! {
     /// How long a TURN credential is valid.
     "TURN_TTL" turn_ttl: Seconds = Value("86400"),
         "seconds a TURN credential is valid";
+}
+
+/// `attachments/` in the directory of the SQLite file of `database_url` (its host's disk, which
+/// a deployment already keeps: `/var/lib/kisse` under systemd), or of the working directory.
+fn attachments_next_to(database_url: &str) -> std::path::PathBuf {
+    let file = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or_default());
+    let dir = file
+        .filter(|f| *f != ":memory:")
+        .and_then(|f| Path::new(f).parent())
+        .unwrap_or(Path::new(""));
+    dir.join("attachments")
 }
 
 /// The settings as a help text (for `--help`).
@@ -455,6 +486,10 @@ impl Config {
         }
         // ACCESS_TOKEN_TTL is the new name; JWT_EXPIRATION (its default) still works.
         self.jwt_expiration = self.access_token_ttl;
+        self.attachment_path = match &self.attachment_dir {
+            Some(dir) => dir.into(),
+            None => attachments_next_to(&self.database_url),
+        };
         Ok(self)
     }
 
@@ -493,6 +528,26 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn attachments_go_next_to_the_sqlite_file() {
+        for (url, dir) in [
+            (
+                "sqlite:///var/lib/kisse/kisse.db",
+                "/var/lib/kisse/attachments",
+            ),
+            ("sqlite://kisse.db", "attachments"),
+            ("sqlite:data/kisse.db?mode=rwc", "data/attachments"),
+            ("postgres://kisse@db/kisse", "attachments"),
+        ] {
+            assert_eq!(attachments_next_to(url), Path::new(dir), "{url}");
+        }
+        let set = Config::from_lookup(|k| (k == "ATTACHMENT_DIR").then(|| "/srv/files".into()));
+        assert_eq!(
+            set.expect("config").attachment_path,
+            Path::new("/srv/files")
+        );
+    }
 
     fn config(pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
         Config::from_lookup(|k| {

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod attachments;
 pub mod blocks;
 pub mod calls;
 pub mod channels;

@@ -1,6 +1,6 @@
 //! Retention: a background sweep deletes message metadata, call history and expired stories
 //! older than configured, sessions whose refresh token expired, and envelopes no device
-//! acknowledged within `ENVELOPE_TTL`.
+//! acknowledged within `ENVELOPE_TTL`, and attachments (finished or not) past `ATTACHMENT_TTL`.
 
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ pub async fn run(state: AppState) {
                 stories = swept.stories,
                 sessions = swept.sessions,
                 envelopes = swept.envelopes,
+                attachments = swept.attachments,
                 "retention sweep"
             ),
             Ok(_) => {}
@@ -56,5 +57,6 @@ pub async fn sweep(state: &AppState, at: DateTime<Utc>) -> Result<Swept> {
     swept.envelopes = (state.store.envelopes())
         .expire(at - state.config.envelope_ttl)
         .await?;
+    swept.attachments = super::attachments::sweep(state, at).await?;
     Ok(swept)
 }

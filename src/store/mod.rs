@@ -10,6 +10,8 @@
 // store; the engines (`sqlite/`, `postgres/`) only those; then the group commit (`batch`), the
 // envelope writer (`envelope_writer`) and the conversation cache; then this file (`Store`); the area files, on top, implement its
 // accessors, beside the whole-database commands (`port`, `backup`).
+mod attachment_files;
+mod attachments;
 mod backup;
 mod batch;
 mod blocks;
@@ -48,6 +50,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+pub use attachment_files::AttachmentFiles;
+pub use attachments::{Attachment, NewAttachment};
 pub use backup::backup_sqlite;
 pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};
@@ -146,6 +150,8 @@ areas! {
     blocks => Blocks,
     /// Totals for operators (`stats.rs`).
     stats => Stats,
+    /// Attachment uploads: owners, progress, expiry (`attachments.rs`).
+    attachments => Attachments,
 }
 
 impl Store {

@@ -42,6 +42,8 @@ pub struct Swept {
     pub sessions: u64,
     /// Envelopes no device acknowledged within `ENVELOPE_TTL`.
     pub envelopes: u64,
+    /// Attachments, finished or not, past `ATTACHMENT_TTL` (rows and files).
+    pub attachments: u64,
 }
 
 /// Cut-off instants for a retention sweep; `None` keeps those rows.

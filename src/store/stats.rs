@@ -19,7 +19,9 @@ impl Stats<'_> {
                      WHERE delivered_at IS NULL AND withheld = FALSE) AS messages_pending,
                     (SELECT count(*) FROM envelopes) AS envelopes_pending,
                     (SELECT coalesce(sum(size_bytes), 0) FROM message_contents) AS content_bytes,
-                    (SELECT coalesce(sum(length(content)), 0) FROM envelopes) AS envelope_bytes",
+                    (SELECT coalesce(sum(length(content)), 0) FROM envelopes) AS envelope_bytes,
+                    (SELECT CAST(coalesce(sum(received), 0) AS BIGINT) FROM attachments)
+                        AS attachment_bytes",
             )
             .fetch_one(pool)
             .await

@@ -342,6 +342,7 @@ async fn stats_move_with_users_devices_sockets_and_what_waits(engine: Engine) {
             "database": {
                 "users": 0, "suspended_users": 0, "devices": 0, "messages_pending": 0,
                 "envelopes_pending": 0, "content_bytes": 0, "envelope_bytes": 0,
+                "attachment_bytes": 0,
             },
             "sockets": 0,
             "nodes": [{"node": "local", "sockets": 0, "this": true}],

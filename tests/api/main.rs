@@ -6,6 +6,7 @@
 mod common;
 
 mod admin;
+mod attachments;
 mod auth;
 mod blocks;
 mod calls;
@@ -35,4 +36,5 @@ mod sessions;
 mod stories;
 mod turn;
 mod users;
+mod venv;
 mod websocket;

@@ -10,10 +10,10 @@
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
+use crate::venv::Venv;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -21,7 +21,7 @@ use tokio::{
 };
 
 /// The receiver's Python and its packages, installed once per test binary run.
-static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+static PYTHON: Venv = Venv::new("push-venv", "tests/push/requirements.txt", "the push tests");
 
 pub struct PushReceiver {
     base: String,
@@ -188,74 +188,7 @@ fn script() -> PathBuf {
 
 /// The virtualenv's Python, the virtualenv made first if missing or stale.
 pub async fn python() -> PathBuf {
-    tokio::task::spawn_blocking(|| PYTHON.get_or_init(ensure_venv).clone())
-        .await
-        .expect("the push receiver's virtualenv")
-}
-
-/// Creates `target/push-venv` with the pinned requirements unless its stamp (a copy of the
-/// requirements it was made from) matches. A lock file keeps two test processes from
-/// installing into it at once; within one process `PYTHON` does.
-fn ensure_venv() -> PathBuf {
-    let requirements_path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/push/requirements.txt");
-    let requirements =
-        std::fs::read_to_string(&requirements_path).expect("tests/push/requirements.txt");
-    // CARGO_TARGET_TMPDIR is `<target>/tmp`, wherever CARGO_TARGET_DIR puts the target.
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory");
-    std::fs::create_dir_all(target).expect("the target directory");
-    let venv = target.join("push-venv");
-    let python = venv.join("bin/python");
-    let stamp = venv.join(".requirements");
-
-    let lock = std::fs::File::create(target.join("push-venv.lock")).expect("venv lock file");
-    lock.lock().expect("lock the push venv");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == requirements) && python.exists() {
-        return python;
-    }
-    eprintln!(
-        "push tests: installing {} into {}",
-        requirements_path.display(),
-        venv.display()
-    );
-    match std::fs::remove_dir_all(&venv) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => panic!("cannot remove the stale {}: {e}", venv.display()),
-    }
-    let system_python = std::env::var("PUSH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    run(
-        std::process::Command::new(&system_python)
-            .args(["-m", "venv"])
-            .arg(&venv),
-        &format!(
-            "the push tests need Python 3 with venv (`{system_python} -m venv`; PUSH_TEST_PYTHON \
-             names another interpreter)"
-        ),
-    );
-    run(
-        std::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(&requirements_path),
-        "the push tests need the receiver's packages from PyPI (pip install -r tests/push/requirements.txt)",
-    );
-    std::fs::write(&stamp, &requirements).expect("write the venv stamp");
-    python
-}
-
-fn run(command: &mut std::process::Command, need: &str) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{need}: cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{need}: {command:?} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    PYTHON.python().await
 }
 
 /// Runs `receiver.py` with `args` (its one-shot modes) and returns its last stdout line as JSON.
