@@ -20,7 +20,7 @@ FROM debian:bookworm-slim AS runtime
 # TLS roots are compiled in (webpki-roots) and migrations are embedded: nothing else to install.
 RUN groupadd --system --gid 10001 kisse \
     && useradd --system --uid 10001 --gid kisse --home-dir /data --shell /usr/sbin/nologin kisse \
-    && mkdir -p /data && chown kisse:kisse /data
+    && mkdir -p /data/attachments && chown -R kisse:kisse /data
 COPY --from=build /usr/local/bin/kisse-backend /usr/local/bin/kisse-backend
 USER kisse:kisse
 WORKDIR /data
