@@ -46,6 +46,23 @@ pub struct Load {
     pub blocked: bool,
 }
 
+impl Load {
+    /// `pairs` pairs sending as fast as they are acknowledged for `duration`, and nothing else.
+    pub fn saturating(pairs: usize, duration: Duration) -> Self {
+        Self {
+            pairs,
+            rate: None,
+            window: 64,
+            duration,
+            login_storm: 0,
+            read_receipts: false,
+            client_ids: false,
+            content: false,
+            blocked: false,
+        }
+    }
+}
+
 /// The app's ciphertext stand-in: 256 bytes, base64.
 const CONTENT: &str = concat!(
     "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
@@ -115,6 +132,8 @@ pub struct Report {
     duplicates: u64,
     elapsed: Duration,
     latencies: Latencies,
+    /// Send → `message_ack` at the sender: the message decoded, committed and acknowledged.
+    acks: Latencies,
     mode: String,
     logins: u64,
     /// Messages sent to users who never connect (push runs): acknowledged, never delivered.
@@ -133,6 +152,18 @@ pub struct Report {
 impl Report {
     pub fn delivered_per_second(&self) -> f64 {
         self.delivered as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn figures(&self) -> Figures {
+        Figures {
+            per_second: self.delivered_per_second(),
+            p50: self.latencies.percentile(50.0),
+            p99: self.latencies.percentile(99.0),
+            ack_p99: self.acks.percentile(99.0),
+            cpu_per_message: self
+                .server_cpu
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64),
+        }
     }
 
     pub fn print(&self, what: &str) {
@@ -163,6 +194,7 @@ impl Report {
             },
             self.latencies.summary(),
         );
+        println!("  send → ack: {}", self.acks.summary());
         if let Some(cpu) = self.server_cpu {
             println!(
                 "  server CPU: {:.1} s, {:.1} us per delivered message",
@@ -180,6 +212,69 @@ impl Report {
                 fetches.summary()
             );
         }
+    }
+}
+
+/// One run's headline figures, for comparing runs (`--compare`).
+pub struct Figures {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    ack_p99: Duration,
+    /// Server CPU microseconds per delivered message.
+    cpu_per_message: Option<f64>,
+}
+
+impl Figures {
+    /// Means of throughput and CPU, medians of the latencies (tails are skewed by outliers).
+    fn aggregate(runs: &[Self]) -> [f64; 5] {
+        let mean = |f: &dyn Fn(&Self) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+        let median = |f: &dyn Fn(&Self) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(f).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or(0.0)
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        [
+            mean(&|r| r.per_second),
+            median(&|r| ms(r.p50)),
+            median(&|r| ms(r.p99)),
+            median(&|r| ms(r.ack_p99)),
+            mean(&|r| r.cpu_per_message.unwrap_or(0.0)),
+        ]
+    }
+
+    pub fn summary(runs: &[Self]) -> String {
+        let [rate, p50, p99, ack_p99, cpu] = Self::aggregate(runs);
+        let each = runs
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:.0}/s p99 {:.2} ms",
+                    r.per_second,
+                    r.p99.as_secs_f64() * 1e3
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "{} runs: mean {rate:.0} delivered/s, median p50 {p50:.2} ms, median p99 {p99:.2} ms, median ack p99 {ack_p99:.2} ms, mean {cpu:.1} us CPU per message [{each}]",
+            runs.len()
+        )
+    }
+
+    /// `second`'s figures divided by `first`'s.
+    pub fn ratios(first: &[Self], second: &[Self]) -> String {
+        let (a, b) = (Self::aggregate(first), Self::aggregate(second));
+        let ratio = |i: usize| b[i] / a[i].max(f64::MIN_POSITIVE);
+        format!(
+            "delivered/s x{:.3}, p50 x{:.3}, p99 x{:.3}, ack p99 x{:.3}, CPU per message x{:.3}",
+            ratio(0),
+            ratio(1),
+            ratio(2),
+            ratio(3),
+            ratio(4)
+        )
     }
 }
 
@@ -378,12 +473,22 @@ async fn routing_with(
         let receipt_count = receipts.clone();
         let (uploads, http, content_url) = (uploads.clone(), http.clone(), content_url.clone());
         let token = sender.token.clone();
+        // Send times, in the order sent: a socket's acks come in that order (one for each
+        // message, or an error frame naming it).
+        let (sent_at, mut ack_due) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let acks = tokio::spawn(async move {
+            let mut ack_latencies = Vec::new();
             while let Some(Ok(message)) = stream.next().await {
                 let Message::Text(text) = message else {
                     continue;
                 };
-                if text.as_str().contains("message_ack") {
+                if text.as_str().contains("\"type\":\"error\"") {
+                    ack_due.try_recv().ok();
+                } else if text.as_str().contains("message_ack") {
+                    if let Ok(at) = ack_due.try_recv() {
+                        let now = clock.elapsed().as_micros() as u64;
+                        ack_latencies.push(now.saturating_sub(at));
+                    }
                     ack_count.fetch_add(1, Ordering::Relaxed);
                     ack_window.add_permits(1);
                     if content {
@@ -402,6 +507,7 @@ async fn routing_with(
             // The server closed this socket (as too slow, say): no ack will free the window,
             // and the sender must stop instead of waiting for one.
             ack_window.close();
+            ack_latencies
         });
         let (to, relay, duration) = (recipient.id.clone(), server.relay, load.duration);
         let client_ids = load.client_ids;
@@ -445,6 +551,7 @@ async fn routing_with(
                 } else {
                     json!({"type": "message", "payload": payload})
                 };
+                let _ = sent_at.send(at as u64);
                 if sink.send(Message::text(frame.to_string())).await.is_err() {
                     break;
                 }
@@ -519,8 +626,15 @@ async fn routing_with(
         .and_then(crate::server::cpu_time)
         .zip(cpu_at_start)
         .map(|(end, start)| end.saturating_sub(start));
-    for (_, acks) in open {
-        acks.abort();
+    // The ack tasks end once their socket is closed: drop the sink half.
+    let mut ack_latencies = Vec::new();
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    for (mut sink, acks) in open {
+        let _ = tokio::time::timeout_at(deadline, sink.close()).await;
+        drop(sink);
+        if let Ok(Ok(mut l)) = tokio::time::timeout_at(deadline, acks).await {
+            ack_latencies.append(&mut l);
+        }
     }
     Ok(Report {
         sent: expected,
@@ -533,6 +647,7 @@ async fn routing_with(
         duplicates,
         elapsed,
         latencies: Latencies::new(latencies),
+        acks: Latencies::new(ack_latencies),
         mode: match load.rate {
             Some(rate) => format!("{} pairs at {rate}/s for {:?}", load.pairs, load.duration),
             None => format!(

@@ -6,10 +6,12 @@
 //! `target/release/kisse-bench routing --pairs 50 --saturate --seconds 10`.
 
 mod client;
+mod compare;
 mod devices;
 mod push;
 mod relay;
 mod server;
+mod stages;
 mod stats;
 
 use std::time::Duration;
@@ -114,6 +116,18 @@ struct RoutingArgs {
     /// withheld ones.
     #[arg(long, conflicts_with_all = ["envelopes", "url", "push", "push_offline", "offline", "read_receipts", "content"])]
     blocked: bool,
+    /// Grow the database first: SECONDS of saturation by pairs of their own, on the same
+    /// server, before the measured run (with new pairs) starts. One-device plain runs only.
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["push", "push_offline", "offline", "envelopes"])]
+    grow: Option<u64>,
+    /// Run the same load against `--server-bin` and this binary alternately, `--rounds` times
+    /// each, each run on a server of its own (with `--grow`: on a copy of one database grown
+    /// once, by `--server-bin`), and print the ratios. One-device plain runs only; no relay.
+    #[arg(long, value_name = "SERVER_BIN", conflicts_with_all = ["push", "push_offline", "offline", "envelopes", "url"])]
+    compare: Option<String>,
+    /// With --compare: runs of each binary.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// With --push/--push-offline/--offline: the server's PUSH_MIN_INTERVAL, in seconds.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     push_interval: u64,
@@ -162,6 +176,24 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Relay { port } => relay::serve(port).await,
+        Command::Routing(args)
+            if (args.grow.is_some() || args.compare.is_some())
+                && (args.devices > 1 || args.envelopes) =>
+        {
+            anyhow::bail!("--grow and --compare are for one-device plain runs")
+        }
+        Command::Routing(args) if args.compare.is_some() => {
+            let other = args.compare.as_deref().unwrap_or_default();
+            let grow = args.grow.map(Duration::from_secs);
+            compare::run(
+                &args.target,
+                other,
+                args.rounds as usize,
+                &args.load(),
+                grow,
+            )
+            .await
+        }
         Command::Routing(args) if args.devices > 1 || args.envelopes => {
             if args.read_receipts || args.content || args.login_storm > 0 {
                 anyhow::bail!(
@@ -214,8 +246,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Routing(args) => {
             let load = args.load();
             let server = server::Running::start(&args.target).await?;
-            let report = client::routing(&server, &load).await?;
-            report.print(&format!("kisse ({})", server.engine));
+            if let Some(grow) = args.grow {
+                compare::grow(&server, load.pairs, Duration::from_secs(grow)).await?;
+            }
+            let label = format!("kisse ({})", server.engine);
+            let report = compare::measured(&server, &load, &label).await?;
             if !args.no_relay && args.target.url.is_none() {
                 let relay = server::Running::relay().await?;
                 let baseline = client::routing(

@@ -3,6 +3,7 @@
 
 use std::{
     net::TcpListener,
+    path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -38,6 +39,21 @@ impl Running {
     /// Starts the server with `settings` added to its environment (they override the
     /// caller's); with `--url`, the running server is taken as it is.
     pub async fn start_with(target: &Target, settings: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::start_seeded(target, settings, None).await
+    }
+
+    /// Starts the server on a new SQLite file: a copy of `seed` (a database a server left,
+    /// with its write-ahead log) when given, so that runs of two binaries start from the same
+    /// grown database; else an empty one (the default without `--database-url`).
+    pub async fn start_on_copy(target: &Target, seed: Option<&Path>) -> anyhow::Result<Self> {
+        Self::start_seeded(target, &[], seed).await
+    }
+
+    async fn start_seeded(
+        target: &Target,
+        settings: &[(&str, String)],
+        seed: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         if let Some(url) = &target.url {
             return Ok(Self {
                 base: url.trim_end_matches('/').to_owned(),
@@ -48,10 +64,13 @@ impl Running {
             });
         }
         let port = free_port()?;
-        let (database_url, database) = match &target.database_url {
-            Some(url) => (url.clone(), None),
-            None => {
+        let (database_url, database) = match (&target.database_url, seed) {
+            (Some(url), None) => (url.clone(), None),
+            (_, seed) => {
                 let path = tempfile_path::TempPath::new("kisse-bench", "db");
+                if let Some(seed) = seed {
+                    path.copy_from(seed)?;
+                }
                 (format!("sqlite://{}", path.display()), Some(path))
             }
         };
@@ -140,6 +159,33 @@ impl Running {
         self.child.as_ref().and_then(Child::id)
     }
 
+    /// The SQLite file the bench made for this server, if it made one.
+    pub fn database_file(&self) -> Option<&Path> {
+        self._database.as_ref().map(|path| path.path())
+    }
+
+    /// Kills the server (what it acknowledged is on disk: every commit is synced) and keeps its
+    /// SQLite files at `seed` instead of removing them.
+    pub async fn stop_keeping_database(mut self, seed: &Path) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        let database = self
+            ._database
+            .take()
+            .context("not a SQLite file of the bench's")?;
+        database.move_to(seed)
+    }
+
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.base))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
     pub fn ws_base(&self) -> String {
         self.base.replacen("http", "ws", 1)
     }
@@ -212,27 +258,74 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A temporary file path removed on drop (with SQLite's side files).
-mod tempfile_path {
+/// Size in bytes of a SQLite database with its write-ahead log: (database, log).
+pub fn sqlite_size(path: &Path) -> (u64, u64) {
+    let size = |suffix| std::fs::metadata(with_suffix(path, suffix)).map_or(0, |m| m.len());
+    (size(""), size("-wal"))
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut path = path.to_path_buf().into_os_string();
+    path.push(suffix);
+    path.into()
+}
+
+/// A temporary SQLite file path removed on drop (with SQLite's side files).
+pub mod tempfile_path {
     use std::path::{Path, PathBuf};
 
-    pub struct TempPath(PathBuf);
+    use super::with_suffix;
+
+    /// The files of one SQLite database: the side files go with it.
+    const FILES: [&str; 3] = ["", "-wal", "-shm"];
+
+    pub struct TempPath(Option<PathBuf>);
 
     impl TempPath {
         pub fn new(prefix: &str, ext: &str) -> Self {
-            Self(std::env::temp_dir().join(format!("{prefix}-{}.{ext}", uuid::Uuid::new_v4())))
+            let name = format!("{prefix}-{}.{ext}", uuid::Uuid::new_v4());
+            Self(Some(std::env::temp_dir().join(name)))
+        }
+        pub fn path(&self) -> &Path {
+            self.0.as_deref().expect("kept until dropped")
         }
         pub fn display(&self) -> std::path::Display<'_> {
-            self.0.display()
+            self.path().display()
+        }
+
+        /// Copies the database at `seed` (and its log) here.
+        pub fn copy_from(&self, seed: &Path) -> anyhow::Result<()> {
+            std::fs::copy(seed, self.path())?;
+            let log = with_suffix(seed, "-wal");
+            if log.exists() {
+                std::fs::copy(log, with_suffix(self.path(), "-wal"))?;
+            }
+            Ok(())
+        }
+
+        /// Moves the database (and its log) to `to`, which is then the caller's to remove.
+        pub fn move_to(mut self, to: &Path) -> anyhow::Result<()> {
+            let from = self.0.take().expect("kept until dropped");
+            for suffix in FILES {
+                let _ = std::fs::remove_file(with_suffix(to, suffix));
+            }
+            for suffix in &FILES[..2] {
+                let file = with_suffix(&from, suffix);
+                if file.exists() {
+                    std::fs::rename(file, with_suffix(to, suffix))?;
+                }
+            }
+            let _ = std::fs::remove_file(with_suffix(&from, "-shm"));
+            Ok(())
         }
     }
 
     impl Drop for TempPath {
         fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut path = self.0.clone().into_os_string();
-                path.push(suffix);
-                let _ = std::fs::remove_file(Path::new(&path));
+            if let Some(path) = &self.0 {
+                for suffix in FILES {
+                    let _ = std::fs::remove_file(with_suffix(path, suffix));
+                }
             }
         }
     }

@@ -1,0 +1,97 @@
+//! `routing --compare OTHER`: the same load against two server binaries, alternately (A B,
+//! B A, A B, ...), each run on a server of its own and, with `--grow`, on its own copy of one
+//! grown database; then each binary's figures and the ratios of the second to the first.
+
+use std::time::Duration;
+
+use crate::{
+    Target,
+    client::{self, Figures, Load},
+    server::{self, Running, tempfile_path::TempPath},
+    stages,
+};
+
+pub async fn run(
+    target: &Target,
+    other: &str,
+    rounds: usize,
+    load: &Load,
+    grow: Option<Duration>,
+) -> anyhow::Result<()> {
+    let seed = match grow {
+        Some(grow) => Some(grown_seed(target, load.pairs, grow).await?),
+        None => None,
+    };
+    let binaries = [target.server_bin.as_str(), other];
+    let mut figures: [Vec<Figures>; 2] = Default::default();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let target = Target {
+                server_bin: binaries[side].to_owned(),
+                ..target.clone()
+            };
+            let server = Running::start_on_copy(&target, seed.as_ref().map(TempPath::path)).await?;
+            let label = format!("{} (round {})", binaries[side], round + 1);
+            let report = measured(&server, load, &label).await?;
+            figures[side].push(report.figures());
+        }
+    }
+    println!();
+    for (binary, runs) in binaries.iter().zip(&figures) {
+        println!("{binary}: {}", Figures::summary(runs));
+    }
+    println!(
+        "{} / {}: {}",
+        binaries[1],
+        binaries[0],
+        Figures::ratios(&figures[0], &figures[1])
+    );
+    Ok(())
+}
+
+/// The measured run on `server`, printed under `label` with its stages from the server's
+/// metrics.
+pub async fn measured(
+    server: &Running,
+    load: &Load,
+    label: &str,
+) -> anyhow::Result<client::Report> {
+    let before = server.metrics().await.unwrap_or_default();
+    let report = client::routing(server, load).await?;
+    report.print(label);
+    if let Ok(after) = server.metrics().await {
+        stages::print(&before, &after);
+    }
+    Ok(report)
+}
+
+/// Grows the database of `server` by `seconds` of saturation from `pairs` pairs of their own.
+pub async fn grow(server: &Running, pairs: usize, seconds: Duration) -> anyhow::Result<()> {
+    let load = Load::saturating(pairs, seconds);
+    let report = client::routing(server, &load).await?;
+    report.print("grow");
+    if let Some(file) = server.database_file() {
+        let (database, log) = server::sqlite_size(file);
+        println!(
+            "  grown: database {:.0} MiB, write-ahead log {:.0} MiB",
+            database as f64 / 1048576.0,
+            log as f64 / 1048576.0
+        );
+    }
+    Ok(())
+}
+
+/// A SQLite database grown once by the first binary, for every run to start from a copy of.
+async fn grown_seed(target: &Target, pairs: usize, seconds: Duration) -> anyhow::Result<TempPath> {
+    if target.database_url.is_some() || target.url.is_some() {
+        anyhow::bail!(
+            "--compare --grow grows a SQLite database the bench makes: without --database-url and --url"
+        );
+    }
+    let server = Running::start_on_copy(target, None).await?;
+    grow(&server, pairs, seconds).await?;
+    let seed = TempPath::new("kisse-bench-seed", "db");
+    server.stop_keeping_database(seed.path()).await?;
+    Ok(seed)
+}
