@@ -1,7 +1,7 @@
 //! Blocking: the blocker stops hearing from the blocked user, who cannot tell. Messages,
 //! envelopes and calls are answered to the sender exactly as usual, and withheld from the
-//! blocker; a channel invitation adds nobody. Blocks are kept across restarts and seen on every
-//! node of a cluster.
+//! blocker; a channel invitation adds nobody, though its creator counts a member as after any
+//! add. Blocks are kept across restarts and seen on every node of a cluster.
 
 use std::collections::BTreeSet;
 
@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::{
     calls::app_call,
+    channels::{create_channel, post_message},
     consent::{post_story, story_ids},
     envelopes::{device_socket, link_device},
 };
@@ -526,50 +527,128 @@ async fn a_blocked_callers_call_never_rings_and_ends_missed_for_the_caller_alone
     assert_eq!(next["payload"]["callerId"], carol.id.as_str());
 }
 
+/// The member counts `user` is told for these channels, in their order (0: not listed).
+async fn listed_counts(app: &TestApp, user: &TestUser, channels: &[&Value]) -> Vec<i64> {
+    let (status, list) = app.get("/api/channels", &user.token).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let list = list.as_array().expect("array");
+    (channels.iter())
+        .map(|channel| {
+            (list.iter())
+                .find(|listed| listed["id"] == channel["id"])
+                .map_or(0, |listed| listed["member_count"].as_i64().expect("count"))
+        })
+        .collect()
+}
+
+/// Adds `user` to `channel` as its creator; the answer must be a success.
+async fn add_to(app: &TestApp, creator: &TestUser, channel: &Value, user: &TestUser) -> Value {
+    let path = format!("/api/channels/{}/members", id_of(channel));
+    let (status, answer) = app
+        .post(&path, &creator.token, json!({"user_id": user.id}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "the usual success: {answer}");
+    answer
+}
+
+/// Alice adds bob, who blocks her, to `club`, and dave, who does not, to `control`: everything
+/// she is told (the answers, again on a repeated add, her list of channels, her posts) is the
+/// same for both. Bob is in no channel for it: not listed, no access, no posts. Carol, another
+/// member, is told the members there really are. Unblocking changes none of it; an add after
+/// the unblock, or bob joining a public channel, makes him a member.
 async fn a_channel_invitation_from_a_blocked_user_adds_nobody(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
-    let (status, channel) = app
-        .post(
-            "/api/channels",
-            &alice.token,
-            json!({"name": "club", "is_private": true}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{channel}");
-    let members = format!("/api/channels/{}/members", id_of(&channel));
+    let dave = app.register("dave").await;
     block(&app, &bob, &alice).await;
+    let mut b = app.ws(&bob).await;
+    let club = create_channel(&app, &alice, "club", true).await;
+    let control = create_channel(&app, &alice, "control", true).await;
 
-    let (status, answer) = app
-        .post(&members, &alice.token, json!({"user_id": bob.id}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "the usual success: {answer}");
-    assert_eq!(answer["id"], channel["id"]);
-    assert_eq!(app.get("/api/channels", &bob.token).await.1, json!([]));
-    let (status, _) = app
-        .get(
-            &format!("/api/channels/{}/messages", id_of(&channel)),
-            &bob.token,
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "still a stranger to it");
+    for (channel, invitee) in [(&club, &bob), (&control, &dave)] {
+        for _ in 0..2 {
+            let answer = add_to(&app, &alice, channel, invitee).await;
+            assert_eq!(answer["id"], channel["id"]);
+            assert_eq!(keys(&answer), keys(channel), "{answer}");
+            assert_eq!(answer["member_count"], 2, "{answer}");
+        }
+        let answer = add_to(&app, &alice, channel, &carol).await;
+        assert_eq!(answer["member_count"], 3, "{answer}");
+        let (status, post) = post_message(&app, &alice, id_of(channel)).await;
+        assert_eq!(status, StatusCode::CREATED, "{post}");
+    }
+    assert_eq!(
+        listed_counts(&app, &alice, &[&club, &control]).await,
+        [3, 3]
+    );
+    assert_eq!(
+        listed_counts(&app, &carol, &[&club, &control]).await,
+        [2, 3],
+        "other members are told the real count"
+    );
 
-    // Someone who does not block her is added.
-    let (_, added) = app
-        .post(&members, &alice.token, json!({"user_id": carol.id}))
-        .await;
-    assert_eq!(added["member_count"], 2, "{added}");
-    let (_, list) = app.get("/api/channels", &carol.token).await;
-    assert_eq!(list[0]["id"], channel["id"]);
+    // Bob is a stranger to the club, and nothing of it reaches him: alice's post in a public
+    // channel he joined, after hers in the club, is the first channel post he gets. She had
+    // invited him there too; joining makes him the member she counted.
+    a_stranger_to(&app, &bob, &club).await;
+    let lobby = create_channel(&app, &alice, "lobby", false).await;
+    assert_eq!(add_to(&app, &alice, &lobby, &bob).await["member_count"], 2);
+    assert_eq!(listed_counts(&app, &bob, &[&lobby]).await, [0]);
+    let join = format!("/api/channels/{}/join", id_of(&lobby));
+    let (status, joined) = app.post(&join, &bob.token, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(joined["member_count"], 2, "{joined}");
+    assert_eq!(listed_counts(&app, &alice, &[&lobby]).await, [2]);
+    assert_eq!(
+        post_message(&app, &alice, id_of(&club)).await.0,
+        StatusCode::CREATED
+    );
+    let (_, in_lobby) = post_message(&app, &alice, id_of(&lobby)).await;
+    assert_eq!(b.expect("channel_message").await["id"], in_lobby["id"]);
+
+    // Unblocking changes nothing (as for withheld messages); adding him again does.
+    unblock(&app, &bob, &alice).await;
+    a_stranger_to(&app, &bob, &club).await;
+    assert_eq!(listed_counts(&app, &alice, &[&club]).await, [3]);
+    assert_eq!(add_to(&app, &alice, &club, &bob).await["member_count"], 3);
+    for user in [&alice, &bob, &carol] {
+        assert_eq!(listed_counts(&app, user, &[&club]).await, [3]);
+    }
+    let (status, _) = app.get(&messages_of(&club), &bob.token).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
+/// The path of `channel`'s messages.
+fn messages_of(channel: &Value) -> String {
+    format!("/api/channels/{}/messages", id_of(channel))
+}
+
+/// `user` is not in the private `channel`: not listed, and it answers them as no channel.
+async fn a_stranger_to(app: &TestApp, user: &TestUser, channel: &Value) {
+    assert_eq!(listed_counts(app, user, &[channel]).await, [0]);
+    let (status, _) = app.get(&messages_of(channel), &user.token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        post_message(app, user, id_of(channel)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let leave = format!("/api/channels/{}/leave", id_of(channel));
+    assert_eq!(
+        app.post(&leave, &user.token, json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// After a restart (nothing remembered, the block read from the database) bob still hears
+/// nothing from alice: no message, no ring, no envelope; carol's reach him.
 async fn blocks_survive_a_restart(engine: Engine) {
     let mut app = TestApp::spawn(engine).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
+    link_device(&app, &bob, 1).await;
     let blocked = block(&app, &bob, &alice).await;
     app.restart().await;
 
