@@ -819,9 +819,10 @@ async fn a_block_stops_presence_typing_stories_and_identity_changes_both_ways(en
     assert!(story_ids(&app, &alice).await.contains(&bob_story));
 }
 
-/// The blocker's search leaves the blocked user out, under every directory policy; the blocked
-/// user still finds the blocker (leaving them out would reveal the block), without their email.
-/// A conversation the blocked user opens is not listed for the blocker.
+/// The blocker's search and find-by-email leave the blocked user out, under every directory
+/// policy; the blocked user still finds the blocker (leaving them out would reveal the block),
+/// by search without their email. A conversation the blocked user opens is not listed for the
+/// blocker.
 async fn the_blocker_no_longer_finds_the_blocked_user_nor_their_request(engine: Engine) {
     for policy in ["open", "search", "contacts"] {
         let app = TestApp::spawn_with(engine, &[("USER_DIRECTORY", policy)]).await;
@@ -835,14 +836,31 @@ async fn the_blocker_no_longer_finds_the_blocked_user_nor_their_request(engine: 
             assert_eq!(status, StatusCode::OK, "{policy}: {list}");
             list.as_array().expect("array").clone()
         };
+        let by_email = async |viewer: &TestUser, email: &str| {
+            let path = format!(
+                "/api/users/find-by-email?email={}",
+                email.replace('@', "%40")
+            );
+            app.get(&path, &viewer.token).await
+        };
         assert_eq!(found(&alice, "bob_bl").await.len(), 1, "{policy}");
+        assert_eq!(by_email(&alice, &bob.email).await.0, StatusCode::OK);
         block(&app, &alice, &bob).await;
         assert!(found(&alice, "bob_bl").await.is_empty(), "{policy}");
+        assert_eq!(
+            by_email(&alice, &bob.email).await,
+            by_email(&alice, "nobody@example.com").await,
+            "{policy}: answered as an unknown address"
+        );
         let blocker = found(&bob, "alice_bl").await;
         assert_eq!(blocker.len(), 1, "{policy}");
         assert_eq!(blocker[0]["email"], "", "{policy}");
+        let (status, blocker) = by_email(&bob, &alice.email).await;
+        assert_eq!(status, StatusCode::OK, "{policy}: {blocker}");
+        assert_eq!(blocker["email"], alice.email.as_str(), "{policy}");
         unblock(&app, &alice, &bob).await;
         assert_eq!(found(&alice, "bob_bl").await.len(), 1, "{policy}");
+        assert_eq!(by_email(&alice, &bob.email).await.0, StatusCode::OK);
     }
 
     let app = TestApp::spawn(engine).await;
