@@ -76,14 +76,14 @@ pub struct EmailQuery {
     path = "/users/find-by-email",
     tag = "users",
     summary = "Find a user by exact email",
-    description = "Answers under every `USER_DIRECTORY` policy: the way to reach someone whose address one knows.",
+    description = "Answers under every `USER_DIRECTORY` policy: the way to reach someone whose address one knows. A user the caller blocks is not found (404), as in search.",
     params(("email" = String, Query, description = "exact email")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "the user, email included (whatever `USER_DIRECTORY` says)", body = User),
         (status = 400, description = "the caller's own email, or no `email`", body = ErrorBody),
         (status = 401, description = "missing or bad token (empty body)"),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 404, description = "not found, or a user the caller blocks", body = ErrorBody),
         (status = 429, description = "too many lookups (Retry-After)", body = ErrorBody),
     )
 )]

@@ -1,8 +1,9 @@
 //! Blocking: a user stops hearing from another. What the blocked user sends the blocker is
 //! accepted as usual from the sender's point of view (acknowledged, so the block is not
 //! revealed) and withheld: messages and envelopes are never delivered, calls never ring,
-//! channel invitations add nothing (see `blocks` and its callers). One way only: the blocker
-//! can still reach the blocked user. The blocked user is not told.
+//! channel invitations make the blocker a member only in the inviter's count (see `blocks` and
+//! its callers). One way only: the blocker can still reach the blocked user. The blocked user
+//! is not told.
 
 use chrono::{DateTime, Utc};
 

@@ -70,7 +70,7 @@ pub async fn create(state: &AppState, user: UserId, request: CreateChannel) -> R
             created_at: now(),
         })
         .await?;
-    channel(state, id).await
+    channel(state, id, user).await
 }
 
 /// A page of the channels `user` is a member of, newest first; `before` is the id of the last
@@ -87,7 +87,7 @@ pub async fn list(
             state
                 .store
                 .channels()
-                .channel(cursor)
+                .channel(cursor, user)
                 .await?
                 .ok_or_else(|| Error::invalid("`before` is not a channel"))?
                 .seq,
@@ -110,10 +110,10 @@ pub async fn join(state: &AppState, user: UserId, id: ChannelId) -> Result<Chann
         state
             .store
             .channels()
-            .add_channel_member(id, user, now())
+            .add_channel_member(id, user, now(), false)
             .await?;
     }
-    channel(state, id).await
+    channel(state, id, user).await
 }
 
 /// Leaves a channel the caller is a member of.
@@ -124,11 +124,15 @@ pub async fn leave(state: &AppState, user: UserId, id: ChannelId) -> Result<Chan
         .channels()
         .remove_channel_member(id, user)
         .await?;
-    channel(state, id).await
+    channel(state, id, user).await
 }
 
 /// Adds `new_member` to the channel; only its creator may (the way into a private channel).
-/// A new member who blocks the creator is not added, and the creator is answered as usual.
+/// A new member who blocks the creator is only counted, for the creator alone: the creator's
+/// answers (this one, their list of channels) are those of any add, while the new member is
+/// not in the channel (not listed, not reached by its posts, no access). The row stays
+/// withheld after an unblock, as withheld messages do; a later add, once unblocked, or the
+/// member joining a public channel makes them a member.
 pub async fn add_member(
     state: &AppState,
     user: UserId,
@@ -144,14 +148,13 @@ pub async fn add_member(
     if !state.store.users().user_exists(new_member).await? {
         return Err(Error::NotFound("user"));
     }
-    if !super::blocks::blocks(state, new_member, user).await? {
-        state
-            .store
-            .channels()
-            .add_channel_member(id, new_member, now())
-            .await?;
-    }
-    channel(state, id).await
+    let withheld = super::blocks::blocks(state, new_member, user).await?;
+    state
+        .store
+        .channels()
+        .add_channel_member(id, new_member, now(), withheld)
+        .await?;
+    channel(state, id, user).await
 }
 
 /// A page of a channel's messages, newest first; `before` is the id of the oldest one seen.
@@ -252,11 +255,12 @@ async fn member(state: &AppState, id: ChannelId, user: UserId) -> Result<()> {
     }
 }
 
-async fn channel(state: &AppState, id: ChannelId) -> Result<Channel> {
+/// The channel as `viewer` is told it (its member count depends on who asks).
+async fn channel(state: &AppState, id: ChannelId, viewer: UserId) -> Result<Channel> {
     state
         .store
         .channels()
-        .channel(id)
+        .channel(id, viewer)
         .await?
         .ok_or(Error::NotFound("channel"))
 }

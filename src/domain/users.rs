@@ -82,7 +82,8 @@ pub async fn search(
 
 /// The user registered with exactly this email (any case), under every directory policy: the
 /// way to reach someone whose address one knows. The email is in the answer (the caller typed
-/// it). Looking oneself up is an error.
+/// it). Looking oneself up is an error. A user the caller blocks is not found, as in search
+/// (only the caller's own blocks: a user who blocks the caller is found, or it would tell).
 pub async fn find_by_email(state: &AppState, caller: UserId, email: &str) -> Result<User> {
     let user = state
         .store
@@ -92,6 +93,9 @@ pub async fn find_by_email(state: &AppState, caller: UserId, email: &str) -> Res
         .ok_or(Error::NotFound("user"))?;
     if user.id == caller {
         return Err(Error::invalid("that is your own email"));
+    }
+    if super::blocks::blocks(state, caller, user.id).await? {
+        return Err(Error::NotFound("user"));
     }
     Ok(user)
 }

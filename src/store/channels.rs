@@ -8,15 +8,19 @@ use crate::{
     model::{Channel, ChannelId, ChannelMessage, ChannelMessageId, UserId, social::display_name},
 };
 
-/// A channel with its creator's name and member count; `WHERE ...` follows.
+/// A channel with its creator's name and its member count as `$viewer` is told it; `WHERE ...`
+/// follows. Withheld members (added by a creator they block) count for the creator alone: the
+/// creator sees the count any add gives, everyone else the members there really are.
 macro_rules! channel_select {
-    ($join:literal) => {
+    ($viewer:literal, $join:literal) => {
         concat!(
             "SELECT c.seq, c.id, c.name, c.description, c.creator_id,
                     u.username AS creator_username, u.name AS creator_display_name,
                     c.avatar_url, c.is_private, c.last_message_at, c.created_at,
-                    (SELECT COUNT(*) FROM channel_members m WHERE m.channel_id = c.id)
-                        AS member_count
+                    (SELECT COUNT(*) FROM channel_members m
+                     WHERE m.channel_id = c.id AND (NOT m.withheld OR c.creator_id = ",
+            $viewer,
+            ")) AS member_count
              FROM channels c JOIN users u ON u.id = c.creator_id ",
             $join
         )
@@ -153,17 +157,19 @@ impl Channels<'_> {
         Ok(())
     }
 
-    pub async fn channel(self, id: ChannelId) -> Result<Option<Channel>> {
+    /// The channel as `viewer` is told it (see `channel_select!` for its member count).
+    pub async fn channel(self, id: ChannelId, viewer: UserId) -> Result<Option<Channel>> {
         let row = with_pool!(self.0, read, |pool| {
-            sqlx::query_as::<_, ChannelRow>(channel_select!("WHERE c.id = $1"))
+            sqlx::query_as::<_, ChannelRow>(channel_select!("$2", "WHERE c.id = $1"))
                 .bind(id)
+                .bind(viewer)
                 .fetch_optional(pool)
                 .await
         })?;
         Ok(row.map(Into::into))
     }
 
-    /// Whether the channel exists, and what `user` may do in it.
+    /// Whether the channel exists, and what `user` may do in it (a withheld member is none).
     pub async fn channel_access(
         self,
         id: ChannelId,
@@ -173,7 +179,8 @@ impl Channels<'_> {
             sqlx::query_as::<_, ChannelAccess>(
                 "SELECT c.is_private, c.creator_id,
                         EXISTS (SELECT 1 FROM channel_members m
-                                WHERE m.channel_id = c.id AND m.user_id = $2) AS is_member
+                                WHERE m.channel_id = c.id AND m.user_id = $2
+                                  AND NOT m.withheld) AS is_member
                  FROM channels c WHERE c.id = $1",
             )
             .bind(id)
@@ -192,7 +199,9 @@ impl Channels<'_> {
     ) -> Result<Vec<Channel>> {
         let rows = with_pool!(self.0, read, |pool| {
             sqlx::query_as::<_, ChannelRow>(channel_select!(
-                "JOIN channel_members me ON me.channel_id = c.id AND me.user_id = $1
+                "$1",
+                "JOIN channel_members me
+                   ON me.channel_id = c.id AND me.user_id = $1 AND NOT me.withheld
                  WHERE c.seq < $2 ORDER BY c.seq DESC LIMIT $3"
             ))
             .bind(user)
@@ -204,21 +213,29 @@ impl Channels<'_> {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    /// Adds a member; `false` if they already were one.
+    /// Adds a member, or with `withheld` a row only the channel's creator counts (see the
+    /// migration `0016_withheld_channel_members.sql`). A member added for real replaces a
+    /// withheld row; a withheld add leaves an existing row as it is. `false` if nothing
+    /// changed.
     pub async fn add_channel_member(
         self,
         channel: ChannelId,
         user: UserId,
         at: DateTime<Utc>,
+        withheld: bool,
     ) -> Result<bool> {
         let changed = with_pool!(self.0, write, |pool| {
             sqlx::query(
-                "INSERT INTO channel_members (channel_id, user_id, joined_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (channel_id, user_id) DO NOTHING",
+                "INSERT INTO channel_members (channel_id, user_id, joined_at, withheld)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (channel_id, user_id) DO UPDATE
+                     SET withheld = FALSE, joined_at = excluded.joined_at
+                     WHERE channel_members.withheld AND NOT excluded.withheld",
             )
             .bind(channel)
             .bind(user)
             .bind(at)
+            .bind(withheld)
             .execute(pool)
             .await
             .map(|result| result.rows_affected() > 0)
@@ -239,12 +256,15 @@ impl Channels<'_> {
         Ok(changed)
     }
 
+    /// The channel's members (withheld rows are none).
     pub async fn channel_member_ids(self, channel: ChannelId) -> Result<Vec<UserId>> {
         Ok(with_pool!(self.0, read, |pool| {
-            sqlx::query_scalar("SELECT user_id FROM channel_members WHERE channel_id = $1")
-                .bind(channel)
-                .fetch_all(pool)
-                .await
+            sqlx::query_scalar(
+                "SELECT user_id FROM channel_members WHERE channel_id = $1 AND NOT withheld",
+            )
+            .bind(channel)
+            .fetch_all(pool)
+            .await
         })?)
     }
 

@@ -1,7 +1,7 @@
 //! Blocking: the blocker stops hearing from the blocked user, who cannot tell. Messages,
 //! envelopes and calls are answered to the sender exactly as usual, and withheld from the
-//! blocker; a channel invitation adds nobody. Blocks are kept across restarts and seen on every
-//! node of a cluster.
+//! blocker; a channel invitation adds nobody, though its creator counts a member as after any
+//! add. Blocks are kept across restarts and seen on every node of a cluster.
 
 use std::collections::BTreeSet;
 
@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::{
     calls::app_call,
+    channels::{create_channel, post_message},
     consent::{post_story, story_ids},
     envelopes::{device_socket, link_device},
 };
@@ -526,50 +527,128 @@ async fn a_blocked_callers_call_never_rings_and_ends_missed_for_the_caller_alone
     assert_eq!(next["payload"]["callerId"], carol.id.as_str());
 }
 
+/// The member counts `user` is told for these channels, in their order (0: not listed).
+async fn listed_counts(app: &TestApp, user: &TestUser, channels: &[&Value]) -> Vec<i64> {
+    let (status, list) = app.get("/api/channels", &user.token).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let list = list.as_array().expect("array");
+    (channels.iter())
+        .map(|channel| {
+            (list.iter())
+                .find(|listed| listed["id"] == channel["id"])
+                .map_or(0, |listed| listed["member_count"].as_i64().expect("count"))
+        })
+        .collect()
+}
+
+/// Adds `user` to `channel` as its creator; the answer must be a success.
+async fn add_to(app: &TestApp, creator: &TestUser, channel: &Value, user: &TestUser) -> Value {
+    let path = format!("/api/channels/{}/members", id_of(channel));
+    let (status, answer) = app
+        .post(&path, &creator.token, json!({"user_id": user.id}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "the usual success: {answer}");
+    answer
+}
+
+/// Alice adds bob, who blocks her, to `club`, and dave, who does not, to `control`: everything
+/// she is told (the answers, again on a repeated add, her list of channels, her posts) is the
+/// same for both. Bob is in no channel for it: not listed, no access, no posts. Carol, another
+/// member, is told the members there really are. Unblocking changes none of it; an add after
+/// the unblock, or bob joining a public channel, makes him a member.
 async fn a_channel_invitation_from_a_blocked_user_adds_nobody(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
-    let (status, channel) = app
-        .post(
-            "/api/channels",
-            &alice.token,
-            json!({"name": "club", "is_private": true}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{channel}");
-    let members = format!("/api/channels/{}/members", id_of(&channel));
+    let dave = app.register("dave").await;
     block(&app, &bob, &alice).await;
+    let mut b = app.ws(&bob).await;
+    let club = create_channel(&app, &alice, "club", true).await;
+    let control = create_channel(&app, &alice, "control", true).await;
 
-    let (status, answer) = app
-        .post(&members, &alice.token, json!({"user_id": bob.id}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "the usual success: {answer}");
-    assert_eq!(answer["id"], channel["id"]);
-    assert_eq!(app.get("/api/channels", &bob.token).await.1, json!([]));
-    let (status, _) = app
-        .get(
-            &format!("/api/channels/{}/messages", id_of(&channel)),
-            &bob.token,
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "still a stranger to it");
+    for (channel, invitee) in [(&club, &bob), (&control, &dave)] {
+        for _ in 0..2 {
+            let answer = add_to(&app, &alice, channel, invitee).await;
+            assert_eq!(answer["id"], channel["id"]);
+            assert_eq!(keys(&answer), keys(channel), "{answer}");
+            assert_eq!(answer["member_count"], 2, "{answer}");
+        }
+        let answer = add_to(&app, &alice, channel, &carol).await;
+        assert_eq!(answer["member_count"], 3, "{answer}");
+        let (status, post) = post_message(&app, &alice, id_of(channel)).await;
+        assert_eq!(status, StatusCode::CREATED, "{post}");
+    }
+    assert_eq!(
+        listed_counts(&app, &alice, &[&club, &control]).await,
+        [3, 3]
+    );
+    assert_eq!(
+        listed_counts(&app, &carol, &[&club, &control]).await,
+        [2, 3],
+        "other members are told the real count"
+    );
 
-    // Someone who does not block her is added.
-    let (_, added) = app
-        .post(&members, &alice.token, json!({"user_id": carol.id}))
-        .await;
-    assert_eq!(added["member_count"], 2, "{added}");
-    let (_, list) = app.get("/api/channels", &carol.token).await;
-    assert_eq!(list[0]["id"], channel["id"]);
+    // Bob is a stranger to the club, and nothing of it reaches him: alice's post in a public
+    // channel he joined, after hers in the club, is the first channel post he gets. She had
+    // invited him there too; joining makes him the member she counted.
+    a_stranger_to(&app, &bob, &club).await;
+    let lobby = create_channel(&app, &alice, "lobby", false).await;
+    assert_eq!(add_to(&app, &alice, &lobby, &bob).await["member_count"], 2);
+    assert_eq!(listed_counts(&app, &bob, &[&lobby]).await, [0]);
+    let join = format!("/api/channels/{}/join", id_of(&lobby));
+    let (status, joined) = app.post(&join, &bob.token, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(joined["member_count"], 2, "{joined}");
+    assert_eq!(listed_counts(&app, &alice, &[&lobby]).await, [2]);
+    assert_eq!(
+        post_message(&app, &alice, id_of(&club)).await.0,
+        StatusCode::CREATED
+    );
+    let (_, in_lobby) = post_message(&app, &alice, id_of(&lobby)).await;
+    assert_eq!(b.expect("channel_message").await["id"], in_lobby["id"]);
+
+    // Unblocking changes nothing (as for withheld messages); adding him again does.
+    unblock(&app, &bob, &alice).await;
+    a_stranger_to(&app, &bob, &club).await;
+    assert_eq!(listed_counts(&app, &alice, &[&club]).await, [3]);
+    assert_eq!(add_to(&app, &alice, &club, &bob).await["member_count"], 3);
+    for user in [&alice, &bob, &carol] {
+        assert_eq!(listed_counts(&app, user, &[&club]).await, [3]);
+    }
+    let (status, _) = app.get(&messages_of(&club), &bob.token).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
+/// The path of `channel`'s messages.
+fn messages_of(channel: &Value) -> String {
+    format!("/api/channels/{}/messages", id_of(channel))
+}
+
+/// `user` is not in the private `channel`: not listed, and it answers them as no channel.
+async fn a_stranger_to(app: &TestApp, user: &TestUser, channel: &Value) {
+    assert_eq!(listed_counts(app, user, &[channel]).await, [0]);
+    let (status, _) = app.get(&messages_of(channel), &user.token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        post_message(app, user, id_of(channel)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let leave = format!("/api/channels/{}/leave", id_of(channel));
+    assert_eq!(
+        app.post(&leave, &user.token, json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// After a restart (nothing remembered, the block read from the database) bob still hears
+/// nothing from alice: no message, no ring, no envelope; carol's reach him.
 async fn blocks_survive_a_restart(engine: Engine) {
     let mut app = TestApp::spawn(engine).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
+    link_device(&app, &bob, 1).await;
     let blocked = block(&app, &bob, &alice).await;
     app.restart().await;
 
@@ -585,27 +664,60 @@ async fn blocks_survive_a_restart(engine: Engine) {
     let from_carol = id_of(&send(&mut c, &bob).await).to_owned();
     assert_eq!(next_message(&mut b).await, from_carol);
     b.expect_quiet().await;
+
+    // Her call rings nobody and books nobody: carol's, made after it, is the first he sees.
+    let call = json!({"recipient_id": bob.id, "call_type": "audio"});
+    let (status, hers) = app.post("/api/calls", &alice.token, call).await;
+    assert_eq!(
+        (status, &hers["status"]),
+        (StatusCode::CREATED, &json!("ringing"))
+    );
+    let call = json!({"recipient_id": bob.id, "call_type": "video"});
+    let (status, carols) = app.post("/api/calls", &carol.token, call).await;
+    assert_eq!(status, StatusCode::CREATED, "bob is not busy: {carols}");
+    let ring = b.expect("call_request_full").await;
+    assert_eq!(ring["callerId"], carol.id.as_str(), "{ring}");
+    b.close().await;
+
+    // Her envelope is acked and never queued: carol's is the first on bob's device.
+    let envelopes = json!({"messageType": "signal", "envelopes": [envelope(1)]});
+    for sender in [&alice, &carol] {
+        let path = format!("/api/messages/{}", bob.id);
+        let (status, sent) = app
+            .request(
+                Method::PUT,
+                &path,
+                Some(&sender.token),
+                Some(envelopes.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sent}");
+    }
+    let mut phone = device_socket(&app, &bob, 1).await;
+    let first = phone.expect("message").await;
+    assert_eq!(first["senderId"], carol.id.as_str(), "{first}");
+    assert_eq!(first["envelope"]["cursor"], 1, "{first}");
+    phone.expect("queue_empty").await;
 }
 
 // --- two nodes: PostgreSQL and Redis ------------------------------------------------------------
 
-/// Two nodes on one PostgreSQL and one Redis (`b` drops first), or `None` without PostgreSQL.
-async fn cluster() -> Option<(TestApp, TestApp)> {
+/// Two nodes on one PostgreSQL and one Redis, both with `settings` too (`b` drops first), or
+/// `None` without PostgreSQL.
+async fn cluster(settings: &[(&str, &str)]) -> Option<(TestApp, TestApp)> {
     if !Engine::Postgres.available() {
         eprintln!("TEST_DATABASE_URL is not set: blocks cluster test (PostgreSQL only) not run");
         return None;
     }
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = format!("kt-{}", Uuid::new_v4().simple());
-    let a = TestApp::spawn_with(
-        Engine::Postgres,
-        &[
-            ("REDIS_URL", redis.as_str()),
-            ("REDIS_PREFIX", prefix.as_str()),
-            ("PRESENCE_TTL", "2"),
-        ],
-    )
-    .await;
+    let mut all = vec![
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+        ("PRESENCE_TTL", "2"),
+    ];
+    all.extend_from_slice(settings);
+    let a = TestApp::spawn_with(Engine::Postgres, &all).await;
     let b = a.spawn_node(&[]).await;
     for node in [&a, &b] {
         let deadline = tokio::time::Instant::now() + WAIT * 3;
@@ -639,7 +751,7 @@ async fn ready_socket(node: &TestApp, user: &TestUser) -> WsClient {
 /// withheld.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_block_made_on_one_node_withholds_on_the_other() {
-    let Some((b, a)) = cluster().await else {
+    let Some((b, a)) = cluster(&[]).await else {
         return;
     };
     let alice = a.register("alice").await;
@@ -678,6 +790,73 @@ async fn cluster_a_block_made_on_one_node_withholds_on_the_other() {
     assert_eq!(next_message(&mut alice_ws).await, ping);
     let after = id_of(&send(&mut alice_ws, &bob).await).to_owned();
     assert_eq!(next_message(&mut bob_ws).await, after);
+}
+
+/// A `call_request` frame from `ws` to `to` with the app's call id `id`.
+async fn call(ws: &mut WsClient, to: &TestUser, id: &str) {
+    ws.send(
+        "call_request",
+        json!({"recipientId": to.id, "callType": "audio", "callId": id}),
+    )
+    .await;
+}
+
+/// Node A remembered that bob blocks nobody (it rang him for alice's first call); bob then
+/// blocks her through node B, where his socket is: her next call, made through node A, never
+/// rings there, books nobody (carol's call through node A rings him) and ends `missed` for
+/// her. Unblocked through node B, her calls ring again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_block_made_on_one_node_keeps_calls_on_the_other_from_ringing() {
+    let Some((b, a)) = cluster(&[("CALL_RING_TIMEOUT", "2")]).await else {
+        return;
+    };
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let carol = a.register("carol").await;
+    let mut alice_ws = ready_socket(&a, &alice).await;
+    let mut carol_ws = ready_socket(&a, &carol).await;
+    let mut bob_ws = ready_socket(&b, &bob).await;
+    let answer = async |ws: &mut WsClient, id: &str, response: &str| {
+        ws.send("call_response", json!({"callId": id, "response": response}))
+            .await;
+    };
+
+    call(&mut alice_ws, &bob, "before").await;
+    assert_eq!(bob_ws.expect("call_request_full").await["callId"], "before");
+    answer(&mut bob_ws, "before", "reject").await;
+    let rejected = alice_ws.expect("call_response_full").await;
+    assert_eq!(rejected["response"], "reject", "{rejected}");
+
+    block(&b, &bob, &alice).await;
+    // Node B's publisher sends the block's notice on the control channel ahead of this
+    // message: once alice has it, node A has forgotten what it remembered.
+    let from_bob = id_of(&send(&mut bob_ws, &alice).await).to_owned();
+    assert_eq!(next_message(&mut alice_ws).await, from_bob);
+
+    call(&mut alice_ws, &bob, "during").await;
+    alice_ws.expect_quiet().await;
+    call(&mut carol_ws, &bob, "carols").await;
+    let ring = bob_ws.expect("call_request_full").await;
+    assert_eq!(
+        (&ring["callId"], &ring["callerId"]),
+        (&json!("carols"), &json!(carol.id)),
+        "alice's call rang on node B: {ring}"
+    );
+    answer(&mut bob_ws, "carols", "end").await;
+    carol_ws.expect("call_response_full").await;
+    let missed = alice_ws.expect_within("call_response_full", WAIT * 2).await;
+    assert_eq!(
+        (&missed["callId"], &missed["status"]),
+        (&json!("during"), &json!("missed")),
+        "{missed}"
+    );
+
+    unblock(&b, &bob, &alice).await;
+    let from_bob = id_of(&send(&mut bob_ws, &alice).await).to_owned();
+    assert_eq!(next_message(&mut alice_ws).await, from_bob);
+    call(&mut alice_ws, &bob, "after").await;
+    let ring = bob_ws.expect("call_request_full").await;
+    assert_eq!(ring["callId"], "after", "{ring}");
 }
 
 /// Contacts who block each other (either way) stop seeing each other's presence, typing,
@@ -740,9 +919,10 @@ async fn a_block_stops_presence_typing_stories_and_identity_changes_both_ways(en
     assert!(story_ids(&app, &alice).await.contains(&bob_story));
 }
 
-/// The blocker's search leaves the blocked user out, under every directory policy; the blocked
-/// user still finds the blocker (leaving them out would reveal the block), without their email.
-/// A conversation the blocked user opens is not listed for the blocker.
+/// The blocker's search and find-by-email leave the blocked user out, under every directory
+/// policy; the blocked user still finds the blocker (leaving them out would reveal the block),
+/// by search without their email. A conversation the blocked user opens is not listed for the
+/// blocker.
 async fn the_blocker_no_longer_finds_the_blocked_user_nor_their_request(engine: Engine) {
     for policy in ["open", "search", "contacts"] {
         let app = TestApp::spawn_with(engine, &[("USER_DIRECTORY", policy)]).await;
@@ -756,14 +936,31 @@ async fn the_blocker_no_longer_finds_the_blocked_user_nor_their_request(engine: 
             assert_eq!(status, StatusCode::OK, "{policy}: {list}");
             list.as_array().expect("array").clone()
         };
+        let by_email = async |viewer: &TestUser, email: &str| {
+            let path = format!(
+                "/api/users/find-by-email?email={}",
+                email.replace('@', "%40")
+            );
+            app.get(&path, &viewer.token).await
+        };
         assert_eq!(found(&alice, "bob_bl").await.len(), 1, "{policy}");
+        assert_eq!(by_email(&alice, &bob.email).await.0, StatusCode::OK);
         block(&app, &alice, &bob).await;
         assert!(found(&alice, "bob_bl").await.is_empty(), "{policy}");
+        assert_eq!(
+            by_email(&alice, &bob.email).await,
+            by_email(&alice, "nobody@example.com").await,
+            "{policy}: answered as an unknown address"
+        );
         let blocker = found(&bob, "alice_bl").await;
         assert_eq!(blocker.len(), 1, "{policy}");
         assert_eq!(blocker[0]["email"], "", "{policy}");
+        let (status, blocker) = by_email(&bob, &alice.email).await;
+        assert_eq!(status, StatusCode::OK, "{policy}: {blocker}");
+        assert_eq!(blocker["email"], alice.email.as_str(), "{policy}");
         unblock(&app, &alice, &bob).await;
         assert_eq!(found(&alice, "bob_bl").await.len(), 1, "{policy}");
+        assert_eq!(by_email(&alice, &bob.email).await.0, StatusCode::OK);
     }
 
     let app = TestApp::spawn(engine).await;

@@ -20,7 +20,7 @@ scenarios!(
     the_channel_list_pages_and_shows_the_last_message_time,
 );
 
-async fn create_channel(app: &TestApp, user: &TestUser, name: &str, private: bool) -> Value {
+pub async fn create_channel(app: &TestApp, user: &TestUser, name: &str, private: bool) -> Value {
     let (status, channel) = app
         .post(
             "/api/channels",
@@ -40,7 +40,7 @@ fn ids(list: &Value) -> Vec<&str> {
     list.as_array().expect("array").iter().map(id).collect()
 }
 
-async fn post_message(app: &TestApp, user: &TestUser, channel: &str) -> (StatusCode, Value) {
+pub async fn post_message(app: &TestApp, user: &TestUser, channel: &str) -> (StatusCode, Value) {
     app.post(
         &format!("/api/channels/{channel}/messages"),
         &user.token,

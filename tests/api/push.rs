@@ -33,6 +33,7 @@ scenarios!(
     unsafe_endpoints_are_refused_and_not_pushed_to_once_insecure_endpoints_are_off,
     bad_registrations_are_refused_and_a_deleted_one_is_not_pushed_to,
     unlinking_the_device_or_deleting_the_account_drops_its_registration,
+    a_blocked_users_message_envelope_and_call_wake_nothing,
 );
 
 /// The test servers: loopback `http://` endpoints allowed (the receiver), a short interval.
@@ -634,6 +635,60 @@ async fn unlinking_the_device_or_deleting_the_account_drops_its_registration(eng
     push.forget(user);
     let left = push.devices(user).await.expect("read registrations");
     assert!(left.is_empty(), "registrations left: {left:?}");
+}
+
+/// Bob blocks alice and has no socket: her message, envelope and call wake none of his devices
+/// (withheld, they are nothing waiting for him). Carol's message then wakes his device at once:
+/// nothing of alice's took the device's interval either.
+async fn a_blocked_users_message_envelope_and_call_wake_nothing(engine: Engine) {
+    let app = spawn(engine).await;
+    let receiver = PushReceiver::start().await;
+    let alice = app.register("alice").await;
+    let carol = app.register("carol").await;
+    let (bob, bobs) = sleeper(&app, &receiver, "bob").await;
+    let (dave, daves) = sleeper(&app, &receiver, "dave").await;
+    link_device(&app, &bob, 1).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/users/{}/block", alice.id),
+            &bob.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let mut a = app.ws(&alice).await;
+    send(&mut a, &bob).await;
+    let envelopes = json!({"messageType": "signal",
+        "envelopes": [{"deviceId": 1, "type": 3, "content": "AAECAw=="}]});
+    let (status, sent) = app
+        .request(
+            Method::PUT,
+            &format!("/api/messages/{}", bob.id),
+            Some(&alice.token),
+            Some(envelopes),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let call = json!({"recipient_id": bob.id, "call_type": "audio"});
+    let (status, call) = app.post("/api/calls", &alice.token, call).await;
+    assert_eq!(status, StatusCode::CREATED, "{call}");
+    // Dave's push comes after anything alice's events would have caused.
+    send(&mut a, &dave).await;
+    receiver.wait_received(&daves.id, 1, PUSH_WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received(&bobs.id).await, Vec::<Value>::new());
+
+    let mut c = app.ws(&carol).await;
+    send(&mut c, &bob).await;
+    let pushes = receiver.wait_received(&bobs.id, 1, PUSH_WAIT).await;
+    check_wake(
+        &pushes[0],
+        &vapid_key(&app).await,
+        receiver.origin(),
+        "normal",
+    );
+    receiver.assert_count_stays(&bobs.id, 1, QUIET).await;
 }
 
 // --- two nodes: PostgreSQL and Redis ------------------------------------------------------------
