@@ -16,6 +16,7 @@ pub mod model;
 pub mod push;
 pub mod rate_limit;
 pub mod store;
+pub mod tls;
 pub mod ws;
 
 use std::{
