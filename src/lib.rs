@@ -16,6 +16,7 @@ pub mod model;
 pub mod push;
 pub mod rate_limit;
 pub mod store;
+pub mod tls;
 pub mod ws;
 
 use std::{
@@ -79,8 +80,8 @@ pub struct App {
     pub push: domain::push::Waker,
     /// When the process started serving (for `/health`).
     pub started: std::time::Instant,
-    /// The directory of attachment files (`ATTACHMENT_DIR`).
-    pub attachment_files: store::AttachmentFiles,
+    /// Where attachment bytes go: files in `ATTACHMENT_DIR`, or an S3 bucket.
+    pub attachment_storage: store::AttachmentStorage,
     /// Attachment uploads being written on this node.
     pub uploads: domain::attachments::UploadsInFlight,
 }
@@ -135,7 +136,7 @@ impl App {
             push: domain::push::Waker::new(pushers, config.push_queue, config.push_min_interval),
             redis,
             started: std::time::Instant::now(),
-            attachment_files: store::AttachmentFiles::new(&config.attachment_path),
+            attachment_storage: store::AttachmentStorage::new(&config, store.clone())?,
             uploads: Default::default(),
             tokens: TokenKeys::new(&config.jwt_secret, config.jwt_expiration),
             hasher: PasswordHasher::new(config.hash_concurrency)?,

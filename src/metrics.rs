@@ -132,11 +132,11 @@ fn describe() {
     describe_gauge!(
         "kisse_attachment_bytes",
         Unit::Bytes,
-        "Bytes of attachment files on this node's disk (finished, and what unfinished uploads received)"
+        "Attachment bytes stored, in files or S3 (finished, and what unfinished uploads received), as this node counts them"
     );
     describe_gauge!(
         "kisse_attachment_uploads_in_flight",
-        "Attachment PATCH requests streaming bytes to disk right now"
+        "Attachment PATCH requests streaming bytes to storage right now"
     );
     describe_counter!("kisse_errors_total", "Errors answered to clients, by code");
     describe_counter!(

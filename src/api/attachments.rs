@@ -16,8 +16,6 @@ use axum::{
     routing::{get, options},
 };
 use chrono::{DateTime, Utc};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::{
     extract::Path,
@@ -193,7 +191,7 @@ async fn status(
     Ok((StatusCode::OK, headers).into_response())
 }
 
-/// `PATCH`: the body, streamed to disk, continues the upload at `Upload-Offset` → 204 with the
+/// `PATCH`: the body, streamed to storage, continues the upload at `Upload-Offset` → 204 with the
 /// new offset.
 async fn append(
     State(state): State<AppState>,
@@ -235,14 +233,14 @@ async fn terminate(
 }
 
 /// `GET`: the finished attachment's bytes, to any signed-in user with its id (they are the
-/// sender's ciphertext), whole or one `Range`, streamed from the file.
+/// sender's ciphertext), whole or one `Range`, streamed from storage.
 async fn download(
     State(state): State<AppState>,
     AuthUser(_): AuthUser,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let (mut file, size) = attachments::download(&state, &id).await?;
+    let size = attachments::size(&state, &id).await?;
     let asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, length) = match range::slice(asked, size) {
         Slice::Whole => (StatusCode::OK, 0, size),
@@ -262,10 +260,9 @@ async fn download(
             return Ok(refused);
         }
     };
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("reading an attachment")))?;
-    let mut response = Response::new(Body::from_stream(ReaderStream::new(file.take(length))));
+    let range = (status == StatusCode::PARTIAL_CONTENT).then_some(start..start + length);
+    let bytes = attachments::read(&state, &id, range).await?;
+    let mut response = Response::new(Body::from_stream(bytes));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, length.into());

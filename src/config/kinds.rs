@@ -431,3 +431,34 @@ impl Kind for OptionalText {
         value.clone().unwrap_or_else(|| NONE.to_owned())
     }
 }
+
+/// An optional `http://` or `https://` URL of a host, with a port maybe, and no path (a trailing
+/// slash is dropped).
+pub struct OptionalUrl;
+
+impl Kind for OptionalUrl {
+    type Value = Option<String>;
+    fn parse(raw: &str) -> Result<Option<String>, String> {
+        let url = raw.trim().trim_end_matches('/');
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let host = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        let valid = host.is_some_and(|h| {
+            !h.is_empty()
+                && !h.contains(['/', '?', '#', '@'])
+                && h.chars().all(|c| c.is_ascii_graphic())
+        });
+        if !valid {
+            return Err(format!(
+                "{url:?} is not a URL of a host (expected http(s)://host[:port], no path)"
+            ));
+        }
+        Ok(Some(url.to_owned()))
+    }
+    fn show(value: &Option<String>) -> String {
+        value.clone().unwrap_or_else(|| NONE.to_owned())
+    }
+}

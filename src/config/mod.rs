@@ -16,10 +16,12 @@ use rand::RngCore;
 pub use file::ConfigFile;
 use kinds::{
     Address, Count, DatabaseUrl, DaysOrForever, Flag, Hours, Key, Kind, Millis, Networks,
-    OptionalText, Origins, RedisUrl, Seconds, SecondsOrZero, Text, Token, TurnUris,
+    OptionalText, OptionalUrl, Origins, RedisUrl, Seconds, SecondsOrZero, Text, Token, TurnUris,
 };
 pub use setting::{Fallback, Setting};
-pub use values::{AppEnv, DirectoryPolicy, ForwardedHeader, LogFormat, Secret, redact_url};
+pub use values::{
+    AppEnv, DirectoryPolicy, ForwardedHeader, LogFormat, S3Settings, Secret, redact_url,
+};
 
 /// Default database: an SQLite file next to the process, created on first run.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kisse.db";
@@ -83,6 +85,8 @@ settings! {
         /// Where attachment files go: `ATTACHMENT_DIR`, or `attachments/` next to the SQLite
         /// file (in the working directory with PostgreSQL).
         attachment_path: std::path::PathBuf,
+        /// The object store attachments go to, when `ATTACHMENT_S3_BUCKET` is set.
+        attachment_s3: Option<S3Settings>,
     }
 
     /// Where the server runs: development tolerates a generated secret, production does not.
@@ -172,6 +176,23 @@ settings! {
     /// declared lengths): one account cannot fill the disk.
     "ATTACHMENT_QUOTA_BYTES" attachment_quota_bytes: Count<u64> = Value("1073741824"),
         "unexpired attachments one user may have at once, in bytes (413 beyond)";
+    /// The bucket of an S3-compatible object store for attachments: set, they go there (a
+    /// cluster's nodes then share no disk); unset, to files in `ATTACHMENT_DIR`.
+    "ATTACHMENT_S3_BUCKET" attachment_s3_bucket: OptionalText = Unset,
+        "S3 bucket for attachments (any S3-compatible store; needs the access key pair); unset: files in ATTACHMENT_DIR";
+    /// The store's URL when it is not AWS; requests are path-style (`<endpoint>/<bucket>/<key>`).
+    "ATTACHMENT_S3_ENDPOINT" attachment_s3_endpoint: OptionalUrl = Unset,
+        "S3 endpoint for a store other than AWS (MinIO, R2, Ceph, ...): https://host[:port], requests path-style; default: AWS in ATTACHMENT_S3_REGION";
+    "ATTACHMENT_S3_REGION" attachment_s3_region: Text = Value("us-east-1"),
+        "S3 region (the one requests are signed for; R2: auto)";
+    "ATTACHMENT_S3_ACCESS_KEY_ID" attachment_s3_access_key_id: OptionalText = Unset,
+        "S3 access key id (with ATTACHMENT_S3_BUCKET)";
+    "ATTACHMENT_S3_SECRET_ACCESS_KEY" attachment_s3_secret_access_key: Token = Unset,
+        "S3 secret access key (with ATTACHMENT_S3_BUCKET)";
+    /// Plain HTTP to the store, for an endpoint on loopback or a private network only: the
+    /// keys still sign the requests, but the bytes travel unencrypted.
+    "ATTACHMENT_S3_ALLOW_HTTP" attachment_s3_allow_http: Flag = Value("false"),
+        "allow an http:// ATTACHMENT_S3_ENDPOINT (a store on loopback or a private network)";
     /// An unanswered call becomes `missed` after this long.
     "CALL_RING_TIMEOUT" call_ring_timeout: Seconds = Value("60"),
         "seconds before an unanswered call is missed";
@@ -490,7 +511,73 @@ impl Config {
             Some(dir) => dir.into(),
             None => attachments_next_to(&self.database_url),
         };
+        self.attachment_s3 = self.s3_settings(sources)?;
         Ok(self)
+    }
+
+    /// The object store's settings, all or none: half a configuration is refused, not ignored
+    /// (attachments would silently go to the local disk of one node).
+    fn s3_settings(&self, sources: &Sources<'_>) -> anyhow::Result<Option<S3Settings>> {
+        let Some(bucket) = self.attachment_s3_bucket.clone() else {
+            for name in [
+                "ATTACHMENT_S3_ENDPOINT",
+                "ATTACHMENT_S3_REGION",
+                "ATTACHMENT_S3_ACCESS_KEY_ID",
+                "ATTACHMENT_S3_SECRET_ACCESS_KEY",
+                "ATTACHMENT_S3_ALLOW_HTTP",
+            ] {
+                if sources.is_given(name)? {
+                    bail!(
+                        "{name} is set without ATTACHMENT_S3_BUCKET: set the bucket too (S3 \
+                         storage), or remove it (files in ATTACHMENT_DIR)"
+                    );
+                }
+            }
+            return Ok(None);
+        };
+        let valid_name = (3..=63).contains(&bucket.len())
+            && (bucket.bytes()).all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-'));
+        if !valid_name {
+            bail!(
+                "ATTACHMENT_S3_BUCKET={bucket:?} is not a bucket name (3 to 63 lower-case \
+                 letters, digits, dots and hyphens)"
+            );
+        }
+        let (Some(access_key_id), Some(secret_access_key)) = (
+            self.attachment_s3_access_key_id.clone(),
+            self.attachment_s3_secret_access_key.clone(),
+        ) else {
+            bail!(
+                "ATTACHMENT_S3_BUCKET needs ATTACHMENT_S3_ACCESS_KEY_ID and \
+                 ATTACHMENT_S3_SECRET_ACCESS_KEY"
+            );
+        };
+        let http = (self.attachment_s3_endpoint.as_deref()).is_some_and(|e| e.starts_with("http:"));
+        match (http, self.attachment_s3_allow_http) {
+            (true, false) => bail!(
+                "ATTACHMENT_S3_ENDPOINT is plain http://: use https://, or set \
+                 ATTACHMENT_S3_ALLOW_HTTP=true for a store on loopback or a private network"
+            ),
+            (false, true) => {
+                bail!("ATTACHMENT_S3_ALLOW_HTTP=true needs an http:// ATTACHMENT_S3_ENDPOINT")
+            }
+            _ => {}
+        }
+        let most = S3Settings::PART_BYTES as u64 * S3Settings::MAX_PARTS;
+        if self.attachment_max_bytes > most {
+            bail!(
+                "ATTACHMENT_MAX_BYTES may be at most {most} with S3 ({} parts of {} bytes)",
+                S3Settings::MAX_PARTS,
+                S3Settings::PART_BYTES
+            );
+        }
+        Ok(Some(S3Settings {
+            bucket,
+            endpoint: self.attachment_s3_endpoint.clone(),
+            region: self.attachment_s3_region.clone(),
+            access_key_id,
+            secret_access_key,
+        }))
     }
 
     /// The effective settings, secrets redacted (for `check-config`).
@@ -825,6 +912,80 @@ mod tests {
             assert!(err.to_string().contains("is not a TURN/STUN URI"), "{err}");
         }
         assert!(config(&[("TURN_URIS", "turn:t"), secret, ("TURN_TTL", "0")]).is_err());
+    }
+
+    #[test]
+    fn s3_storage_needs_a_whole_configuration() {
+        let bucket = ("ATTACHMENT_S3_BUCKET", "kisse-files");
+        let key_id = ("ATTACHMENT_S3_ACCESS_KEY_ID", "AKIDEXAMPLE");
+        let secret = ("ATTACHMENT_S3_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-secret");
+        assert!(config(&[]).expect("valid").attachment_s3.is_none());
+        let c = config(&[bucket, key_id, secret]).expect("valid");
+        let s3 = c.attachment_s3.as_ref().expect("S3 storage");
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str()),
+            ("kisse-files", "us-east-1")
+        );
+        assert_eq!(s3.endpoint, None);
+        let described = format!("{:?}", c.describe());
+        assert!(!described.contains(secret.1), "{described}");
+        assert!(!format!("{c:?}").contains(secret.1));
+
+        for half in [&[bucket][..], &[bucket, key_id], &[bucket, secret]] {
+            let err = config(half).expect_err("no key pair");
+            assert!(
+                err.to_string().contains("ATTACHMENT_S3_SECRET_ACCESS_KEY"),
+                "{err}"
+            );
+        }
+        for (name, value) in [
+            key_id,
+            secret,
+            ("ATTACHMENT_S3_ENDPOINT", "https://minio.internal:9000"),
+            ("ATTACHMENT_S3_REGION", "eu-west-3"),
+            ("ATTACHMENT_S3_ALLOW_HTTP", "true"),
+        ] {
+            let err = config(&[(name, value)]).expect_err("no bucket");
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("{name} is set without ATTACHMENT_S3_BUCKET")));
+            assert!(!text.contains(secret.1), "{text}");
+        }
+
+        let minio = ("ATTACHMENT_S3_ENDPOINT", "http://127.0.0.1:9000/");
+        let err = config(&[bucket, key_id, secret, minio]).expect_err("plain http");
+        assert!(
+            err.to_string().contains("ATTACHMENT_S3_ALLOW_HTTP"),
+            "{err}"
+        );
+        let allow = ("ATTACHMENT_S3_ALLOW_HTTP", "true");
+        let c = config(&[bucket, key_id, secret, minio, allow]).expect("http allowed");
+        let endpoint = c.attachment_s3.expect("S3").endpoint;
+        assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        let https = (
+            "ATTACHMENT_S3_ENDPOINT",
+            "https://account.r2.cloudflarestorage.com",
+        );
+        assert!(config(&[bucket, key_id, secret, https]).is_ok());
+        assert!(config(&[bucket, key_id, secret, https, allow]).is_err());
+        assert!(config(&[bucket, key_id, secret, allow]).is_err());
+        for bad in [
+            "minio:9000",
+            "ftp://minio",
+            "https://minio/bucket",
+            "https://",
+        ] {
+            let err = config(&[bucket, key_id, secret, ("ATTACHMENT_S3_ENDPOINT", bad)]);
+            assert!(err.is_err(), "{bad}");
+        }
+        for bad in ["Kisse", "ab", "kisse/files", "kisse_files"] {
+            let err = config(&[("ATTACHMENT_S3_BUCKET", bad), key_id, secret]);
+            assert!(err.is_err(), "{bad}");
+        }
+        // S3 takes 10,000 parts at most.
+        let huge = ("ATTACHMENT_MAX_BYTES", "60000000000");
+        let err = config(&[bucket, key_id, secret, huge]).expect_err("too many parts");
+        assert!(err.to_string().contains("ATTACHMENT_MAX_BYTES"), "{err}");
+        assert!(config(&[huge]).is_ok(), "files have no such limit");
     }
 
     #[test]

@@ -22,6 +22,25 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// An S3-compatible object store for attachments (`ATTACHMENT_S3_*`, all checked together).
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// `http(s)://host[:port]`, for a store that is not AWS; plain http only when allowed.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+}
+
+impl S3Settings {
+    /// The size of every part of a multipart upload but the last: S3's minimum, so that an
+    /// upload holds at most this much in memory. Every part is the same size, as R2 requires.
+    pub const PART_BYTES: usize = 5 * 1024 * 1024;
+    /// The most parts S3 takes in one multipart upload.
+    pub const MAX_PARTS: u64 = 10_000;
+}
+
 /// The header trusted reverse proxies append the client address to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ForwardedHeader {

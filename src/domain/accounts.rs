@@ -254,13 +254,13 @@ pub async fn delete(state: &AppState, user: UserId, form: Deletion) -> Result<()
 /// conversations forgotten, on every node (a message to it is then refused as not found).
 /// Whether there was such an account.
 ///
-/// Its attachments' rows go with it (a cascade); their files are removed here, right after.
+/// Its attachments' rows go with it (a cascade); their bytes are removed here, right after.
 pub async fn remove(state: &AppState, user: UserId) -> Result<bool> {
-    let attachments = state.store.attachments().ids_of(user).await?;
+    let attachments = state.store.attachments().leftovers_of(user).await?;
     if !state.store.security().delete_user(user).await? {
         return Ok(false);
     }
-    super::attachments::remove_files(state, attachments).await;
+    super::attachments::remove_bytes(state, attachments).await;
     state.store.conversations().forget_conversations_of(user);
     state.hub.account_deleted(user);
     tracing::info!(%user, "account deleted");

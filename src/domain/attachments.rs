@@ -1,20 +1,22 @@
 //! Encrypted attachments, uploaded with tus 1.0 (`api/attachments.rs` speaks the protocol):
 //! the rules of an upload (its owner, size, quota, offset and expiry) and the streaming of its
-//! bytes to disk. The bytes are the client's ciphertext: never parsed, never logged, and never
-//! held whole in memory (each chunk the connection delivers is written before the next is read).
+//! bytes to storage (`store::AttachmentStorage`: files or an S3 bucket, whichever is set up).
+//! The bytes are the client's ciphertext: never parsed, never logged, and never held whole in
+//! memory (each chunk the connection delivers is written before the next is read; S3 buffers
+//! one part at most).
 
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{collections::HashSet, ops::Range, sync::Mutex, time::Duration};
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
-use tokio::{fs::File, io::AsyncWriteExt};
 
 use crate::{
     AppState,
     error::{Error, Result},
     metrics,
     model::{UserId, now},
-    store::{Attachment, NewAttachment},
+    store::{Attachment, ByteStream, Leftover, NewAttachment, Upload},
 };
 
 /// Longest `Upload-Metadata` kept (the client's opaque names and types of its files).
@@ -142,13 +144,20 @@ pub async fn create(
             "your attachments use up your storage quota: retry once some expire or are deleted",
         ));
     }
-    let files = &state.attachment_files;
+    let storage = &state.attachment_storage;
     let made = async {
-        files.create(&upload.id).await?;
+        storage.create(&upload.id).await?;
         if length == 0 {
             // Nothing to PATCH: complete at once.
-            files
-                .finish(&upload.id, files.resume(&upload.id, 0).await?)
+            let row = state
+                .store
+                .attachments()
+                .get(&upload.id, created_at)
+                .await?;
+            storage
+                .resume(&row.context("the new attachment")?)
+                .await?
+                .finish()
                 .await?;
         }
         anyhow::Ok(())
@@ -219,19 +228,16 @@ where
         // A repeated last PATCH whose answer was lost: nothing left to write.
         return Ok(progress);
     }
-    let files = &state.attachment_files;
-    let mut file = files.resume(id, offset).await?;
-    let (written, stopped) = write_body(&mut file, body, missing).await;
+    let mut bytes = state.attachment_storage.resume(&upload).await?;
+    let (written, stopped) = write_body(&mut bytes, body, missing).await;
     let written = written?;
     progress.offset += written;
     let completed = progress.offset == progress.length;
     if completed {
-        files.finish(id, file).await?;
+        bytes.finish().await?;
     } else {
-        // What the database counts must be on disk: a resumption after a crash starts there.
-        file.sync_data()
-            .await
-            .map_err(|e| anyhow::Error::new(e).context("syncing an attachment"))?;
+        // What the database counts must be stored: a resumption after a crash starts there.
+        bytes.pause().await?;
     }
     let received = i64::try_from(progress.offset).unwrap_or(i64::MAX);
     (state.store.attachments())
@@ -244,10 +250,10 @@ where
     }
 }
 
-/// Writes `body` to `file` as it arrives, at most `room` bytes: how many it wrote, and why it
+/// Writes `body` to `upload` as it arrives, at most `room` bytes: how many it wrote, and why it
 /// stopped early if it did.
 async fn write_body<B, E>(
-    file: &mut File,
+    upload: &mut Upload,
     body: impl Stream<Item = std::result::Result<B, E>>,
     room: u64,
 ) -> (anyhow::Result<u64>, Option<Error>)
@@ -272,59 +278,59 @@ where
         if written + chunk.len() as u64 > room {
             break Some(Error::PayloadTooLarge);
         }
-        if let Err(e) = file.write_all(chunk).await {
-            return (
-                Err(anyhow::Error::new(e).context("writing an attachment")),
-                None,
-            );
+        if let Err(e) = upload.write(chunk).await {
+            return (Err(e), None);
         }
         written += chunk.len() as u64;
     };
-    match file.flush().await {
-        Ok(()) => (Ok(written), stopped),
-        Err(e) => (
-            Err(anyhow::Error::new(e).context("writing an attachment")),
-            None,
-        ),
-    }
+    (Ok(written), stopped)
 }
 
-/// Abandons (or deletes) `user`'s upload `id`: its row and its file go.
+/// Abandons (or deletes) `user`'s upload `id`: its row and its bytes go.
 pub async fn delete(state: &AppState, user: UserId, id: &str) -> Result<()> {
     owned(state, user, id).await?;
     let _claim = state.uploads.claim(id)?;
-    state.store.attachments().delete(id).await?;
-    remove_files(state, [id.to_owned()]).await;
+    let leftover = state.store.attachments().delete(id).await?;
+    remove_bytes(state, leftover).await;
     Ok(())
 }
 
-/// The finished attachment `id` and its size, for any signed-in user who has the id.
-pub async fn download(state: &AppState, id: &str) -> Result<(File, u64)> {
+/// The size of the finished attachment `id`, for any signed-in user who has the id.
+pub async fn size(state: &AppState, id: &str) -> Result<u64> {
     if !valid_id(id) {
         return Err(NOT_FOUND);
     }
     match state.store.attachments().get(id, now()).await? {
-        Some(a) if a.completed_at.is_some() => {}
-        _ => return Err(NOT_FOUND),
+        Some(a) if a.completed_at.is_some() => Ok(u64::try_from(a.length).unwrap_or(0)),
+        _ => Err(NOT_FOUND),
     }
-    (state.attachment_files.open(id).await?).ok_or(NOT_FOUND)
 }
 
-/// Deletes the attachments expired at `at`, finished or not, and their files; how many.
+/// `range` of the finished attachment `id` (all of it: `None`), streamed from storage.
+pub async fn read(state: &AppState, id: &str, range: Option<Range<u64>>) -> Result<ByteStream> {
+    if !valid_id(id) {
+        return Err(NOT_FOUND);
+    }
+    (state.attachment_storage.read(id, range).await?).ok_or(NOT_FOUND)
+}
+
+/// Deletes the attachments expired at `at`, finished or not, and their bytes; how many.
 pub async fn sweep(state: &AppState, at: DateTime<Utc>) -> Result<u64> {
     let expired = state.store.attachments().delete_expired(at).await?;
     let count = expired.len() as u64;
-    remove_files(state, expired).await;
+    remove_bytes(state, expired).await;
     Ok(count)
 }
 
-/// Removes the files of attachments whose rows are gone. A failure is logged and the rest go
+/// Removes the bytes of attachments whose rows are gone. A failure is logged and the rest go
 /// on: the row, the capability to read them, is gone already.
-pub async fn remove_files(state: &AppState, ids: impl IntoIterator<Item = String>) {
-    for id in ids {
-        match state.attachment_files.remove(&id).await {
-            Ok(freed) => metrics::attachment_bytes_deleted(freed),
-            Err(e) => tracing::error!("{:#}", e.context("removing an attachment's files")),
+pub async fn remove_bytes(state: &AppState, leftovers: impl IntoIterator<Item = Leftover>) {
+    for leftover in leftovers {
+        match state.attachment_storage.remove(&leftover).await {
+            Ok(()) => {
+                metrics::attachment_bytes_deleted(u64::try_from(leftover.received).unwrap_or(0))
+            }
+            Err(e) => tracing::error!("{:#}", e.context("removing an attachment's bytes")),
         }
     }
 }

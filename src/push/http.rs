@@ -10,16 +10,7 @@ use super::endpoint;
 /// anywhere), no proxy from the environment, and names resolved through `endpoint`'s filter so
 /// that a name cannot be re-pointed at a private address between the check and the connect.
 pub fn client(timeout: Duration, allow_insecure: bool) -> anyhow::Result<reqwest::Client> {
-    // reqwest is built without a provider of its own (it would bring aws-lc): ring, which
-    // sqlx's TLS already uses, serves this client and any other in the process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = crate::tls::client_config()?;
     // reqwest offers HTTP/2 only on TLS it configures itself: APNs speaks nothing else.
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let mut builder = reqwest::Client::builder()

@@ -11,6 +11,8 @@
 // envelope writer (`envelope_writer`) and the conversation cache; then this file (`Store`); the area files, on top, implement its
 // accessors, beside the whole-database commands (`port`, `backup`).
 mod attachment_files;
+mod attachment_objects;
+mod attachment_storage;
 mod attachments;
 mod backup;
 mod batch;
@@ -50,8 +52,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-pub use attachment_files::AttachmentFiles;
-pub use attachments::{Attachment, NewAttachment};
+pub use attachment_storage::{AttachmentStorage, ByteStream, Upload};
+pub use attachments::{Attachment, Leftover, NewAttachment};
 pub use backup::backup_sqlite;
 pub use calls::{CallRecord, CallRefused, NewCall};
 pub use channels::{ChannelAccess, NewChannel, NewChannelMessage};

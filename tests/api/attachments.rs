@@ -21,6 +21,7 @@ scenarios!(
     a_range_returns_its_slice_and_one_outside_the_file_416,
     bad_patches_are_refused_and_leave_the_upload_as_it_was,
     over_size_and_over_quota_uploads_are_refused_before_a_byte_is_stored,
+    concurrent_creations_never_exceed_the_quota,
     only_the_uploader_resumes_or_deletes_but_anyone_signed_in_with_the_id_downloads,
     a_deleted_upload_is_gone_with_its_file,
     expired_uploads_finished_or_not_are_swept_with_their_files,
@@ -28,7 +29,7 @@ scenarios!(
     tuspy_uploads_in_chunks_resumes_and_gets_the_same_bytes_back,
 );
 
-static TUSPY: Venv = Venv::new(
+pub static TUSPY: Venv = Venv::new(
     "attachments-venv",
     "tests/attachments/requirements.txt",
     "the attachment tests",
@@ -70,16 +71,18 @@ fn files(dir: &Path) -> Vec<String> {
     names
 }
 
-fn random_bytes(len: usize) -> Vec<u8> {
-    (0..len).map(|_| rand::random::<u8>()).collect()
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    rand::fill(&mut bytes[..]);
+    bytes
 }
 
-fn sha256(bytes: &[u8]) -> Vec<u8> {
+pub fn sha256(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
 
 /// A tus request (`Tus-Resumable: 1.0.0`) as `user`.
-fn tus(app: &TestApp, method: Method, path: &str, user: &TestUser) -> RequestBuilder {
+pub fn tus(app: &TestApp, method: Method, path: &str, user: &TestUser) -> RequestBuilder {
     app.http
         .request(method, app.url(path))
         .bearer_auth(&user.token)
@@ -87,7 +90,7 @@ fn tus(app: &TestApp, method: Method, path: &str, user: &TestUser) -> RequestBui
         .timeout(WAIT * 3)
 }
 
-fn header_of(response: &Response, name: &str) -> String {
+pub fn header_of(response: &Response, name: &str) -> String {
     response
         .headers()
         .get(name)
@@ -98,7 +101,7 @@ fn header_of(response: &Response, name: &str) -> String {
 }
 
 /// Starts an upload of `length` bytes: its path (the `Location`).
-async fn create(app: &TestApp, user: &TestUser, length: usize) -> String {
+pub async fn create(app: &TestApp, user: &TestUser, length: usize) -> String {
     let response = tus(app, Method::POST, "/api/attachments", user)
         .header("upload-length", length.to_string())
         .header("upload-metadata", "filename cGhvdG8uZW5j")
@@ -116,7 +119,7 @@ async fn create(app: &TestApp, user: &TestUser, length: usize) -> String {
     location
 }
 
-async fn patch(
+pub async fn patch(
     app: &TestApp,
     user: &TestUser,
     path: &str,
@@ -132,7 +135,7 @@ async fn patch(
         .expect("PATCH")
 }
 
-async fn offset(app: &TestApp, user: &TestUser, path: &str) -> (StatusCode, Option<u64>) {
+pub async fn offset(app: &TestApp, user: &TestUser, path: &str) -> (StatusCode, Option<u64>) {
     let response = tus(app, Method::HEAD, path, user)
         .send()
         .await
@@ -145,7 +148,7 @@ async fn offset(app: &TestApp, user: &TestUser, path: &str) -> (StatusCode, Opti
 }
 
 /// Uploads `bytes` in one PATCH: the upload's path.
-async fn upload(app: &TestApp, user: &TestUser, bytes: &[u8]) -> String {
+pub async fn upload(app: &TestApp, user: &TestUser, bytes: &[u8]) -> String {
     let path = create(app, user, bytes.len()).await;
     let response = patch(app, user, &path, 0, bytes).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
@@ -156,7 +159,7 @@ async fn upload(app: &TestApp, user: &TestUser, bytes: &[u8]) -> String {
     path
 }
 
-async fn download(app: &TestApp, user: &TestUser, path: &str) -> (StatusCode, Vec<u8>) {
+pub async fn download(app: &TestApp, user: &TestUser, path: &str) -> (StatusCode, Vec<u8>) {
     let response = (app.http.get(app.url(path)))
         .bearer_auth(&user.token)
         .send()
@@ -166,7 +169,7 @@ async fn download(app: &TestApp, user: &TestUser, path: &str) -> (StatusCode, Ve
     (status, response.bytes().await.expect("body").to_vec())
 }
 
-async fn error_code(response: Response) -> Value {
+pub async fn error_code(response: Response) -> Value {
     let body: Value = response.json().await.expect("a JSON error");
     body["error"]["code"].clone()
 }
@@ -205,15 +208,22 @@ async fn discovery_names_the_protocol_and_requests_must_name_its_version(engine:
     assert_eq!(files(&s.dir), Vec::<String>::new());
 }
 
-/// Sends a PATCH announcing all of `bytes` but only `sent` of them, then drops the connection
-/// (a phone that lost its network).
-async fn patch_and_drop(app: &TestApp, user: &TestUser, path: &str, bytes: &[u8], sent: usize) {
+/// Sends a PATCH at `offset` announcing all of `bytes` but only `sent` of them, then drops the
+/// connection (a phone that lost its network).
+pub async fn patch_and_drop(
+    app: &TestApp,
+    user: &TestUser,
+    path: &str,
+    offset: usize,
+    bytes: &[u8],
+    sent: usize,
+) {
     let mut stream = tokio::net::TcpStream::connect(app.addr)
         .await
         .expect("connect");
     let head = format!(
         "PATCH {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
-         Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n\
+         Tus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\n\
          Content-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
         app.addr,
         user.token,
@@ -232,7 +242,7 @@ async fn an_upload_interrupted_halfway_resumes_from_head_and_comes_back_whole(en
     let bytes = random_bytes(300 * 1024);
     let path = create(app, &alice, bytes.len()).await;
     let half = bytes.len() / 2;
-    patch_and_drop(app, &alice, &path, &bytes, half).await;
+    patch_and_drop(app, &alice, &path, 0, &bytes, half).await;
 
     // The server keeps what it received once it sees the connection gone; HEAD tells where.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -402,6 +412,51 @@ async fn over_size_and_over_quota_uploads_are_refused_before_a_byte_is_stored(en
     assert_eq!(files(&s.dir).len(), 3);
 }
 
+/// Many creations at once by one user, in a few rounds (a user each): each creation checks the
+/// quota against the others' rows, so exactly as many as fit are accepted (on PostgreSQL,
+/// without a lock per user, several would each see the room before the others took it).
+async fn concurrent_creations_never_exceed_the_quota(engine: Engine) {
+    const FIT: usize = 16;
+    const TRIES: usize = 64;
+    const ROUNDS: usize = 5;
+    // As many connections as requests can overlap, so that their statements do.
+    let s = spawn(
+        engine,
+        &[
+            ("ATTACHMENT_QUOTA_BYTES", "1600"),
+            ("DB_MAX_CONNECTIONS", "32"),
+        ],
+    )
+    .await;
+    let app = &s.app;
+    for round in 0..ROUNDS {
+        let user = app.register(&format!("user{round}")).await;
+        let post = || {
+            tus(app, Method::POST, "/api/attachments", &user)
+                .header("upload-length", "100")
+                .send()
+        };
+        let statuses: Vec<StatusCode> = futures_util::future::join_all((0..TRIES).map(|_| post()))
+            .await
+            .into_iter()
+            .map(|r| r.expect("POST").status())
+            .collect();
+        let created = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count();
+        let refused = (statuses.iter())
+            .filter(|s| **s == StatusCode::PAYLOAD_TOO_LARGE)
+            .count();
+        assert_eq!(
+            (created, refused),
+            (FIT, TRIES - FIT),
+            "round {round}: {statuses:?}"
+        );
+    }
+    assert_eq!(files(&s.dir).len(), ROUNDS * FIT);
+}
+
 async fn only_the_uploader_resumes_or_deletes_but_anyone_signed_in_with_the_id_downloads(
     engine: Engine,
 ) {
@@ -524,15 +579,24 @@ async fn tuspy_uploads_in_chunks_resumes_and_gets_the_same_bytes_back(engine: En
     let app = &s.app;
     let alice = app.register("alice").await;
     let bytes = random_bytes(200 * 1024 + 123);
-    let file = s.dir.with_extension("upload");
-    std::fs::write(&file, &bytes).expect("the file to upload");
+    let path = tuspy_upload(app, &alice, &bytes, 64 * 1024).await;
+    let (status, got) = download(app, &alice, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sha256(&got), sha256(&bytes));
+}
+
+/// Uploads `bytes` with tuspy in chunks of `chunk` bytes, stopping after the first and resuming
+/// (`tests/attachments/tus_upload.py`): the upload's path.
+pub async fn tuspy_upload(app: &TestApp, user: &TestUser, bytes: &[u8], chunk: usize) -> String {
+    let file = std::env::temp_dir().join(format!("kisse-upload-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&file, bytes).expect("the file to upload");
     let python = TUSPY.python().await;
     let output = tokio::process::Command::new(python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attachments/tus_upload.py"))
         .arg(app.url("/api/attachments"))
-        .arg(&alice.token)
+        .arg(&user.token)
         .arg(&file)
-        .arg((64 * 1024).to_string())
+        .arg(chunk.to_string())
         .output()
         .await
         .expect("run tus_upload.py");
@@ -545,10 +609,7 @@ async fn tuspy_uploads_in_chunks_resumes_and_gets_the_same_bytes_back(engine: En
         String::from_utf8_lossy(&output.stderr)
     );
     let url = stdout.lines().last().expect("the upload's URL");
-    let path = url
-        .strip_prefix(&app.url(""))
-        .unwrap_or_else(|| panic!("an URL of this server: {url}"));
-    let (status, got) = download(app, &alice, path).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(sha256(&got), sha256(&bytes));
+    url.strip_prefix(&app.url(""))
+        .unwrap_or_else(|| panic!("an URL of this server: {url}"))
+        .to_owned()
 }

@@ -7,6 +7,7 @@ mod common;
 
 mod admin;
 mod attachments;
+mod attachments_s3;
 mod auth;
 mod blocks;
 mod calls;
