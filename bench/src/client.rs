@@ -665,7 +665,12 @@ async fn routing_with(
 
 /// Opens `sockets` authenticated sockets spread over `users` users and reports the server's
 /// resident memory per socket.
-pub async fn idle(server: &Running, sockets: usize, users: usize) -> anyhow::Result<()> {
+pub async fn idle(
+    server: &Running,
+    sockets: usize,
+    users: usize,
+    settle: Duration,
+) -> anyhow::Result<()> {
     let users = server.register(users.max(1)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = server.rss_kib();
@@ -694,7 +699,7 @@ pub async fn idle(server: &Running, sockets: usize, users: usize) -> anyhow::Res
         open.push(socket);
     }
     let connect_time = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(settle).await;
     let after = server.rss_kib();
     let health: Value = reqwest::get(format!("{}/health", server.base))
         .await?

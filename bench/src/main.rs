@@ -158,6 +158,9 @@ struct IdleArgs {
     sockets: usize,
     #[arg(long, default_value_t = 100)]
     users: usize,
+    /// Seconds to wait once every socket is open before reading the server's memory.
+    #[arg(long, default_value_t = 2)]
+    settle: u64,
 }
 
 #[derive(Args)]
@@ -271,7 +274,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Idle(args) => {
             let server = server::Running::start(&args.target).await?;
-            client::idle(&server, args.sockets, args.users).await
+            let settle = Duration::from_secs(args.settle);
+            client::idle(&server, args.sockets, args.users, settle).await
         }
         Command::Fanout(args) => {
             let server = server::Running::start(&args.target).await?;
