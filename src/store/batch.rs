@@ -9,14 +9,14 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    db::{Db, SqlitePools},
+    db::Db,
     faults,
     group::{FirstDelivery, Group, Inserted, NewMessage, Read, ReadMark, Written},
-    postgres,
-    sqlite::{self, wal_sync::WalSync},
+    postgres, sqlite,
     upload::ContentUpload,
 };
 use crate::{
@@ -234,7 +234,7 @@ async fn run(db: Db, messages: mpsc::Receiver<Job>, deliveries: mpsc::Receiver<D
     };
     while let Some(pending) = queues.wait().await {
         match &db {
-            Db::Sqlite(pools) => write_back_to_back(pools, pending, &mut queues).await,
+            Db::Sqlite(pools) => write_back_to_back(&pools.write, pending, &mut queues).await,
             Db::Postgres(_) => {
                 // The group, then the halves of a group refused for some of its rows, first
                 // half first (see `Pending::settle`).
@@ -242,7 +242,7 @@ async fn run(db: Db, messages: mpsc::Receiver<Job>, deliveries: mpsc::Receiver<D
                 while let Some(pending) = groups.pop() {
                     let result =
                         write_group_with_uploads(&db, pending.group(), &pending.uploads).await;
-                    if let Some((first, second)) = pending.settle(result, None) {
+                    if let Some((first, second)) = pending.settle(result) {
                         groups.extend([second, first]);
                     }
                 }
@@ -270,10 +270,8 @@ const HOLD_WRITER: Duration = Duration::from_millis(2);
 
 /// SQLite: commits `first`, then the groups that queue meanwhile, on the same locked writer
 /// connection (see `sqlite::group::Writer`), until none is waiting or `HOLD_WRITER` has passed.
-/// With a log to sync, the commits leave their fsync to `WalSync`, which answers each group
-/// once it is on disk, while this loop goes on to the next (see `sqlite::wal_sync`).
-async fn write_back_to_back(pools: &SqlitePools, first: Pending, queues: &mut Queues) {
-    let mut conn = match pools.write.acquire().await {
+async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queues) {
+    let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
         Err(e) => return first.answer(Err(e.into())),
     };
@@ -281,47 +279,31 @@ async fn write_back_to_back(pools: &SqlitePools, first: Pending, queues: &mut Qu
         Ok(writer) => writer,
         Err(e) => return first.answer(Err(e)),
     };
-    let log_sync = pools.log_sync.as_ref();
-    if log_sync.is_some()
-        && let Err(e) = writer.sync_on_commit(false)
-    {
-        return first.answer(Err(e));
-    }
     let held = Instant::now();
     let mut pending = first;
     loop {
-        commit(&mut writer, pending, log_sync);
+        commit(&mut writer, pending);
         if held.elapsed() >= HOLD_WRITER {
-            break;
+            return;
         }
         // The tasks the answers woke run first (on this worker too), and queue what comes next.
         tokio::task::yield_now().await;
         match queues.ready() {
             Some(next) => pending = next,
-            None => break,
+            None => return,
         }
-    }
-    if log_sync.is_some()
-        && let Err(e) = writer.sync_on_commit(true)
-    {
-        // The pool's other writes count on their COMMIT syncing: never hand it back this
-        // connection; the pool opens a new one (FULL, as configured).
-        e.context("restoring the SQLite writer's synchronous mode")
-            .log_if_internal();
-        drop(writer);
-        conn.close_on_drop();
     }
 }
 
 /// SQLite: commits `pending` on `writer`, then, if the database refused some of its rows, its
 /// halves, first half first, on the same writer (see `Pending::settle`).
-fn commit(writer: &mut sqlite::group::Writer<'_>, pending: Pending, log_sync: Option<&WalSync>) {
+fn commit(writer: &mut sqlite::group::Writer<'_>, pending: Pending) {
     let mut groups = vec![pending];
     while let Some(pending) = groups.pop() {
         let (group, started) = (pending.group(), Instant::now());
         let result = writer.write(group, &pending.uploads);
         record(group, &pending.uploads, started);
-        if let Some((first, second)) = pending.settle(result, log_sync) {
+        if let Some((first, second)) = pending.settle(result) {
             groups.extend([second, first]);
         }
     }
@@ -443,9 +425,7 @@ impl Pending {
     /// only the jobs at fault failing, each with its own error, and everybody else's answered
     /// as usual: nothing of a failed group was committed. Costs nothing while groups commit;
     /// a database that is down is not retried (see `faults`).
-    ///
-    /// A committed group whose log `log_sync` is to sync is answered once it has.
-    fn settle(self, result: GroupResult, log_sync: Option<&WalSync>) -> Option<(Pending, Pending)> {
+    fn settle(self, result: GroupResult) -> Option<(Pending, Pending)> {
         match result {
             Err(e) if self.jobs() > 1 && faults::is_about_rows(&e) => {
                 let jobs = self.jobs();
@@ -454,15 +434,6 @@ impl Pending {
                     "group commit refused, committing its halves apart: {e:#}"
                 );
                 Some(self.split())
-            }
-            Ok(written) if let Some(log_sync) = log_sync => {
-                log_sync.after_sync(Box::new(move |synced| match synced {
-                    Ok(()) => self.answer(Ok(written)),
-                    Err(e) => self.answer(Err(Error::Internal(anyhow::anyhow!(
-                        "syncing the SQLite log: {e}"
-                    )))),
-                }));
-                None
             }
             result => {
                 self.answer(result);
@@ -564,47 +535,6 @@ mod tests {
         };
         let (reply, _) = oneshot::channel();
         (requested, Job::Content { upload, reply })
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_group_loop_hands_the_writer_back_syncing_its_commits() {
-        let path = std::env::temp_dir().join(format!("kisse-batch-{}.db", uuid::Uuid::new_v4()));
-        let pools = sqlite::connect(&format!("sqlite://{}", path.display()), 1)
-            .await
-            .expect("database");
-        let (reply, answer) = oneshot::channel();
-        let first = Pending {
-            delivery: Some(DeliveryJob {
-                events: Vec::new(),
-                at: now(),
-                reply,
-            }),
-            ..Pending::default()
-        };
-        let (_queue, messages) = mpsc::channel(1);
-        let (_reports, deliveries) = mpsc::channel(1);
-        let mut queues = Queues {
-            messages,
-            deliveries,
-            jobs: Vec::new(),
-        };
-        write_back_to_back(&pools, first, &mut queues).await;
-        let answered = tokio::time::timeout(Duration::from_secs(10), answer).await;
-        assert!(
-            matches!(answered, Ok(Ok(Ok(_)))),
-            "the group is answered once its log is synced"
-        );
-        // The pool's other writes (a registration, a block) rely on their COMMIT syncing.
-        let mode: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&pools.write)
-            .await
-            .expect("pragma");
-        assert_eq!(mode, 2, "the writer is back to synchronous=FULL");
-        pools.write.close().await;
-        pools.read.close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
     }
 
     #[tokio::test]
