@@ -49,12 +49,6 @@ pub fn handle() -> PrometheusHandle {
                         GROUP_BUCKETS,
                     )
                 })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("kisse_store_log_sync_groups".into()),
-                        GROUP_BUCKETS,
-                    )
-                })
                 // Only fails on empty bucket lists: fall back to summaries.
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
@@ -117,17 +111,7 @@ fn describe() {
     describe_histogram!(
         "kisse_store_group_commit_seconds",
         Unit::Seconds,
-        "Duration of a group commit's transaction (on SQLite, without the fsync that follows it: kisse_store_log_sync_seconds)"
-    );
-    describe_histogram!(
-        "kisse_store_log_sync_seconds",
-        Unit::Seconds,
-        "SQLite: duration of an fsync of the log behind the group commit (groups are acknowledged after it)"
-    );
-    describe_histogram!(
-        "kisse_store_log_sync_groups",
-        Unit::Count,
-        "SQLite: group commits one fsync of the log covered"
+        "Duration of a group commit (its transaction, fsync included)"
     );
     describe_gauge!(
         "kisse_attachment_bytes",
@@ -307,12 +291,6 @@ pub fn group_commit(rows: [usize; 4], elapsed: Duration) {
     histogram!("kisse_store_group_rows", "kind" => "delivery_marks").record(marks as f64);
     histogram!("kisse_store_group_rows", "kind" => "content_uploads").record(uploads as f64);
     histogram!("kisse_store_group_commit_seconds").record(elapsed.as_secs_f64());
-}
-
-/// One fsync of the SQLite log, covering `groups` group commits, took `elapsed`.
-pub fn log_sync(groups: usize, elapsed: Duration) {
-    histogram!("kisse_store_log_sync_groups").record(groups as f64);
-    histogram!("kisse_store_log_sync_seconds").record(elapsed.as_secs_f64());
 }
 
 /// Counts a closed socket; returns the reason's name (for the log line).

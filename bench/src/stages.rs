@@ -1,6 +1,5 @@
 //! Where a message's time goes inside the server, from two scrapes of its `/metrics` around a
-//! run: its group commits (how many, how long, how many messages each), on SQLite the syncs
-//! of the log behind them, and the time from a
+//! run: its group commits (how many, how long, how many messages each) and the time from a
 //! message accepted to it pushed to the recipient's socket queue. The bench's own clocks give
 //! the rest: send → ack at the sender, send → delivered at the recipient.
 
@@ -91,17 +90,6 @@ pub fn print(before: &str, after: &str) {
         messages.mean(),
         marks.mean(),
     );
-    let syncs = histogram("kisse_store_log_sync_seconds", "");
-    if syncs.count > 0.0 {
-        let covered = histogram("kisse_store_log_sync_groups", "");
-        println!(
-            "  server: {:.0} syncs of the SQLite log behind the commits, {:.3} ms each (p99 ≤ {} s), {:.1} groups per sync",
-            syncs.count,
-            syncs.mean() * 1e3,
-            syncs.bound(0.99),
-            covered.mean(),
-        );
-    }
     println!(
         "  server: accepted → pushed to the recipient's queue {:.3} ms mean (p99 ≤ {} s); {:.1} frames per socket write",
         routed.mean() * 1e3,

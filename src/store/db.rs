@@ -50,8 +50,6 @@ pub struct PoolStats {
 pub(super) struct SqlitePools {
     pub read: SqlitePool,
     pub write: SqlitePool,
-    /// The group commit's fsync behind the writer (`None` for an in-memory database).
-    pub log_sync: Option<super::sqlite::wal_sync::WalSync>,
 }
 
 /// Runs `$body` with `$pool` bound to the engine's pool for `read` or `write` work.

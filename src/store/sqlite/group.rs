@@ -50,22 +50,6 @@ impl<'c> Writer<'c> {
         Ok(Self(conn.lock_handle().await?))
     }
 
-    /// Whether this writer's commits sync the log themselves (`synchronous=FULL`, what every
-    /// other write through the pool relies on) or leave it to `WalSync` (`NORMAL`: the group
-    /// loop, which acknowledges nothing before that sync).
-    pub(crate) fn sync_on_commit(&mut self, sync: bool) -> Result<()> {
-        let raw = self.0.as_raw_handle();
-        // SAFETY: as in `write`.
-        #[allow(unsafe_code)]
-        let db = unsafe { Connection::from_handle(raw.as_ptr()) }?;
-        db.execute_batch(if sync {
-            "PRAGMA synchronous = FULL"
-        } else {
-            "PRAGMA synchronous = NORMAL"
-        })?;
-        Ok(())
-    }
-
     /// `Statements::write`, then `uploads`, in one transaction. Each upload's answer: the message
     /// its content went to, or why it was refused.
     pub(crate) fn write(

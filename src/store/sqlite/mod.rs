@@ -2,7 +2,6 @@
 //! (`group`), and the statements with no text in common with PostgreSQL's.
 
 pub(super) mod group;
-pub(super) mod wal_sync;
 
 use std::{str::FromStr, time::Duration};
 
@@ -60,26 +59,18 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
         )
         .await
         .context("opening the SQLite database")?;
-    // An in-memory database exists once per connection: share the writer for reads. It has
-    // no log to sync either.
-    let (read, log_sync) = if in_memory(url) {
-        (write.clone(), None)
+    // An in-memory database exists once per connection: share the writer for reads.
+    let read = if in_memory(url) {
+        write.clone()
     } else {
-        let log_sync = wal_sync::WalSync::start(options.get_filename().to_path_buf())
-            .context("starting the SQLite log sync thread")?;
-        let read = SqlitePoolOptions::new()
+        SqlitePoolOptions::new()
             .max_connections(max_connections)
             .test_before_acquire(false)
             .connect_with(options)
             .await
-            .context("opening the SQLite database")?;
-        (read, Some(log_sync))
+            .context("opening the SQLite database")?
     };
-    Ok(SqlitePools {
-        read,
-        write,
-        log_sync,
-    })
+    Ok(SqlitePools { read, write })
 }
 
 fn in_memory(url: &str) -> bool {
