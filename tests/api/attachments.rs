@@ -557,15 +557,7 @@ async fn deleting_the_account_deletes_its_attachment_files(engine: Engine) {
     let kept = upload(app, &bob, &random_bytes(100)).await;
     assert_eq!(files(&s.dir).len(), 3);
 
-    let (status, _) = app
-        .request(
-            Method::DELETE,
-            "/api/auth/me",
-            Some(&alice.token),
-            Some(json!({"password": alice.password})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.delete_account(&alice).await;
     let id = kept.rsplit('/').next().expect("id");
     assert_eq!(
         files(&s.dir),

@@ -362,15 +362,7 @@ async fn deleting_the_account_deletes_its_objects(engine: Engine) {
     attachments_in_every_state(app, &alice).await;
     let kept = upload(app, &bob, &random_bytes(100)).await;
 
-    let (status, _) = app
-        .request(
-            Method::DELETE,
-            "/api/auth/me",
-            Some(&alice.token),
-            Some(json!({"password": alice.password})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.delete_account(&alice).await;
     assert_eq!(
         moto.bucket().await,
         Bucket {

@@ -654,16 +654,7 @@ async fn every_revocation_on_one_node_closes_the_sockets_on_the_other() {
 
     let user = c.a.register("deleted").await;
     closes_on_b_when(&c, &user, &user.token, "account deletion", async |a| {
-        let body = json!({"password": user.password});
-        let (status, _) = a
-            .request(
-                Method::DELETE,
-                "/api/auth/me",
-                Some(&user.token),
-                Some(body),
-            )
-            .await;
-        assert_eq!(status, StatusCode::NO_CONTENT);
+        a.delete_account(&user).await;
     })
     .await;
 }
@@ -682,11 +673,7 @@ async fn a_message_to_a_deleted_account_is_refused_on_every_node_and_others_flow
     send(&mut on_a, &bob, "text").await;
     send(&mut on_b, &bob, "text").await;
 
-    let body = json!({"password": bob.password});
-    let (status, _) =
-        c.a.request(Method::DELETE, "/api/auth/me", Some(&bob.token), Some(body))
-            .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    c.a.delete_account(&bob).await;
     // Node B heard of it: his socket there closes.
     assert_eq!(bob_on_b.closed().await, Some(CloseCode::Library(4001)));
 

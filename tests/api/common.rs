@@ -242,6 +242,25 @@ impl TestApp {
         (token("token"), token("refresh_token"))
     }
 
+    /// Deletes `user`'s account as the app does (`DELETE /api/auth/me` with the password).
+    pub async fn delete_account(&self, user: &TestUser) {
+        let body = json!({"password": user.password});
+        let (status, answer) = self
+            .request(
+                Method::DELETE,
+                "/api/auth/me",
+                Some(&user.token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::NO_CONTENT,
+            "delete {}: {answer}",
+            user.email
+        );
+    }
+
     /// Registers `username` (email `<username>@example.com`, password `password-<username>`).
     pub async fn register(&self, username: &str) -> TestUser {
         self.register_as(username, &format!("{username}@example.com"), None)

@@ -626,11 +626,7 @@ async fn unlinking_the_device_or_deleting_the_account_drops_its_registration(eng
 
     // The account goes, its registrations with it.
     let user = kisse_backend::model::UserId(bob.id.parse().expect("uuid"));
-    let body = json!({"password": bob.password});
-    let (status, _) = app
-        .request(Method::DELETE, "/api/auth/me", Some(&bob.token), Some(body))
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.delete_account(&bob).await;
     let push = app.state.store.push();
     push.forget(user);
     let left = push.devices(user).await.expect("read registrations");

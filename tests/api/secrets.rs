@@ -387,15 +387,7 @@ async fn deleting_an_account_removes_every_row_that_names_it(engine: Engine) {
         before.len()
     );
 
-    let (status, body) = app
-        .request(
-            Method::DELETE,
-            "/api/auth/me",
-            Some(&alice.token),
-            Some(json!({"password": alice.password})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    app.delete_account(&alice).await;
     assert_eq!(a.closed().await, Some(CloseCode::Library(4001)));
     let after = app
         .state

@@ -215,11 +215,7 @@ async fn messages_to_a_deleted_account_are_refused_and_others_still_flow(engine:
     .await;
     ws.expect("message_ack").await;
 
-    let body = json!({"password": bob.password});
-    let (status, _) = app
-        .request(Method::DELETE, "/api/auth/me", Some(&bob.token), Some(body))
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.delete_account(&bob).await;
     assert_eq!(bobs.closed().await, Some(CloseCode::Library(4001)));
 
     ws.send(
