@@ -19,10 +19,10 @@ use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::{connect_async_with_config, tungstenite::Message};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    client::{DRAIN, Socket, connect, field},
+    client::{DRAIN, Socket, connect, connect_url, field},
     server::{Running, User},
     stats::Latencies,
 };
@@ -465,14 +465,6 @@ fn device_url(ws_base: &str, token: &str, device: u8) -> String {
 
 async fn connect_device(server: &Running, token: &str, device: u8) -> anyhow::Result<Socket> {
     connect_url(&device_url(&server.ws_base(), token, device)).await
-}
-
-async fn connect_url(url: &str) -> anyhow::Result<Socket> {
-    // TCP_NODELAY, as for the other sockets.
-    Ok(connect_async_with_config(url, None, true)
-        .await
-        .context("websocket connect")?
-        .0)
 }
 
 /// Reads a freshly connected device socket until `queue_empty`: how many envelopes came
