@@ -51,6 +51,21 @@ fn tail(id: &str) -> Path {
     Path::from(format!("{id}.tail"))
 }
 
+/// An S3 error as it may be logged: object_store's messages name the request's URL, and so the
+/// attachment's id, a capability to read it; the id is replaced before anything sees it.
+trait HidingId<T> {
+    fn hiding(self, id: &str, doing: &'static str) -> anyhow::Result<T>;
+}
+
+impl<T> HidingId<T> for object_store::Result<T> {
+    fn hiding(self, id: &str, doing: &'static str) -> anyhow::Result<T> {
+        self.map_err(|e| {
+            let message = format!("{:#}", anyhow::Error::new(e));
+            anyhow::anyhow!(message.replace(id, "<attachment>")).context(doing)
+        })
+    }
+}
+
 /// Whether `result` failed for want of the thing it acted on (an object, an upload).
 fn found<T>(result: object_store::Result<T>) -> object_store::Result<Option<T>> {
     match result {
@@ -104,7 +119,7 @@ impl AttachmentObjects {
                 .s3
                 .get_range(&tail(&upload.id), 0..tail_length as u64)
                 .await
-                .context("reading an attachment's tail")?;
+                .hiding(&upload.id, "reading an attachment's tail")?;
             ensure!(stored.len() == tail_length, "an attachment's tail is short");
             buffer.extend_from_slice(&stored);
         }
@@ -129,8 +144,8 @@ impl AttachmentObjects {
             range: range.map(GetRange::Bounded),
             ..GetOptions::default()
         };
-        let got =
-            found(self.s3.get_opts(&object(id), options).await).context("reading an attachment")?;
+        let got = found(self.s3.get_opts(&object(id), options).await)
+            .hiding(id, "reading an attachment")?;
         Ok(got.map(|got| got.into_stream()))
     }
 
@@ -140,10 +155,10 @@ impl AttachmentObjects {
         let id = &leftover.id;
         if let Some(multipart) = &leftover.multipart_id {
             found(self.s3.abort_multipart(&object(id), multipart).await)
-                .context("aborting an attachment's multipart upload")?;
+                .hiding(id, "aborting an attachment's multipart upload")?;
         }
         for path in [tail(id), object(id)] {
-            found(self.s3.delete(&path).await).context("deleting an attachment object")?;
+            found(self.s3.delete(&path).await).hiding(id, "deleting an attachment object")?;
         }
         Ok(())
     }
@@ -188,7 +203,7 @@ impl ObjectUpload {
             Some(multipart) => multipart.clone(),
             None => {
                 let multipart = (s3.create_multipart(&path).await)
-                    .context("starting an attachment's multipart upload")?;
+                    .hiding(&self.id, "starting an attachment's multipart upload")?;
                 attachments.record_multipart(&self.id, &multipart).await?;
                 self.multipart.insert(multipart).clone()
             }
@@ -196,7 +211,7 @@ impl ObjectUpload {
         let index = self.parts.len();
         let bytes = std::mem::take(&mut self.buffer);
         let part = (s3.put_part(&path, &multipart, index, bytes.into()).await)
-            .context("storing a part of an attachment")?;
+            .hiding(&self.id, "storing a part of an attachment")?;
         let received = i64::try_from((index + 1) * PART)?;
         (attachments.record_part(&self.id, i32::try_from(index)?, &part.content_id, received))
             .await?;
@@ -213,7 +228,7 @@ impl ObjectUpload {
                 .s3
                 .put(&tail(&self.id), self.buffer.into())
                 .await)
-                .context("storing an attachment's tail")?;
+                .hiding(&self.id, "storing an attachment's tail")?;
         }
         Ok(())
     }
@@ -225,7 +240,8 @@ impl ObjectUpload {
         let path = object(&self.id);
         match &self.multipart {
             None => {
-                (s3.put(&path, self.buffer.into()).await).context("storing an attachment")?;
+                (s3.put(&path, self.buffer.into()).await)
+                    .hiding(&self.id, "storing an attachment")?;
             }
             Some(multipart) => {
                 if !self.buffer.is_empty() {
@@ -233,17 +249,18 @@ impl ObjectUpload {
                     let part = (s3
                         .put_part(&path, multipart, self.parts.len(), last.into())
                         .await)
-                        .context("storing the last part of an attachment")?;
+                        .hiding(&self.id, "storing the last part of an attachment")?;
                     self.parts.push(part);
                 }
                 (s3.complete_multipart(&path, multipart, self.parts).await)
-                    .context("completing an attachment's multipart upload")?;
+                    .hiding(&self.id, "completing an attachment's multipart upload")?;
             }
         }
         // The object is whole now, whatever happens to the tail: a failure to delete it must
         // not fail the PATCH (the upload could not be completed again).
-        if let Err(e) = found(s3.delete(&tail(&self.id)).await) {
-            tracing::warn!(error = %e, "deleting a finished attachment's tail");
+        let deleted = found(s3.delete(&tail(&self.id)).await);
+        if let Err(e) = deleted.hiding(&self.id, "deleting a finished attachment's tail") {
+            tracing::warn!("{e:#}");
         }
         Ok(())
     }
