@@ -6,12 +6,14 @@
 //! outage test, the `redis-server` binary. Each test uses its own key prefix.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use crate::common::{Engine, TestApp, TestUser, WAIT, WsClient};
+use crate::common::{
+    Engine, ServerProcess, TestApp, TestUser, WAIT, WsClient, eventually, free_port,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{
@@ -77,19 +79,6 @@ async fn redis_status(addr: SocketAddr) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
-}
-
-/// Polls `check` until it holds, for at most three times `WAIT`.
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT * 3;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Opens `user`'s socket on `node`, with nothing waiting for them, and waits until the node is
@@ -359,41 +348,9 @@ async fn a_stopping_node_closes_with_1001_and_its_users_lose_nothing_on_another(
     assert_eq!(replay[1]["cursor"], 3);
 }
 
-/// A node running as its own process, killed (SIGKILL) when dropped.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Starts the server binary with `like`'s settings on a port of its own.
-async fn spawn_process(like: &TestApp) -> Process {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_kisse-backend"))
-        .envs(like.settings())
-        .env("SERVER_ADDRESS", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the server binary");
-    let process = Process {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    };
+async fn spawn_process(like: &TestApp) -> ServerProcess {
+    let process = ServerProcess::spawn(like);
     eventually("the process serves and reaches Redis", || async {
         redis_status(process.addr).await == "ok"
     })

@@ -4,9 +4,10 @@
 
 use std::collections::HashSet;
 
-use crate::common::{Engine, TestApp, TestUser, WsClient};
+use crate::common::{Engine, ServerProcess, TestApp, TestUser, WsClient, eventually};
 use serde_json::{Value, json};
 use sqlx::Connection;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
 scenarios!(
@@ -195,4 +196,67 @@ async fn delete_user(app: &TestApp, user: &TestUser) {
             .map(|done| done.rows_affected())
     };
     assert_eq!(deleted.expect("delete"), 1);
+}
+
+/// Messages sent in one burst.
+const BURST: usize = 600;
+
+/// SQLite's writer gathers each commit's log pages in memory and writes them just before the
+/// fsync (`store/sqlite/coalescing_vfs.rs`; its unit test covers commits of megabytes). An
+/// acknowledgement means the message is on disk: once a burst is acknowledged, the server
+/// process is killed without warning, and another server on the same file replays every message,
+/// in order, from a database that passes SQLite's integrity check. (SQLite only: PostgreSQL has
+/// no such writer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_burst_survives_the_process_being_killed() {
+    let mut app = TestApp::spawn_with(
+        Engine::Sqlite,
+        &[
+            ("WS_MESSAGES_PER_SECOND", "10000"),
+            ("WS_FRAMES_PER_SECOND", "10000"),
+        ],
+    )
+    .await;
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    app.conversation(&alice, &bob).await;
+
+    let process = ServerProcess::spawn(&app);
+    let health = format!("http://{}/health", process.addr);
+    eventually("the process serves", || async {
+        reqwest::get(&health)
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    })
+    .await;
+    let request = format!("ws://{}/ws?token={}", process.addr, alice.token)
+        .into_client_request()
+        .expect("ws request");
+    let mut alice_ws = WsClient::connect(request).await.expect("socket opens");
+    let mut sent = Vec::with_capacity(BURST);
+    for _ in 0..BURST {
+        sent.push(send(&mut alice_ws, &bob, Some(Uuid::now_v7())).await);
+    }
+    let mut acked = HashSet::new();
+    while acked.len() < BURST {
+        let ack = alice_ws.expect("message_ack").await;
+        acked.insert(text(&ack["id"]));
+    }
+    assert_eq!(acked, sent.iter().cloned().collect::<HashSet<_>>());
+    drop(process); // SIGKILL
+
+    app.restart().await;
+    let mut bob_ws = app
+        .ws_url(&format!("/ws?token={}&since=0", bob.token))
+        .await
+        .expect("socket opens");
+    for id in &sent {
+        assert_eq!(&text(&bob_ws.expect("message").await["id"]), id);
+    }
+    let url = &app.settings()["DATABASE_URL"];
+    let mut db = sqlx::SqliteConnection::connect(url).await.expect("SQLite");
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut db)
+        .await
+        .expect("integrity check");
+    assert_eq!(check, "ok");
 }

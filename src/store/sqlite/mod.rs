@@ -1,6 +1,7 @@
 //! What SQLite does its own way: its pools (one writer, many readers), its group commit
 //! (`group`), and the statements with no text in common with PostgreSQL's.
 
+mod coalescing_vfs;
 pub(super) mod group;
 
 use std::{str::FromStr, time::Duration};
@@ -42,12 +43,18 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
     // ping is a round trip to the connection's thread, paid by every group commit.
     // The writer checkpoints only as a backstop: `checkpoint_wal` runs beside it, so
     // copying the log into the database does not stall commits.
+    // The writer's log writes are gathered (`coalescing_vfs`), unless the URL names a VFS of
+    // its own: the writer and the readers must share one VFS's locks.
+    let mut write_options = options.clone();
+    if !in_memory(url) && !url.contains("vfs=") {
+        coalescing_vfs::register().map_err(|e| anyhow::anyhow!("SQLite VFS: {e}"))?;
+        write_options = write_options.vfs(coalescing_vfs::NAME);
+    }
     let write = SqlitePoolOptions::new()
         .max_connections(1)
         .test_before_acquire(false)
         .connect_with(
-            options
-                .clone()
+            write_options
                 .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string())
                 // A group commit dirties pages all over the message and inbox indexes; with
                 // SQLite's default 2 MiB cache it spills and rereads them mid-transaction.
