@@ -82,9 +82,11 @@ pub(super) fn within_quota(used: i64, adding: usize, quota: u64) -> bool {
 pub(super) const CONTENT_USED: &str = "SELECT COALESCE(SUM(size_bytes), 0) FROM message_contents
      WHERE sender_id = $1 AND message_id <> $2 AND expires_at > $3";
 
-// The statements of an upload, the same text on both engines. Their parameters are numbered
-// in order of first appearance: SQLite numbers a `$n` parameter that way (rusqlite binds by
-// position), PostgreSQL by `n`.
+// The statements of an upload, the same text on both engines (but `MARK_CONTENT_RECEIVED` and
+// `CLAIM_MESSAGE`, which SQLite's group runs as a lookup and an update: see
+// `sqlite::group::note_content_received`). Their parameters are numbered in order of first
+// appearance: SQLite numbers a `$n` parameter that way (rusqlite binds by position),
+// PostgreSQL by `n`.
 
 /// The message `$1` names, directly or through an alias: `(id, sender_id)`.
 pub(super) const KNOWN_MESSAGE: &str = "SELECT m.id, m.sender_id FROM messages m WHERE m.id = $1

@@ -21,8 +21,8 @@ use crate::store::columns::message_cols;
 use crate::store::faults::RowGone;
 use crate::store::group::{FirstDelivery, Group, NewMessage, ReadMark, Written};
 use crate::store::upload::{
-    ADD_ALIAS, ALIAS_WINDOW_SECONDS, CLAIM_MESSAGE, CONTENT_USED, ContentUpload, KNOWN_MESSAGE,
-    MARK_CONTENT_RECEIVED, Refused, STORE_CONTENT, within_quota,
+    ADD_ALIAS, ALIAS_WINDOW_SECONDS, CONTENT_USED, ContentUpload, KNOWN_MESSAGE, Refused,
+    STORE_CONTENT, within_quota,
 };
 use crate::{
     error::{Error, Result},
@@ -140,23 +140,28 @@ fn attach(db: &Connection, upload: &ContentUpload) -> Result<Result<MessageId, R
         Some((_, owner)) if owner != sender => return Ok(Err(Refused::NotYours)),
         Some((id, _)) => {
             let is_read = db
-                .prepare_cached(MARK_CONTENT_RECEIVED)?
-                .query_row(params![received_at, id.as_bytes()], |row| row.get(1))?;
+                .prepare_cached("SELECT is_read FROM messages WHERE id = ?1")?
+                .query_row(params![id.as_bytes()], |row| row.get(0))?;
+            note_content_received(db, id, &received_at)?;
             (id, is_read)
         }
         None => {
             // One writer: nothing can claim the same message in between.
             let since = content.created_at - chrono::Duration::seconds(ALIAS_WINDOW_SECONDS);
             let claimed = db
-                .prepare_cached(CLAIM_MESSAGE)?
-                .query_row(
-                    params![received_at, sender.as_bytes(), timestamp(since)],
-                    |row| Ok((uuid_at(row, 0)?, row.get(1)?)),
-                )
+                .prepare_cached(
+                    "SELECT id, is_read FROM messages
+                     WHERE sender_id = ?1 AND content_received_at IS NULL AND created_at >= ?2
+                     ORDER BY seq LIMIT 1",
+                )?
+                .query_row(params![sender.as_bytes(), timestamp(since)], |row| {
+                    Ok((uuid_at(row, 0)?, row.get(1)?))
+                })
                 .optional()?;
             let Some((id, is_read)) = claimed else {
                 return Ok(Err(Refused::NotYours));
             };
+            note_content_received(db, id, &received_at)?;
             db.prepare_cached(ADD_ALIAS)?
                 .execute(params![requested.as_bytes(), id.as_bytes()])?;
             (id, is_read)
@@ -182,6 +187,19 @@ fn attach(db: &Connection, upload: &ContentUpload) -> Result<Result<MessageId, R
         i64::try_from(content.bytes.len()).unwrap_or(i64::MAX)
     ])?;
     Ok(Ok(MessageId(target)))
+}
+
+/// Notes when message `id`'s content first came. The upload's statements are lookups, then
+/// this update, where PostgreSQL runs `MARK_CONTENT_RECEIVED` and `CLAIM_MESSAGE` (see
+/// `Statements::mark_delivered` for why not RETURNING on SQLite; one writer: nothing changes
+/// the message in between).
+fn note_content_received(db: &Connection, id: Uuid, received_at: &str) -> Result<()> {
+    db.prepare_cached(
+        "UPDATE messages SET content_received_at = coalesce(content_received_at, ?2)
+         WHERE id = ?1",
+    )?
+    .execute(params![id.as_bytes(), received_at])?;
+    Ok(())
 }
 
 /// The group's open transaction.
