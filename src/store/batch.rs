@@ -2,7 +2,8 @@
 //! SQLite) content uploads, that arrive while a commit is running wait for the next one and
 //! share it, so a burst costs one transaction (one fsync) instead of one per message, receipt,
 //! upload and delivery report. Alone, a
-//! message is committed at once: batching adds no delay when there is nothing to group.
+//! message is committed at once: batching adds no delay when there is nothing to group. A
+//! delivery report alone waits up to `DELIVERY_WAIT` for a message to share its commit.
 //! A group the database refuses because of some of its rows is committed again in halves
 //! until only the jobs at fault fail (`Pending::settle`): one job never fails its neighbours.
 
@@ -231,6 +232,7 @@ async fn run(db: Db, messages: mpsc::Receiver<Job>, deliveries: mpsc::Receiver<D
         messages,
         deliveries,
         jobs: Vec::with_capacity(MAX_BATCH),
+        held: None,
     };
     while let Some(pending) = queues.wait().await {
         match &db {
@@ -307,32 +309,54 @@ fn commit(writer: &mut sqlite::group::Writer<'_>, pending: Pending) {
     }
 }
 
+/// How long a delivery report with no message to share a group with waits for one before it is
+/// committed alone. At moderate rates a message's delivery mark was otherwise a commit of its
+/// own, an fsync, right after the message's: 1.7 commits per message at 1,000 msg/s. Nobody
+/// waits on it but the sender's "delivered" tick.
+const DELIVERY_WAIT: Duration = Duration::from_millis(2);
+
 /// The queues of one writer.
 struct Queues {
     messages: mpsc::Receiver<Job>,
     deliveries: mpsc::Receiver<DeliveryJob>,
     /// Reused between groups.
     jobs: Vec<Job>,
+    /// A delivery report taken from its queue, kept here while it waits for messages
+    /// (`DELIVERY_WAIT`), so that a `wait` dropped meanwhile does not lose it.
+    held: Option<DeliveryJob>,
 }
 
 impl Queues {
     /// Waits for either kind of work, then takes whatever else is ready; `None` once the store
-    /// is gone (nobody can queue anything any more).
+    /// is gone (nobody can queue anything any more). Cancel-safe: what it took from a queue is
+    /// kept in `self` until it returns it.
     async fn wait(&mut self) -> Option<Pending> {
         if !self.jobs.is_empty() {
             // Left over by the previous group's upload bound.
-            return Some(self.take(None));
+            let delivery = self.held.take();
+            return Some(self.take(delivery));
         }
-        let delivery = tokio::select! {
-            biased;
-            Some(job) = self.deliveries.recv() => Some(job),
-            received = self.messages.recv_many(&mut self.jobs, MAX_BATCH) => {
-                if received == 0 {
-                    return None;
+        if self.held.is_none() {
+            tokio::select! {
+                biased;
+                Some(job) = self.deliveries.recv() => self.held = Some(job),
+                received = self.messages.recv_many(&mut self.jobs, MAX_BATCH) => {
+                    if received == 0 {
+                        return None;
+                    }
                 }
-                None
             }
-        };
+        }
+        if self.jobs.is_empty() {
+            // A delivery report alone: its marks ride with the next message's group if one
+            // comes soon. (`recv_many` is cancel-safe; 0 means the queue closed.)
+            let _ = tokio::time::timeout(
+                DELIVERY_WAIT,
+                self.messages.recv_many(&mut self.jobs, MAX_BATCH),
+            )
+            .await;
+        }
+        let delivery = self.held.take();
         Some(self.take(delivery))
     }
 
@@ -533,6 +557,7 @@ mod tests {
             messages,
             deliveries,
             jobs: Vec::new(),
+            held: None,
         };
         // Twenty 1 MiB uploads, then one above the bound on its own.
         let sizes = [vec![1 << 20; 20], vec![MAX_GROUP_UPLOAD_BYTES + 1]].concat();
