@@ -1,5 +1,6 @@
 //! The writer's SQLite VFS: the unix one, but for the log (`-wal` file), whose writes are
-//! gathered in memory and go to the file in one `pwrite` when SQLite syncs it.
+//! gathered in memory and go to the file in a few large `pwrite`s (`CHUNK`) when SQLite syncs
+//! it.
 //!
 //! SQLite writes each page of a commit to the log with two `pwrite`s (a 24-byte frame header,
 //! then the page), so a group commit of ~60 pages made ~120 syscalls, each touching one or two
@@ -11,7 +12,7 @@
 //!
 //! That last point holds only with `synchronous=FULL` (with NORMAL SQLite would publish a commit
 //! without syncing, hence without flushing here), which is why only the writer pool opens the
-//! database through this VFS (`REGISTERED`), always with FULL. Readers use the plain unix VFS;
+//! database through this VFS (`sqlite::connect`), always with FULL. Readers use the plain unix VFS;
 //! both share the unix VFS's locks and shared memory, since every file but the log is opened
 //! by it, unchanged.
 
@@ -136,7 +137,7 @@ mod methods {
     }
 
     pub(super) unsafe extern "C" fn open(
-        vfs: *mut ffi::sqlite3_vfs,
+        _ours: *mut ffi::sqlite3_vfs,
         name: *const c_char,
         file: *mut ffi::sqlite3_file,
         flags: c_int,
@@ -147,7 +148,6 @@ mod methods {
             let Some(unix_open) = (!unix.is_null()).then(|| (*unix).xOpen).flatten() else {
                 return ffi::SQLITE_CANTOPEN;
             };
-            let _ = vfs;
             if flags & ffi::SQLITE_OPEN_WAL == 0 {
                 // Any other file is the unix VFS's own, in the (larger) memory given.
                 return unix_open(unix, name, file, flags, out_flags);
