@@ -113,6 +113,11 @@ fn describe() {
         Unit::Seconds,
         "Duration of a group commit (its transaction, fsync included)"
     );
+    describe_histogram!(
+        "kisse_store_writer_checkpoint_seconds",
+        Unit::Seconds,
+        "SQLite: duration of the rest of a checkpoint that the writer copies between two groups"
+    );
     describe_gauge!(
         "kisse_attachment_bytes",
         Unit::Bytes,
@@ -291,6 +296,11 @@ pub fn group_commit(rows: [usize; 4], elapsed: Duration) {
     histogram!("kisse_store_group_rows", "kind" => "delivery_marks").record(marks as f64);
     histogram!("kisse_store_group_rows", "kind" => "content_uploads").record(uploads as f64);
     histogram!("kisse_store_group_commit_seconds").record(elapsed.as_secs_f64());
+}
+
+/// The SQLite writer finished a checkpoint of the log between two groups, in `elapsed`.
+pub fn writer_checkpoint(elapsed: Duration) {
+    histogram!("kisse_store_writer_checkpoint_seconds").record(elapsed.as_secs_f64());
 }
 
 /// Counts a closed socket; returns the reason's name (for the log line).

@@ -76,7 +76,10 @@ pub use stories::NewStory;
 pub use upload::NewContent;
 pub use users::{NewUser, StoredPresence, UserSearch};
 
-use crate::{error::Result, model::UserId};
+use crate::{
+    error::{Error, Result},
+    model::UserId,
+};
 use db::{Db, with_pool};
 use group::{ReadMark, Written};
 
@@ -172,11 +175,24 @@ impl Store {
     /// Copies what the SQLite log holds into the database file, from a reading connection,
     /// without blocking the writer (PASSIVE); the writer then reuses the log from its start.
     /// Nothing to do on PostgreSQL.
+    /// Groups committed meanwhile are in the log and not copied: the writer copies them between
+    /// two groups (`Batcher::finish_checkpoint`), so that the log starts over.
     pub async fn checkpoint_wal(&self) -> Result<()> {
         if let Db::Sqlite(pools) = &self.db {
-            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pools.read)
+            // (busy, frames in the log when it started, frames copied into the database)
+            let (_, _, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&pools.read)
                 .await?;
+            if copied > 0 {
+                // SQLite syncs the database only when a checkpoint copied the whole log, so the
+                // writer's would flush all this one copied: synced here, beside the writer.
+                let path = pools.read.connect_options().get_filename().to_owned();
+                tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data())
+                    .await
+                    .map_err(|e| Error::Internal(e.into()))?
+                    .map_err(|e| Error::Internal(e.into()))?;
+                self.batcher.finish_checkpoint();
+            }
         }
         Ok(())
     }

@@ -88,6 +88,19 @@ impl<'c> Writer<'c> {
     }
 }
 
+impl Writer<'_> {
+    /// Copies into the database what the log holds beyond the last checkpoint. No group is
+    /// written meanwhile, so it copies the whole log, and the next group starts the log over
+    /// (see `Batcher::finish_checkpoint`).
+    pub(crate) fn checkpoint(&mut self) -> Result<()> {
+        let db = &self.db;
+        blocking(0, || {
+            db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        })?;
+        Ok(())
+    }
+}
+
 /// Runs `body` between BEGIN IMMEDIATE and COMMIT; rolls back when anything fails.
 fn in_transaction<T>(
     db: &mut Connection,

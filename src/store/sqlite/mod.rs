@@ -22,8 +22,9 @@ const WAL_BACKSTOP_PAGES: u32 = 10_000;
 const ROW_BUFFER: usize = 4096;
 /// Page cache of the SQLite writer, in KiB (64 MiB).
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
-/// How often the SQLite log is checkpointed beside the writer.
-pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// How often the SQLite log is checkpointed beside the writer. At 10,000 msg/s the writer adds
+/// about 50,000 pages a second to the log: every 100 ms keeps it well below the backstop.
+pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Opens the database at `url` (creating the file if needed).
 pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<SqlitePools> {
