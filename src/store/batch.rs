@@ -100,12 +100,11 @@ impl Batcher {
                 let (messages, message_queue) = mpsc::channel(QUEUE);
                 // The first writer takes the reports (SQLite); the others get a closed queue.
                 let reports = delivery_queue.take().unwrap_or_else(|| mpsc::channel(1).1);
-                tokio::spawn(run(
-                    db.clone(),
-                    message_queue,
-                    reports,
-                    checkpoint_due.clone(),
-                ));
+                let task = run(db.clone(), message_queue, reports, checkpoint_due.clone());
+                match db {
+                    Db::Sqlite(_) => on_thread_of_its_own(task),
+                    Db::Postgres(_) => drop(tokio::spawn(task)),
+                }
                 messages
             })
             .collect();
@@ -255,6 +254,25 @@ fn record(group: Group<'_>, uploads: &[ContentUpload], started: Instant) {
     crate::metrics::group_commit(rows, started.elapsed());
 }
 
+/// Runs the SQLite group loop `task` on a thread of its own, beside the runtime's workers: a
+/// group blocks its thread for the transaction and its fsync, and on a worker the tasks its
+/// answers woke waited behind the next group (the last one woken, in the worker's LIFO slot,
+/// cannot be taken by another worker).
+fn on_thread_of_its_own(task: impl Future<Output = ()> + Send + 'static) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build();
+    let spawned = runtime.map_err(anyhow::Error::from).and_then(|runtime| {
+        std::thread::Builder::new()
+            .name("kisse-sqlite-writer".into())
+            .spawn(move || runtime.block_on(task))
+            .map_err(anyhow::Error::from)
+    });
+    if let Err(e) = spawned {
+        tracing::error!("could not start the SQLite writer's thread: {e:#}");
+    }
+}
+
 async fn run(
     db: Db,
     messages: mpsc::Receiver<Job>,
@@ -299,14 +317,20 @@ async fn record_deliveries(db: Db, mut reports: mpsc::Receiver<DeliveryJob>) {
     }
 }
 
-/// How long the SQLite group loop keeps the writer connection, waiting for the next group when
-/// none is ready: other writes through the pool (a registration, say) wait at most about this
-/// long plus a group.
-/// At 10,000 msg/s, 10 ms raised p999 (21–34 ms against 14–20 without holding); 2 ms did not.
+/// How long the SQLite group loop keeps the writer connection after a group, waiting for the
+/// next one. At 10,000 msg/s, 10 ms raised p999 (21–34 ms against 14–20 without holding); 2 ms
+/// did not.
 const HOLD_WRITER: Duration = Duration::from_millis(2);
+/// How long the group loop keeps the writer connection at most while groups keep coming: other
+/// writes through the pool (a registration, the envelope writer) wait at most about this long
+/// plus a group. Taking the connection again costs two round trips to sqlx's thread and
+/// parsing the group's statements anew: released every 2 ms, that was 14 % of the CPU at
+/// 5,000 msg/s (10 ms: CPU per message x0.86).
+const HOLD_WRITER_MAX: Duration = Duration::from_millis(10);
 
 /// SQLite: commits `first`, then the groups that come next, on the same locked writer
-/// connection (see `sqlite::group::Writer`), until none comes within `HOLD_WRITER` of the lock.
+/// connection (see `sqlite::group::Writer`), until none comes within `HOLD_WRITER` of the
+/// previous one or `HOLD_WRITER_MAX` after the lock.
 async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queues) {
     let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
@@ -316,7 +340,7 @@ async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queu
         Ok(writer) => writer,
         Err(e) => return first.answer(Err(e)),
     };
-    let until = tokio::time::Instant::now() + HOLD_WRITER;
+    let locked = tokio::time::Instant::now();
     let mut pending = first;
     loop {
         commit(&mut writer, pending);
@@ -330,6 +354,7 @@ async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queu
         }
         // The next group usually comes within the hold (at 5,000 msg/s, a fraction of a
         // millisecond): waiting for it keeps the lock and its prepared statements.
+        let until = (tokio::time::Instant::now() + HOLD_WRITER).min(locked + HOLD_WRITER_MAX);
         match tokio::time::timeout_at(until, queues.wait()).await {
             Ok(Some(next)) => pending = next,
             Ok(None) | Err(_) => return,
