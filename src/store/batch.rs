@@ -100,11 +100,12 @@ impl Batcher {
                 let (messages, message_queue) = mpsc::channel(QUEUE);
                 // The first writer takes the reports (SQLite); the others get a closed queue.
                 let reports = delivery_queue.take().unwrap_or_else(|| mpsc::channel(1).1);
-                let task = run(db.clone(), message_queue, reports, checkpoint_due.clone());
-                match db {
-                    Db::Sqlite(_) => on_thread_of_its_own(task),
-                    Db::Postgres(_) => drop(tokio::spawn(task)),
-                }
+                tokio::spawn(run(
+                    db.clone(),
+                    message_queue,
+                    reports,
+                    checkpoint_due.clone(),
+                ));
                 messages
             })
             .collect();
@@ -252,25 +253,6 @@ fn record(group: Group<'_>, uploads: &[ContentUpload], started: Instant) {
         uploads.len(),
     ];
     crate::metrics::group_commit(rows, started.elapsed());
-}
-
-/// Runs the SQLite group loop `task` on a thread of its own, beside the runtime's workers: a
-/// group blocks its thread for the transaction and its fsync, and on a worker the tasks its
-/// answers woke waited behind the next group (the last one woken, in the worker's LIFO slot,
-/// cannot be taken by another worker).
-fn on_thread_of_its_own(task: impl Future<Output = ()> + Send + 'static) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build();
-    let spawned = runtime.map_err(anyhow::Error::from).and_then(|runtime| {
-        std::thread::Builder::new()
-            .name("kisse-sqlite-writer".into())
-            .spawn(move || runtime.block_on(task))
-            .map_err(anyhow::Error::from)
-    });
-    if let Err(e) = spawned {
-        tracing::error!("could not start the SQLite writer's thread: {e:#}");
-    }
 }
 
 async fn run(

@@ -119,13 +119,11 @@ fn in_transaction<T>(
     result
 }
 
-/// Rows up to which a group written on a runtime worker runs right there, holding up that
-/// worker's other tasks meanwhile (the other worker takes what it can): a few milliseconds
-/// (groups of about 110 rows took 3.7 ms on average at 10,000 msg/s with read receipts). Larger
-/// groups first hand those tasks to another thread (`block_in_place`), which costs a thread
-/// wake-up: about 0.6 ms of median latency at 10,000 msg/s, 2 ms with read receipts (measured
-/// against 128). (The group loop has a thread of its own, where nothing waits behind a group:
-/// see `batch::on_thread_of_its_own`; this is for `write` called on a worker.)
+/// Rows up to which a group runs right on its runtime worker, holding up that worker's other
+/// tasks meanwhile (the other worker takes what it can): a few milliseconds (groups of about
+/// 110 rows took 3.7 ms on average at 10,000 msg/s with read receipts). Larger groups first
+/// hand those tasks to another thread (`block_in_place`), which costs a thread wake-up: about
+/// 0.6 ms of median latency at 10,000 msg/s, 2 ms with read receipts (measured against 128).
 const INLINE_ROWS: usize = 256;
 
 /// Runs `work`, which blocks its thread for the transaction of a group of `rows` rows.
