@@ -602,6 +602,8 @@ mod tests {
 
     /// Frames in the SQLite log of the database at `path`, as its index says (`mxFrame`, a
     /// native-endian `u32` at byte 16 of the `-shm` file): reading them must not checkpoint.
+    /// (Closing the file drops this process's POSIX locks on it: harmless in a test that no
+    /// other process shares.)
     fn frames_in_log(path: &std::path::Path) -> u32 {
         let index = std::fs::read(format!("{}-shm", path.display())).expect("log index");
         u32::from_ne_bytes(index[16..20].try_into().expect("4 bytes"))

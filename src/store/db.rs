@@ -50,6 +50,11 @@ pub struct PoolStats {
 pub(super) struct SqlitePools {
     pub read: SqlitePool,
     pub write: SqlitePool,
+    /// The database file, opened once for `Store::checkpoint_wal` to sync it (`None` in
+    /// memory). Kept open as long as the pools: closing any descriptor of the file drops every
+    /// POSIX lock this process holds on it, SQLite's connections' included, which another
+    /// process (the `sqlite3` shell, a backup) would then not see.
+    pub file: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// Runs `$body` with `$pool` bound to the engine's pool for `read` or `write` work.

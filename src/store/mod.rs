@@ -186,11 +186,12 @@ impl Store {
             if copied > 0 {
                 // SQLite syncs the database only when a checkpoint copied the whole log, so the
                 // writer's would flush all this one copied: synced here, beside the writer.
-                let path = pools.read.connect_options().get_filename().to_owned();
-                tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data())
-                    .await
-                    .map_err(|e| Error::Internal(e.into()))?
-                    .map_err(|e| Error::Internal(e.into()))?;
+                if let Some(file) = pools.file.clone() {
+                    tokio::task::spawn_blocking(move || file.sync_data())
+                        .await
+                        .map_err(|e| Error::Internal(e.into()))?
+                        .map_err(|e| Error::Internal(e.into()))?;
+                }
                 self.batcher.finish_checkpoint();
             }
         }

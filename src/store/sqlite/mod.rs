@@ -49,6 +49,7 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
     // copying the log into the database does not stall commits.
     // The writer's log writes are gathered (`coalescing_vfs`), unless the URL names a VFS of
     // its own: the writer and the readers must share one VFS's locks.
+    let path = options.get_filename().to_owned();
     let mut write_options = options.clone();
     if !in_memory(url) && !url.contains("vfs=") {
         coalescing_vfs::register().map_err(|e| anyhow::anyhow!("SQLite VFS: {e}"))?;
@@ -81,7 +82,15 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
             .await
             .context("opening the SQLite database")?
     };
-    Ok(SqlitePools { read, write })
+    let file = match in_memory(url) {
+        true => None,
+        false => {
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("opening {} to sync it", path.display()))?;
+            Some(std::sync::Arc::new(file))
+        }
+    };
+    Ok(SqlitePools { read, write, file })
 }
 
 fn in_memory(url: &str) -> bool {
