@@ -20,6 +20,8 @@ mod blocks;
 mod blocks_cache;
 mod calls;
 mod channels;
+#[cfg(test)]
+mod checkpoint_tests;
 mod columns;
 mod contents;
 #[cfg(test)]
