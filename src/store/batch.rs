@@ -121,7 +121,7 @@ impl Batcher {
     /// copies the bulk of the log without stopping it, but the log starts over from its
     /// beginning only once a checkpoint copied all of it, which never happens while groups keep
     /// coming: the log then grew to `WAL_BACKSTOP_PAGES` and the writer checkpointed it all
-    /// itself, 5–10 ms with the database's fsync, twice a second at 10,000 msg/s: the messages
+    /// itself, 4–9 ms with the database's fsync, twice a second at 10,000 msg/s: the messages
     /// of those moments were the p99. What is left after the checkpoint beside it is a few
     /// groups' pages.
     pub(super) fn finish_checkpoint(&self) {

@@ -93,10 +93,8 @@ impl Writer<'_> {
     /// written meanwhile, so it copies the whole log, and the next group starts the log over
     /// (see `Batcher::finish_checkpoint`).
     pub(crate) fn checkpoint(&mut self) -> Result<()> {
-        let db = &self.db;
-        blocking(0, || {
-            db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        })?;
+        self.db
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
     }
 }

@@ -45,8 +45,8 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
         .row_buffer_size(ROW_BUFFER);
     // No ping before a pool hands out a connection: it is a file in this process, and the
     // ping is a round trip to the connection's thread, paid by every group commit.
-    // The writer checkpoints only as a backstop: `checkpoint_wal` runs beside it, so
-    // copying the log into the database does not stall commits.
+    // `checkpoint_wal` copies the log beside the writer, which only copies, between two
+    // groups, what came meanwhile; its own checkpoint after a commit is a backstop.
     // The writer's log writes are gathered (`coalescing_vfs`), unless the URL names a VFS of
     // its own: the writer and the readers must share one VFS's locks.
     let path = options.get_filename().to_owned();
