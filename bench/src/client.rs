@@ -19,7 +19,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    server::{Running, User},
+    server::{Running, Usage, User},
     stats::Latencies,
 };
 
@@ -144,10 +144,10 @@ pub struct Report {
     /// Content uploads (stored, refused, latency from the ack) and recipients' fetches (got,
     /// failed, latency from the send), with `--content`.
     content: Option<[(u64, u64, Latencies); 2]>,
-    /// The server's CPU time from the first message sent to the last one delivered (and the
-    /// receipts and uploads drained): steadier than throughput when the load generator shares
-    /// the machine.
-    server_cpu: Option<Duration>,
+    /// What the server used from the first message sent to the last one delivered (and the
+    /// receipts and uploads drained): its CPU time is steadier than throughput when the load
+    /// generator shares the machine, its writes and context switches steadier still.
+    server: Option<Usage>,
 }
 
 impl Report {
@@ -162,8 +162,14 @@ impl Report {
             p99: self.latencies.percentile(99.0),
             ack_p99: self.acks.percentile(99.0),
             cpu_per_message: self
-                .server_cpu
-                .map(|cpu| cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64),
+                .server
+                .map(|used| used.cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64),
+            written_per_message: self
+                .server
+                .map(|used| used.written as f64 / 1024.0 / self.delivered.max(1) as f64),
+            switches_per_message: self
+                .server
+                .map(|used| used.switches as f64 / self.delivered.max(1) as f64),
         }
     }
 
@@ -196,11 +202,14 @@ impl Report {
             self.latencies.summary(),
         );
         println!("  send → ack: {}", self.acks.summary());
-        if let Some(cpu) = self.server_cpu {
+        if let Some(used) = self.server {
+            let per_message = |n: f64| n / self.delivered.max(1) as f64;
             println!(
-                "  server CPU: {:.1} s, {:.1} us per delivered message",
-                cpu.as_secs_f64(),
-                cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64
+                "  server CPU: {:.1} s, {:.1} us per delivered message; per message, {:.1} KiB written to files (log, database) and {:.2} context switches",
+                used.cpu.as_secs_f64(),
+                per_message(used.cpu.as_secs_f64() * 1e6),
+                per_message(used.written as f64 / 1024.0),
+                per_message(used.switches as f64),
             );
         }
         if let Some([(stored, refused, uploads), (got, failed, fetches)]) = &self.content {
@@ -224,11 +233,15 @@ pub struct Figures {
     ack_p99: Duration,
     /// Server CPU microseconds per delivered message.
     cpu_per_message: Option<f64>,
+    /// KiB the server wrote to files per delivered message.
+    written_per_message: Option<f64>,
+    /// Context switches of the server's threads per delivered message.
+    switches_per_message: Option<f64>,
 }
 
 impl Figures {
     /// Means of throughput and CPU, medians of the latencies (tails are skewed by outliers).
-    fn aggregate(runs: &[Self]) -> [f64; 5] {
+    fn aggregate(runs: &[Self]) -> [f64; 7] {
         let mean = |f: &dyn Fn(&Self) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
         let median = |f: &dyn Fn(&Self) -> f64| {
             let mut values: Vec<f64> = runs.iter().map(f).collect();
@@ -242,11 +255,13 @@ impl Figures {
             median(&|r| ms(r.p99)),
             median(&|r| ms(r.ack_p99)),
             mean(&|r| r.cpu_per_message.unwrap_or(0.0)),
+            mean(&|r| r.written_per_message.unwrap_or(0.0)),
+            mean(&|r| r.switches_per_message.unwrap_or(0.0)),
         ]
     }
 
     pub fn summary(runs: &[Self]) -> String {
-        let [rate, p50, p99, ack_p99, cpu] = Self::aggregate(runs);
+        let [rate, p50, p99, ack_p99, cpu, written, switches] = Self::aggregate(runs);
         let each = runs
             .iter()
             .map(|r| {
@@ -259,7 +274,7 @@ impl Figures {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "{} runs: mean {rate:.0} delivered/s, median p50 {p50:.2} ms, median p99 {p99:.2} ms, median ack p99 {ack_p99:.2} ms, mean {cpu:.1} us CPU per message [{each}]",
+            "{} runs: mean {rate:.0} delivered/s, median p50 {p50:.2} ms, median p99 {p99:.2} ms, median ack p99 {ack_p99:.2} ms, mean {cpu:.1} us CPU, {written:.1} KiB written, {switches:.2} context switches per message [{each}]",
             runs.len()
         )
     }
@@ -269,12 +284,14 @@ impl Figures {
         let (a, b) = (Self::aggregate(first), Self::aggregate(second));
         let ratio = |i: usize| b[i] / a[i].max(f64::MIN_POSITIVE);
         format!(
-            "delivered/s x{:.3}, p50 x{:.3}, p99 x{:.3}, ack p99 x{:.3}, CPU per message x{:.3}",
+            "delivered/s x{:.3}, p50 x{:.3}, p99 x{:.3}, ack p99 x{:.3}, CPU per message x{:.3}, written x{:.3}, context switches x{:.3}",
             ratio(0),
             ratio(1),
             ratio(2),
             ratio(3),
-            ratio(4)
+            ratio(4),
+            ratio(5),
+            ratio(6)
         )
     }
 }
@@ -376,7 +393,7 @@ async fn routing_with(
     }
     let offline_sent = Arc::new(AtomicU64::new(0));
     let clock = Instant::now();
-    let cpu_at_start = server.pid().and_then(crate::server::cpu_time);
+    let used_at_start = server.pid().and_then(Usage::of);
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, acked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let receipts = Arc::new(AtomicU64::new(0));
@@ -631,11 +648,11 @@ async fn routing_with(
     }
     uploads.drain().await;
     fetches.drain().await;
-    let server_cpu = server
+    let used = server
         .pid()
-        .and_then(crate::server::cpu_time)
-        .zip(cpu_at_start)
-        .map(|(end, start)| end.saturating_sub(start));
+        .and_then(Usage::of)
+        .zip(used_at_start)
+        .map(|(end, start)| end.since(start));
     // The ack tasks end once their socket is closed: drop the sink half.
     let mut ack_latencies = Vec::new();
     let deadline = tokio::time::Instant::now() + DRAIN;
@@ -669,7 +686,7 @@ async fn routing_with(
         offline: offline_sent.load(Ordering::Relaxed),
         receipts: read.then(|| receipts.load(Ordering::Relaxed)),
         content: content.then(|| [uploads.tally(), fetches.tally()]),
-        server_cpu,
+        server: used,
     })
 }
 

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     client::{DRAIN, Socket, connect, connect_url, field},
-    server::{Running, User},
+    server::{Running, Usage, User},
     stats::Latencies,
 };
 
@@ -103,7 +103,7 @@ pub struct Report {
     acks_done: Option<Duration>,
     elapsed: Duration,
     latencies: Latencies,
-    server_cpu: Option<Duration>,
+    server: Option<Usage>,
     /// Devices whose queue was empty at the end, devices that still had envelopes (and how
     /// many in all), devices that never said `queue_empty` on reconnect.
     queues_empty: u64,
@@ -141,12 +141,15 @@ impl Report {
             self.receipts,
             self.latencies.summary(),
         );
-        if let Some(cpu) = self.server_cpu {
+        if let Some(used) = self.server {
+            let per_message = |n: f64| n / self.acked.max(1) as f64;
             println!(
-                "  server CPU: {:.1} s, {:.1} us per message ({:.1} us per envelope)",
-                cpu.as_secs_f64(),
-                cpu.as_secs_f64() * 1e6 / self.acked.max(1) as f64,
-                cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64,
+                "  server CPU: {:.1} s, {:.1} us per message ({:.1} us per envelope); per message, {:.1} KiB written to files (log, database) and {:.2} context switches",
+                used.cpu.as_secs_f64(),
+                per_message(used.cpu.as_secs_f64() * 1e6),
+                used.cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64,
+                per_message(used.written as f64 / 1024.0),
+                per_message(used.switches as f64),
             );
         }
         let queues = self.queues_empty + self.queues_left.0 + self.queues_silent;
@@ -207,7 +210,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
 
     let clock = Instant::now();
     // From here, as in the one-device run: the sockets' connects count, the logins do not.
-    let cpu_at_start = server.pid().and_then(crate::server::cpu_time);
+    let used_at_start = server.pid().and_then(Usage::of);
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
     for device in devices {
@@ -350,11 +353,11 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     let acks_done = (seen >= delivered).then(|| {
         Duration::from_micros(last_receipt.load(Ordering::Relaxed)).saturating_sub(stopped)
     });
-    let server_cpu = server
+    let used = server
         .pid()
-        .and_then(crate::server::cpu_time)
-        .zip(cpu_at_start)
-        .map(|(end, start)| end.saturating_sub(start));
+        .and_then(Usage::of)
+        .zip(used_at_start)
+        .map(|(end, start)| end.since(start));
     for (_, answers) in open {
         answers.abort();
     }
@@ -376,7 +379,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         acks_done,
         elapsed,
         latencies: Latencies::new(Vec::new()),
-        server_cpu,
+        server: used,
         queues_empty: 0,
         queues_left: (0, 0),
         queues_silent: 0,

@@ -251,14 +251,74 @@ impl Running {
     }
 }
 
+/// What process `pid` has used so far, from `/proc`. Besides CPU time, two counts that a
+/// noisy machine does not move: they follow the work, where CPU time also follows how fast the
+/// host lets it run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// CPU time, user and system.
+    pub cpu: Duration,
+    /// Bytes passed to `write`-family calls (the SQLite log's and the checkpoints' writes; not
+    /// socket sends): what the disk has to take.
+    pub written: u64,
+    /// Context switches of the threads alive when read (voluntary and not): a thread that
+    /// ended in between takes its own with it.
+    pub switches: u64,
+}
+
+impl Usage {
+    pub fn of(pid: u32) -> Option<Self> {
+        Some(Self {
+            cpu: cpu_time(pid)?,
+            written: io_field(pid, "wchar:").unwrap_or(0),
+            switches: context_switches(pid).unwrap_or(0),
+        })
+    }
+
+    /// What was used between `start` and `self`.
+    pub fn since(self, start: Self) -> Self {
+        Self {
+            cpu: self.cpu.saturating_sub(start.cpu),
+            written: self.written.saturating_sub(start.written),
+            switches: self.switches.saturating_sub(start.switches),
+        }
+    }
+}
+
 /// CPU time (user and system) that process `pid` has used so far, from `/proc`.
-pub fn cpu_time(pid: u32) -> Option<Duration> {
+fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command name (which may hold spaces), utime and stime are the 12th and 13th.
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
     let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
     // In USER_HZ, 100 per second on Linux whatever the kernel's own tick rate.
     Some(Duration::from_millis(ticks * 10))
+}
+
+/// A counter of `/proc/PID/io`.
+fn io_field(pid: u32, name: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix(name))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Context switches of every thread of process `pid`.
+fn context_switches(pid: u32) -> Option<u64> {
+    let mut switches = 0;
+    for thread in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(status) = std::fs::read_to_string(thread.ok()?.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        switches += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(switches)
 }
 
 fn free_port() -> anyhow::Result<u16> {
