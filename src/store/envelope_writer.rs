@@ -8,12 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use sqlx::QueryBuilder;
+use sqlx::{PgPool, QueryBuilder, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    db::{Db, with_pool},
+    batch::{HOLD_WRITER, HOLD_WRITER_MAX},
+    db::Db,
     faults::is_about_rows,
+    sqlite,
 };
 use crate::{
     error::{DeviceMismatch, Error, Result},
@@ -96,7 +98,7 @@ pub struct AckedEnvelope {
     pub conversation_id: Option<ConversationId>,
 }
 
-enum Job {
+pub(super) enum Job {
     Store {
         message: EnvelopeMessage,
         queue_max: i64,
@@ -139,7 +141,7 @@ impl EnvelopeWriter {
         let queues = (0..writers.max(1))
             .map(|_| {
                 let (jobs, queue) = mpsc::channel(QUEUE);
-                tokio::spawn(run(OnDb { db: db.clone() }, queue));
+                tokio::spawn(run(db.clone(), queue));
                 jobs
             })
             .collect();
@@ -191,43 +193,93 @@ impl EnvelopeWriter {
     }
 }
 
-/// The engine's pools, as `with_pool!` reads them.
-struct OnDb {
-    db: Db,
-}
-
-async fn run(on: OnDb, mut queue: mpsc::Receiver<Job>) {
+async fn run(db: Db, mut queue: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match on.write(&batch).await {
-            Ok(answers) => {
-                for (job, answer) in batch.drain(..).zip(answers) {
-                    job.answer(answer);
-                }
-            }
-            // Some job's rows were refused: each alone, so only the faulty one fails.
-            Err(e) if batch.len() > 1 && (is_about_rows(&e) || gone_device(&e).is_some()) => {
-                for job in batch.drain(..) {
-                    let answer = on.write(std::slice::from_ref(&job)).await;
-                    job.answer(
-                        answer
-                            .and_then(|mut a| a.remove(0))
-                            .map_err(name_gone_device),
-                    );
-                }
-            }
-            Err(e) => {
-                let copy = name_gone_device(e).shared();
-                for job in batch.drain(..) {
-                    job.answer(Err(copy()));
-                }
-            }
+        match &db {
+            Db::Sqlite(pools) => write_back_to_back(&pools.write, &mut batch, &mut queue).await,
+            Db::Postgres(pool) => settle(&mut batch, &mut On::Postgres(pool)).await,
         }
     }
 }
 
+/// SQLite: writes `batch`, then the batches that come next, on the same locked writer
+/// connection, until none comes within `HOLD_WRITER` of the previous one or `HOLD_WRITER_MAX`
+/// after the lock (as the group commit does, and for the same reasons: each lock costs round
+/// trips to sqlx's thread and parsing the statements anew).
+async fn write_back_to_back(
+    pool: &SqlitePool,
+    batch: &mut Vec<Job>,
+    queue: &mut mpsc::Receiver<Job>,
+) {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => return fail(batch, e.into()),
+    };
+    let mut writer = match sqlite::group::Writer::lock(&mut conn).await {
+        Ok(writer) => writer,
+        Err(e) => return fail(batch, e),
+    };
+    let locked = tokio::time::Instant::now();
+    loop {
+        settle(batch, &mut On::Sqlite(&mut writer)).await;
+        let until = (tokio::time::Instant::now() + HOLD_WRITER).min(locked + HOLD_WRITER_MAX);
+        match tokio::time::timeout_at(until, queue.recv_many(batch, MAX_BATCH)).await {
+            Ok(received) if received > 0 => {}
+            Ok(_) | Err(_) => return,
+        }
+    }
+}
+
+/// Writes `batch` through `on` (one transaction) and answers each job, emptying `batch`. When
+/// the database refused some job's rows, or a device named is gone, each job is written alone,
+/// so that only the faulty one fails.
+async fn settle(batch: &mut Vec<Job>, on: &mut On<'_, '_>) {
+    match on.write(batch).await {
+        Ok(answers) => {
+            for (job, answer) in batch.drain(..).zip(answers) {
+                job.answer(answer.unwrap_or_else(|| Err(mixed_up())));
+            }
+        }
+        Err(e) if batch.len() > 1 && (is_about_rows(&e) || gone_device(&e).is_some()) => {
+            for job in batch.drain(..) {
+                let answer = on
+                    .write(std::slice::from_ref(&job))
+                    .await
+                    .and_then(|mut a| a.pop().flatten().unwrap_or_else(|| Err(mixed_up())));
+                job.answer(answer.map_err(name_gone_device));
+            }
+        }
+        Err(e) => fail(batch, e),
+    }
+}
+
+/// Where a batch is written: SQLite's locked writer, or a PostgreSQL pool.
+enum On<'a, 'c> {
+    Sqlite(&'a mut sqlite::group::Writer<'c>),
+    Postgres(&'a PgPool),
+}
+
+impl On<'_, '_> {
+    /// Writes `jobs` in one transaction; each job's answer, in order (`None`: none given).
+    async fn write(&mut self, jobs: &[Job]) -> Result<Vec<Option<Result<Answer>>>> {
+        match self {
+            Self::Sqlite(writer) => sqlite::envelopes::write(writer, jobs),
+            Self::Postgres(pool) => write_postgres(pool, jobs).await,
+        }
+    }
+}
+
+/// Answers every job of `batch` with `e`, emptying it.
+fn fail(batch: &mut Vec<Job>, e: Error) {
+    let copy = name_gone_device(e).shared();
+    for job in batch.drain(..) {
+        job.answer(Err(copy()));
+    }
+}
+
 /// What one job got.
-enum Answer {
+pub(super) enum Answer {
     Stored(Stored),
     Acked(Vec<AckedEnvelope>),
 }
@@ -262,7 +314,7 @@ fn stopped() -> Error {
 /// The device row a store job could not number: the device is gone (unlinked meanwhile).
 #[derive(Debug, thiserror::Error)]
 #[error("device {0} of the recipient is gone")]
-struct DeviceGone(i64);
+pub(super) struct DeviceGone(pub(super) i64);
 
 fn gone_device(e: &Error) -> Option<i64> {
     let Error::Internal(e) = e else {
@@ -284,245 +336,230 @@ fn name_gone_device(e: Error) -> Error {
     }
 }
 
-impl OnDb {
-    /// Writes `jobs` in one transaction, a few statements for the whole batch; answers in
-    /// their order (a job whose id another sender holds is refused alone).
-    async fn write(&self, jobs: &[Job]) -> Result<Vec<Result<Answer>>> {
-        let stores: Vec<(usize, &EnvelopeMessage, i64)> = (jobs.iter().enumerate())
-            .filter_map(|(i, job)| match job {
-                Job::Store {
-                    message, queue_max, ..
-                } => Some((i, message, *queue_max)),
-                Job::Ack { .. } => None,
-            })
-            .collect();
-        let locks_rows = matches!(self.db, Db::Postgres(_));
-        let answers = with_pool!(self, write, |pool| {
-            let mut tx = pool.begin().await?;
-            let mut answers: Vec<Option<Result<Answer>>> = jobs.iter().map(|_| None).collect();
+/// PostgreSQL: `jobs` in one transaction, a few statements for the whole batch (each a round
+/// trip); each job's answer, in order. (SQLite runs the same steps a row at a time on its
+/// locked writer: `sqlite::envelopes`.)
+async fn write_postgres(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Option<Result<Answer>>>> {
+    let stores: Vec<(usize, &EnvelopeMessage, i64)> = (jobs.iter().enumerate())
+        .filter_map(|(i, job)| match job {
+            Job::Store {
+                message, queue_max, ..
+            } => Some((i, message, *queue_max)),
+            Job::Ack { .. } => None,
+        })
+        .collect();
+    let mut tx = pool.begin().await?;
+    let mut answers: Vec<Option<Result<Answer>>> = jobs.iter().map(|_| None).collect();
 
-            // Retries: a message id this recipient already holds is stored once; another
-            // sender's is refused.
-            let mut held: HashMap<(UserId, MessageId), UserId> = HashMap::new();
-            for chunk in stores.chunks(PAIRS_PER_STATEMENT) {
-                let mut select = QueryBuilder::new(
-                    "SELECT DISTINCT user_id, message_id, sender_id FROM envelopes WHERE ",
-                );
-                any_of!(
-                    select,
-                    chunk,
-                    |(_, m, _)| "user_id" = m.recipient_id,
-                    "message_id" = m.id
-                );
-                let rows: Vec<(UserId, MessageId, UserId)> =
-                    select.build_query_as().fetch_all(&mut *tx).await?;
-                held.extend(rows.into_iter().map(|(u, m, s)| ((u, m), s)));
-            }
-            let mut fresh = Vec::with_capacity(stores.len());
-            for &(i, m, max) in &stores {
-                match held.insert((m.recipient_id, m.id), m.sender_id) {
-                    Some(sender) if sender != m.sender_id => {
-                        held.insert((m.recipient_id, m.id), sender);
-                        answers[i] = Some(Err(Error::Conflict {
-                            code: "id_taken",
-                            message: "this message id is taken",
-                        }));
-                    }
-                    Some(_) => answers[i] = Some(Ok(Answer::Stored(Stored::Retry))),
-                    None => fresh.push((i, m, max)),
-                }
-            }
-
-            // Numbers: each device's row is bumped once for the batch, all in one statement.
-            // PostgreSQL locks the rows in (user, device) order first, so that concurrent
-            // batches (other nodes) never lock two rows in opposite orders; SQLite's single
-            // writer locks nothing.
-            let mut wanted: BTreeMap<(UserId, i64), (i64, i64)> = BTreeMap::new();
-            for &(_, m, max) in &fresh {
-                for e in &m.envelopes {
-                    let entry = wanted
-                        .entry((m.recipient_id, e.device_id))
-                        .or_insert((0, max));
-                    entry.0 += 1;
-                }
-            }
-            // Per device: the next number to give, and the head and queue bound after the batch.
-            let mut next: HashMap<(UserId, i64), i64> = HashMap::with_capacity(wanted.len());
-            let mut heads = Vec::with_capacity(wanted.len());
-            let wanted: Vec<_> = wanted.into_iter().collect();
-            for chunk in wanted.chunks(PAIRS_PER_STATEMENT / 4) {
-                let pairs = |sql: &mut QueryBuilder<_>| {
-                    any_of!(
-                        sql,
-                        chunk,
-                        |((user, device), _)| "user_id" = *user,
-                        "device_id" = *device
-                    );
-                };
-                let mut update = QueryBuilder::new("");
-                if locks_rows {
-                    update.push("WITH locked AS (SELECT user_id FROM user_devices WHERE ");
-                    pairs(&mut update);
-                    update.push(" ORDER BY user_id, device_id FOR UPDATE) ");
-                }
-                update.push("UPDATE user_devices SET queue_head = queue_head + CASE");
-                for ((user, device), (count, _)) in chunk {
-                    update.push(" WHEN user_id = ");
-                    update.push_bind(*user);
-                    update.push(" AND device_id = ");
-                    update.push_bind(*device);
-                    update.push(" THEN CAST(");
-                    update.push_bind(*count);
-                    update.push(" AS BIGINT)");
-                }
-                update.push(" END WHERE (");
-                pairs(&mut update);
-                update.push(")");
-                if locks_rows {
-                    // Read first, so the locks above are taken before this scan's.
-                    update.push(" AND (SELECT COUNT(*) FROM locked) >= 0");
-                }
-                update.push(" RETURNING user_id, device_id, queue_head");
-                let bumped: Vec<(UserId, i64, i64)> =
-                    update.build_query_as().fetch_all(&mut *tx).await?;
-                let bumped: HashMap<(UserId, i64), i64> = bumped
-                    .into_iter()
-                    .map(|(u, d, head)| ((u, d), head))
-                    .collect();
-                for &((user, device), (count, max)) in chunk {
-                    let Some(&head) = bumped.get(&(user, device)) else {
-                        return Err(Error::Internal(DeviceGone(device).into()));
-                    };
-                    next.insert((user, device), head - count + 1);
-                    heads.push((user, device, head, max));
-                }
-            }
-            let mut rows = Vec::new();
-            for &(i, m, _) in &fresh {
-                let mut numbered = Vec::with_capacity(m.envelopes.len());
-                for e in &m.envelopes {
-                    let Some(seq) = next.get_mut(&(m.recipient_id, e.device_id)) else {
-                        return Err(Error::Internal(DeviceGone(e.device_id).into()));
-                    };
-                    rows.push((m, e, *seq));
-                    numbered.push((e.device_id, *seq));
-                    *seq += 1;
-                }
-                answers[i] = Some(Ok(Answer::Stored(Stored::New(numbered))));
-            }
-            for chunk in rows.chunks(ROWS_PER_INSERT) {
-                let mut insert = QueryBuilder::new(
-                    "INSERT INTO envelopes (user_id, device_id, seq, message_id, sender_id,
-                         sender_device, conversation_id, message_type, kind, content, created_at) ",
-                );
-                insert.push_values(chunk, |mut row, (m, e, seq)| {
-                    row.push_bind(m.recipient_id)
-                        .push_bind(e.device_id)
-                        .push_bind(*seq)
-                        .push_bind(m.id)
-                        .push_bind(m.sender_id)
-                        .push_bind(m.sender_device)
-                        .push_bind(m.conversation_id)
-                        .push_bind(&m.message_type)
-                        .push_bind(e.kind)
-                        .push_bind(&e.content)
-                        .push_bind(m.created_at);
-                });
-                insert.build().execute(&mut *tx).await?;
-            }
-
-            // Acks by id, in one statement (per chunk); acks up to a number, one each.
-            let by_id: Vec<(usize, UserId, i64, MessageId)> = (jobs.iter().enumerate())
-                .filter_map(|(i, job)| match job {
-                    Job::Ack {
-                        user,
-                        device,
-                        target: AckTarget::Message(id),
-                        ..
-                    } => Some((i, *user, *device, *id)),
-                    _ => None,
-                })
-                .collect();
-            let mut deleted: HashMap<(UserId, i64, MessageId), AckedEnvelope> = HashMap::new();
-            for chunk in by_id.chunks(PAIRS_PER_STATEMENT) {
-                let mut delete = QueryBuilder::new("DELETE FROM envelopes WHERE ");
-                any_of!(
-                    delete,
-                    chunk,
-                    |(_, user, device, id)| "user_id" = *user,
-                    "message_id" = *id,
-                    "device_id" = *device
-                );
-                delete
-                    .push(" RETURNING user_id, device_id, message_id, sender_id, conversation_id");
-                let rows: Vec<DeletedRow> = delete.build_query_as().fetch_all(&mut *tx).await?;
-                deleted.extend(rows.into_iter().map(|r| {
-                    let acked = AckedEnvelope {
-                        message_id: r.message_id,
-                        sender_id: r.sender_id,
-                        conversation_id: r.conversation_id,
-                    };
-                    ((r.user_id, r.device_id, r.message_id), acked)
+    // Retries: a message id this recipient already holds is stored once; another
+    // sender's is refused.
+    let mut held: HashMap<(UserId, MessageId), UserId> = HashMap::new();
+    for chunk in stores.chunks(PAIRS_PER_STATEMENT) {
+        let mut select = QueryBuilder::new(
+            "SELECT DISTINCT user_id, message_id, sender_id FROM envelopes WHERE ",
+        );
+        any_of!(
+            select,
+            chunk,
+            |(_, m, _)| "user_id" = m.recipient_id,
+            "message_id" = m.id
+        );
+        let rows: Vec<(UserId, MessageId, UserId)> =
+            select.build_query_as().fetch_all(&mut *tx).await?;
+        held.extend(rows.into_iter().map(|(u, m, s)| ((u, m), s)));
+    }
+    let mut fresh = Vec::with_capacity(stores.len());
+    for &(i, m, max) in &stores {
+        match held.insert((m.recipient_id, m.id), m.sender_id) {
+            Some(sender) if sender != m.sender_id => {
+                held.insert((m.recipient_id, m.id), sender);
+                answers[i] = Some(Err(Error::Conflict {
+                    code: "id_taken",
+                    message: "this message id is taken",
                 }));
             }
-            for (i, user, device, id) in by_id {
-                let acked = deleted.remove(&(user, device, id)).into_iter().collect();
-                answers[i] = Some(Ok(Answer::Acked(acked)));
-            }
-            for (i, job) in jobs.iter().enumerate() {
-                if let Job::Ack {
-                    user,
-                    device,
-                    target: AckTarget::Upto(cursor),
-                    ..
-                } = job
-                {
-                    let acked = sqlx::query_as::<_, AckedEnvelope>(
-                        "DELETE FROM envelopes
-                         WHERE user_id = $1 AND device_id = $2 AND seq <= $3
-                         RETURNING message_id, sender_id, conversation_id",
-                    )
-                    .bind(user)
-                    .bind(device)
-                    .bind(cursor)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    answers[i] = Some(Ok(Answer::Acked(acked)));
-                }
-            }
-
-            // A queue holds its latest `queue_max` numbers: older envelopes are dropped, and
-            // counted for the device to be told.
-            for &(user, device, head, max) in heads.iter().filter(|(.., head, max)| head > max) {
-                let dropped = sqlx::query(
-                    "DELETE FROM envelopes WHERE user_id = $1 AND device_id = $2 AND seq <= $3",
-                )
-                .bind(user)
-                .bind(device)
-                .bind(head - max)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if dropped > 0 {
-                    sqlx::query(
-                        "UPDATE user_devices SET dropped = dropped + $3
-                         WHERE user_id = $1 AND device_id = $2",
-                    )
-                    .bind(user)
-                    .bind(device)
-                    .bind(dropped as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            tx.commit().await?;
-            Ok::<_, Error>(answers)
-        })?;
-        Ok(answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(mixed_up())))
-            .collect())
+            Some(_) => answers[i] = Some(Ok(Answer::Stored(Stored::Retry))),
+            None => fresh.push((i, m, max)),
+        }
     }
+
+    // Numbers: each device's row is bumped once for the batch, all in one statement,
+    // its rows locked in (user, device) order first, so that concurrent batches (other
+    // nodes) never lock two rows in opposite orders.
+    let mut wanted: BTreeMap<(UserId, i64), (i64, i64)> = BTreeMap::new();
+    for &(_, m, max) in &fresh {
+        for e in &m.envelopes {
+            let entry = wanted
+                .entry((m.recipient_id, e.device_id))
+                .or_insert((0, max));
+            entry.0 += 1;
+        }
+    }
+    // Per device: the next number to give, and the head and queue bound after the batch.
+    let mut next: HashMap<(UserId, i64), i64> = HashMap::with_capacity(wanted.len());
+    let mut heads = Vec::with_capacity(wanted.len());
+    let wanted: Vec<_> = wanted.into_iter().collect();
+    for chunk in wanted.chunks(PAIRS_PER_STATEMENT / 4) {
+        let pairs = |sql: &mut QueryBuilder<_>| {
+            any_of!(
+                sql,
+                chunk,
+                |((user, device), _)| "user_id" = *user,
+                "device_id" = *device
+            );
+        };
+        let mut update = QueryBuilder::new("");
+        update.push("WITH locked AS (SELECT user_id FROM user_devices WHERE ");
+        pairs(&mut update);
+        update.push(" ORDER BY user_id, device_id FOR UPDATE) ");
+        update.push("UPDATE user_devices SET queue_head = queue_head + CASE");
+        for ((user, device), (count, _)) in chunk {
+            update.push(" WHEN user_id = ");
+            update.push_bind(*user);
+            update.push(" AND device_id = ");
+            update.push_bind(*device);
+            update.push(" THEN CAST(");
+            update.push_bind(*count);
+            update.push(" AS BIGINT)");
+        }
+        update.push(" END WHERE (");
+        pairs(&mut update);
+        update.push(")");
+        // Read first, so the locks above are taken before this scan's.
+        update.push(" AND (SELECT COUNT(*) FROM locked) >= 0");
+        update.push(" RETURNING user_id, device_id, queue_head");
+        let bumped: Vec<(UserId, i64, i64)> = update.build_query_as().fetch_all(&mut *tx).await?;
+        let bumped: HashMap<(UserId, i64), i64> = bumped
+            .into_iter()
+            .map(|(u, d, head)| ((u, d), head))
+            .collect();
+        for &((user, device), (count, max)) in chunk {
+            let Some(&head) = bumped.get(&(user, device)) else {
+                return Err(Error::Internal(DeviceGone(device).into()));
+            };
+            next.insert((user, device), head - count + 1);
+            heads.push((user, device, head, max));
+        }
+    }
+    let mut rows = Vec::new();
+    for &(i, m, _) in &fresh {
+        let mut numbered = Vec::with_capacity(m.envelopes.len());
+        for e in &m.envelopes {
+            let Some(seq) = next.get_mut(&(m.recipient_id, e.device_id)) else {
+                return Err(Error::Internal(DeviceGone(e.device_id).into()));
+            };
+            rows.push((m, e, *seq));
+            numbered.push((e.device_id, *seq));
+            *seq += 1;
+        }
+        answers[i] = Some(Ok(Answer::Stored(Stored::New(numbered))));
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO envelopes (user_id, device_id, seq, message_id, sender_id,
+                 sender_device, conversation_id, message_type, kind, content, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, (m, e, seq)| {
+            row.push_bind(m.recipient_id)
+                .push_bind(e.device_id)
+                .push_bind(*seq)
+                .push_bind(m.id)
+                .push_bind(m.sender_id)
+                .push_bind(m.sender_device)
+                .push_bind(m.conversation_id)
+                .push_bind(&m.message_type)
+                .push_bind(e.kind)
+                .push_bind(&e.content)
+                .push_bind(m.created_at);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+
+    // Acks by id, in one statement (per chunk); acks up to a number, one each.
+    let by_id: Vec<(usize, UserId, i64, MessageId)> = (jobs.iter().enumerate())
+        .filter_map(|(i, job)| match job {
+            Job::Ack {
+                user,
+                device,
+                target: AckTarget::Message(id),
+                ..
+            } => Some((i, *user, *device, *id)),
+            _ => None,
+        })
+        .collect();
+    let mut deleted: HashMap<(UserId, i64, MessageId), AckedEnvelope> = HashMap::new();
+    for chunk in by_id.chunks(PAIRS_PER_STATEMENT) {
+        let mut delete = QueryBuilder::new("DELETE FROM envelopes WHERE ");
+        any_of!(
+            delete,
+            chunk,
+            |(_, user, device, id)| "user_id" = *user,
+            "message_id" = *id,
+            "device_id" = *device
+        );
+        delete.push(" RETURNING user_id, device_id, message_id, sender_id, conversation_id");
+        let rows: Vec<DeletedRow> = delete.build_query_as().fetch_all(&mut *tx).await?;
+        deleted.extend(rows.into_iter().map(|r| {
+            let acked = AckedEnvelope {
+                message_id: r.message_id,
+                sender_id: r.sender_id,
+                conversation_id: r.conversation_id,
+            };
+            ((r.user_id, r.device_id, r.message_id), acked)
+        }));
+    }
+    for (i, user, device, id) in by_id {
+        let acked = deleted.remove(&(user, device, id)).into_iter().collect();
+        answers[i] = Some(Ok(Answer::Acked(acked)));
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        if let Job::Ack {
+            user,
+            device,
+            target: AckTarget::Upto(cursor),
+            ..
+        } = job
+        {
+            let acked = sqlx::query_as::<_, AckedEnvelope>(
+                "DELETE FROM envelopes
+                 WHERE user_id = $1 AND device_id = $2 AND seq <= $3
+                 RETURNING message_id, sender_id, conversation_id",
+            )
+            .bind(user)
+            .bind(device)
+            .bind(cursor)
+            .fetch_all(&mut *tx)
+            .await?;
+            answers[i] = Some(Ok(Answer::Acked(acked)));
+        }
+    }
+
+    // A queue holds its latest `queue_max` numbers: older envelopes are dropped, and
+    // counted for the device to be told.
+    for &(user, device, head, max) in heads.iter().filter(|(.., head, max)| head > max) {
+        let dropped = sqlx::query(
+            "DELETE FROM envelopes WHERE user_id = $1 AND device_id = $2 AND seq <= $3",
+        )
+        .bind(user)
+        .bind(device)
+        .bind(head - max)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if dropped > 0 {
+            sqlx::query(
+                "UPDATE user_devices SET dropped = dropped + $3
+                 WHERE user_id = $1 AND device_id = $2",
+            )
+            .bind(user)
+            .bind(device)
+            .bind(dropped as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(answers)
 }
 
 /// An envelope an ack deleted, with the device it was for.

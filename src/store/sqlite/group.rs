@@ -89,6 +89,17 @@ impl<'c> Writer<'c> {
 }
 
 impl Writer<'_> {
+    /// Runs `body`, which writes `rows` rows, in one transaction on this writer (the envelope
+    /// writer's batches: `sqlite::envelopes`).
+    pub(crate) fn transaction<T>(
+        &mut self,
+        rows: usize,
+        body: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
+        let db = &mut self.db;
+        blocking(rows, || in_transaction(db, body))
+    }
+
     /// Copies into the database what the log holds beyond the last checkpoint. No group is
     /// written meanwhile, so it copies the whole log, and the next group starts the log over
     /// (see `Batcher::finish_checkpoint`).
@@ -217,11 +228,11 @@ fn note_content_received(db: &Connection, id: Uuid, received_at: &str) -> Result
 struct Statements<'a>(&'a mut Connection);
 
 /// How sqlx stores a timestamp in SQLite (RFC 3339 text); the other statements compare these.
-fn timestamp(at: DateTime<Utc>) -> String {
+pub(super) fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::AutoSi, false)
 }
 
-fn uuid_at(row: &Row, column: usize) -> rusqlite::Result<Uuid> {
+pub(super) fn uuid_at(row: &Row, column: usize) -> rusqlite::Result<Uuid> {
     Uuid::from_slice(row.get_ref(column)?.as_blob()?)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, Type::Blob, e.into()))
 }

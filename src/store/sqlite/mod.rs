@@ -2,6 +2,7 @@
 //! (`group`), and the statements with no text in common with PostgreSQL's.
 
 mod coalescing_vfs;
+pub(super) mod envelopes;
 pub(super) mod group;
 
 use std::{str::FromStr, time::Duration};
