@@ -336,18 +336,23 @@ fn name_gone_device(e: Error) -> Error {
     }
 }
 
-/// PostgreSQL: `jobs` in one transaction, a few statements for the whole batch (each a round
-/// trip); each job's answer, in order. (SQLite runs the same steps a row at a time on its
-/// locked writer: `sqlite::envelopes`.)
-async fn write_postgres(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Option<Result<Answer>>>> {
-    let stores: Vec<(usize, &EnvelopeMessage, i64)> = (jobs.iter().enumerate())
+/// The store jobs of a batch: (index in the batch, message, its queue bound).
+pub(super) fn stores(jobs: &[Job]) -> Vec<(usize, &EnvelopeMessage, i64)> {
+    (jobs.iter().enumerate())
         .filter_map(|(i, job)| match job {
             Job::Store {
                 message, queue_max, ..
             } => Some((i, message, *queue_max)),
             Job::Ack { .. } => None,
         })
-        .collect();
+        .collect()
+}
+
+/// PostgreSQL: `jobs` in one transaction, a few statements for the whole batch (each a round
+/// trip); each job's answer, in order. (SQLite runs the same steps a row at a time on its
+/// locked writer: `sqlite::envelopes`.)
+async fn write_postgres(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Option<Result<Answer>>>> {
+    let stores = stores(jobs);
     let mut tx = pool.begin().await?;
     let mut answers: Vec<Option<Result<Answer>>> = jobs.iter().map(|_| None).collect();
 

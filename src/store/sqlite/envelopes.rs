@@ -11,9 +11,7 @@ use super::group::{Writer, timestamp, uuid_at};
 use crate::{
     error::{Error, Result},
     model::{ConversationId, MessageId, UserId},
-    store::envelope_writer::{
-        AckTarget, AckedEnvelope, Answer, DeviceGone, EnvelopeMessage, Job, Stored,
-    },
+    store::envelope_writer::{AckTarget, AckedEnvelope, Answer, DeviceGone, Job, Stored, stores},
 };
 
 /// Writes `jobs` in one transaction on `writer`; each job's answer, in order (a job whose id
@@ -32,14 +30,7 @@ pub(crate) fn write(writer: &mut Writer<'_>, jobs: &[Job]) -> Result<Vec<Option<
 
 fn write_batch(db: &mut Connection, jobs: &[Job]) -> Result<Vec<Option<Result<Answer>>>> {
     let mut answers: Vec<Option<Result<Answer>>> = jobs.iter().map(|_| None).collect();
-    let stores: Vec<(usize, &EnvelopeMessage, i64)> = (jobs.iter().enumerate())
-        .filter_map(|(i, job)| match job {
-            Job::Store {
-                message, queue_max, ..
-            } => Some((i, message, *queue_max)),
-            Job::Ack { .. } => None,
-        })
-        .collect();
+    let stores = stores(jobs);
 
     // Retries: a message id this recipient already holds is stored once; another sender's is
     // refused (one in the same batch too).
