@@ -156,21 +156,12 @@ impl Report {
     }
 
     pub fn figures(&self) -> Figures {
-        Figures {
-            per_second: self.delivered_per_second(),
-            p50: self.latencies.percentile(50.0),
-            p99: self.latencies.percentile(99.0),
-            ack_p99: self.acks.percentile(99.0),
-            cpu_per_message: self
-                .server
-                .map(|used| used.cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64),
-            written_per_message: self
-                .server
-                .map(|used| used.written as f64 / 1024.0 / self.delivered.max(1) as f64),
-            switches_per_message: self
-                .server
-                .map(|used| used.switches as f64 / self.delivered.max(1) as f64),
-        }
+        Figures::new(
+            self.delivered_per_second(),
+            [&self.latencies, &self.acks],
+            self.server,
+            self.delivered,
+        )
     }
 
     pub fn print(&self, what: &str) {
@@ -230,6 +221,7 @@ pub struct Figures {
     per_second: f64,
     p50: Duration,
     p99: Duration,
+    /// Send → ack (zero where the run does not time acks: device runs).
     ack_p99: Duration,
     /// Server CPU microseconds per delivered message.
     cpu_per_message: Option<f64>,
@@ -240,6 +232,26 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// The figures of a run that delivered `per_second`, with `[latencies, acks]` and the
+    /// server's usage `used`, counted over `messages` messages.
+    pub fn new(
+        per_second: f64,
+        [latencies, acks]: [&Latencies; 2],
+        used: Option<Usage>,
+        messages: u64,
+    ) -> Self {
+        let per_message = |n: f64| n / messages.max(1) as f64;
+        Self {
+            per_second,
+            p50: latencies.percentile(50.0),
+            p99: latencies.percentile(99.0),
+            ack_p99: acks.percentile(99.0),
+            cpu_per_message: used.map(|u| per_message(u.cpu.as_secs_f64() * 1e6)),
+            written_per_message: used.map(|u| per_message(u.written as f64 / 1024.0)),
+            switches_per_message: used.map(|u| per_message(u.switches as f64)),
+        }
+    }
+
     /// Means of throughput and CPU, medians of the latencies (tails are skewed by outliers).
     fn aggregate(runs: &[Self]) -> [f64; 7] {
         let mean = |f: &dyn Fn(&Self) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
@@ -282,9 +294,13 @@ impl Figures {
     /// `second`'s figures divided by `first`'s.
     pub fn ratios(first: &[Self], second: &[Self]) -> String {
         let (a, b) = (Self::aggregate(first), Self::aggregate(second));
-        let ratio = |i: usize| b[i] / a[i].max(f64::MIN_POSITIVE);
+        // "-" where neither side measured it (acks in device runs).
+        let ratio = |i: usize| match a[i] > 0.0 {
+            true => format!("x{:.3}", b[i] / a[i]),
+            false => "-".to_owned(),
+        };
         format!(
-            "delivered/s x{:.3}, p50 x{:.3}, p99 x{:.3}, ack p99 x{:.3}, CPU per message x{:.3}, written x{:.3}, context switches x{:.3}",
+            "delivered/s {}, p50 {}, p99 {}, ack p99 {}, CPU per message {}, written {}, context switches {}",
             ratio(0),
             ratio(1),
             ratio(2),

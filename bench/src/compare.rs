@@ -7,19 +7,56 @@ use std::time::Duration;
 use crate::{
     Target,
     client::{self, Figures, Load},
+    devices,
     server::{self, Running, tempfile_path::TempPath},
     stages,
 };
 
+/// The load each run of a comparison sends.
+pub enum Runs<'a> {
+    /// One-device plain messages (the app's inbox path).
+    Plain(&'a Load),
+    /// End-to-end envelopes to each recipient's devices.
+    Devices(&'a devices::Load),
+}
+
+impl Runs<'_> {
+    fn pairs(&self) -> usize {
+        match self {
+            Self::Plain(load) => load.pairs,
+            Self::Devices(load) => load.pairs,
+        }
+    }
+
+    /// One measured run on `server`, printed under `label`; an envelope run that refused, lost,
+    /// duplicated or misdirected anything fails the comparison.
+    async fn measured(&self, server: &Running, label: &str) -> anyhow::Result<Figures> {
+        match self {
+            Self::Plain(load) => Ok(measured(server, load, label).await?.figures()),
+            Self::Devices(load) => {
+                let report = devices::routing(server, load).await?;
+                report.print(label);
+                anyhow::ensure!(
+                    report.clean(),
+                    "{label}: envelopes were refused, lost, duplicated, misdirected or left queued"
+                );
+                Ok(report.figures())
+            }
+        }
+    }
+}
+
+/// Runs `runs` against `target`'s binary and `other` alternately, `rounds` times each; with
+/// `grow` (plain runs only), each on a copy of one database grown once.
 pub async fn run(
     target: &Target,
     other: &str,
     rounds: usize,
-    load: &Load,
+    runs: Runs<'_>,
     grow: Option<Duration>,
 ) -> anyhow::Result<()> {
     let seed = match grow {
-        Some(grow) => Some(grown_seed(target, load.pairs, grow).await?),
+        Some(grow) => Some(grown_seed(target, runs.pairs(), grow).await?),
         None => None,
     };
     let binaries = [target.server_bin.as_str(), other];
@@ -33,8 +70,7 @@ pub async fn run(
             };
             let server = Running::start_on_copy(&target, seed.as_ref().map(TempPath::path)).await?;
             let label = format!("{} (round {})", binaries[side], round + 1);
-            let report = measured(&server, load, &label).await?;
-            figures[side].push(report.figures());
+            figures[side].push(runs.measured(&server, &label).await?);
         }
     }
     println!();

@@ -122,8 +122,9 @@ struct RoutingArgs {
     grow: Option<u64>,
     /// Run the same load against `--server-bin` and this binary alternately, `--rounds` times
     /// each, each run on a server of its own (with `--grow`: on a copy of one database grown
-    /// once, by `--server-bin`), and print the ratios. One-device plain runs only; no relay.
-    #[arg(long, value_name = "SERVER_BIN", conflicts_with_all = ["push", "push_offline", "offline", "envelopes", "url"])]
+    /// once, by `--server-bin`), and print the ratios. Plain runs, or `--envelopes`/`--devices`
+    /// runs (without `--grow`); no relay.
+    #[arg(long, value_name = "SERVER_BIN", conflicts_with_all = ["push", "push_offline", "offline", "url"])]
     compare: Option<String>,
     /// With --compare: runs of each binary.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
@@ -134,6 +135,31 @@ struct RoutingArgs {
 }
 
 impl RoutingArgs {
+    /// Envelopes to each recipient's devices rather than plain messages.
+    fn is_device_run(&self) -> bool {
+        self.devices > 1 || self.envelopes
+    }
+
+    /// The load of a device run, refusing what such runs do not take.
+    fn devices_load(&self) -> anyhow::Result<devices::Load> {
+        if self.read_receipts || self.content || self.login_storm > 0 {
+            anyhow::bail!(
+                "--devices/--envelopes runs take no --read-receipts, --content or --login-storm"
+            );
+        }
+        if self.push || self.push_offline.is_some() || self.offline.is_some() {
+            anyhow::bail!("--push runs are one-device runs (no --devices)");
+        }
+        Ok(devices::Load {
+            pairs: self.pairs,
+            devices: self.devices,
+            rate: (!self.saturate).then_some(self.rate),
+            window: self.window,
+            duration: Duration::from_secs(self.seconds),
+            client_ids: self.client_ids,
+        })
+    }
+
     /// The one-device run's load.
     fn load(&self) -> client::Load {
         client::Load {
@@ -179,41 +205,24 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Relay { port } => relay::serve(port).await,
-        Command::Routing(args)
-            if (args.grow.is_some() || args.compare.is_some())
-                && (args.devices > 1 || args.envelopes) =>
-        {
-            anyhow::bail!("--grow and --compare are for one-device plain runs")
+        Command::Routing(args) if args.grow.is_some() && args.is_device_run() => {
+            anyhow::bail!("--grow is for one-device plain runs")
         }
         Command::Routing(args) if args.compare.is_some() => {
             let other = args.compare.as_deref().unwrap_or_default();
             let grow = args.grow.map(Duration::from_secs);
-            compare::run(
-                &args.target,
-                other,
-                args.rounds as usize,
-                &args.load(),
-                grow,
-            )
-            .await
-        }
-        Command::Routing(args) if args.devices > 1 || args.envelopes => {
-            if args.read_receipts || args.content || args.login_storm > 0 {
-                anyhow::bail!(
-                    "--devices/--envelopes runs take no --read-receipts, --content or --login-storm"
-                );
-            }
-            if args.push || args.push_offline.is_some() || args.offline.is_some() {
-                anyhow::bail!("--push runs are one-device runs (no --devices)");
-            }
-            let load = devices::Load {
-                pairs: args.pairs,
-                devices: args.devices,
-                rate: (!args.saturate).then_some(args.rate),
-                window: args.window,
-                duration: Duration::from_secs(args.seconds),
-                client_ids: args.client_ids,
+            let (plain, devices);
+            let runs = if args.is_device_run() {
+                devices = args.devices_load()?;
+                compare::Runs::Devices(&devices)
+            } else {
+                plain = args.load();
+                compare::Runs::Plain(&plain)
             };
+            compare::run(&args.target, other, args.rounds as usize, runs, grow).await
+        }
+        Command::Routing(args) if args.is_device_run() => {
+            let load = args.devices_load()?;
             let server = server::Running::start(&args.target).await?;
             let report = devices::routing(&server, &load).await?;
             report.print(&format!("kisse ({})", server.engine));
