@@ -300,15 +300,22 @@ async fn record_deliveries(db: Db, mut reports: mpsc::Receiver<DeliveryJob>) {
 }
 
 /// How long the SQLite group loop keeps the writer connection after a group, waiting for the
-/// next one (the envelope writer holds it the same way between its batches). At 10,000 msg/s, 10 ms raised p999 (21–34 ms against 14–20 without holding); 2 ms
-/// did not.
-pub(super) const HOLD_WRITER: Duration = Duration::from_millis(2);
+/// next one (the envelope writer holds it the same way between its batches). At 10,000 msg/s,
+/// 10 ms raised p999 (21–34 ms against 14–20 without holding); 2 ms did not.
+const HOLD_WRITER: Duration = Duration::from_millis(2);
 /// How long the group loop keeps the writer connection at most while groups keep coming: other
 /// writes through the pool (a registration, the envelope writer's batches) wait at most about
-/// this long plus a group, and the group loop as long behind the envelope writer. Taking the connection again costs two round trips to sqlx's thread and
-/// parsing the group's statements anew: released every 2 ms at 5,000 msg/s, 10 ms gave CPU per
-/// message x0.86 (one alternated set of three runs).
-pub(super) const HOLD_WRITER_MAX: Duration = Duration::from_millis(10);
+/// this long plus a group, and the group loop as long behind the envelope writer. Taking the
+/// connection again costs two round trips to sqlx's thread and parsing the group's statements
+/// anew: released every 2 ms at 5,000 msg/s, 10 ms gave CPU per message x0.86 (one alternated
+/// set of three runs).
+const HOLD_WRITER_MAX: Duration = Duration::from_millis(10);
+
+/// SQLite: until when a writer locked at `locked` waits for more work before letting the
+/// connection go back to the pool (`HOLD_WRITER`, `HOLD_WRITER_MAX`).
+pub(super) fn hold_writer_until(locked: tokio::time::Instant) -> tokio::time::Instant {
+    (tokio::time::Instant::now() + HOLD_WRITER).min(locked + HOLD_WRITER_MAX)
+}
 
 /// SQLite: commits `first`, then the groups that come next, on the same locked writer
 /// connection (see `sqlite::group::Writer`), until none comes within `HOLD_WRITER` of the
@@ -336,7 +343,7 @@ async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queu
         }
         // The next group usually comes within the hold (at 5,000 msg/s, a fraction of a
         // millisecond): waiting for it keeps the lock and its prepared statements.
-        let until = (tokio::time::Instant::now() + HOLD_WRITER).min(locked + HOLD_WRITER_MAX);
+        let until = hold_writer_until(locked);
         match tokio::time::timeout_at(until, queues.wait()).await {
             Ok(Some(next)) => pending = next,
             Ok(None) | Err(_) => return,

@@ -11,12 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, QueryBuilder, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    batch::{HOLD_WRITER, HOLD_WRITER_MAX},
-    db::Db,
-    faults::is_about_rows,
-    sqlite,
-};
+use super::{batch::hold_writer_until, db::Db, faults::is_about_rows, sqlite};
 use crate::{
     error::{DeviceMismatch, Error, Result},
     model::{ConversationId, MessageId, UserId},
@@ -204,8 +199,7 @@ async fn run(db: Db, mut queue: mpsc::Receiver<Job>) {
 }
 
 /// SQLite: writes `batch`, then the batches that come next, on the same locked writer
-/// connection, until none comes within `HOLD_WRITER` of the previous one or `HOLD_WRITER_MAX`
-/// after the lock (as the group commit does, and for the same reasons: each lock costs round
+/// connection, as long as `batch::hold_writer_until` allows (as the group commit does, and for the same reasons: each lock costs round
 /// trips to sqlx's thread and parsing the statements anew).
 async fn write_back_to_back(
     pool: &SqlitePool,
@@ -223,8 +217,9 @@ async fn write_back_to_back(
     let locked = tokio::time::Instant::now();
     loop {
         settle(batch, &mut On::Sqlite(&mut writer)).await;
-        let until = (tokio::time::Instant::now() + HOLD_WRITER).min(locked + HOLD_WRITER_MAX);
-        match tokio::time::timeout_at(until, queue.recv_many(batch, MAX_BATCH)).await {
+        match tokio::time::timeout_at(hold_writer_until(locked), queue.recv_many(batch, MAX_BATCH))
+            .await
+        {
             Ok(received) if received > 0 => {}
             Ok(_) | Err(_) => return,
         }
