@@ -194,13 +194,10 @@ impl Report {
         );
         println!("  send → ack: {}", self.acks.summary());
         if let Some(used) = self.server {
-            let per_message = |n: f64| n / self.delivered.max(1) as f64;
+            let [cpu, written, switches] = used.per_message(self.delivered);
             println!(
-                "  server CPU: {:.1} s, {:.1} us per delivered message; per message, {:.1} KiB written to files (log, database) and {:.2} context switches",
+                "  server CPU: {:.1} s, {cpu:.1} us per delivered message; per message, {written:.1} KiB written to files (log, database) and {switches:.2} context switches",
                 used.cpu.as_secs_f64(),
-                per_message(used.cpu.as_secs_f64() * 1e6),
-                per_message(used.written as f64 / 1024.0),
-                per_message(used.switches as f64),
             );
         }
         if let Some([(stored, refused, uploads), (got, failed, fetches)]) = &self.content {
@@ -240,15 +237,15 @@ impl Figures {
         used: Option<Usage>,
         messages: u64,
     ) -> Self {
-        let per_message = |n: f64| n / messages.max(1) as f64;
+        let per_message = used.map(|u| u.per_message(messages));
         Self {
             per_second,
             p50: latencies.percentile(50.0),
             p99: latencies.percentile(99.0),
             ack_p99: acks.percentile(99.0),
-            cpu_per_message: used.map(|u| per_message(u.cpu.as_secs_f64() * 1e6)),
-            written_per_message: used.map(|u| per_message(u.written as f64 / 1024.0)),
-            switches_per_message: used.map(|u| per_message(u.switches as f64)),
+            cpu_per_message: per_message.map(|[cpu, ..]| cpu),
+            written_per_message: per_message.map(|[_, written, _]| written),
+            switches_per_message: per_message.map(|[.., switches]| switches),
         }
     }
 

@@ -142,14 +142,11 @@ impl Report {
             self.latencies.summary(),
         );
         if let Some(used) = self.server {
-            let per_message = |n: f64| n / self.acked.max(1) as f64;
+            let [cpu, written, switches] = used.per_message(self.acked);
+            let [per_envelope, ..] = used.per_message(self.delivered);
             println!(
-                "  server CPU: {:.1} s, {:.1} us per message ({:.1} us per envelope); per message, {:.1} KiB written to files (log, database) and {:.2} context switches",
+                "  server CPU: {:.1} s, {cpu:.1} us per message ({per_envelope:.1} us per envelope); per message, {written:.1} KiB written to files (log, database) and {switches:.2} context switches",
                 used.cpu.as_secs_f64(),
-                per_message(used.cpu.as_secs_f64() * 1e6),
-                used.cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64,
-                per_message(used.written as f64 / 1024.0),
-                per_message(used.switches as f64),
             );
         }
         let queues = self.queues_empty + self.queues_left.0 + self.queues_silent;

@@ -275,6 +275,16 @@ impl Usage {
         })
     }
 
+    /// Per message, over `messages`: CPU µs, KiB written, context switches.
+    pub fn per_message(&self, messages: u64) -> [f64; 3] {
+        let per_message = |n: f64| n / messages.max(1) as f64;
+        [
+            per_message(self.cpu.as_secs_f64() * 1e6),
+            per_message(self.written as f64 / 1024.0),
+            per_message(self.switches as f64),
+        ]
+    }
+
     /// What was used between `start` and `self`.
     pub fn since(self, start: Self) -> Self {
         Self {
