@@ -27,6 +27,9 @@ pub(crate) type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How long to wait for stragglers once sending stops.
 pub(crate) const DRAIN: Duration = Duration::from_secs(5);
+/// How long the server is left to finish what connecting the sockets started (presence,
+/// catch-ups) before the clock starts.
+pub(crate) const SETTLE: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy)]
 pub struct Load {
@@ -148,9 +151,25 @@ pub struct Report {
     /// receipts and uploads drained): its CPU time is steadier than throughput when the load
     /// generator shares the machine, its writes and context switches steadier still.
     server: Option<Usage>,
+    /// Each delivered message's send time (from the start of the run) and latency, in µs.
+    timeline: Vec<(u64, u64)>,
 }
 
 impl Report {
+    /// Writes the timeline, a line `send_time_us latency_us` per delivered message in the
+    /// order sent: where slow messages cluster in time (a periodic stall, a start-up cost).
+    pub fn write_timeline(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut timeline = self.timeline.clone();
+        timeline.sort_unstable();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for (sent, latency) in timeline {
+            writeln!(out, "{sent} {latency}")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
     pub fn delivered_per_second(&self) -> f64 {
         self.delivered as f64 / self.elapsed.as_secs_f64()
     }
@@ -340,6 +359,45 @@ pub(crate) fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Each recipient blocks its sender (`--blocked`).
+/// Sender `index` of `senders`' ticks, `every` apart from `clock`'s start, the senders' spread
+/// evenly over the interval: a fixed rate, not a burst of one message from every sender at
+/// each tick (the senders start together, their sockets opened before the clock).
+pub(crate) fn ticks(
+    every: Duration,
+    index: usize,
+    senders: usize,
+    clock: Instant,
+) -> tokio::time::Interval {
+    let phase = every.mul_f64(index as f64 / senders.max(1) as f64);
+    tokio::time::interval_at(tokio::time::Instant::from_std(clock) + phase, every)
+}
+
+/// Each sender opens its conversation with its recipient before the clock starts, as the app
+/// does when a chat is opened: the run measures messages between contacts, not the first
+/// message's conversation being created (50 writes of their own, each with its commit, which
+/// made the first 50–80 ms of every run its slowest, up to 50 ms a message).
+pub(crate) async fn open_conversations(
+    server: &Running,
+    senders: &[User],
+    recipients: &[User],
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for (sender, recipient) in senders.iter().zip(recipients) {
+        let response = http
+            .post(format!("{}/api/conversations", server.base))
+            .bearer_auth(&sender.token)
+            .json(&json!({"participant_id": recipient.id}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "opening a conversation: {}",
+            response.status()
+        );
+    }
+    Ok(())
+}
+
 async fn block_senders(
     server: &Running,
     senders: &[User],
@@ -396,6 +454,14 @@ async fn routing_with(
         }
         None => Arc::from([]),
     };
+    if !server.relay {
+        open_conversations(
+            server,
+            &users[..load.pairs],
+            &users[load.pairs..2 * load.pairs],
+        )
+        .await?;
+    }
     if load.blocked && !server.relay {
         block_senders(
             server,
@@ -405,6 +471,18 @@ async fn routing_with(
         .await?;
     }
     let offline_sent = Arc::new(AtomicU64::new(0));
+    // Every socket is open before the clock starts: connecting (authentication, presence, the
+    // catch-up) is not the steady load measured, and senders that started while others were
+    // still connecting made the first tens of milliseconds of every run its slowest.
+    let mut recipient_sockets = Vec::with_capacity(load.pairs);
+    for recipient in &users[load.pairs..2 * load.pairs] {
+        recipient_sockets.push(connect(server, recipient).await?);
+    }
+    let mut sender_sockets = Vec::with_capacity(load.pairs);
+    for sender in &users[..load.pairs] {
+        sender_sockets.push(connect(server, sender).await?);
+    }
+    tokio::time::sleep(SETTLE).await;
     let clock = Instant::now();
     let used_at_start = server.pid().and_then(Usage::of);
     let stop = Arc::new(AtomicBool::new(false));
@@ -417,8 +495,10 @@ async fn routing_with(
     let content_url = format!("{}/api/messages", server.base);
 
     let mut receivers = Vec::new();
-    for recipient in &users[load.pairs..2 * load.pairs] {
-        let mut socket = connect(server, recipient).await?;
+    for (recipient, mut socket) in users[load.pairs..2 * load.pairs]
+        .iter()
+        .zip(recipient_sockets)
+    {
         let stop = stop.clone();
         let (fetches, http, content_url) = (fetches.clone(), http.clone(), content_url.clone());
         let token = recipient.token.clone();
@@ -465,7 +545,7 @@ async fn routing_with(
                 }
                 let sent_at: u64 = sent_at.parse().unwrap_or(0);
                 let now = clock.elapsed().as_micros() as u64;
-                latencies.push(now.saturating_sub(sent_at));
+                latencies.push((sent_at, now.saturating_sub(sent_at)));
                 if content {
                     // The app asks for the body at once; the server waits for the upload.
                     let request = http
@@ -499,12 +579,12 @@ async fn routing_with(
         .rate
         .map(|rate| Duration::from_secs_f64(load.pairs as f64 / rate.max(1) as f64));
     let mut senders = Vec::new();
-    for (index, (sender, recipient)) in users[..load.pairs]
+    for (index, ((sender, recipient), socket)) in users[..load.pairs]
         .iter()
         .zip(&users[load.pairs..2 * load.pairs])
+        .zip(sender_sockets)
         .enumerate()
     {
-        let socket = connect(server, sender).await?;
         let (mut sink, mut stream) = socket.split();
         let window = Arc::new(Semaphore::new(load.window));
         let sent = sent.clone();
@@ -550,11 +630,11 @@ async fn routing_with(
             ack_latencies
         });
         let (to, relay, duration) = (recipient.id.clone(), server.relay, load.duration);
-        let client_ids = load.client_ids;
+        let (client_ids, pairs) = (load.client_ids, load.pairs);
         let (offline, offline_sent) = (offline.clone(), offline_sent.clone());
         senders.push(tokio::spawn(async move {
             let mut numbered = 0u64;
-            let mut tick = per_sender_interval.map(tokio::time::interval);
+            let mut tick = per_sender_interval.map(|every| ticks(every, index, pairs, clock));
             while clock.elapsed() < duration {
                 match tick.as_mut() {
                     Some(tick) => {
@@ -655,6 +735,8 @@ async fn routing_with(
         None => 0,
     };
     let delivered = latencies.len() as u64;
+    let timeline = latencies;
+    let latencies = timeline.iter().map(|&(_, latency)| latency).collect();
     let deadline = Instant::now() + DRAIN;
     while read && receipts.load(Ordering::Relaxed) < delivered && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -688,6 +770,7 @@ async fn routing_with(
         elapsed,
         latencies: Latencies::new(latencies),
         acks: Latencies::new(ack_latencies),
+        timeline,
         mode: match load.rate {
             Some(rate) => format!("{} pairs at {rate}/s for {:?}", load.pairs, load.duration),
             None => format!(

@@ -2,7 +2,7 @@
 //! B A, A B, ...), each run on a server of its own and, with `--grow`, on its own copy of one
 //! grown database; then each binary's figures and the ratios of the second to the first.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use crate::{
     Target,
@@ -29,10 +29,16 @@ impl Runs<'_> {
     }
 
     /// One measured run on `server`, printed under `label`; an envelope run that refused, lost,
-    /// duplicated or misdirected anything fails the comparison.
-    async fn measured(&self, server: &Running, label: &str) -> anyhow::Result<Figures> {
+    /// duplicated or misdirected anything fails the comparison. A plain run writes its
+    /// timeline to `timeline` when given.
+    async fn measured(
+        &self,
+        server: &Running,
+        label: &str,
+        timeline: Option<&Path>,
+    ) -> anyhow::Result<Figures> {
         match self {
-            Self::Plain(load) => Ok(measured(server, load, label).await?.figures()),
+            Self::Plain(load) => Ok(measured(server, load, label, timeline).await?.figures()),
             Self::Devices(load) => {
                 let report = devices::routing(server, load).await?;
                 report.print(label);
@@ -47,13 +53,15 @@ impl Runs<'_> {
 }
 
 /// Runs `runs` against `target`'s binary and `other` alternately, `rounds` times each; with
-/// `grow` (plain runs only), each on a copy of one database grown once.
+/// `grow` (plain runs only), each on a copy of one database grown once. With `timeline`, each
+/// plain run writes its timeline to `<timeline>.<a|b><round>` (a: `target`'s binary).
 pub async fn run(
     target: &Target,
     other: &str,
     rounds: usize,
     runs: Runs<'_>,
     grow: Option<Duration>,
+    timeline: Option<&Path>,
 ) -> anyhow::Result<()> {
     let seed = match grow {
         Some(grow) => Some(grown_seed(target, runs.pairs(), grow).await?),
@@ -70,7 +78,11 @@ pub async fn run(
             };
             let server = Running::start_on_copy(&target, seed.as_ref().map(TempPath::path)).await?;
             let label = format!("{} (round {})", binaries[side], round + 1);
-            figures[side].push(runs.measured(&server, &label).await?);
+            let timeline = timeline.map(|path| {
+                let side = ["a", "b"][side];
+                path.with_added_extension(format!("{side}{}", round + 1))
+            });
+            figures[side].push(runs.measured(&server, &label, timeline.as_deref()).await?);
         }
     }
     println!();
@@ -87,15 +99,19 @@ pub async fn run(
 }
 
 /// The measured run on `server`, printed under `label` with its stages from the server's
-/// metrics.
+/// metrics; its timeline written to `timeline` when given.
 pub async fn measured(
     server: &Running,
     load: &Load,
     label: &str,
+    timeline: Option<&Path>,
 ) -> anyhow::Result<client::Report> {
     let before = server.metrics().await.unwrap_or_default();
     let report = client::routing(server, load).await?;
     report.print(label);
+    if let Some(path) = timeline {
+        report.write_timeline(path)?;
+    }
     if let Ok(after) = server.metrics().await {
         stages::print(&before, &after);
     }

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    client::{DRAIN, Figures, Socket, connect, connect_url, field},
+    client::{self, DRAIN, Figures, Socket, connect, connect_url, field},
     server::{Running, Usage, User},
     stats::Latencies,
 };
@@ -217,12 +217,10 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
     }
     let users = server.register(2 * load.pairs).await?;
     let devices = login_devices(server, &users[load.pairs..], load.devices).await?;
+    client::open_conversations(server, &users[..load.pairs], &users[load.pairs..]).await?;
 
-    let clock = Instant::now();
-    // From here, as in the one-device run: the sockets' connects count, the logins do not.
-    let used_at_start = server.pid().and_then(Usage::of);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut receivers = Vec::new();
+    // As in the one-device run, every socket is open before the clock starts.
+    let mut device_sockets = Vec::with_capacity(devices.len());
     for device in devices {
         let mut socket = connect_device(server, &device.token, device.id)
             .await
@@ -234,8 +232,20 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
                 "no queue_empty on a device socket within {FIRST_CONNECT_WAIT:?}: does this server have envelopes (issue 19)?"
             ),
         }
-        receivers.push(tokio::spawn(receive(socket, device, clock, stop.clone())));
+        device_sockets.push((device, socket));
     }
+    let mut sender_sockets = Vec::with_capacity(load.pairs);
+    for sender in &users[..load.pairs] {
+        sender_sockets.push(connect(server, sender).await?);
+    }
+    tokio::time::sleep(client::SETTLE).await;
+    let clock = Instant::now();
+    let used_at_start = server.pid().and_then(Usage::of);
+    let stop = Arc::new(AtomicBool::new(false));
+    let receivers: Vec<_> = device_sockets
+        .into_iter()
+        .map(|(device, socket)| tokio::spawn(receive(socket, device, clock, stop.clone())))
+        .collect();
 
     let sent = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
@@ -248,12 +258,7 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
         .rate
         .map(|rate| Duration::from_secs_f64(load.pairs as f64 / rate.max(1) as f64));
     let mut senders = Vec::new();
-    for (pair, (sender, recipient)) in users[..load.pairs]
-        .iter()
-        .zip(&users[load.pairs..])
-        .enumerate()
-    {
-        let socket = connect(server, sender).await?;
+    for (pair, (recipient, socket)) in users[load.pairs..].iter().zip(sender_sockets).enumerate() {
         let (mut sink, mut stream) = socket.split();
         let window = Arc::new(Semaphore::new(load.window));
         let (ack_window, ack_count) = (window.clone(), acked[pair].clone());
@@ -285,11 +290,12 @@ pub async fn routing(server: &Running, load: &Load) -> anyhow::Result<Report> {
             ack_window.close();
         });
         let (to, duration, devices) = (recipient.id.clone(), load.duration, load.devices);
-        let client_ids = load.client_ids;
+        let (client_ids, pairs) = (load.client_ids, load.pairs);
         let sent = sent.clone();
         senders.push(tokio::spawn(async move {
             let mut random = Random::new();
-            let mut tick = per_sender_interval.map(tokio::time::interval);
+            let mut tick =
+                per_sender_interval.map(|every| client::ticks(every, pair, pairs, clock));
             while clock.elapsed() < duration {
                 match tick.as_mut() {
                     Some(tick) => {

@@ -126,6 +126,11 @@ struct RoutingArgs {
     /// runs (without `--grow`); no relay.
     #[arg(long, value_name = "SERVER_BIN", conflicts_with_all = ["push", "push_offline", "offline", "url"])]
     compare: Option<String>,
+    /// Write each delivered message's send time and latency (µs, a line each, in the order
+    /// sent) to FILE, to see where the slow ones cluster in time. One-device plain runs; with
+    /// --compare, each run to FILE.a1, FILE.b1, FILE.b2, ... (a: --server-bin).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["push", "push_offline", "offline", "envelopes", "devices"])]
+    timeline: Option<std::path::PathBuf>,
     /// With --compare: runs of each binary.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
@@ -219,7 +224,16 @@ async fn main() -> anyhow::Result<()> {
                 plain = args.load();
                 compare::Runs::Plain(&plain)
             };
-            compare::run(&args.target, other, args.rounds as usize, runs, grow).await
+            let timeline = args.timeline.as_deref();
+            compare::run(
+                &args.target,
+                other,
+                args.rounds as usize,
+                runs,
+                grow,
+                timeline,
+            )
+            .await
         }
         Command::Routing(args) if args.is_device_run() => {
             let load = args.devices_load()?;
@@ -262,7 +276,8 @@ async fn main() -> anyhow::Result<()> {
                 compare::grow(&server, load.pairs, Duration::from_secs(grow)).await?;
             }
             let label = format!("kisse ({})", server.engine);
-            let report = compare::measured(&server, &load, &label).await?;
+            let timeline = args.timeline.as_deref();
+            let report = compare::measured(&server, &load, &label, timeline).await?;
             if !args.no_relay && args.target.url.is_none() {
                 let relay = server::Running::relay().await?;
                 let baseline = client::routing(
