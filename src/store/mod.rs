@@ -78,10 +78,7 @@ pub use stories::NewStory;
 pub use upload::NewContent;
 pub use users::{NewUser, StoredPresence, UserSearch};
 
-use crate::{
-    error::{Error, Result},
-    model::UserId,
-};
+use crate::{error::Result, model::UserId};
 use db::{Db, with_pool};
 use group::{ReadMark, Written};
 
@@ -175,28 +172,33 @@ impl Store {
     }
 
     /// Copies what the SQLite log holds into the database file, from a reading connection,
-    /// without blocking the writer (PASSIVE); the writer then reuses the log from its start.
-    /// Nothing to do on PostgreSQL.
+    /// without blocking the writer (PASSIVE), and syncs it; the writer then reuses the log from
+    /// its start. Nothing to do on PostgreSQL.
     /// Groups committed meanwhile are in the log and not copied: the writer copies them between
-    /// two groups (`Batcher::finish_checkpoint`), so that the log starts over.
+    /// two groups (`Batcher::finish_checkpoint`), so that the log starts over. The writer waits
+    /// for nothing else meanwhile, so what it copies is kept small: the first pass's sync is
+    /// gentle and long (`sqlite::write_back`), a second pass copies and syncs at once what was
+    /// committed during it, and the writer copies what came during that second, short sync.
     pub async fn checkpoint_wal(&self) -> Result<()> {
-        if let Db::Sqlite(pools) = &self.db {
-            // (busy, frames in the log when it started, frames copied into the database)
-            let (_, _, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_one(&pools.read)
-                .await?;
-            if copied > 0 {
-                // SQLite syncs the database only when a checkpoint copied the whole log, so the
-                // writer's would flush all this one copied: synced here, beside the writer.
-                if let Some(file) = pools.file.clone() {
-                    tokio::task::spawn_blocking(move || file.sync_data())
-                        .await
-                        .map_err(|e| Error::Internal(e.into()))?
-                        .map_err(|e| Error::Internal(e.into()))?;
-                }
-                self.batcher.finish_checkpoint();
-            }
+        let Db::Sqlite(pools) = &self.db else {
+            return Ok(());
+        };
+        // SQLite syncs the database only when a checkpoint copied the whole log (and then the
+        // log starts over by itself), so the writer's would flush all these passes copied:
+        // synced here, beside the writer.
+        let first = sqlite::checkpoint_pass(pools).await?;
+        if first.is_whole() {
+            return Ok(());
         }
+        sqlite::sync_database(pools, sqlite::write_back::sync_gently).await?;
+        let second = sqlite::checkpoint_pass(pools).await?;
+        if second.is_whole() {
+            return Ok(());
+        }
+        if second.copied > first.copied {
+            sqlite::sync_database(pools, std::fs::File::sync_data).await?;
+        }
+        self.batcher.finish_checkpoint();
         Ok(())
     }
 
