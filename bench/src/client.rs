@@ -381,21 +381,17 @@ pub(crate) async fn open_conversations(
     senders: &[User],
     recipients: &[User],
 ) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    for (sender, recipient) in senders.iter().zip(recipients) {
-        let response = http
-            .post(format!("{}/api/conversations", server.base))
-            .bearer_auth(&sender.token)
-            .json(&json!({"participant_id": recipient.id}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "opening a conversation: {}",
-            response.status()
-        );
-    }
-    Ok(())
+    post_for_each_pair(
+        server,
+        senders,
+        recipients,
+        "opening a conversation",
+        |s, r| {
+            let body = json!({"participant_id": r.id});
+            (s, "/api/conversations".to_owned(), Some(body))
+        },
+    )
+    .await
 }
 
 async fn block_senders(
@@ -403,13 +399,34 @@ async fn block_senders(
     senders: &[User],
     recipients: &[User],
 ) -> anyhow::Result<()> {
+    post_for_each_pair(server, senders, recipients, "block", |s, r| {
+        (r, format!("/api/users/{}/block", s.id), None)
+    })
+    .await
+}
+
+/// For each (sender, recipient) pair, the POST `request` names (whose token, the path, the JSON
+/// body if any), one after the other; fails on the first that does not succeed.
+async fn post_for_each_pair<'a>(
+    server: &Running,
+    senders: &'a [User],
+    recipients: &'a [User],
+    what: &str,
+    request: impl Fn(&'a User, &'a User) -> (&'a User, String, Option<Value>),
+) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     for (sender, recipient) in senders.iter().zip(recipients) {
-        let url = format!("{}/api/users/{}/block", server.base, sender.id);
-        let response = http.post(url).bearer_auth(&recipient.token).send().await?;
+        let (by, path, body) = request(sender, recipient);
+        let mut post = http
+            .post(format!("{}{path}", server.base))
+            .bearer_auth(&by.token);
+        if let Some(body) = body {
+            post = post.json(&body);
+        }
+        let response = post.send().await?;
         anyhow::ensure!(
             response.status().is_success(),
-            "block: {}",
+            "{what}: {}",
             response.status()
         );
     }
