@@ -9,14 +9,15 @@ pub(super) mod write_back;
 use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
-
-use crate::error::{Error, Result};
 use sqlx::{
     SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use crate::store::db::SqlitePools;
+use crate::{
+    error::{Error, Result},
+    store::db::SqlitePools,
+};
 
 /// Pages the SQLite log may reach before the writer checkpoints it itself (80 MiB): normally
 /// `Store::checkpoint_wal` starts it over well before (at 10,000 msg/s, every 12,500 pages).
