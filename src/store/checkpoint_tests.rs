@@ -13,6 +13,81 @@ fn frames_in_log(path: &std::path::Path) -> u32 {
     u32::from_ne_bytes(index[16..20].try_into().expect("4 bytes"))
 }
 
+/// A store on a database file of its own, with two users and their conversation.
+struct Scratch {
+    store: Store,
+    path: std::path::PathBuf,
+    conversation: crate::model::ConversationId,
+    from: UserId,
+    to: UserId,
+}
+
+impl Scratch {
+    async fn new() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("kisse-ckpt-{}.db", uuid::Uuid::new_v4().simple()));
+        let store = Store::connect(&format!("sqlite://{}", path.display()), 2)
+            .await
+            .expect("store");
+        let mut users = Vec::new();
+        for name in ["alice", "bob"] {
+            let new = NewUser {
+                id: UserId(uuid::Uuid::now_v7()),
+                email: format!("{name}@example.com"),
+                username: name.into(),
+                name: None,
+                password_hash: "x".into(),
+                created_at: now(),
+            };
+            users.push(store.users().create_user(&new).await.expect("user").id);
+        }
+        let (conversation, _) = store
+            .conversations()
+            .get_or_create_conversation(users[0], users[1], now())
+            .await
+            .expect("conversation");
+        Self {
+            store,
+            path,
+            conversation: conversation.id,
+            from: users[0],
+            to: users[1],
+        }
+    }
+
+    /// Sends `n` messages, each in a group of its own.
+    async fn send(&self, n: usize) {
+        for _ in 0..n {
+            let message = NewMessage {
+                id: MessageId(uuid::Uuid::now_v7()),
+                conversation_id: self.conversation,
+                sender_id: self.from,
+                recipient_id: self.to,
+                message_type: "text".into(),
+                session_id: None,
+                created_at: now(),
+                withheld: false,
+            };
+            self.store
+                .messages()
+                .insert_message(message)
+                .await
+                .expect("sent");
+        }
+    }
+
+    fn frames_in_log(&self) -> u32 {
+        frames_in_log(&self.path)
+    }
+
+    async fn remove(self) {
+        self.store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+        }
+    }
+}
+
 /// A checkpoint beside the writer that readers held back leaves part of the log uncopied;
 /// the writer copies the rest after its next group, so the group after that starts the log
 /// over instead of growing it until the backstop (`WAL_BACKSTOP_PAGES`), where the writer
@@ -20,69 +95,50 @@ fn frames_in_log(path: &std::path::Path) -> u32 {
 /// at 10,000 msg/s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_starts_over_after_a_checkpoint_readers_held_back() {
-    let path =
-        std::env::temp_dir().join(format!("kisse-ckpt-{}.db", uuid::Uuid::new_v4().simple()));
-    let url = format!("sqlite://{}", path.display());
-    let store = Store::connect(&url, 2).await.expect("store");
-    let mut users = Vec::new();
-    for name in ["alice", "bob"] {
-        let new = NewUser {
-            id: UserId(uuid::Uuid::now_v7()),
-            email: format!("{name}@example.com"),
-            username: name.into(),
-            name: None,
-            password_hash: "x".into(),
-            created_at: now(),
-        };
-        users.push(store.users().create_user(&new).await.expect("user").id);
-    }
-    let (conversation, _) = store
-        .conversations()
-        .get_or_create_conversation(users[0], users[1], now())
-        .await
-        .expect("conversation");
-    let (from, to) = (users[0], users[1]);
-    let send = |n: usize| {
-        let store = store.clone();
-        async move {
-            for _ in 0..n {
-                let message = NewMessage {
-                    id: MessageId(uuid::Uuid::now_v7()),
-                    conversation_id: conversation.id,
-                    sender_id: from,
-                    recipient_id: to,
-                    message_type: "text".into(),
-                    session_id: None,
-                    created_at: now(),
-                    withheld: false,
-                };
-                store
-                    .messages()
-                    .insert_message(message)
-                    .await
-                    .expect("sent");
-            }
-        }
-    };
-    send(50).await;
+    let db = Scratch::new().await;
+    db.send(50).await;
     // A reader in a transaction keeps the log from being copied past where it started.
-    let reader = rusqlite::Connection::open(&path).expect("reader");
+    let reader = rusqlite::Connection::open(&db.path).expect("reader");
     reader
         .execute_batch("BEGIN; SELECT count(*) FROM messages;")
         .expect("read");
-    send(50).await;
-    store.checkpoint_wal().await.expect("checkpoint");
+    db.send(50).await;
+    db.store.checkpoint_wal().await.expect("checkpoint");
     reader.execute_batch("COMMIT").expect("read ends");
-    let before = frames_in_log(&path);
+    let before = db.frames_in_log();
 
-    send(2).await;
-    let after = frames_in_log(&path);
+    db.send(2).await;
+    let after = db.frames_in_log();
     assert!(
         after < before,
         "the log started over: {after} frames after, {before} before"
     );
-    store.close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    db.remove().await;
+}
+
+/// A checkpoint beside the writer that copied the whole log while a transaction was being
+/// written: that transaction commits after it, so the log is not whole any more and SQLite
+/// would not start it over; the writer copies the rest after its next group, so the group
+/// after that starts the log over. Left alone, the log grew to the backstop every third of a
+/// second at 10,000 msg/s, where the writer copied thousands of frames at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_starts_over_after_a_whole_checkpoint_a_commit_followed() {
+    let db = Scratch::new().await;
+    db.send(50).await;
+    // Another writer, as the group loop is when a group is being written during the pass.
+    let in_flight = rusqlite::Connection::open(&db.path).expect("second writer");
+    in_flight
+        .execute_batch("BEGIN IMMEDIATE; UPDATE users SET name = 'in flight';")
+        .expect("write");
+    db.store.checkpoint_wal().await.expect("checkpoint");
+    in_flight.execute_batch("COMMIT").expect("commit");
+    let before = db.frames_in_log();
+
+    db.send(2).await;
+    let after = db.frames_in_log();
+    assert!(
+        after < before,
+        "the log started over: {after} frames after, {before} before"
+    );
+    db.remove().await;
 }

@@ -50,11 +50,16 @@ pub struct PoolStats {
 pub(super) struct SqlitePools {
     pub read: SqlitePool,
     pub write: SqlitePool,
+    /// One reading connection, whose read transaction holds a checkpoint pass to where the log
+    /// was when it began (`sqlite::checkpoint_pass`); unused in memory.
+    pub pin: SqlitePool,
     /// The database file, opened once for `Store::checkpoint_wal` to sync it (`None` in
     /// memory). Kept open as long as the pools: closing any descriptor of the file drops every
     /// POSIX lock this process holds on it, SQLite's connections' included, which another
     /// process (the `sqlite3` shell, a backup) would then not see.
     pub file: Option<std::sync::Arc<std::fs::File>>,
+    /// Frames in the log when the last checkpoint pass began (`sqlite::checkpoint_pass`).
+    pub log_at_last_pass: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Runs `$body` with `$pool` bound to the engine's pool for `read` or `write` work.

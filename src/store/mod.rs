@@ -174,27 +174,24 @@ impl Store {
     /// Copies what the SQLite log holds into the database file, from a reading connection,
     /// without blocking the writer (PASSIVE), and syncs it; the writer then reuses the log from
     /// its start. Nothing to do on PostgreSQL.
-    /// Groups committed meanwhile are in the log and not copied: the writer copies them between
-    /// two groups (`Batcher::finish_checkpoint`), so that the log starts over. The writer waits
-    /// for nothing else meanwhile, so what it copies is kept small: the first pass's sync is
-    /// gentle and long (`sqlite::write_back`), a second pass copies and syncs at once what was
-    /// committed during it, and the writer copies what came during that second, short sync.
+    /// Each pass copies the log as it was when the pass began (`sqlite::checkpoint_pass`), so
+    /// that SQLite syncs none of it under load: the first pass's pages are synced here gently
+    /// (`sqlite::write_back`), a second pass copies and syncs at once what was committed
+    /// meanwhile, and the writer copies, between two groups, what came since
+    /// (`Batcher::finish_checkpoint`), which lets the log start over from its beginning: SQLite
+    /// starts it over only once a checkpoint copied all of it, and left to the backstop the
+    /// writer copied and synced thousands of frames at once.
     pub async fn checkpoint_wal(&self) -> Result<()> {
         let Db::Sqlite(pools) = &self.db else {
             return Ok(());
         };
-        // SQLite syncs the database only when a checkpoint copied the whole log (and then the
-        // log starts over by itself), so the writer's would flush all these passes copied:
-        // synced here, beside the writer.
         let first = sqlite::checkpoint_pass(pools).await?;
-        if first.is_whole() {
+        if !first.grown {
+            // Nothing committed since the last pass (a quiet server): nothing to sync.
             return Ok(());
         }
         sqlite::sync_database(pools, sqlite::write_back::sync_gently).await?;
         let second = sqlite::checkpoint_pass(pools).await?;
-        if second.is_whole() {
-            return Ok(());
-        }
         if second.copied > first.copied {
             sqlite::sync_database(pools, std::fs::File::sync_data).await?;
         }
@@ -293,6 +290,7 @@ impl Store {
     pub async fn close(&self) {
         match &self.db {
             Db::Sqlite(pools) => {
+                pools.pin.close().await;
                 pools.read.close().await;
                 pools.write.close().await;
             }

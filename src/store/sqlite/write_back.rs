@@ -1,7 +1,7 @@
 //! Syncing the database file after a checkpoint without starving the log.
 //!
 //! A checkpoint beside the writer copies the pages changed since the last one into the
-//! database file (at 10,000 msg/s, 600–900 pages every 250 ms, scattered over the file), and
+//! database file (at 10,000 msg/s, hundreds to thousands of pages, scattered over the file), and
 //! the file must then be synced before the writer may start the log over. One `fdatasync` of
 //! all of them put hundreds of writes in the disk's queue at once: for its 5–8 ms, every group
 //! commit's log fsync waited behind them (3–6 ms instead of 0.3), and the messages of those
