@@ -168,7 +168,26 @@ impl Running {
     /// SQLite files at `seed` instead of removing them.
     pub async fn stop_keeping_database(mut self, seed: &Path) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
-            child.kill().await?;
+            // Stopped as an operator stops it (SIGTERM, through `kill`: no unsafe code here),
+            // so the database is left closed, its log copied in: killed, it left up to the
+            // backstop's log for every run to recover and copy in its first seconds, a start
+            // no running server has.
+            let stopped = match child.id() {
+                Some(pid) => {
+                    let term = Command::new("kill")
+                        .args(["-TERM", &pid.to_string()])
+                        .status()
+                        .await;
+                    term.is_ok_and(|status| status.success())
+                        && tokio::time::timeout(Duration::from_secs(60), child.wait())
+                            .await
+                            .is_ok()
+                }
+                None => true,
+            };
+            if !stopped {
+                child.kill().await?;
+            }
         }
         let database = self
             ._database
