@@ -76,8 +76,16 @@ impl Scratch {
         }
     }
 
-    fn frames_in_log(&self) -> u32 {
-        frames_in_log(&self.path)
+    /// Sends two messages: the writer finishes the checkpoint after the first, and the second
+    /// starts the log over.
+    async fn log_starts_over_within_two_groups(&self) {
+        let before = frames_in_log(&self.path);
+        self.send(2).await;
+        let after = frames_in_log(&self.path);
+        assert!(
+            after < before,
+            "the log started over: {after} frames after, {before} before"
+        );
     }
 
     async fn remove(self) {
@@ -105,14 +113,7 @@ async fn the_log_starts_over_after_a_checkpoint_readers_held_back() {
     db.send(50).await;
     db.store.checkpoint_wal().await.expect("checkpoint");
     reader.execute_batch("COMMIT").expect("read ends");
-    let before = db.frames_in_log();
-
-    db.send(2).await;
-    let after = db.frames_in_log();
-    assert!(
-        after < before,
-        "the log started over: {after} frames after, {before} before"
-    );
+    db.log_starts_over_within_two_groups().await;
     db.remove().await;
 }
 
@@ -132,13 +133,6 @@ async fn the_log_starts_over_after_a_whole_checkpoint_a_commit_followed() {
         .expect("write");
     db.store.checkpoint_wal().await.expect("checkpoint");
     in_flight.execute_batch("COMMIT").expect("commit");
-    let before = db.frames_in_log();
-
-    db.send(2).await;
-    let after = db.frames_in_log();
-    assert!(
-        after < before,
-        "the log started over: {after} frames after, {before} before"
-    );
+    db.log_starts_over_within_two_groups().await;
     db.remove().await;
 }
