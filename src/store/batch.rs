@@ -7,20 +7,13 @@
 //! A group the database refuses because of some of its rows is committed again in halves
 //! until only the jobs at fault fail (`Pending::settle`): one job never fails its neighbours.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    db::Db,
+    db::{Db, SqlitePools},
     faults,
     group::{FirstDelivery, Group, Inserted, NewMessage, Read, ReadMark, Written},
     postgres, sqlite,
@@ -77,9 +70,6 @@ struct DeliveryJob {
 pub(super) struct Batcher {
     writers: Vec<mpsc::Sender<Job>>,
     deliveries: mpsc::Sender<DeliveryJob>,
-    /// SQLite: set when a checkpoint beside the writer copied part of the log (see
-    /// `Batcher::finish_checkpoint`).
-    checkpoint_due: Arc<AtomicBool>,
 }
 
 impl Batcher {
@@ -89,7 +79,6 @@ impl Batcher {
     pub(super) fn spawn(db: Db, writers: usize) -> Self {
         let (deliveries, delivery_queue) = mpsc::channel(DELIVERY_QUEUE);
         let mut delivery_queue = Some(delivery_queue);
-        let checkpoint_due = Arc::new(AtomicBool::new(false));
         if let Db::Postgres(_) = db
             && let Some(reports) = delivery_queue.take()
         {
@@ -100,32 +89,14 @@ impl Batcher {
                 let (messages, message_queue) = mpsc::channel(QUEUE);
                 // The first writer takes the reports (SQLite); the others get a closed queue.
                 let reports = delivery_queue.take().unwrap_or_else(|| mpsc::channel(1).1);
-                tokio::spawn(run(
-                    db.clone(),
-                    message_queue,
-                    reports,
-                    checkpoint_due.clone(),
-                ));
+                tokio::spawn(run(db.clone(), message_queue, reports));
                 messages
             })
             .collect();
         Self {
             writers,
             deliveries,
-            checkpoint_due,
         }
-    }
-
-    /// SQLite: has the group loop copy what the log holds beyond the last checkpoint into the
-    /// database, between two groups. A checkpoint beside the writer (`Store::checkpoint_wal`)
-    /// copies the bulk of the log without stopping it, but the log starts over from its
-    /// beginning only once a checkpoint copied all of it, which never happens while groups keep
-    /// coming: the log then grew to `WAL_BACKSTOP_PAGES` and the writer checkpointed it all
-    /// itself, 4–9 ms with the database's fsync, twice a second at 10,000 msg/s: the messages
-    /// of those moments were the p99. What is left after the checkpoint beside it is a few
-    /// groups' pages.
-    pub(super) fn finish_checkpoint(&self) {
-        self.checkpoint_due.store(true, Ordering::Relaxed);
     }
 
     /// Queues `message` for the next group commit; the answer comes once it is committed.
@@ -255,22 +226,16 @@ fn record(group: Group<'_>, uploads: &[ContentUpload], started: Instant) {
     crate::metrics::group_commit(rows, started.elapsed());
 }
 
-async fn run(
-    db: Db,
-    messages: mpsc::Receiver<Job>,
-    deliveries: mpsc::Receiver<DeliveryJob>,
-    checkpoint_due: Arc<AtomicBool>,
-) {
+async fn run(db: Db, messages: mpsc::Receiver<Job>, deliveries: mpsc::Receiver<DeliveryJob>) {
     let mut queues = Queues {
         messages,
         deliveries,
         jobs: Vec::with_capacity(MAX_BATCH),
         held: None,
-        checkpoint_due,
     };
     while let Some(pending) = queues.wait().await {
         match &db {
-            Db::Sqlite(pools) => write_back_to_back(&pools.write, pending, &mut queues).await,
+            Db::Sqlite(pools) => write_back_to_back(pools, pending, &mut queues).await,
             Db::Postgres(_) => {
                 // The group, then the halves of a group refused for some of its rows, first
                 // half first (see `Pending::settle`).
@@ -320,8 +285,8 @@ pub(super) fn hold_writer_until(locked: tokio::time::Instant) -> tokio::time::In
 /// SQLite: commits `first`, then the groups that come next, on the same locked writer
 /// connection (see `sqlite::group::Writer`), until none comes within `HOLD_WRITER` of the
 /// previous one or `HOLD_WRITER_MAX` after the lock.
-async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queues) {
-    let mut conn = match pool.acquire().await {
+async fn write_back_to_back(pools: &SqlitePools, first: Pending, queues: &mut Queues) {
+    let mut conn = match pools.write.acquire().await {
         Ok(conn) => conn,
         Err(e) => return first.answer(Err(e.into())),
     };
@@ -333,14 +298,7 @@ async fn write_back_to_back(pool: &SqlitePool, first: Pending, queues: &mut Queu
     let mut pending = first;
     loop {
         commit(&mut writer, pending);
-        if queues.checkpoint_due.swap(false, Ordering::Relaxed) {
-            let started = Instant::now();
-            if let Err(e) = writer.checkpoint() {
-                e.context("finishing a checkpoint of the SQLite log")
-                    .log_if_internal();
-            }
-            crate::metrics::writer_checkpoint(started.elapsed());
-        }
+        writer.finish_checkpoint(&pools.checkpoint_due);
         // The next group usually comes within the hold (at 5,000 msg/s, a fraction of a
         // millisecond): waiting for it keeps the lock and its prepared statements.
         let until = hold_writer_until(locked);
@@ -380,8 +338,6 @@ struct Queues {
     /// A delivery report taken from its queue, kept here while it waits for messages
     /// (`DELIVERY_WAIT`), so that a `wait` dropped meanwhile does not lose it.
     held: Option<DeliveryJob>,
-    /// SQLite: the writer is to finish a checkpoint (`Batcher::finish_checkpoint`).
-    checkpoint_due: Arc<AtomicBool>,
 }
 
 impl Queues {
@@ -616,7 +572,6 @@ mod tests {
             deliveries,
             jobs: Vec::new(),
             held: None,
-            checkpoint_due: Default::default(),
         };
         // Twenty 1 MiB uploads, then one above the bound on its own.
         let sizes = [vec![1 << 20; 20], vec![MAX_GROUP_UPLOAD_BYTES + 1]].concat();

@@ -1,7 +1,7 @@
 //! SQLite's log under a writer that never stops: the checkpoint beside the writer and the
-//! writer's own part of it (`Store::checkpoint_wal`, `Batcher::finish_checkpoint`).
+//! writer's own part of it (`Store::checkpoint_wal`, `sqlite::group::Writer::finish_checkpoint`).
 
-use super::{NewMessage, NewUser, Store};
+use super::{EnvelopeMessage, NewEnvelope, NewMessage, NewUser, Store};
 use crate::model::{MessageId, UserId, now};
 
 /// Frames in the SQLite log of the database at `path`, as its index says (`mxFrame`, a
@@ -11,6 +11,15 @@ use crate::model::{MessageId, UserId, now};
 fn frames_in_log(path: &std::path::Path) -> u32 {
     let index = std::fs::read(format!("{}-shm", path.display())).expect("log index");
     u32::from_ne_bytes(index[16..20].try_into().expect("4 bytes"))
+}
+
+/// What a test sends: each kind goes through a loop of its own that holds the writer.
+#[derive(Clone, Copy)]
+enum Traffic {
+    /// Plain messages, through the group commit.
+    Messages,
+    /// One envelope a message, to the recipient's device 1, through the envelope writer.
+    Envelopes,
 }
 
 /// A store on a database file of its own, with two users and their conversation.
@@ -55,9 +64,18 @@ impl Scratch {
         }
     }
 
-    /// Sends `n` messages, each in a group of its own.
-    async fn send(&self, n: usize) {
+    /// Sends `n` messages, each committed alone.
+    async fn send(&self, traffic: Traffic, n: usize) {
         for _ in 0..n {
+            match traffic {
+                Traffic::Messages => self.send_message().await,
+                Traffic::Envelopes => self.send_envelope().await,
+            }
+        }
+    }
+
+    async fn send_message(&self) {
+        {
             let message = NewMessage {
                 id: MessageId(uuid::Uuid::now_v7()),
                 conversation_id: self.conversation,
@@ -76,11 +94,40 @@ impl Scratch {
         }
     }
 
+    async fn send_envelope(&self) {
+        self.store
+            .devices()
+            .upsert(self.to, 1, None, now())
+            .await
+            .expect("device");
+        let message = EnvelopeMessage {
+            id: MessageId(uuid::Uuid::now_v7()),
+            sender_id: self.from,
+            sender_device: 1,
+            recipient_id: self.to,
+            conversation_id: Some(self.conversation),
+            message_type: "text".into(),
+            created_at: now(),
+            envelopes: vec![NewEnvelope {
+                device_id: 1,
+                kind: 1,
+                content: vec![7; 200],
+            }],
+        };
+        let pending = self
+            .store
+            .envelopes()
+            .queue(message, 1000)
+            .await
+            .expect("queued");
+        pending.stored().await.expect("stored");
+    }
+
     /// Sends two messages: the writer finishes the checkpoint after the first, and the second
     /// starts the log over.
-    async fn log_starts_over_within_two_groups(&self) {
+    async fn log_starts_over_within_two_groups(&self, traffic: Traffic) {
         let before = frames_in_log(&self.path);
-        self.send(2).await;
+        self.send(traffic, 2).await;
         let after = frames_in_log(&self.path);
         assert!(
             after < before,
@@ -104,16 +151,17 @@ impl Scratch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_starts_over_after_a_checkpoint_readers_held_back() {
     let db = Scratch::new().await;
-    db.send(50).await;
+    db.send(Traffic::Messages, 50).await;
     // A reader in a transaction keeps the log from being copied past where it started.
     let reader = rusqlite::Connection::open(&db.path).expect("reader");
     reader
         .execute_batch("BEGIN; SELECT count(*) FROM messages;")
         .expect("read");
-    db.send(50).await;
+    db.send(Traffic::Messages, 50).await;
     db.store.checkpoint_wal().await.expect("checkpoint");
     reader.execute_batch("COMMIT").expect("read ends");
-    db.log_starts_over_within_two_groups().await;
+    db.log_starts_over_within_two_groups(Traffic::Messages)
+        .await;
     db.remove().await;
 }
 
@@ -124,8 +172,20 @@ async fn the_log_starts_over_after_a_checkpoint_readers_held_back() {
 /// second at 10,000 msg/s, where the writer copied thousands of frames at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_starts_over_after_a_whole_checkpoint_a_commit_followed() {
+    a_whole_checkpoint_a_commit_followed(Traffic::Messages).await;
+}
+
+/// The same with envelopes alone (the next app's traffic): the envelope writer finishes the
+/// checkpoint as the group commit does. It did not: under envelopes alone the log grew to the
+/// backstop, where the writer copied and synced it all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_starts_over_under_envelopes_alone() {
+    a_whole_checkpoint_a_commit_followed(Traffic::Envelopes).await;
+}
+
+async fn a_whole_checkpoint_a_commit_followed(traffic: Traffic) {
     let db = Scratch::new().await;
-    db.send(50).await;
+    db.send(traffic, 50).await;
     // Another writer, as the group loop is when a group is being written during the pass.
     let in_flight = rusqlite::Connection::open(&db.path).expect("second writer");
     in_flight
@@ -133,6 +193,6 @@ async fn the_log_starts_over_after_a_whole_checkpoint_a_commit_followed() {
         .expect("write");
     db.store.checkpoint_wal().await.expect("checkpoint");
     in_flight.execute_batch("COMMIT").expect("commit");
-    db.log_starts_over_within_two_groups().await;
+    db.log_starts_over_within_two_groups(traffic).await;
     db.remove().await;
 }

@@ -60,6 +60,10 @@ pub(super) struct SqlitePools {
     pub file: Option<std::sync::Arc<std::fs::File>>,
     /// Frames in the log when the last checkpoint pass began (`sqlite::checkpoint_pass`).
     pub log_at_last_pass: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Set when a checkpoint beside the writer left the rest of the log for the writer to copy
+    /// (`Store::checkpoint_wal`); whichever loop holds the writer next does it, between two of
+    /// its transactions (`sqlite::group::Writer::finish_checkpoint`).
+    pub checkpoint_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs `$body` with `$pool` bound to the engine's pool for `read` or `write` work.

@@ -8,10 +8,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, QueryBuilder, SqlitePool};
+use sqlx::{PgPool, QueryBuilder};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{batch::hold_writer_until, db::Db, faults::is_about_rows, sqlite};
+use super::{
+    batch::hold_writer_until,
+    db::{Db, SqlitePools},
+    faults::is_about_rows,
+    sqlite,
+};
 use crate::{
     error::{DeviceMismatch, Error, Result},
     model::{ConversationId, MessageId, UserId},
@@ -192,7 +197,7 @@ async fn run(db: Db, mut queue: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         match &db {
-            Db::Sqlite(pools) => write_back_to_back(&pools.write, &mut batch, &mut queue).await,
+            Db::Sqlite(pools) => write_back_to_back(pools, &mut batch, &mut queue).await,
             Db::Postgres(pool) => settle(&mut batch, &mut On::Postgres(pool)).await,
         }
     }
@@ -202,11 +207,11 @@ async fn run(db: Db, mut queue: mpsc::Receiver<Job>) {
 /// connection, as long as `batch::hold_writer_until` allows (as the group commit does, and for the same reasons: each lock costs round
 /// trips to sqlx's thread and parsing the statements anew).
 async fn write_back_to_back(
-    pool: &SqlitePool,
+    pools: &SqlitePools,
     batch: &mut Vec<Job>,
     queue: &mut mpsc::Receiver<Job>,
 ) {
-    let mut conn = match pool.acquire().await {
+    let mut conn = match pools.write.acquire().await {
         Ok(conn) => conn,
         Err(e) => return fail(batch, e.into()),
     };
@@ -217,6 +222,7 @@ async fn write_back_to_back(
     let locked = tokio::time::Instant::now();
     loop {
         settle(batch, &mut On::Sqlite(&mut writer)).await;
+        writer.finish_checkpoint(&pools.checkpoint_due);
         match tokio::time::timeout_at(hold_writer_until(locked), queue.recv_many(batch, MAX_BATCH))
             .await
         {

@@ -50,6 +50,8 @@ mod stories;
 mod upload;
 mod users;
 
+use std::sync::atomic::Ordering;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -177,8 +179,8 @@ impl Store {
     /// Each pass copies the log as it was when the pass began (`sqlite::checkpoint_pass`), so
     /// that SQLite syncs none of it under load: the first pass's pages are synced here gently
     /// (`sqlite::write_back`), a second pass copies and syncs at once what was committed
-    /// meanwhile, and the writer copies, between two groups, what came since
-    /// (`Batcher::finish_checkpoint`), which lets the log start over from its beginning: SQLite
+    /// meanwhile, and the writer copies, between two of its transactions, what came since
+    /// (`sqlite::group::Writer::finish_checkpoint`), which lets the log start over: SQLite
     /// starts it over only once a checkpoint copied all of it, and left to the backstop the
     /// writer copied and synced thousands of frames at once.
     pub async fn checkpoint_wal(&self) -> Result<()> {
@@ -195,7 +197,7 @@ impl Store {
         if second.copied > first.copied {
             sqlite::sync_database(pools, std::fs::File::sync_data).await?;
         }
-        self.batcher.finish_checkpoint();
+        pools.checkpoint_due.store(true, Ordering::Relaxed);
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 //! only: PostgreSQL's writers run in parallel, and an upload keeps its own transaction there).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
@@ -100,13 +101,27 @@ impl Writer<'_> {
         blocking(rows, || in_transaction(db, body))
     }
 
-    /// Copies into the database what the log holds beyond the last checkpoint. No group is
-    /// written meanwhile, so it copies the whole log, and the next group starts the log over
-    /// (see `Batcher::finish_checkpoint`).
-    pub(crate) fn checkpoint(&mut self) -> Result<()> {
-        self.db
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-        Ok(())
+    /// When a checkpoint beside the writer left the rest of the log to it (`due`, set by
+    /// `Store::checkpoint_wal`), copies into the database what the log holds beyond it. Nothing
+    /// is written meanwhile, so it copies the whole log, SQLite syncs the database, and the next
+    /// transaction starts the log over; without it the log started over only at the backstop,
+    /// where the writer copied and synced thousands of frames at once. Both loops that hold the
+    /// writer call it between two of their transactions (the group commit's and the envelope
+    /// writer's: a server with only envelope traffic must not grow its log to the backstop).
+    pub(crate) fn finish_checkpoint(&mut self, due: &AtomicBool) {
+        if !due.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        if let Err(e) = self
+            .db
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            Error::from(e)
+                .context("finishing a checkpoint of the SQLite log")
+                .log_if_internal();
+        }
+        crate::metrics::writer_checkpoint(started.elapsed());
     }
 }
 

@@ -167,6 +167,7 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
         pin,
         file,
         log_at_last_pass: Default::default(),
+        checkpoint_due: Default::default(),
     })
 }
 
