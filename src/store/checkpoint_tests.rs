@@ -55,6 +55,12 @@ impl Scratch {
             .get_or_create_conversation(users[0], users[1], now())
             .await
             .expect("conversation");
+        // The recipient's device 1, which envelopes are for.
+        store
+            .devices()
+            .upsert(users[1], 1, None, now())
+            .await
+            .expect("device");
         Self {
             store,
             path,
@@ -75,31 +81,24 @@ impl Scratch {
     }
 
     async fn send_message(&self) {
-        {
-            let message = NewMessage {
-                id: MessageId(uuid::Uuid::now_v7()),
-                conversation_id: self.conversation,
-                sender_id: self.from,
-                recipient_id: self.to,
-                message_type: "text".into(),
-                session_id: None,
-                created_at: now(),
-                withheld: false,
-            };
-            self.store
-                .messages()
-                .insert_message(message)
-                .await
-                .expect("sent");
-        }
+        let message = NewMessage {
+            id: MessageId(uuid::Uuid::now_v7()),
+            conversation_id: self.conversation,
+            sender_id: self.from,
+            recipient_id: self.to,
+            message_type: "text".into(),
+            session_id: None,
+            created_at: now(),
+            withheld: false,
+        };
+        self.store
+            .messages()
+            .insert_message(message)
+            .await
+            .expect("sent");
     }
 
     async fn send_envelope(&self) {
-        self.store
-            .devices()
-            .upsert(self.to, 1, None, now())
-            .await
-            .expect("device");
         let message = EnvelopeMessage {
             id: MessageId(uuid::Uuid::now_v7()),
             sender_id: self.from,
