@@ -8,7 +8,7 @@
 
 use std::{sync::OnceLock, time::Duration};
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::events::CloseReason;
@@ -260,17 +260,62 @@ pub async fn upkeep(shutdown: tokio_util::sync::CancellationToken) {
     }
 }
 
-/// A new message was stored and pushed: `kind` is `direct` or `channel`.
+/// The handle `make` looks up, looked up once. For the metrics recorded for every message,
+/// frame and group commit: a look-up by name builds the key, hashes it and reads the registry
+/// under a lock, seven or eight times a message. The recorder is installed first (`handle`):
+/// a handle taken from the no-op recorder would record nothing, ever.
+fn once<T>(cell: &'static OnceLock<T>, make: impl FnOnce() -> T) -> &'static T {
+    cell.get_or_init(|| {
+        handle();
+        make()
+    })
+}
+
+/// `once` per value of one label, for metrics with a few fixed values (frame types, message
+/// kinds): up to `N` values keep their handles; past that, each record looks its handle up.
+struct ByLabel<T: 'static, const N: usize>([OnceLock<(&'static str, T)>; N]);
+
+impl<T, const N: usize> ByLabel<T, N> {
+    const fn new() -> Self {
+        Self([const { OnceLock::new() }; N])
+    }
+
+    /// Calls `record` with the handle of `value`, which `make` looks up.
+    fn with(&'static self, value: &'static str, make: impl Fn() -> T, record: impl FnOnce(&T)) {
+        for slot in &self.0 {
+            // Two threads may fill two slots with one value: both handles record one series.
+            let (label, handle) = once(slot, || (value, make()));
+            if *label == value {
+                return record(handle);
+            }
+        }
+        // Every slot holds another value: looked up by name, as without this.
+        record(&make())
+    }
+}
+
+/// A new message was stored and pushed: `kind` is `direct`, `channel` or `envelopes`.
 pub fn message_routed(kind: &'static str, accepted_at: chrono::DateTime<chrono::Utc>) {
-    counter!("kisse_messages_routed_total", "kind" => kind).increment(1);
+    static ROUTED: ByLabel<(Counter, Histogram), 4> = ByLabel::new();
     let elapsed = (chrono::Utc::now() - accepted_at)
         .to_std()
         .unwrap_or_default();
-    histogram!("kisse_message_delivery_seconds", "kind" => kind).record(elapsed.as_secs_f64());
+    let make = || {
+        (
+            counter!("kisse_messages_routed_total", "kind" => kind),
+            histogram!("kisse_message_delivery_seconds", "kind" => kind),
+        )
+    };
+    ROUTED.with(kind, make, |(routed, delivery)| {
+        routed.increment(1);
+        delivery.record(elapsed.as_secs_f64());
+    });
 }
 
 pub fn frame_received(kind: &'static str) {
-    counter!("kisse_ws_frames_total", "direction" => "in", "type" => kind).increment(1);
+    static FRAMES_IN: ByLabel<Counter, 16> = ByLabel::new();
+    let make = || counter!("kisse_ws_frames_total", "direction" => "in", "type" => kind);
+    FRAMES_IN.with(kind, make, |frames| frames.increment(1));
 }
 
 /// A socket that was behind had no slot left for an ephemeral frame: the oldest was dropped.
@@ -284,18 +329,30 @@ pub fn receipt_dropped() {
 }
 
 pub fn write_batch(frames: usize) {
-    histogram!("kisse_ws_write_batch_frames").record(frames as f64);
+    static BATCH: OnceLock<Histogram> = OnceLock::new();
+    once(&BATCH, || histogram!("kisse_ws_write_batch_frames")).record(frames as f64);
 }
 
 /// A group commit of `[messages, read receipts, delivery marks, content uploads]` rows took
 /// `elapsed`.
 pub fn group_commit(rows: [usize; 4], elapsed: Duration) {
-    let [messages, reads, marks, uploads] = rows;
-    histogram!("kisse_store_group_rows", "kind" => "messages").record(messages as f64);
-    histogram!("kisse_store_group_rows", "kind" => "read_receipts").record(reads as f64);
-    histogram!("kisse_store_group_rows", "kind" => "delivery_marks").record(marks as f64);
-    histogram!("kisse_store_group_rows", "kind" => "content_uploads").record(uploads as f64);
-    histogram!("kisse_store_group_commit_seconds").record(elapsed.as_secs_f64());
+    static GROUP: OnceLock<([Histogram; 4], Histogram)> = OnceLock::new();
+    let (by_kind, commit) = once(&GROUP, || {
+        let kinds = [
+            "messages",
+            "read_receipts",
+            "delivery_marks",
+            "content_uploads",
+        ];
+        (
+            kinds.map(|kind| histogram!("kisse_store_group_rows", "kind" => kind)),
+            histogram!("kisse_store_group_commit_seconds"),
+        )
+    });
+    for (histogram, count) in by_kind.iter().zip(rows) {
+        histogram.record(count as f64);
+    }
+    commit.record(elapsed.as_secs_f64());
 }
 
 /// The SQLite writer finished a checkpoint of the log between two groups, in `elapsed`.
@@ -349,4 +406,28 @@ fn http_method_label(method: &str) -> &'static str {
         .into_iter()
         .find(|known| *known == method)
         .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics::{Counter, counter};
+
+    use super::{ByLabel, render};
+
+    #[test]
+    fn label_values_beyond_the_kept_handles_count_in_their_own_series() {
+        static COUNTED: ByLabel<Counter, 2> = ByLabel::new();
+        let kinds = ["by_label_a", "by_label_b", "by_label_c"];
+        for (times, kind) in kinds.into_iter().enumerate() {
+            for _ in 0..=times {
+                let make = || counter!("kisse_test_by_label_total", "kind" => kind);
+                COUNTED.with(kind, make, |counted| counted.increment(1));
+            }
+        }
+        let text = render();
+        for (times, kind) in kinds.into_iter().enumerate() {
+            let line = format!("kisse_test_by_label_total{{kind=\"{kind}\"}} {}", times + 1);
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+    }
 }

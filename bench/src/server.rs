@@ -389,12 +389,20 @@ pub mod tempfile_path {
             self.path().display()
         }
 
-        /// Copies the database at `seed` (and its log) here.
+        /// Copies the database at `seed` (and its log) here, and syncs the copies: a running
+        /// server's database is in the page cache but written back, whereas a fresh copy of
+        /// hundreds of MiB left unsynced would be written back by the kernel during the run,
+        /// the log's syncs waiting behind it.
         pub fn copy_from(&self, seed: &Path) -> anyhow::Result<()> {
-            std::fs::copy(seed, self.path())?;
+            let copy = |from: &Path, to: &Path| -> anyhow::Result<()> {
+                std::fs::copy(from, to)?;
+                std::fs::File::open(to)?.sync_all()?;
+                Ok(())
+            };
+            copy(seed, self.path())?;
             let log = with_suffix(seed, "-wal");
             if log.exists() {
-                std::fs::copy(log, with_suffix(self.path(), "-wal"))?;
+                copy(&log, &with_suffix(self.path(), "-wal"))?;
             }
             Ok(())
         }
