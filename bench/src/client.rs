@@ -810,6 +810,7 @@ pub async fn idle(
     sockets: usize,
     users: usize,
     settle: Duration,
+    first_source: u8,
 ) -> anyhow::Result<()> {
     let users = server.register(users.max(1)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -825,7 +826,8 @@ pub async fn idle(
     for i in 0..sockets {
         let user = &users[i % users.len()];
         // 20,000 sockets per source address stay well inside the ephemeral port range.
-        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i / 20_000) as u8);
+        let source = (usize::from(first_source) + i / 20_000).try_into();
+        let source = std::net::Ipv4Addr::new(127, 0, 0, source.context("source addresses")?);
         let tcp = TcpSocket::new_v4()?;
         tcp.bind((source, 0).into())?;
         let stream = tcp

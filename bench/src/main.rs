@@ -192,6 +192,11 @@ struct IdleArgs {
     /// Seconds to wait once every socket is open before reading the server's memory.
     #[arg(long, default_value_t = 2)]
     settle: u64,
+    /// The last byte of the first source address (127.0.0.N; each holds 20,000 sockets): bench
+    /// processes against the nodes of one cluster each need addresses of their own, since
+    /// one process holds at most its open-file limit of sockets.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..))]
+    first_source: u8,
 }
 
 #[derive(Args)]
@@ -299,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Idle(args) => {
             let server = server::Running::start(&args.target).await?;
             let settle = Duration::from_secs(args.settle);
-            client::idle(&server, args.sockets, args.users, settle).await
+            client::idle(&server, args.sockets, args.users, settle, args.first_source).await
         }
         Command::Fanout(args) => {
             let server = server::Running::start(&args.target).await?;
