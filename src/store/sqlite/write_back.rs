@@ -5,15 +5,16 @@
 //! the file must then be synced before the writer may start the log over. One `fdatasync` of
 //! all of them put hundreds of writes in the disk's queue at once: for its 5–8 ms, every group
 //! commit's log fsync waited behind them (3–6 ms instead of 0.3), and the messages of those
-//! moments were most of the p99. Written back a slice of the file at a time, with a pause
-//! between slices, the log's writes and flushes pass between them; the final sync then only
-//! flushes what is left, and the writer still starts the log over only once it has returned.
+//! moments were most of the p99. Written back a slice of the file at a time, with a pause as
+//! long as the slice took after each one that had pages to write, the log's writes and flushes
+//! pass between them; the final sync then only flushes what is left, and the writer still
+//! starts the log over only once it has returned.
 
 use std::fs::File;
 
 /// Syncs `file` as `File::sync_data` does (on return, what was written to it is durable),
 /// writing its dirty pages back a slice at a time first where the system allows it (Linux).
-/// Blocks the calling thread for tens of milliseconds.
+/// Blocks the calling thread for about twice as long as the disk takes to write them.
 pub(crate) fn sync_gently(file: &File) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     linux::write_back_in_slices(file)?;
@@ -22,23 +23,39 @@ pub(crate) fn sync_gently(file: &File) -> std::io::Result<()> {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use std::{fs::File, os::fd::AsRawFd, time::Duration};
+    use std::{
+        fs::File,
+        os::fd::AsRawFd,
+        time::{Duration, Instant},
+    };
 
-    /// Slices the file is written back in.
-    const SLICES: u64 = 64;
-    /// Pause after each slice: the write-back spreads over at least 64 × 0.5 = 32 ms of the
-    /// checkpoint's 250, and each pause leaves the disk to the group commits.
-    const PAUSE: Duration = Duration::from_micros(500);
+    /// Bytes written back at a time (256 pages). Slices of a sixty-fourth of the file put
+    /// every page appended since the last checkpoint (they are all at the end) into one or two
+    /// slices of a large database: a thousand writes queued at once in a grown one, the log's
+    /// behind them (docs/PERFORMANCE.md, issue 25, eighth round).
+    const SLICE: u64 = 1 << 20;
+    /// Slices at most: past 4 GiB they grow instead. A slice with nothing to write back costs a
+    /// few microseconds: 4,096 of them are a few milliseconds of CPU a second.
+    const MAX_SLICES: u64 = 4096;
+    /// A slice written back faster than this had (almost) nothing to write: no pause after it.
+    const CLEAN: Duration = Duration::from_micros(50);
+    /// A slice that wrote pages back is followed by a pause as long as it took, at most this:
+    /// the disk is left to the log's writes and flushes at least half of the time.
+    const MAX_PAUSE: Duration = Duration::from_millis(2);
 
     /// Writes `file`'s dirty pages back, a slice of the file at a time, waiting for each.
     pub(super) fn write_back_in_slices(file: &File) -> std::io::Result<()> {
         let len = file.metadata()?.len();
-        let slice = len.div_ceil(SLICES).next_multiple_of(4096).max(4096);
+        let slice = SLICE.max(len.div_ceil(MAX_SLICES).next_multiple_of(4096));
         let mut offset = 0;
         while offset < len {
+            let started = Instant::now();
             write_back(file, offset, slice)?;
             offset += slice;
-            std::thread::sleep(PAUSE);
+            let took = started.elapsed();
+            if took > CLEAN {
+                std::thread::sleep(took.min(MAX_PAUSE));
+            }
         }
         Ok(())
     }
