@@ -39,8 +39,8 @@ mod linux {
     const MAX_SLICES: u64 = 4096;
     /// A slice written back faster than this had (almost) nothing to write: no pause after it.
     const CLEAN: Duration = Duration::from_micros(50);
-    /// A slice that wrote pages back is followed by a pause as long as it took, at most this:
-    /// the disk is left to the log's writes and flushes at least half of the time.
+    /// A slice that wrote pages back is followed by a pause as long as it took, but no longer
+    /// than this: the log's writes and flushes have the disk about half of the time.
     const MAX_PAUSE: Duration = Duration::from_millis(2);
 
     /// Writes `file`'s dirty pages back, a slice of the file at a time, waiting for each.
