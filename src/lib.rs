@@ -91,7 +91,12 @@ pub type AppState = Arc<App>;
 impl App {
     /// Connects to the database (applying migrations) and prepares the shared state.
     pub async fn new(config: Config) -> anyhow::Result<AppState> {
-        let store = Store::connect(&config.database_url, config.db_max_connections).await?;
+        let store = Store::connect(
+            &config.database_url,
+            config.db_max_connections,
+            config.group_commit_wait,
+        )
+        .await?;
         metrics::handle();
         // `/ready` pings Redis with a client of its own; fan-out goes through the broker.
         let redis = match &config.redis_url {
@@ -222,7 +227,7 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
 
 /// Applies pending database migrations, then returns (`kisse-backend migrate`).
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let store = Store::connect(&config.database_url, 1).await?;
+    let store = Store::connect(&config.database_url, 1, Duration::ZERO).await?;
     tracing::info!(
         database = store.engine().name(),
         "database migrations are up to date"

@@ -83,6 +83,19 @@ impl Kind for Millis {
     }
 }
 
+/// Milliseconds, zero allowed (zero turns the feature off).
+pub struct MillisOrZero;
+
+impl Kind for MillisOrZero {
+    type Value = Duration;
+    fn parse(raw: &str) -> Result<Duration, String> {
+        number(raw).map(Duration::from_millis)
+    }
+    fn show(value: &Duration) -> String {
+        value.as_millis().to_string()
+    }
+}
+
 /// Hours, zero allowed.
 pub struct Hours;
 

@@ -15,8 +15,9 @@ use rand::RngCore;
 
 pub use file::ConfigFile;
 use kinds::{
-    Address, Count, DatabaseUrl, DaysOrForever, Flag, Hours, Key, Kind, Millis, Networks,
-    OptionalText, OptionalUrl, Origins, RedisUrl, Seconds, SecondsOrZero, Text, Token, TurnUris,
+    Address, Count, DatabaseUrl, DaysOrForever, Flag, Hours, Key, Kind, Millis, MillisOrZero,
+    Networks, OptionalText, OptionalUrl, Origins, RedisUrl, Seconds, SecondsOrZero, Text, Token,
+    TurnUris,
 };
 pub use setting::{Fallback, Setting};
 pub use values::{
@@ -96,6 +97,10 @@ settings! {
     "DATABASE_URL" database_url: DatabaseUrl = Value(DEFAULT_DATABASE_URL),
         "sqlite://<file> or postgres://user:pass@host/db";
     "DB_MAX_CONNECTIONS" db_max_connections: Count<u32> = Value("10"), "database pool size";
+    /// SQLite: how long a group commit may wait, after the previous one started, for more work
+    /// to share its transaction (see `store::batch::GATHER`).
+    "GROUP_COMMIT_WAIT_MS" group_commit_wait: MillisOrZero = Value("0"),
+        "SQLite: milliseconds a group commit may wait for more messages to share its fsync (0: none)";
     /// Redis, when set: cluster mode (fan-out and presence across nodes; `/ready` checks it too).
     "REDIS_URL" redis_url: RedisUrl = Unset,
         "redis://host:port, or rediss:// (TLS); when set: cluster mode";

@@ -35,9 +35,13 @@ impl Scratch {
     async fn new() -> Self {
         let path =
             std::env::temp_dir().join(format!("kisse-ckpt-{}.db", uuid::Uuid::new_v4().simple()));
-        let store = Store::connect(&format!("sqlite://{}", path.display()), 2)
-            .await
-            .expect("store");
+        let store = Store::connect(
+            &format!("sqlite://{}", path.display()),
+            2,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .expect("store");
         let mut users = Vec::new();
         for name in ["alice", "bob"] {
             let new = NewUser {

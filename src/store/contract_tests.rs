@@ -31,7 +31,9 @@ impl TestStore {
     async fn open(engine: Engine) -> Option<Self> {
         match engine {
             Engine::Sqlite => {
-                let store = Store::connect("sqlite::memory:", 1).await.expect("store");
+                let store = Store::connect("sqlite::memory:", 1, std::time::Duration::ZERO)
+                    .await
+                    .expect("store");
                 Some(Self {
                     store,
                     schema: None,
@@ -53,7 +55,9 @@ impl TestStore {
                 let url = format!("{admin_url}{sep}options=-c%20search_path%3D{schema}");
                 // Two connections: one group writer (see `group_writers`), so that what is
                 // queued together commits together, as on SQLite.
-                let store = Store::connect(&url, 2).await.expect("store");
+                let store = Store::connect(&url, 2, std::time::Duration::ZERO)
+                    .await
+                    .expect("store");
                 Some(Self {
                     store,
                     schema: Some((admin_url, schema)),

@@ -50,7 +50,7 @@ mod stories;
 mod upload;
 mod users;
 
-use std::sync::atomic::Ordering;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -162,13 +162,17 @@ areas! {
 
 impl Store {
     /// Connects to `url` (creating an SQLite file if needed) and applies pending migrations.
-    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
-        let store = match Engine::of_url(url)? {
-            Engine::Sqlite => Self::new(Db::Sqlite(sqlite::connect(url, max_connections).await?)),
-            Engine::Postgres => {
-                Self::new(Db::Postgres(postgres::connect(url, max_connections).await?))
-            }
+    /// `group_commit_wait`: SQLite's `GROUP_COMMIT_WAIT_MS` (see `batch::GATHER`).
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        group_commit_wait: Duration,
+    ) -> anyhow::Result<Self> {
+        let db = match Engine::of_url(url)? {
+            Engine::Sqlite => Db::Sqlite(sqlite::connect(url, max_connections).await?),
+            Engine::Postgres => Db::Postgres(postgres::connect(url, max_connections).await?),
         };
+        let store = Self::new(db, group_commit_wait);
         store.migrate().await?;
         Ok(store)
     }
@@ -219,13 +223,13 @@ impl Store {
         }
     }
 
-    fn new(db: Db) -> Self {
+    fn new(db: Db, group_commit_wait: Duration) -> Self {
         let writers = match &db {
             Db::Sqlite(_) => 1,
             Db::Postgres(pool) => postgres::group_writers(pool.options().get_max_connections()),
         };
         Self {
-            batcher: batch::Batcher::spawn(db.clone(), writers),
+            batcher: batch::Batcher::spawn(db.clone(), writers, group_commit_wait),
             envelopes: envelope_writer::EnvelopeWriter::spawn(db.clone(), writers),
             db,
             conversations: Default::default(),

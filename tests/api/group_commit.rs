@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 scenarios!(
     a_message_whose_rows_are_gone_fails_alone_beside_other_users_traffic,
+    the_same_when_groups_wait_for_more_messages,
     a_message_refused_before_its_commit_is_named_in_its_error,
 );
 
@@ -29,6 +30,16 @@ const READS: usize = 20;
 /// acknowledged and every read mark relayed, and carol gets one `error` frame per message she
 /// sent, naming it by the id she gave it or, without one, by the server's.
 async fn a_message_whose_rows_are_gone_fails_alone_beside_other_users_traffic(engine: Engine) {
+    rows_gone_beside_traffic(engine, "0").await;
+}
+
+/// The same with SQLite's group commits gathering messages (`GROUP_COMMIT_WAIT_MS`): larger
+/// groups, refused and halved the same way, every innocent message acknowledged once.
+async fn the_same_when_groups_wait_for_more_messages(engine: Engine) {
+    rows_gone_beside_traffic(engine, "5").await;
+}
+
+async fn rows_gone_beside_traffic(engine: Engine, group_commit_wait_ms: &str) {
     let app = TestApp::spawn_with(
         engine,
         &[
@@ -37,6 +48,7 @@ async fn a_message_whose_rows_are_gone_fails_alone_beside_other_users_traffic(en
             ("DB_MAX_CONNECTIONS", "2"),
             ("WS_MESSAGES_PER_SECOND", "10000"),
             ("WS_FRAMES_PER_SECOND", "10000"),
+            ("GROUP_COMMIT_WAIT_MS", group_commit_wait_ms),
         ],
     )
     .await;
