@@ -621,30 +621,26 @@ mod tests {
         (queue, queues)
     }
 
-    /// Queues a small job every millisecond, `n` in all.
-    fn trickle(queue: mpsc::Sender<Job>, n: usize) {
+    /// The first group taken, waiting for more until `wait` from now, while a small job is
+    /// queued every millisecond (and the queues, for the next).
+    async fn first_group_gathered_for(wait: Duration) -> (Pending, Queues) {
+        let (queue, mut queues) = queues();
         tokio::spawn(async move {
-            for _ in 0..n {
+            for _ in 0..3 * GATHER {
                 assert!(queue.send(upload(1).1).await.is_ok());
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         });
+        let until = tokio::time::Instant::now() + wait;
+        let group = queues.wait_gathering(Some(until)).await;
+        (group.expect("queue open"), queues)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_group_gathers_up_to_its_count_of_jobs_while_it_may_wait() {
-        let (queue, mut queues) = queues();
-        trickle(queue, 3 * GATHER);
-        let until = tokio::time::Instant::now() + Duration::from_secs(60);
-        let group = queues
-            .wait_gathering(Some(until))
-            .await
-            .expect("queue open");
-        assert_eq!(
-            group.queued_jobs(),
-            GATHER,
-            "gathered up to the count, not beyond"
-        );
+        let (group, mut queues) = first_group_gathered_for(Duration::from_secs(60)).await;
+        let jobs = group.queued_jobs();
+        assert_eq!(jobs, GATHER, "gathered up to the count, not beyond");
         // Without a wait, what is ready goes at once: the next job alone.
         let group = queues.wait().await.expect("queue open");
         assert_eq!(group.queued_jobs(), 1);
@@ -652,17 +648,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_group_goes_with_what_it_has_once_its_wait_is_over() {
-        let (queue, mut queues) = queues();
-        trickle(queue, 3 * GATHER);
-        let until = tokio::time::Instant::now() + Duration::from_millis(3);
-        let group = queues
-            .wait_gathering(Some(until))
-            .await
-            .expect("queue open");
+        let (group, mut queues) = first_group_gathered_for(Duration::from_millis(3)).await;
         let jobs = group.queued_jobs();
         assert!(
             jobs > 1 && jobs < GATHER,
-            "{jobs} jobs gathered in 3 ms, one a millisecond"
+            "{jobs} jobs in 3 ms, one a millisecond"
         );
         // A wait already over gathers nothing more.
         let over = tokio::time::Instant::now();
@@ -672,14 +662,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_of_large_uploads_is_split_over_groups_of_bounded_bytes() {
-        let (queue, messages) = mpsc::channel(QUEUE);
-        let (_reports, deliveries) = mpsc::channel(1);
-        let mut queues = Queues {
-            messages,
-            deliveries,
-            jobs: Vec::new(),
-            held: None,
-        };
+        let (queue, mut queues) = queues();
         // Twenty 1 MiB uploads, then one above the bound on its own.
         let sizes = [vec![1 << 20; 20], vec![MAX_GROUP_UPLOAD_BYTES + 1]].concat();
         let mut queued = Vec::new();
