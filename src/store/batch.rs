@@ -318,7 +318,10 @@ async fn write_back_to_back(
         // The next group usually comes within the hold (at 5,000 msg/s, a fraction of a
         // millisecond): waiting for it keeps the lock and its prepared statements.
         let until = hold_writer_until(locked);
-        let gather = (jobs > 1 && !gather_wait.is_zero()).then(|| started + gather_wait);
+        // Gathering ends with the hold at the latest, so that the group it gathered is
+        // committed on this lock (the inner future is polled first when both times are up).
+        let gather =
+            (jobs > 1 && !gather_wait.is_zero()).then(|| (started + gather_wait).min(until));
         match tokio::time::timeout_at(until, queues.wait_gathering(gather)).await {
             Ok(Some(next)) => pending = next,
             Ok(None) | Err(_) => return,
