@@ -99,7 +99,7 @@ settings! {
     "DB_MAX_CONNECTIONS" db_max_connections: Count<u32> = Value("10"), "database pool size";
     /// SQLite: how long a group commit may wait, after the previous one started, for more work
     /// to share its transaction (see `store::batch::GATHER`).
-    "GROUP_COMMIT_WAIT_MS" group_commit_wait: MillisOrZero = Value("0"),
+    "GROUP_COMMIT_WAIT_MS" group_commit_wait: MillisOrZero = Value("1"),
         "SQLite: milliseconds a group commit may wait for more messages to share its fsync (0: none)";
     /// Redis, when set: cluster mode (fan-out and presence across nodes; `/ready` checks it too).
     "REDIS_URL" redis_url: RedisUrl = Unset,

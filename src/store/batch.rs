@@ -351,14 +351,13 @@ const DELIVERY_WAIT: Duration = Duration::from_millis(2);
 
 /// Jobs (messages, read marks, uploads) a SQLite group commit waits for, after a group of more
 /// than one, until `GROUP_COMMIT_WAIT_MS` after that group started (rounded up to the runtime
-/// timer's millisecond; 0, the default, waits for nothing). What a group costs beyond its rows
-/// (the log's fsync, the pages its messages share) is then paid once for more of them: with
-/// 1 ms, at 5,000 msg/s, groups of 3.7 messages became 7–8, CPU per message x0.84–0.86, bytes
-/// written x0.82–0.84 and fsyncs halved, for p50 +0.6 ms; at 10,000 msg/s, where groups are
-/// about this size already, p99 x0.92–1.43 in three alternated sets (noisy, but not the
-/// better). Off by default, for the tail; an operator whose disk counts its writes (a cloud
-/// volume's IOPS) may trade a millisecond for half of them. A lone sender's messages (groups of
-/// one) never wait (docs/PERFORMANCE.md, "Issue 25, ninth round").
+/// timer's millisecond; 0 waits for nothing). What a group costs beyond its rows (the log's
+/// fsync, the pages its messages share: about 140 µs of CPU a commit) is then paid once for more
+/// of them: with the default 1 ms, at 5,000 msg/s, groups of 3.7 messages became 7–8, CPU per
+/// message x0.85–0.87, bytes written x0.84–0.86 and fsyncs halved, for p50 +0.5 ms; at 10,000
+/// msg/s, where groups are about this size already, CPU x0.96–0.98 and p99 within the noise
+/// (x0.92–1.43 over four alternated sets on two VMs; grown, x0.88 on both). A lone sender's
+/// messages (groups of one) never wait (docs/PERFORMANCE.md, "Issue 25", ninth and tenth rounds).
 const GATHER: usize = 8;
 
 /// The queues of one writer.
