@@ -5,10 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{StreamExt, stream::SplitStream};
-use tokio::{
-    sync::mpsc,
-    time::{Instant, timeout},
-};
+use tokio::{sync::mpsc, time::Instant};
 
 use super::{
     limits::FrameLimits,
@@ -154,22 +151,35 @@ pub async fn run(
 
 async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<WebSocket>) {
     let idle = state.config.ws_idle_timeout;
+    // One timer for the socket's life, moved on only when it fires: set anew for every frame
+    // (a `timeout` each), it was registered and taken out again, a few locks per frame.
+    let mut last_read = Instant::now();
+    let mut idle_check = std::pin::pin!(tokio::time::sleep(idle));
+    let mut closed = std::pin::pin!(socket.close.closed());
     loop {
         let next = tokio::select! {
             biased;
-            _ = socket.close.closed() => return,
-            next = timeout(idle, stream.next()) => next,
+            _ = &mut closed => return,
+            next = stream.next() => next,
+            () = &mut idle_check => {
+                let idle_until = last_read + idle;
+                if idle_until <= Instant::now() {
+                    return socket.close.close(CloseReason::Idle);
+                }
+                idle_check.as_mut().reset(idle_until);
+                continue;
+            }
         };
+        last_read = Instant::now();
         let message = match next {
-            Err(_) => return socket.close.close(CloseReason::Idle),
-            Ok(None) => return,
-            Ok(Some(Err(e))) => {
+            None => return,
+            Some(Err(e)) => {
                 if let Some(reason) = close_reason(e) {
                     socket.close.close(reason);
                 }
                 return;
             }
-            Ok(Some(Ok(message))) => message,
+            Some(Ok(message)) => message,
         };
         if matches!(message, Message::Text(_) | Message::Binary(_)) {
             // Counted before decoding: binary and undecodable frames are frames too.

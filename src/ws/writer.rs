@@ -103,12 +103,18 @@ impl Writer {
         let mut budget = Bucket::new(rate, std::time::Instant::now());
         // Set while ephemeral frames wait for the budget to refill.
         let mut ephemeral_at: Option<Instant> = None;
+        // Made once, not once a frame: each made anew registered a waiter (a timer, for the
+        // expiry) and took it out again, a few locks per frame written.
+        let (close, shutdown) = (self.close.clone(), self.state.shutdown.clone());
+        let mut closed = std::pin::pin!(close.closed());
+        let mut shutting_down = std::pin::pin!(shutdown.cancelled());
+        let mut expired = std::pin::pin!(sleep_until(self.expires_at));
         while reason.is_none() {
             let step = tokio::select! {
                 biased;
-                why = self.close.closed() => Err(why),
-                _ = self.state.shutdown.cancelled() => Err(CloseReason::ShuttingDown),
-                _ = sleep_until(self.expires_at) => Err(CloseReason::TokenExpired),
+                why = &mut closed => Err(why),
+                _ = &mut shutting_down => Err(CloseReason::ShuttingDown),
+                _ = &mut expired => Err(CloseReason::TokenExpired),
                 // Boxed: the loop waits most of a socket's life, and a future keeps room for
                 // its largest branch all along.
                 item = self.queue.recv() => match item {
@@ -155,11 +161,7 @@ impl Writer {
             for frame in frames {
                 self.feed(frame).await?;
             }
-            let close = self.close.clone();
-            tokio::select! {
-                result = self.sink.flush() => result.map_err(|_| Stop::Peer)?,
-                _ = close.closed() => return Err(Stop::Peer),
-            }
+            unless_closed(&self.close, self.sink.flush()).await?;
         }
         Ok((!self.ephemeral.is_empty()).then(|| Instant::now() + budget.wait_for_one()))
     }
@@ -363,20 +365,12 @@ impl Writer {
     }
 
     async fn feed(&mut self, frame: Frame) -> Result<(), Stop> {
-        let close = self.close.clone();
-        tokio::select! {
-            result = self.sink.feed(Message::Text(frame)) => result.map_err(|_| Stop::Peer),
-            _ = close.closed() => Err(Stop::Peer),
-        }
+        unless_closed(&self.close, self.sink.feed(Message::Text(frame))).await
     }
 
     /// Flushes, then reports the inbox events written as delivered.
     async fn flush(&mut self, progress: &mut Progress) -> Result<(), Stop> {
-        let close = self.close.clone();
-        tokio::select! {
-            result = self.sink.flush() => result.map_err(|_| Stop::Peer)?,
-            _ = close.closed() => return Err(Stop::Peer),
-        }
+        unless_closed(&self.close, self.sink.flush()).await?;
         progress
             .reports
             .flushed(&self.state.delivery, self.user)
@@ -386,11 +380,7 @@ impl Writer {
 
     /// Sends one message unless the socket is told to close while the peer is not reading.
     async fn send(&mut self, message: Message) -> Result<(), Stop> {
-        let close = self.close.clone();
-        tokio::select! {
-            result = self.sink.send(message) => result.map_err(|_| Stop::Peer),
-            _ = close.closed() => Err(Stop::Peer),
-        }
+        unless_closed(&self.close, self.sink.send(message)).await
     }
 
     async fn store<T>(&self, read: impl Future<Output = Result<T>>) -> Result<T, Stop> {
@@ -399,5 +389,19 @@ impl Writer {
                 .log_if_internal();
             Stop::Store
         })
+    }
+}
+
+/// Runs `write` on the socket unless it is told to close while the write waits (a peer that
+/// does not read). The write is polled first: the close signal, whose every poll takes locks,
+/// is looked at only while a write waits, not for every frame.
+async fn unless_closed(
+    close: &CloseSignal,
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), Stop> {
+    tokio::select! {
+        biased;
+        result = write => result.map_err(|_| Stop::Peer),
+        _ = close.closed() => Err(Stop::Peer),
     }
 }
