@@ -58,6 +58,9 @@ pub(super) struct SqlitePools {
     /// POSIX lock this process holds on it, SQLite's connections' included, which another
     /// process (the `sqlite3` shell, a backup) would then not see.
     pub file: Option<std::sync::Arc<std::fs::File>>,
+    /// The connection that checkpoint passes copy the log with, on a thread of their own
+    /// (`sqlite::checkpoint_pass`; `None` in memory).
+    pub checkpointer: Option<std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>>,
     /// Frames in the log when the last checkpoint pass began (`sqlite::checkpoint_pass`).
     pub log_at_last_pass: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// Set when a checkpoint beside the writer left the rest of the log for the writer to copy

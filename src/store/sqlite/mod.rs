@@ -58,27 +58,65 @@ pub(super) struct Checkpointed {
 /// back gently first. SQLite's own rule stays: the log starts over only after a checkpoint
 /// that copied all of it synced the database.
 pub(super) async fn checkpoint_pass(pools: &SqlitePools) -> Result<Checkpointed> {
-    if pools.file.is_none() {
+    let Some(checkpointer) = pools.checkpointer.clone() else {
         // In memory: no log.
         return Ok(Checkpointed {
             copied: 0,
             grown: false,
         });
-    }
+    };
     let mut held = pools.pin.begin().await?;
     sqlx::query("SELECT 1 FROM sqlite_master LIMIT 1")
         .fetch_optional(&mut *held)
         .await?;
-    // (busy, frames in the log, frames of it copied into the database)
-    let pass = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-        .fetch_one(&pools.read)
-        .await;
+    let pass = copy_at_low_priority(checkpointer).await;
     held.rollback().await?;
     let (_, log, copied): (i64, i64, i64) = pass?;
     Ok(Checkpointed {
         copied,
         grown: pools.log_at_last_pass.swap(log, Ordering::Relaxed) != log,
     })
+}
+
+/// Runs a `PASSIVE` checkpoint on `checkpointer`, on a thread of its own at the lowest
+/// priority: (busy, frames in the log, frames of it copied into the database). A pass copies a
+/// second of the log's pages into the database, a `pread` and a `pwrite` each: in a grown
+/// database tens of milliseconds of CPU, which on a runtime worker's core delayed every message
+/// of those moments (docs/PERFORMANCE.md, issue 25, tenth round). At the lowest priority the
+/// copy yields to the runtime's workers and takes what CPU they leave. A thread per pass, once a
+/// second: a thread whose priority was lowered may not raise it again unprivileged.
+async fn copy_at_low_priority(
+    checkpointer: std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>,
+) -> Result<(i64, i64, i64)> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kisse-checkpoint".into())
+        .spawn(move || {
+            lowest_priority();
+            let db = checkpointer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let pass = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            });
+            let _ = done.send(pass.map_err(Error::from));
+        })
+        .map_err(|e| Error::Internal(e.into()))?;
+    result
+        .await
+        .map_err(|_| Error::Internal(anyhow::anyhow!("the checkpoint thread stopped")))?
+}
+
+/// Lowers the calling thread's scheduling priority to the lowest (nice 19), where the system
+/// allows it; it runs as it is otherwise.
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread; they read and write no memory of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        let thread = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, thread, 19);
+    }
 }
 
 /// Syncs the database file with `sync`, on a blocking thread (in memory: nothing to do).
@@ -153,12 +191,19 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
         // A connection of its own: with one reader, a pass could otherwise wait for itself.
         (read, pool(1).connect_lazy_with(options))
     };
-    let file = match in_memory(url) {
-        true => None,
+    let (file, checkpointer) = match in_memory(url) {
+        true => (None, None),
         false => {
             let file = std::fs::File::open(&path)
                 .with_context(|| format!("opening {} to sync it", path.display()))?;
-            Some(std::sync::Arc::new(file))
+            let checkpointer = rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .with_context(|| format!("opening {} to checkpoint it", path.display()))?;
+            let checkpointer = std::sync::Arc::new(std::sync::Mutex::new(checkpointer));
+            (Some(std::sync::Arc::new(file)), Some(checkpointer))
         }
     };
     Ok(SqlitePools {
@@ -166,6 +211,7 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<S
         write,
         pin,
         file,
+        checkpointer,
         log_at_last_pass: Default::default(),
         checkpoint_due: Default::default(),
     })
