@@ -82,6 +82,7 @@ pub async fn upgrade(
     // The session logs under the upgrade request's span (its request id); the upgraded
     // socket's task starts outside it.
     let span = tracing::Span::current();
+    let attached = session::Attached::new(&state, claims.user_id, device);
     Ok(upgrade
         .protocols([BEARER_PROTOCOL])
         .max_message_size(max)
@@ -93,6 +94,7 @@ pub async fn upgrade(
             session::run(
                 state,
                 socket,
+                attached,
                 claims,
                 revocations,
                 device,

@@ -18,7 +18,7 @@ use crate::{
     domain::{self, envelopes::DeviceAcks, messages::Acks},
     error::{Error, Result},
     events::{CloseReason, Event},
-    hub::{self, CloseSignal, EphemeralSlots, Outgoing, SocketSlot},
+    hub::{self, CloseSignal, EphemeralSlots, Outgoing, SocketId, SocketSlot},
     model::{MessageId, Presence, UserId, now},
     store::AckTarget,
 };
@@ -44,8 +44,81 @@ impl Socket {
     }
 }
 
-/// Runs a socket until it closes; `_slot` (one of the user's socket slots, taken before the
-/// upgrade) is given back when it returns.
+/// A socket listed in the hub before its upgrade is answered: whatever is sent to its user
+/// from the moment the client sees the upgrade succeed reaches it (queued until its session
+/// runs). Without it, a contact coming online between the answer and the session's start was
+/// never shown to this socket. Dropped unused (the upgrade failed), it is taken out again.
+pub struct Attached {
+    queue: mpsc::Sender<Outgoing>,
+    queue_rx: mpsc::Receiver<Outgoing>,
+    ephemeral: Arc<EphemeralSlots>,
+    close: Arc<CloseSignal>,
+    listed: Listed,
+}
+
+impl Attached {
+    pub fn new(state: &AppState, user: UserId, device: i64) -> Self {
+        let (queue, queue_rx) = mpsc::channel(state.config.ws_queue_len);
+        let close = Arc::new(CloseSignal::default());
+        let ephemeral = Arc::new(EphemeralSlots::default());
+        let (id, first) = (state.hub).attach(
+            user,
+            device,
+            queue.clone(),
+            ephemeral.clone(),
+            close.clone(),
+        );
+        Self {
+            queue,
+            queue_rx,
+            ephemeral,
+            close,
+            listed: Listed {
+                state: Some(state.clone()),
+                user,
+                id,
+                first,
+            },
+        }
+    }
+}
+
+/// A socket's place in the hub, given up on drop unless its session took it over.
+struct Listed {
+    /// `None` once the session took it over.
+    state: Option<AppState>,
+    user: UserId,
+    id: SocketId,
+    /// Whether it was the user's first socket on this node: the session shows them online.
+    first: bool,
+}
+
+impl Listed {
+    /// The socket's id and whether it was the user's first; the session takes it out itself.
+    fn take_over(mut self) -> (SocketId, bool) {
+        self.state = None;
+        (self.id, self.first)
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        let (user, last) = (self.user, state.hub.detach(self.user, self.id));
+        // Sockets of the user attached meanwhile left showing them online to this one.
+        if self.first
+            && !last
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move { domain::presence::connected(&state, user).await });
+        }
+    }
+}
+
+/// Runs an attached socket until it closes; `_slot` (one of the user's socket slots, taken
+/// before the upgrade) is given back when it returns.
 #[expect(
     clippy::too_many_arguments,
     reason = "what the upgrade resolved, handed over once; a struct would only rename them"
@@ -53,6 +126,7 @@ impl Socket {
 pub async fn run(
     state: AppState,
     socket: WebSocket,
+    attached: Attached,
     claims: TokenClaims,
     revocations: u64,
     device: i64,
@@ -61,16 +135,14 @@ pub async fn run(
     _slot: SocketSlot,
 ) {
     let user = claims.user_id;
-    let (queue, queue_rx) = mpsc::channel(state.config.ws_queue_len);
-    let close = Arc::new(CloseSignal::default());
-    let ephemeral = Arc::new(EphemeralSlots::default());
-    let (socket_id, first) = (state.hub).attach(
-        user,
-        device,
-        queue.clone(),
-        ephemeral.clone(),
-        close.clone(),
-    );
+    let Attached {
+        queue,
+        queue_rx,
+        ephemeral,
+        close,
+        listed,
+    } = attached;
+    let (socket_id, first) = listed.take_over();
     // Security: revoking the session (logout, refresh token reuse) closes this socket.
     let _session = (state.hub).track_session(claims.session_id, user, socket_id, close.clone());
     // A revocation since the token was checked found this socket untracked: check again.
