@@ -13,6 +13,7 @@ pub mod hub;
 pub mod jwt;
 pub mod metrics;
 pub mod model;
+pub mod priority;
 pub mod push;
 pub mod rate_limit;
 pub mod store;

@@ -13,9 +13,7 @@ use argon2::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-/// The hashing threads' nice value where the idle policy cannot be set: the lowest, which gets
-/// under 2 % of a core when routing wants it too, and any CPU routing leaves.
-const HASH_NICENESS: i32 = 19;
+use crate::priority::{self, Background};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -90,7 +88,9 @@ impl PasswordHasher {
 }
 
 fn run_hashing_thread(queue: &Mutex<mpsc::Receiver<(Job, OwnedSemaphorePermit)>>) {
-    lower_priority();
+    // SCHED_IDLE: at nice 19 a hash still took turns with routing; in a storm of 50 logins a
+    // second at 2,000 msg/s, routing's p99 rose 1.3–1.8× instead of 1.8–2.2× (alternated runs).
+    priority::lower_this_thread(Background::Idle);
     loop {
         // The lock is held only while waiting for the next job, never while hashing.
         let next = match queue.lock() {
@@ -100,25 +100,6 @@ fn run_hashing_thread(queue: &Mutex<mpsc::Receiver<(Job, OwnedSemaphorePermit)>>
         let Ok((job, _permit)) = next else { return };
         // A panic in the hash must not take the thread (and its share of the pool) with it.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-    }
-}
-
-/// Puts the calling thread (on Linux the policy and nice value are the thread's) below routing.
-/// SCHED_IDLE runs it only on a core nothing else wants, and a waking socket task takes the
-/// core back at once; at nice 19 a hash still took turns with routing. In a storm of 50 logins
-/// a second at 2,000 msg/s, routing's p99 rose 1.3–1.8× instead of 1.8–2.2× (alternated runs).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: a plain system call on the calling thread (pid 0), with a valid parameter.
-        #[allow(unsafe_code)]
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
-            return;
-        }
-    }
-    if let Err(error) = rustix::process::nice(HASH_NICENESS) {
-        tracing::warn!(%error, "could not lower the priority of a hashing thread");
     }
 }
 

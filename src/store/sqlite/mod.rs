@@ -92,7 +92,7 @@ async fn copy_at_low_priority(
     std::thread::Builder::new()
         .name("kisse-checkpoint".into())
         .spawn(move || {
-            lowest_priority();
+            crate::priority::lower_this_thread(crate::priority::Background::Lowest);
             let db = checkpointer
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -105,18 +105,6 @@ async fn copy_at_low_priority(
     result
         .await
         .map_err(|_| Error::Internal(anyhow::anyhow!("the checkpoint thread stopped")))?
-}
-
-/// Lowers the calling thread's scheduling priority to the lowest (nice 19), where the system
-/// allows it; it runs as it is otherwise.
-fn lowest_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on the calling thread; they read and write no memory of ours.
-    #[allow(unsafe_code)]
-    unsafe {
-        let thread = libc::gettid() as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, thread, 19);
-    }
 }
 
 /// Syncs the database file with `sync`, on a blocking thread (in memory: nothing to do).
