@@ -14,6 +14,7 @@ use axum::{
     response::Response,
 };
 
+use futures_util::StreamExt as _;
 use tracing::Instrument as _;
 
 use self::writer::StartFrom;
@@ -82,7 +83,16 @@ pub async fn upgrade(
     // The session logs under the upgrade request's span (its request id); the upgraded
     // socket's task starts outside it.
     let span = tracing::Span::current();
-    let attached = session::Attached::new(&state, claims.user_id, device);
+    let upgraded = Box::new(session::Upgraded {
+        attached: session::Attached::new(&state, claims.user_id, device),
+        state,
+        claims,
+        revocations,
+        device,
+        device_named,
+        start,
+        slot,
+    });
     Ok(upgrade
         .protocols([BEARER_PROTOCOL])
         .max_message_size(max)
@@ -91,18 +101,8 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
-            session::run(
-                state,
-                socket,
-                attached,
-                claims,
-                revocations,
-                device,
-                device_named,
-                start,
-                slot,
-            )
-            .instrument(span)
+            let (sink, stream) = socket.split();
+            session::run(upgraded, sink, stream).instrument(span)
         }))
 }
 

@@ -4,7 +4,10 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{Message, WebSocket};
-use futures_util::{StreamExt, stream::SplitStream};
+use futures_util::{
+    StreamExt,
+    stream::{SplitSink, SplitStream},
+};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
@@ -117,23 +120,41 @@ impl Drop for Listed {
     }
 }
 
-/// Runs an attached socket until it closes; `_slot` (one of the user's socket slots, taken
-/// before the upgrade) is given back when it returns.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "what the upgrade resolved, handed over once; a struct would only rename them"
-)]
+/// What the upgrade resolved for a socket, handed to its session once the upgrade is done.
+pub struct Upgraded {
+    pub state: AppState,
+    pub attached: Attached,
+    pub claims: TokenClaims,
+    /// The hub's revocation mark taken before the token was checked.
+    pub revocations: u64,
+    pub device: i64,
+    pub device_named: bool,
+    pub start: StartFrom,
+    /// One of the user's socket slots, taken before the upgrade, given back when the session
+    /// ends.
+    pub slot: SocketSlot,
+}
+
+/// Runs an attached socket until it closes.
+///
+/// Its future lives as long as the socket, and an async fn keeps room for its arguments all
+/// along: what the upgrade resolved comes boxed, and the socket already split in two small
+/// halves (the whole `WebSocket`, moved into the halves' shared lock, was carried twice).
 pub async fn run(
-    state: AppState,
-    socket: WebSocket,
-    attached: Attached,
-    claims: TokenClaims,
-    revocations: u64,
-    device: i64,
-    device_named: bool,
-    start: StartFrom,
-    _slot: SocketSlot,
+    upgraded: Box<Upgraded>,
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
 ) {
+    let Upgraded {
+        state,
+        attached,
+        claims,
+        revocations,
+        device,
+        device_named,
+        start,
+        slot: _slot,
+    } = *upgraded;
     let user = claims.user_id;
     let Attached {
         queue,
@@ -157,7 +178,6 @@ pub async fn run(
             }
         }
     }
-    let (sink, stream) = socket.split();
 
     let expires_in = Duration::from_secs(
         u64::try_from(claims.expires_at - chrono::Utc::now().timestamp()).unwrap_or(0),
@@ -179,7 +199,8 @@ pub async fn run(
         Box::pin(domain::presence::connected(&state, user)).await;
     } else {
         // Other nodes learn which of the user's devices are here (for push wake-ups).
-        state.hub.announce(user).await;
+        // Boxed, as above (a cluster's broker call).
+        Box::pin(state.hub.announce(user)).await;
     }
     // Attached before catching up: whatever is committed later reaches the queue, and the
     // writer skips what the catch-up already wrote.
@@ -214,7 +235,7 @@ pub async fn run(
     if state.hub.detach(user, socket_id) {
         Box::pin(domain::presence::disconnected(&state, user)).await;
     } else {
-        state.hub.announce(user).await;
+        Box::pin(state.hub.announce(user)).await;
     }
     let reason = crate::metrics::socket_closed(close.reason_or(CloseReason::PeerGone));
     let duration_ms = opened.elapsed().as_millis() as u64;

@@ -135,7 +135,8 @@ impl Writer {
         let reason = reason.unwrap_or(CloseReason::PeerGone);
         if reason == CloseReason::ShuttingDown {
             // What was queued before shutdown still goes out, within a bound.
-            let _ = timeout(FLUSH_GRACE, self.drain(&mut progress)).await;
+            // Boxed: once per socket at most, and the largest thing it waits for.
+            let _ = timeout(FLUSH_GRACE, Box::pin(self.drain(&mut progress))).await;
         }
         self.close.close(reason);
         if let Some((code, why)) = reason.code() {
@@ -146,7 +147,8 @@ impl Writer {
             let _ = timeout(CLOSE_GRACE, self.sink.send(frame)).await;
         }
         let _ = timeout(CLOSE_GRACE, self.sink.close()).await;
-        let reported = progress.reports.closed(&self.state.delivery, self.user);
+        // Boxed, as the drain above.
+        let reported = Box::pin(progress.reports.closed(&self.state.delivery, self.user));
         let _ = timeout(CLOSE_GRACE, reported).await;
     }
 
