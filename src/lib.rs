@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod hub;
 pub mod jwt;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod priority;

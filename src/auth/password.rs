@@ -13,7 +13,10 @@ use argon2::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::priority::{self, Background};
+use crate::{
+    memory,
+    priority::{self, Background},
+};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -91,15 +94,30 @@ fn run_hashing_thread(queue: &Mutex<mpsc::Receiver<(Job, OwnedSemaphorePermit)>>
     // SCHED_IDLE: at nice 19 a hash still took turns with routing; in a storm of 50 logins a
     // second at 2,000 msg/s, routing's p99 rose 1.3–1.8× instead of 1.8–2.2× (alternated runs).
     priority::lower_this_thread(Background::Idle);
+    let mut hashed_since_given_back = false;
     loop {
-        // The lock is held only while waiting for the next job, never while hashing.
-        let next = match queue.lock() {
-            Ok(queue) => queue.recv(),
-            Err(_) => return,
+        let waiting = queue.lock().ok().and_then(|queue| queue.try_recv().ok());
+        let next = match waiting {
+            Some(next) => next,
+            None => {
+                // Idle now: the hashes' memory goes back to the system, not at the next login
+                // (between two jobs of a storm it would only be taken again).
+                if std::mem::take(&mut hashed_since_given_back) {
+                    memory::give_back_unused();
+                }
+                // The lock is held only while waiting for the next job, never while hashing.
+                let next = match queue.lock() {
+                    Ok(queue) => queue.recv(),
+                    Err(_) => return,
+                };
+                let Ok(next) = next else { return };
+                next
+            }
         };
-        let Ok((job, _permit)) = next else { return };
+        let (job, _permit) = next;
         // A panic in the hash must not take the thread (and its share of the pool) with it.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        hashed_since_given_back = true;
     }
 }
 
