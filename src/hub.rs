@@ -19,11 +19,12 @@ use std::{
 };
 
 use dashmap::DashMap;
-use tokio::sync::{
-    Notify,
-    mpsc::{self, error::TrySendError},
-};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use self::queue::TrySendError;
+
+pub mod queue;
 
 use crate::{
     broker::{Broker, Control},
@@ -152,7 +153,7 @@ struct SocketHandle {
     id: SocketId,
     /// The device the socket speaks for (1 for clients that name none): its envelopes.
     device: i64,
-    queue: mpsc::Sender<Outgoing>,
+    queue: queue::Sender<Outgoing>,
     ephemeral: Arc<EphemeralSlots>,
     close: Arc<CloseSignal>,
 }
@@ -232,12 +233,16 @@ impl Hub {
         &self,
         user: UserId,
         device: i64,
-        queue: mpsc::Sender<Outgoing>,
+        queue: queue::Sender<Outgoing>,
         ephemeral: Arc<EphemeralSlots>,
         close: Arc<CloseSignal>,
     ) -> (SocketId, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut sockets = self.users.entry(user).or_default();
+        // Room for one: most users have one socket here, and a first push would make four.
+        let mut sockets = self
+            .users
+            .entry(user)
+            .or_insert_with(|| Vec::with_capacity(1));
         sockets.push(SocketHandle {
             id,
             device,
@@ -373,7 +378,7 @@ impl Hub {
         };
         let queued = |socket: &&SocketHandle| {
             let queue = &socket.queue;
-            if queue.capacity() <= queue.max_capacity() / 2 {
+            if queue.queued() >= queue.bound().div_ceil(2) {
                 crate::metrics::receipt_dropped();
                 return false;
             }
@@ -498,7 +503,7 @@ impl Hub {
             .entry(session)
             .or_insert_with(|| TrackedSession {
                 user,
-                sockets: Vec::new(),
+                sockets: Vec::with_capacity(1),
             })
             .sockets
             .push((socket, close));
@@ -611,7 +616,7 @@ impl Hub {
 }
 
 /// Queues without waiting: a full queue means a reader too slow to keep, not a reason to wait.
-pub fn push(queue: &mpsc::Sender<Outgoing>, close: &CloseSignal, item: Outgoing) -> bool {
+pub fn push(queue: &queue::Sender<Outgoing>, close: &CloseSignal, item: Outgoing) -> bool {
     match queue.try_send(item) {
         Ok(()) => true,
         Err(TrySendError::Full(_)) => {
@@ -632,7 +637,7 @@ mod tests {
     fn first_and_last_socket_are_reported() {
         let hub = Hub::default();
         let user = UserId(Uuid::new_v4());
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = queue::channel(4);
         let (a, first) = hub.attach(user, 1, tx.clone(), Arc::default(), Arc::default());
         let (b, second_is_first) = hub.attach(user, 1, tx, Arc::default(), Arc::default());
         assert!(first && !second_is_first);
@@ -663,7 +668,7 @@ mod tests {
     fn closing_a_device_closes_only_its_sockets() {
         let hub = Hub::default();
         let user = UserId(Uuid::new_v4());
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = queue::channel(4);
         let (one, two) = (
             Arc::new(CloseSignal::default()),
             Arc::new(CloseSignal::default()),
@@ -678,7 +683,7 @@ mod tests {
     fn a_full_queue_closes_the_socket_without_blocking() {
         let hub = Hub::default();
         let user = UserId(Uuid::new_v4());
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = queue::channel(1);
         let close = Arc::new(CloseSignal::default());
         hub.attach(user, 1, tx, Arc::default(), close.clone());
         let frame = Frame::from("{}");
@@ -691,7 +696,7 @@ mod tests {
     fn ephemeral_frames_keep_the_latest_state_and_never_close_a_socket() {
         let hub = Hub::default();
         let user = UserId(Uuid::new_v4());
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = queue::channel(1);
         let close = Arc::new(CloseSignal::default());
         let slots = Arc::new(EphemeralSlots::default());
         hub.attach(user, 1, tx, slots.clone(), close.clone());
@@ -722,7 +727,7 @@ mod tests {
     fn a_ring_outlives_a_crowd_of_typing_and_presence_states() {
         let hub = Hub::default();
         let user = UserId(Uuid::new_v4());
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = queue::channel(1);
         let slots = Arc::new(EphemeralSlots::default());
         hub.attach(user, 1, tx, slots.clone(), Arc::default());
         let ring = EphemeralKey::Call(CallId(Uuid::new_v4()));
@@ -740,7 +745,7 @@ mod tests {
     fn a_withdrawn_ring_is_not_written_after_the_answer() {
         let hub = Hub::default();
         let user = UserId(Uuid::new_v4());
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = queue::channel(1);
         let slots = Arc::new(EphemeralSlots::default());
         hub.attach(user, 1, tx, slots.clone(), Arc::default());
         let (ring, other) = (

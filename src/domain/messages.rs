@@ -145,7 +145,7 @@ impl Acks {
         sender: UserId,
         sender_device: i64,
         request: SendMessage,
-        replies: &mpsc::Sender<Outgoing>,
+        replies: &hub::queue::Sender<Outgoing>,
         close: &Arc<CloseSignal>,
     ) -> Result<()> {
         let client_id = request.id;
@@ -175,7 +175,7 @@ impl Acks {
 async fn ack_in_order(
     state: AppState,
     mut pending: mpsc::Receiver<PendingAck>,
-    replies: mpsc::Sender<Outgoing>,
+    replies: hub::queue::Sender<Outgoing>,
     close: Arc<CloseSignal>,
 ) {
     while let Some(pending_ack) = pending.recv().await {

@@ -15,7 +15,7 @@ use axum::{
 };
 
 use futures_util::StreamExt as _;
-use tracing::Instrument as _;
+use tower_http::request_id::RequestId;
 
 use self::writer::StartFrom;
 use crate::{
@@ -26,9 +26,11 @@ use crate::{
 
 /// The subprotocol a client names before its token: `Sec-WebSocket-Protocol: bearer, <jwt>`.
 const BEARER_PROTOCOL: &str = "bearer";
-/// Each socket's read buffer, allocated when it opens: app frames are a few hundred bytes, and
-/// a larger frame grows the buffer for as long as it needs to.
-const READ_BUFFER: usize = 1024;
+/// Each socket's read buffer, allocated when it opens (idle, a socket's largest allocation after
+/// its two tasks): a frame up to this size (the app's are a few hundred bytes) comes in one
+/// read, a larger one grows the buffer for as long as it needs to, a read more. 1 KiB cost
+/// every socket half a KiB more (docs/PERFORMANCE.md, issue 25, twelfth round).
+const READ_BUFFER: usize = 512;
 
 /// `GET /ws?token=<jwt>[&device_id=<n>][&since=<cursor>]`, or the token in
 /// `Authorization: Bearer <jwt>`, or in `Sec-WebSocket-Protocol: bearer, <jwt>` (answered with
@@ -80,10 +82,13 @@ pub async fn upgrade(
     devices::seen(&state, claims.user_id, device).await;
     // A message with envelopes may be larger than other frames (checked once decoded).
     let max = (state.config.ws_max_frame_bytes).max(state.config.ws_max_envelope_frame_bytes);
-    // The session logs under the upgrade request's span (its request id); the upgraded
-    // socket's task starts outside it.
-    let span = tracing::Span::current();
+    // Set by the request id layer (a client's only when usable: a short ASCII token).
+    let request_id = (parts.extensions.get::<RequestId>())
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or_default()
+        .into();
     let upgraded = Box::new(session::Upgraded {
+        request_id,
         attached: session::Attached::new(&state, claims.user_id, device),
         state,
         claims,
@@ -102,7 +107,7 @@ pub async fn upgrade(
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();
-            session::run(upgraded, sink, stream).instrument(span)
+            session::run(upgraded, sink, stream)
         }))
 }
 

@@ -8,7 +8,8 @@ use futures_util::{
     StreamExt,
     stream::{SplitSink, SplitStream},
 };
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::{
     limits::FrameLimits,
@@ -21,7 +22,7 @@ use crate::{
     domain::{self, envelopes::DeviceAcks, messages::Acks},
     error::{Error, Result},
     events::{CloseReason, Event},
-    hub::{self, CloseSignal, EphemeralSlots, Outgoing, SocketId, SocketSlot},
+    hub::{self, CloseSignal, EphemeralSlots, Outgoing, SocketId, SocketSlot, queue},
     model::{MessageId, Presence, UserId, now},
     store::AckTarget,
 };
@@ -31,16 +32,22 @@ struct Socket {
     user: UserId,
     /// The device it speaks for: the source of its envelopes, the queue its acks empty.
     device: i64,
-    replies: mpsc::Sender<Outgoing>,
+    replies: queue::Sender<Outgoing>,
     close: Arc<CloseSignal>,
     limits: FrameLimits,
     /// This socket's messages on their way to commit and ack (the domain's).
     acks: Acks,
     /// This socket's device acks on their way to commit (the domain's).
     device_acks: DeviceAcks,
+    /// The upgrade request's id, for the log lines about this socket.
+    request_id: Box<str>,
 }
 
 impl Socket {
+    fn span(&self, socket_id: SocketId) -> tracing::Span {
+        socket_span(&self.request_id, self.user, socket_id)
+    }
+
     /// Queues a frame for this socket only, behind what is already queued for it.
     fn reply(&self, event: &Event) {
         hub::push(&self.replies, &self.close, Outgoing::Frame(event.encode()));
@@ -52,8 +59,8 @@ impl Socket {
 /// runs). Without it, a contact coming online between the answer and the session's start was
 /// never shown to this socket. Dropped unused (the upgrade failed), it is taken out again.
 pub struct Attached {
-    queue: mpsc::Sender<Outgoing>,
-    queue_rx: mpsc::Receiver<Outgoing>,
+    queue: queue::Sender<Outgoing>,
+    queue_rx: queue::Receiver<Outgoing>,
     ephemeral: Arc<EphemeralSlots>,
     close: Arc<CloseSignal>,
     listed: Listed,
@@ -61,7 +68,7 @@ pub struct Attached {
 
 impl Attached {
     pub fn new(state: &AppState, user: UserId, device: i64) -> Self {
-        let (queue, queue_rx) = mpsc::channel(state.config.ws_queue_len);
+        let (queue, queue_rx) = queue::channel(state.config.ws_queue_len);
         let close = Arc::new(CloseSignal::default());
         let ephemeral = Arc::new(EphemeralSlots::default());
         let (id, first) = (state.hub).attach(
@@ -123,6 +130,8 @@ impl Drop for Listed {
 /// What the upgrade resolved for a socket, handed to its session once the upgrade is done.
 pub struct Upgraded {
     pub state: AppState,
+    /// The upgrade request's id (`x-request-id`), named in the socket's log lines.
+    pub request_id: Box<str>,
     pub attached: Attached,
     pub claims: TokenClaims,
     /// The hub's revocation mark taken before the token was checked.
@@ -147,6 +156,7 @@ pub async fn run(
 ) {
     let Upgraded {
         state,
+        request_id,
         attached,
         claims,
         revocations,
@@ -155,7 +165,8 @@ pub async fn run(
         start,
         slot: _slot,
     } = *upgraded;
-    let user = claims.user_id;
+    // Only these outlive the start (the whole claims would keep their room in the future).
+    let (user, session_id, expires_at) = (claims.user_id, claims.session_id, claims.expires_at);
     let Attached {
         queue,
         queue_rx,
@@ -165,24 +176,24 @@ pub async fn run(
     } = attached;
     let (socket_id, first) = listed.take_over();
     // Security: revoking the session (logout, refresh token reuse) closes this socket.
-    let _session = (state.hub).track_session(claims.session_id, user, socket_id, close.clone());
+    let _session = (state.hub).track_session(session_id, user, socket_id, close.clone());
     // A revocation since the token was checked found this socket untracked: check again.
     if state.hub.revoked_since(revocations) {
         // Boxed: the session's future would otherwise keep room for the query all its life.
-        match Box::pin(domain::sessions::is_active(&state, claims.session_id, user)).await {
+        match Box::pin(domain::sessions::is_active(&state, session_id, user)).await {
             Ok(true) => {}
             Ok(false) => close.close(CloseReason::Revoked),
             Err(e) => {
-                e.log_if_internal();
+                socket_span(&request_id, user, socket_id).in_scope(|| e.log_if_internal());
                 close.close(CloseReason::ServerError);
             }
         }
     }
 
     let expires_in = Duration::from_secs(
-        u64::try_from(claims.expires_at - chrono::Utc::now().timestamp()).unwrap_or(0),
+        u64::try_from(expires_at - chrono::Utc::now().timestamp()).unwrap_or(0),
     );
-    let writer = Writer {
+    let writer = Box::new(Writer {
         sink,
         queue: queue_rx,
         ephemeral,
@@ -192,21 +203,23 @@ pub async fn run(
         device,
         device_named,
         expires_at: Instant::now() + expires_in,
-    };
+        start,
+    });
     domain::push::socket_opened(&state, user, device);
     // Online before the socket is sent anything: whoever hears from this user sees them online.
+    let span = socket_span(&request_id, user, socket_id);
     if first {
-        Box::pin(domain::presence::connected(&state, user)).await;
+        Box::pin(domain::presence::connected(&state, user).instrument(span)).await;
     } else {
         // Other nodes learn which of the user's devices are here (for push wake-ups).
         // Boxed, as above (a cluster's broker call).
-        Box::pin(state.hub.announce(user)).await;
+        Box::pin(state.hub.announce(user).instrument(span)).await;
     }
     // Attached before catching up: whatever is committed later reaches the queue, and the
     // writer skips what the catch-up already wrote.
-    let writer = tokio::spawn(writer.run(start));
+    let writer = tokio::spawn(writer.run());
     let opened = Instant::now();
-    tracing::info!(%user, socket_id, device, "socket opened");
+    tracing::info!(request_id = &*request_id, %user, socket_id, device, "socket opened");
 
     let socket = Socket {
         user,
@@ -216,33 +229,59 @@ pub async fn run(
         limits: FrameLimits::new(&state.config),
         acks: Acks::default(),
         device_acks: DeviceAcks::default(),
+        request_id,
     };
     // A device that was offline while its one-time prekeys ran low learns it now.
-    if let Some(low) = Box::pin(domain::keys::low_prekeys(&state, user, device)).await {
+    let low_prekeys =
+        domain::keys::low_prekeys(&state, user, device).instrument(socket.span(socket_id));
+    if let Some(low) = Box::pin(low_prekeys).await {
         socket.reply(&low);
     }
-    read_loop(&state, &socket, stream).await;
+    read_loop(&state, &socket, socket_id, stream).await;
     // Messages and device acks already queued still commit (and reach their recipients). (The
     // braces move the whole socket: its queue sender and limits are dropped before the wait.)
     let Socket {
-        acks, device_acks, ..
+        acks,
+        device_acks,
+        request_id,
+        ..
     } = { socket };
     acks.finish().await;
     device_acks.finish().await;
     close.close(CloseReason::PeerGone);
     let _ = writer.await;
 
+    let span = socket_span(&request_id, user, socket_id);
     if state.hub.detach(user, socket_id) {
-        Box::pin(domain::presence::disconnected(&state, user)).await;
+        Box::pin(domain::presence::disconnected(&state, user).instrument(span)).await;
     } else {
-        Box::pin(state.hub.announce(user)).await;
+        Box::pin(state.hub.announce(user).instrument(span)).await;
     }
     let reason = crate::metrics::socket_closed(close.reason_or(CloseReason::PeerGone));
     let duration_ms = opened.elapsed().as_millis() as u64;
-    tracing::info!(%user, socket_id, device, reason, duration_ms, "socket closed");
+    tracing::info!(
+        request_id = &*request_id,
+        %user,
+        socket_id,
+        device,
+        reason,
+        duration_ms,
+        "socket closed"
+    );
 }
 
-async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<WebSocket>) {
+/// The span of a socket's log lines. Made for the moments that may log, not kept for the
+/// socket's life: a live span holds a few hundred bytes in the log's registry, per socket.
+fn socket_span(request_id: &str, user: UserId, socket_id: SocketId) -> tracing::Span {
+    tracing::error_span!("socket", request_id, %user, socket_id)
+}
+
+async fn read_loop(
+    state: &AppState,
+    socket: &Socket,
+    socket_id: SocketId,
+    mut stream: SplitStream<WebSocket>,
+) {
     let idle = state.config.ws_idle_timeout;
     // One timer for the socket's life, moved on only when it fires: set anew for every frame
     // (a `timeout` each), it was registered and taken out again, a few locks per frame.
@@ -288,7 +327,7 @@ async fn read_loop(state: &AppState, socket: &Socket, mut stream: SplitStream<We
                 if let Err(Refused { error, client_id }) =
                     Box::pin(handle(state, socket, text.as_str())).await
                 {
-                    error.log_if_internal();
+                    socket.span(socket_id).in_scope(|| error.log_if_internal());
                     socket.reply(&match client_id {
                         Some(_) => Event::message_error(&error, None, client_id),
                         None => Event::error(&error),

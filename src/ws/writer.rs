@@ -7,10 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, stream::SplitSink};
-use tokio::{
-    sync::mpsc,
-    time::{Instant, sleep_until, timeout},
-};
+use tokio::time::{Instant, sleep_until, timeout};
 
 use super::limits::Bucket;
 use crate::{
@@ -21,7 +18,7 @@ use crate::{
     },
     error::Result,
     events::{CloseReason, Event, Frame},
-    hub::{CloseSignal, EphemeralSlots, Outgoing},
+    hub::{CloseSignal, EphemeralSlots, Outgoing, queue},
     model::UserId,
 };
 
@@ -47,7 +44,7 @@ pub enum StartFrom {
 
 pub struct Writer {
     pub sink: SplitSink<WebSocket, Message>,
-    pub queue: mpsc::Receiver<Outgoing>,
+    pub queue: queue::Receiver<Outgoing>,
     pub ephemeral: Arc<EphemeralSlots>,
     pub close: Arc<CloseSignal>,
     pub state: AppState,
@@ -58,6 +55,8 @@ pub struct Writer {
     /// only such clients know of device queues, and are told `queue_empty`.
     pub device_named: bool,
     pub expires_at: Instant,
+    /// Where its catch-up starts.
+    pub start: StartFrom,
 }
 
 /// Why writing stopped before the socket was told to close.
@@ -76,7 +75,10 @@ struct Progress {
 }
 
 impl Writer {
-    pub async fn run(mut self, start: StartFrom) {
+    /// Boxed: a task keeps room for its future's arguments all its life, and `self` by value
+    /// was kept twice (the argument, and the local moved out of it).
+    pub async fn run(mut self: Box<Self>) {
+        let start = self.start;
         let mut progress = Progress {
             last_sent: 0,
             envelope_last: 0,
@@ -95,8 +97,8 @@ impl Writer {
                 Err(stop) => Some(self.stop_reason(stop)),
             }
         };
-        let mut ping = tokio::time::interval(self.state.config.ws_ping_interval);
-        ping.reset();
+        let ping_every = self.state.config.ws_ping_interval;
+        let mut next_ping = Instant::now() + ping_every;
         // Per recipient: ephemeral frames are written at this rate at most; the rest wait in
         // their slots, where newer states replace older ones.
         let rate = self.state.config.ws_ephemeral_delivered_per_second;
@@ -108,13 +110,30 @@ impl Writer {
         let (close, shutdown) = (self.close.clone(), self.state.shutdown.clone());
         let mut closed = std::pin::pin!(close.closed());
         let mut shutting_down = std::pin::pin!(shutdown.cancelled());
-        let mut expired = std::pin::pin!(sleep_until(self.expires_at));
+        // One timer for the next ping, the token's expiry and the ephemeral frames' next turn:
+        // each timer is room in every socket's task, idle or not.
+        let mut alarm = std::pin::pin!(sleep_until(next_ping.min(self.expires_at)));
         while reason.is_none() {
+            let mut rang = false;
             let step = tokio::select! {
                 biased;
                 why = &mut closed => Err(why),
                 _ = &mut shutting_down => Err(CloseReason::ShuttingDown),
-                _ = &mut expired => Err(CloseReason::TokenExpired),
+                () = &mut alarm => {
+                    // A fired timer stays ready until it is set again.
+                    rang = true;
+                    let now = Instant::now();
+                    if now >= self.expires_at {
+                        Err(CloseReason::TokenExpired)
+                    } else if ephemeral_at.is_some_and(|at| at <= now) {
+                        Box::pin(self.write_ephemeral(&mut budget)).await.map(|at| ephemeral_at = at).map_err(|s| self.stop_reason(s))
+                    } else if now >= next_ping {
+                        next_ping = now + ping_every;
+                        Box::pin(self.send(Message::Ping(Default::default()))).await.map_err(|s| self.stop_reason(s))
+                    } else {
+                        Ok(())
+                    }
+                }
                 // Boxed: the loop waits most of a socket's life, and a future keeps room for
                 // its largest branch all along.
                 item = self.queue.recv() => match item {
@@ -125,11 +144,12 @@ impl Writer {
                 () = self.ephemeral.ready(), if ephemeral_at.is_none() => {
                     Box::pin(self.write_ephemeral(&mut budget)).await.map(|at| ephemeral_at = at).map_err(|s| self.stop_reason(s))
                 }
-                () = sleep_until(ephemeral_at.unwrap_or_else(Instant::now)), if ephemeral_at.is_some() => {
-                    Box::pin(self.write_ephemeral(&mut budget)).await.map(|at| ephemeral_at = at).map_err(|s| self.stop_reason(s))
-                }
-                _ = ping.tick() => Box::pin(self.send(Message::Ping(Default::default()))).await.map_err(|s| self.stop_reason(s)),
             };
+            let due = ephemeral_at.map_or(next_ping, |at| at.min(next_ping));
+            let due = due.min(self.expires_at);
+            if rang || alarm.deadline() != due {
+                alarm.as_mut().reset(due);
+            }
             reason = step.err();
         }
         let reason = reason.unwrap_or(CloseReason::PeerGone);
@@ -170,7 +190,7 @@ impl Writer {
 
     /// Writes whatever is queued, without waiting for more.
     async fn drain(&mut self, progress: &mut Progress) {
-        while let Ok(item) = self.queue.try_recv() {
+        while let Some(item) = self.queue.try_recv() {
             if self.write_batch(progress, item).await.is_err() {
                 return;
             }
@@ -307,7 +327,7 @@ impl Writer {
         let mut item = Some(first);
         let mut taken = 0;
         while taken < WRITE_BATCH {
-            let Some(current) = item.take().or_else(|| self.queue.try_recv().ok()) else {
+            let Some(current) = item.take().or_else(|| self.queue.try_recv()) else {
                 break;
             };
             taken += 1;

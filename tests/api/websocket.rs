@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::common::{Engine, TestApp, WsClient};
+use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{
@@ -22,6 +23,7 @@ scenarios!(
     an_oversized_frame_closes_the_socket_with_1009,
     a_text_frame_that_is_not_utf8_closes_the_socket_with_1007,
     a_socket_is_closed_when_its_token_expires,
+    a_quiet_client_that_answers_the_pings_stays_connected,
     the_asyncapi_document_lists_every_frame_of_protocol_md_in_its_direction,
     real_frames_match_their_schemas_in_the_asyncapi_document,
 );
@@ -400,6 +402,33 @@ async fn a_socket_is_closed_when_its_token_expires(engine: Engine) {
     let mut ws = app.ws(&alice).await;
     ws.expect_quiet().await;
     assert_eq!(ws.closed().await, Some(CloseCode::Library(4001)));
+}
+
+/// Idle clients are kept by the server's pings: the client's library answers them, and the
+/// answers count as traffic for the idle timeout.
+async fn a_quiet_client_that_answers_the_pings_stays_connected(engine: Engine) {
+    let app = TestApp::spawn_with(
+        engine,
+        &[("WS_PING_INTERVAL", "1"), ("WS_IDLE_TIMEOUT", "2")],
+    )
+    .await;
+    let alice = app.register("alice").await;
+    let url = format!("ws://{}/ws?token={}", app.addr, alice.token);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("socket opens");
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut pings = 0;
+    // Read (which answers each ping) for twice the idle timeout and more.
+    while let Ok(next) = tokio::time::timeout_at(until, ws.next()).await {
+        match next {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "pinged {pings} times in 5 s");
 }
 
 async fn asyncapi(app: &TestApp) -> Value {
