@@ -4,7 +4,7 @@
 //! uses the CPU time that routing leaves, instead of taking turns with it, and the 19 MiB a hash
 //! needs stays in those threads' allocator arenas instead of one arena per blocking-pool thread.
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, TryLockError, mpsc};
 
 use anyhow::{Context, anyhow};
 use argon2::{
@@ -96,7 +96,13 @@ fn run_hashing_thread(queue: &Mutex<mpsc::Receiver<(Job, OwnedSemaphorePermit)>>
     priority::lower_this_thread(Background::Idle);
     let mut hashed_since_given_back = false;
     loop {
-        let waiting = queue.lock().ok().and_then(|queue| queue.try_recv().ok());
+        // Not `lock`: the lock is held by a thread waiting for work, which would keep this one
+        // from giving its memory back until the next job came.
+        let waiting = match queue.try_lock() {
+            Ok(queue) => queue.try_recv().ok(),
+            Err(TryLockError::WouldBlock) => None,
+            Err(TryLockError::Poisoned(_)) => return,
+        };
         let next = match waiting {
             Some(next) => next,
             None => {
