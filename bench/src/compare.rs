@@ -1,6 +1,6 @@
 //! `routing --compare OTHER`: the same load against two server binaries, alternately (A B,
-//! B A, A B, ...), each run on a server of its own and, with `--grow`, on its own copy of one
-//! grown database; then each binary's figures and the ratios of the second to the first.
+//! B A, A B, ...), each run on a server of its own and, with `--grow`, on one grown database in
+//! turn; then each binary's figures and the ratios of the second to the first.
 
 use std::{path::Path, time::Duration};
 
@@ -53,7 +53,14 @@ impl Runs<'_> {
 }
 
 /// Runs `runs` against `target`'s binary and `other` alternately, `rounds` times each; with
-/// `grow` (plain runs only), each on a copy of one database grown once. With `timeline`, each
+/// `grow` (plain runs only), each on one database grown once, in place, each server stopped as
+/// an operator stops it so that the next one starts on a database left closed. Not on copies:
+/// on a fresh copy of a grown database (1.9 GB written just before the run) the first seconds
+/// of a run were slow on this VM, and most of its slow messages were there (p99 5.96 ms, 2.6–3.3
+/// in place; the same copy after one run on it, 3.57; docs/PERFORMANCE.md, issue 25, thirteenth
+/// round), a start no server on its own database has. Each run adds its messages to the
+/// database (100,000 in 10 s at 10,000 msg/s: a few per cent of a grown one), and the binaries
+/// take turns (A B, B A) so that neither always runs on the larger one. With `timeline`, each
 /// plain run writes its timeline to `<timeline>.<a|b><round>` (a: `target`'s binary).
 pub async fn run(
     target: &Target,
@@ -63,8 +70,8 @@ pub async fn run(
     grow: Option<Duration>,
     timeline: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let seed = match grow {
-        Some(grow) => Some(grown_seed(target, runs.pairs(), grow).await?),
+    let grown = match grow {
+        Some(grow) => Some(grown_database(target, runs.pairs(), grow).await?),
         None => None,
     };
     let binaries = [target.server_bin.as_str(), other];
@@ -76,13 +83,14 @@ pub async fn run(
                 server_bin: binaries[side].to_owned(),
                 ..target.clone()
             };
-            let server = Running::start_on_copy(&target, seed.as_ref().map(TempPath::path)).await?;
+            let server = Running::start_on(&target, grown.as_ref().map(TempPath::path)).await?;
             let label = format!("{} (round {})", binaries[side], round + 1);
             let timeline = timeline.map(|path| {
                 let side = ["a", "b"][side];
                 path.with_added_extension(format!("{side}{}", round + 1))
             });
             figures[side].push(runs.measured(&server, &label, timeline.as_deref()).await?);
+            server.stop().await?;
         }
     }
     println!();
@@ -134,16 +142,20 @@ pub async fn grow(server: &Running, pairs: usize, seconds: Duration) -> anyhow::
     Ok(())
 }
 
-/// A SQLite database grown once by the first binary, for every run to start from a copy of.
-async fn grown_seed(target: &Target, pairs: usize, seconds: Duration) -> anyhow::Result<TempPath> {
+/// A SQLite database grown once by the first binary, left closed, for every run to start on.
+async fn grown_database(
+    target: &Target,
+    pairs: usize,
+    seconds: Duration,
+) -> anyhow::Result<TempPath> {
     if target.database_url.is_some() || target.url.is_some() {
         anyhow::bail!(
             "--compare --grow grows a SQLite database the bench makes: without --database-url and --url"
         );
     }
-    let server = Running::start_on_copy(target, None).await?;
+    let server = Running::start_on(target, None).await?;
     grow(&server, pairs, seconds).await?;
-    let seed = TempPath::new("kisse-bench-seed", "db");
-    server.stop_keeping_database(seed.path()).await?;
-    Ok(seed)
+    let grown = TempPath::new("kisse-bench-grown", "db");
+    server.stop_keeping_database(grown.path()).await?;
+    Ok(grown)
 }

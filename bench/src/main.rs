@@ -121,9 +121,9 @@ struct RoutingArgs {
     #[arg(long, value_name = "SECONDS", conflicts_with_all = ["push", "push_offline", "offline", "envelopes"])]
     grow: Option<u64>,
     /// Run the same load against `--server-bin` and this binary alternately, `--rounds` times
-    /// each, each run on a server of its own (with `--grow`: on a copy of one database grown
-    /// once, by `--server-bin`), and print the ratios. Plain runs, or `--envelopes`/`--devices`
-    /// runs (without `--grow`); no relay.
+    /// each, each run on a server of its own (with `--grow`: on one database grown once, by
+    /// `--server-bin`, in place, each server stopped gracefully), and print the ratios. Plain
+    /// runs, or `--envelopes`/`--devices` runs (without `--grow`); no relay.
     #[arg(long, value_name = "SERVER_BIN", conflicts_with_all = ["push", "push_offline", "offline", "url"])]
     compare: Option<String>,
     /// Write each delivered message's send time and latency (µs, a line each, in the order

@@ -42,17 +42,17 @@ impl Running {
         Self::start_seeded(target, settings, None).await
     }
 
-    /// Starts the server on a new SQLite file: a copy of `seed` (a database a server left,
-    /// with its write-ahead log) when given, so that runs of two binaries start from the same
-    /// grown database; else an empty one (the default without `--database-url`).
-    pub async fn start_on_copy(target: &Target, seed: Option<&Path>) -> anyhow::Result<Self> {
-        Self::start_seeded(target, &[], seed).await
+    /// Starts the server on the SQLite file at `database` when given, in place (a database
+    /// another server left closed: the grown one of a comparison), else on a new one (the
+    /// default without `--database-url`).
+    pub async fn start_on(target: &Target, database: Option<&Path>) -> anyhow::Result<Self> {
+        Self::start_seeded(target, &[], database).await
     }
 
     async fn start_seeded(
         target: &Target,
         settings: &[(&str, String)],
-        seed: Option<&Path>,
+        database: Option<&Path>,
     ) -> anyhow::Result<Self> {
         if let Some(url) = &target.url {
             return Ok(Self {
@@ -64,13 +64,11 @@ impl Running {
             });
         }
         let port = free_port()?;
-        let (database_url, database) = match (&target.database_url, seed) {
+        let (database_url, database) = match (&target.database_url, database) {
+            (_, Some(path)) => (format!("sqlite://{}", path.display()), None),
             (Some(url), None) => (url.clone(), None),
-            (_, seed) => {
+            (None, None) => {
                 let path = tempfile_path::TempPath::new("kisse-bench", "db");
-                if let Some(seed) = seed {
-                    path.copy_from(seed)?;
-                }
                 (format!("sqlite://{}", path.display()), Some(path))
             }
         };
@@ -164,36 +162,41 @@ impl Running {
         self._database.as_ref().map(|path| path.path())
     }
 
-    /// Kills the server (what it acknowledged is on disk: every commit is synced) and keeps its
-    /// SQLite files at `seed` instead of removing them.
-    pub async fn stop_keeping_database(mut self, seed: &Path) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            // Stopped as an operator stops it (SIGTERM, through `kill`: no unsafe code here),
-            // so the database is left closed, its log copied in: killed, it left up to the
-            // backstop's log for every run to recover and copy in its first seconds, a start
-            // no running server has.
-            let stopped = match child.id() {
-                Some(pid) => {
-                    let term = Command::new("kill")
-                        .args(["-TERM", &pid.to_string()])
-                        .status()
-                        .await;
-                    term.is_ok_and(|status| status.success())
-                        && tokio::time::timeout(Duration::from_secs(60), child.wait())
-                            .await
-                            .is_ok()
-                }
-                None => true,
-            };
-            if !stopped {
-                child.kill().await?;
+    /// Stops the server as an operator stops it (SIGTERM, through `kill`: no unsafe code here),
+    /// so that its SQLite database is left closed, its log copied in; killed after 60 s. Killed
+    /// at once instead, it left up to the backstop's log for the next server on the database to
+    /// recover and copy in its first seconds, a start no running server has.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let stopped = match child.id() {
+            Some(pid) => {
+                let term = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+                term.is_ok_and(|status| status.success())
+                    && tokio::time::timeout(Duration::from_secs(60), child.wait())
+                        .await
+                        .is_ok()
             }
+            None => true,
+        };
+        if !stopped {
+            child.kill().await?;
         }
+        Ok(())
+    }
+
+    /// Stops the server (`stop`) and keeps its SQLite files at `to` instead of removing them.
+    pub async fn stop_keeping_database(mut self, to: &Path) -> anyhow::Result<()> {
         let database = self
             ._database
             .take()
             .context("not a SQLite file of the bench's")?;
-        database.move_to(seed)
+        self.stop().await?;
+        database.move_to(to)
     }
 
     /// The server's `/metrics` text.
@@ -387,24 +390,6 @@ pub mod tempfile_path {
         }
         pub fn display(&self) -> std::path::Display<'_> {
             self.path().display()
-        }
-
-        /// Copies the database at `seed` (and its log) here, and syncs the copies: a running
-        /// server's database is in the page cache but written back, whereas a fresh copy of
-        /// hundreds of MiB left unsynced would be written back by the kernel during the run,
-        /// the log's syncs waiting behind it.
-        pub fn copy_from(&self, seed: &Path) -> anyhow::Result<()> {
-            let copy = |from: &Path, to: &Path| -> anyhow::Result<()> {
-                std::fs::copy(from, to)?;
-                std::fs::File::open(to)?.sync_all()?;
-                Ok(())
-            };
-            copy(seed, self.path())?;
-            let log = with_suffix(seed, "-wal");
-            if log.exists() {
-                copy(&log, &with_suffix(self.path(), "-wal"))?;
-            }
-            Ok(())
         }
 
         /// Moves the database (and its log) to `to`, which is then the caller's to remove.
